@@ -173,3 +173,7 @@ class ReportError(WorkbenchError):
 
 class ReportVerificationError(ReportError):
     """A report PDF fails verification (signature, hash or database record)."""
+
+
+class ReasonRequiredError(WorkflowError):
+    """A modification of a record was asked for without a reason for the change."""

@@ -1,0 +1,328 @@
+"""Read and write lesion segmentations as DICOM SEG (PS3.3 A.51, C.8.20).
+
+Masks are boolean arrays ``(z, y, x)`` aligned with a
+:class:`~workbench.dicom.volume.Volume` of the source CT series: slice ``k`` of
+the mask belongs to ``volume.sop_instance_uids[k]``. Writing uses highdicom
+(BINARY segmentation, one segment); a segmentation with ``algorithm_name`` is
+AUTOMATIC and carries the Algorithm Identification Sequence, otherwise MANUAL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from workbench import __version__
+from workbench.dicom.volume import Volume, sort_slices
+from workbench.errors import DicomReadError, SegmentationError
+
+__all__ = ["build_seg_dataset", "read_seg_mask", "write_seg"]
+
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _referenced_series(seg: Dataset) -> set[str]:
+    refs = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
+    for study in seg.get("StudiesContainingOtherReferencedInstancesSequence", []):
+        refs.update(str(s.SeriesInstanceUID) for s in study.get("ReferencedSeriesSequence", []))
+    return refs
+
+
+def read_seg_mask(
+    seg_path: str | Path, volume: Volume, *, segment_number: int | None = None
+) -> np.ndarray:
+    """Read a DICOM SEG as a boolean mask aligned with its source volume.
+
+    Parameters
+    ----------
+    seg_path : str or Path
+        A Segmentation Storage file that references ``volume``'s series.
+    volume : Volume
+        The source CT series, as returned by :func:`~workbench.dicom.volume.load_series`.
+    segment_number : int, optional
+        Read only this segment; by default the union of all segments.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (z, y, x)
+        ``True`` inside the segmentation; slices without frames are empty.
+
+    Raises
+    ------
+    SegmentationError
+        The file is not a SEG, references another series, or its frames cannot
+        be placed on the volume's slices.
+    """
+    path = Path(seg_path)
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as exc:  # highdicom/pydicom raise several types for bad input
+        raise SegmentationError(f"Cannot read {path} as DICOM SEG: {exc}") from exc
+    if seg.SOPClassUID != _SEG_SOP_CLASS:
+        raise SegmentationError(
+            f"{path}: expected SOP Class Segmentation Storage ({_SEG_SOP_CLASS}), "
+            f"found {seg.SOPClassUID}."
+        )
+    refs = _referenced_series(seg)
+    if refs and volume.series_instance_uid not in refs:
+        raise SegmentationError(
+            f"{path}: references series {sorted(refs)}, expected the volume's series "
+            f"{volume.series_instance_uid}."
+        )
+    numbers = None if segment_number is None else [segment_number]
+    if segment_number is not None and segment_number not in seg.segment_numbers:
+        raise SegmentationError(
+            f"{path}: expected segment {segment_number}, found segments "
+            f"{list(seg.segment_numbers)}."
+        )
+    try:
+        pixels = seg.get_pixels_by_source_instance(
+            list(volume.sop_instance_uids),
+            segment_numbers=numbers,
+            dtype=np.uint8,
+        )
+        mask = np.asarray(pixels).any(axis=-1)
+    except (KeyError, ValueError, RuntimeError, AttributeError):
+        # No per-frame source references: place frames by their plane positions.
+        mask = _mask_by_position(seg, volume, numbers, path)
+    if mask.shape != volume.shape:
+        raise SegmentationError(
+            f"{path}: mask shape {mask.shape} does not match the volume's {volume.shape}."
+        )
+    return mask.astype(bool, copy=False)
+
+
+def _mask_by_position(
+    seg: hd.seg.Segmentation, volume: Volume, numbers: list[int] | None, path: Path
+) -> np.ndarray:
+    mask = np.zeros(volume.shape, dtype=bool)
+    if int(seg.Rows) != volume.shape[1] or int(seg.Columns) != volume.shape[2]:
+        raise SegmentationError(
+            f"{path}: frames of {seg.Rows}x{seg.Columns} cannot be placed on slices of "
+            f"{volume.shape[1]}x{volume.shape[2]}."
+        )
+    frames = np.asarray(seg.pixel_array)
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    inverse = np.linalg.inv(volume.direction * np.asarray(volume.spacing[::-1]))
+    for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if numbers is not None and number not in numbers:
+            continue
+        ipp = np.asarray(
+            [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        )
+        xyz = inverse @ (ipp - volume.origin)
+        if np.any(np.abs(xyz[:2]) > 0.01) or abs(xyz[2] - round(xyz[2])) > 0.01:
+            raise SegmentationError(
+                f"{path}: frame {i + 1} at {list(ipp)} does not lie on a slice of the volume."
+            )
+        k = int(round(xyz[2]))
+        if not 0 <= k < volume.shape[0]:
+            raise SegmentationError(f"{path}: frame {i + 1} lies outside the volume.")
+        mask[k] |= frames[i] > 0
+    return mask
+
+
+def write_seg(
+    mask: np.ndarray,
+    source_paths: Sequence[str | Path],
+    out_path: str | Path,
+    *,
+    algorithm_name: str | None = None,
+    algorithm_version: str | None = None,
+    segment_label: str = "Lesion",
+    series_description: str = "Lesion segmentation",
+    manufacturer: str = "Validation Workbench",
+    manufacturer_model_name: str = "Validation Workbench",
+    software_versions: str = __version__,
+    series_number: int = 300,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    content_creator_name: str | None = None,
+    content_datetime: dt.datetime | None = None,
+) -> Path:
+    """Write a binary lesion mask as a DICOM SEG referencing its CT series.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray, shape (z, y, x)
+        Boolean (or 0/1) mask aligned with ``load_series(source_paths)``.
+    source_paths : sequence of str or Path
+        The CT files of the source series, in any order.
+    out_path : str or Path
+        Where to write the SEG; parent folders are created.
+    algorithm_name, algorithm_version : str, optional
+        When ``algorithm_name`` is given the segment is AUTOMATIC and the SEG
+        carries an Algorithm Identification Sequence (family: Artificial
+        Intelligence); otherwise it is MANUAL.
+    segment_label : str
+        Segment Label of the single segment.
+    series_description, manufacturer, manufacturer_model_name, software_versions : str
+        General Series and Enhanced General Equipment attributes.
+    series_number : int
+        Series Number of the SEG series.
+    series_instance_uid, sop_instance_uid : str, optional
+        UIDs to use (new random UIDs by default).
+    content_creator_name : str, optional
+        Person Name of the reader of a manual segmentation.
+    content_datetime : datetime.datetime, optional
+        Content, series and instance creation date/time; by default now. Fixing
+        it (and the UIDs) makes the file byte-for-byte reproducible.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Raises
+    ------
+    SegmentationError
+        The mask does not match the source series in shape, or writing fails.
+    """
+    paths = [Path(p) for p in source_paths]
+    try:
+        datasets = [pydicom.dcmread(p) for p in paths]
+    except Exception as exc:
+        raise DicomReadError(f"Cannot read the source series of the SEG: {exc}") from exc
+    order, _, _ = sort_slices(datasets, [str(p) for p in paths])
+    seg = build_seg_dataset(
+        mask,
+        [datasets[i] for i in order],
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        segment_label=segment_label,
+        series_description=series_description,
+        manufacturer=manufacturer,
+        manufacturer_model_name=manufacturer_model_name,
+        software_versions=software_versions,
+        series_number=series_number,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        content_creator_name=content_creator_name,
+        content_datetime=content_datetime,
+    )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out, enforce_file_format=True)
+    return out
+
+
+def build_seg_dataset(
+    mask: np.ndarray,
+    sources: Sequence[Dataset],
+    *,
+    algorithm_name: str | None = None,
+    algorithm_version: str | None = None,
+    segment_label: str = "Lesion",
+    series_description: str = "Lesion segmentation",
+    manufacturer: str = "Validation Workbench",
+    manufacturer_model_name: str = "Validation Workbench",
+    software_versions: str = __version__,
+    series_number: int = 300,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    content_creator_name: str | None = None,
+    content_datetime: dt.datetime | None = None,
+) -> hd.seg.Segmentation:
+    """Build the SEG dataset of :func:`write_seg` from source datasets in memory.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray, shape (z, y, x)
+        Mask aligned with ``sources``.
+    sources : sequence of pydicom.Dataset
+        The source slices already in z order (see
+        :func:`~workbench.dicom.volume.sort_slices`).
+    algorithm_name, algorithm_version, segment_label, series_description, manufacturer, \
+manufacturer_model_name, software_versions, series_number, series_instance_uid, \
+sop_instance_uid, content_creator_name, content_datetime
+        As in :func:`write_seg`.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        The dataset, ready for ``save_as``.
+    """
+    array = np.asarray(mask)
+    if not sources:
+        raise SegmentationError("Expected the source slices of the SEG, found none.")
+    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    if array.shape != expected:
+        raise SegmentationError(
+            f"Mask shape {array.shape} does not match the source series (z, y, x) {expected}."
+        )
+    if algorithm_version is not None and algorithm_name is None:
+        raise SegmentationError("algorithm_version was given without algorithm_name.")
+    if algorithm_name is None:
+        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.MANUAL
+        algorithm = None
+    else:
+        algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name=algorithm_name,
+            family=codes.cid7162.ArtificialIntelligence,
+            version=algorithm_version or "unknown",
+        )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=algorithm_type,
+        algorithm_identification=algorithm,
+    )
+    sop_uid = sop_instance_uid or hd.UID()
+    when = content_datetime or dt.datetime.now()
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=array.astype(bool),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=series_instance_uid or hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=manufacturer_model_name,
+            software_versions=software_versions,
+            device_serial_number="0",
+            series_description=series_description,
+            content_creator_name=content_creator_name,
+            content_label="LESION",
+            content_description=series_description[:64],
+            content_date=when.date(),
+            content_time=when.time(),
+        )
+    except (ValueError, TypeError) as exc:
+        raise SegmentationError(f"Cannot build the DICOM SEG: {exc}") from exc
+    _pin_generated_values(seg, sop_uid, when)
+    return seg
+
+
+def _pin_generated_values(seg: Dataset, sop_uid: str, when: dt.datetime) -> None:
+    """Replace values highdicom derives from the clock or a random source."""
+    date = when.strftime("%Y%m%d")
+    time = when.strftime("%H%M%S")
+    seg.InstanceCreationDate = date
+    seg.InstanceCreationTime = time
+    seg.SeriesDate = date
+    seg.SeriesTime = time
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    dim_uid = generate_uid(entropy_srcs=[str(sop_uid), "dimension-organization"])
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = dim_uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = dim_uid

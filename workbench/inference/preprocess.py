@@ -1,0 +1,262 @@
+"""From a DICOM volume to the tensor a model sees, and from its output back.
+
+The steps follow the model's :class:`~workbench.inference.registry.InputSpec`:
+
+1. the (z, y, x) volume in DICOM patient coordinates (LPS) becomes a MONAI
+   ``MetaTensor`` whose affine maps array indices to RAS millimetres;
+2. the array is reoriented to ``spec.orientation`` (an exact permutation and
+   flip of axes, so that it can be undone without interpolation);
+3. ``monai.transforms.Spacing`` resamples it to ``spec.target_spacing``;
+4. ``monai.transforms.ScaleIntensityRange`` maps the HU window to [0, 1].
+
+:func:`restore_original_grid` undoes 3 (with the inverse recorded by MONAI)
+and 2 (exactly) for a model output, so that a predicted mask lies on the
+original slices and can be written as DICOM SEG over the source images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import ScaleIntensityRange, Spacing, SpatialResample
+
+from workbench.errors import GeometryError
+from workbench.inference.registry import InputSpec
+
+__all__ = [
+    "VolumeLike",
+    "Preprocessed",
+    "volume_affine_ras",
+    "preprocess_volume",
+    "restore_original_grid",
+]
+
+# RAS world axis (0 = x towards R, 1 = y towards A, 2 = z towards S) and sign of each code.
+_CODE_AXIS_SIGN = {
+    "R": (0, 1.0),
+    "L": (0, -1.0),
+    "A": (1, 1.0),
+    "P": (1, -1.0),
+    "S": (2, 1.0),
+    "I": (2, -1.0),
+}
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeLike(Protocol):
+    """What preprocessing needs of :class:`workbench.dicom.volume.Volume`."""
+
+    @property
+    def array(self) -> np.ndarray: ...  # (z, y, x) HU
+
+    @property
+    def spacing(self) -> Any: ...  # (z, y, x) mm
+
+    @property
+    def origin(self) -> Any: ...  # (x, y, z) LPS mm of voxel (0, 0, 0)
+
+    @property
+    def direction(self) -> Any: ...  # 3x3, columns: x (row), y (column), z (slice) directions
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessed:
+    """A volume prepared for a model.
+
+    Attributes
+    ----------
+    image : MetaTensor
+        (1, *spatial) float32 in the model's orientation and spacing, values in [0, 1].
+    original_shape : tuple of 3 int
+        (z, y, x) shape of the source volume.
+    permutation : tuple of 3 int
+        Source array axis placed at each model axis.
+    flips : tuple of 3 bool
+        Whether each model axis was flipped after the permutation.
+    reoriented_affine : numpy.ndarray
+        4x4 affine (RAS) of the source volume after reorientation, before resampling.
+    """
+
+    image: MetaTensor
+    original_shape: tuple[int, int, int]
+    permutation: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    reoriented_affine: np.ndarray
+
+
+def volume_affine_ras(volume: VolumeLike) -> np.ndarray:
+    """Affine from (z, y, x) array indices to RAS millimetres.
+
+    Parameters
+    ----------
+    volume : VolumeLike
+        ``spacing`` (z, y, x), ``origin`` (x, y, z) in DICOM LPS, ``direction``
+        3x3 whose columns are the directions of increasing x (column index),
+        y (row index) and z (slice index), as in DICOM Image Orientation
+        (Patient) (PS3.3 C.7.6.2.1.1).
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4 float64.
+    """
+    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    sz, sy, sx = (float(s) for s in volume.spacing)
+    affine = np.eye(4)
+    affine[:3, 0] = direction[:, 2] * sz
+    affine[:3, 1] = direction[:, 1] * sy
+    affine[:3, 2] = direction[:, 0] * sx
+    affine[:3, 3] = np.asarray(volume.origin, dtype=np.float64)
+    return _LPS_TO_RAS @ affine
+
+
+def _orientation_transform(
+    affine: np.ndarray, axcodes: str
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Axis permutation and flips that bring an array to ``axcodes``."""
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0, keepdims=True)
+    permutation: list[int] = []
+    flips: list[bool] = []
+    for code in axcodes:
+        world_axis, sign = _CODE_AXIS_SIGN[code]
+        weights = np.abs(columns[world_axis]).copy()
+        weights[permutation] = -1.0
+        source = int(np.argmax(weights))
+        if weights[source] < 1e-3:
+            raise GeometryError(
+                f"Expected a volume whose axes can be aligned with {axcodes!r}. "
+                f"Found direction columns {columns.round(3).tolist()}."
+            )
+        permutation.append(source)
+        flips.append(bool(np.sign(columns[world_axis, source]) != sign))
+    return tuple(permutation), tuple(flips)  # type: ignore[return-value]
+
+
+def preprocess_volume(volume: VolumeLike, spec: InputSpec) -> Preprocessed:
+    """Reorient, resample and window a volume as the model expects.
+
+    Parameters
+    ----------
+    volume : VolumeLike
+        A loaded CT series (:func:`workbench.dicom.volume.load_series`).
+    spec : InputSpec
+        The model's input specification.
+
+    Returns
+    -------
+    Preprocessed
+    """
+    array = np.asarray(volume.array, dtype=np.float32)
+    if array.ndim != 3:
+        raise GeometryError(f"Expected a 3-D (z, y, x) volume. Found shape {array.shape}.")
+    affine = volume_affine_ras(volume)
+    permutation, flips = _orientation_transform(affine, spec.orientation)
+    data = torch.from_numpy(np.ascontiguousarray(array)).permute(*permutation)
+    flip_dims = [axis for axis, flipped in enumerate(flips) if flipped]
+    if flip_dims:
+        data = torch.flip(data, dims=flip_dims)
+    # index transform: new index -> old index, so that new_affine = affine @ to_old
+    to_old = np.zeros((4, 4))
+    to_old[3, 3] = 1.0
+    for new_axis, old_axis in enumerate(permutation):
+        size = array.shape[old_axis]
+        if flips[new_axis]:
+            to_old[old_axis, new_axis] = -1.0
+            to_old[old_axis, 3] = size - 1
+        else:
+            to_old[old_axis, new_axis] = 1.0
+    reoriented_affine = affine @ to_old
+    image = MetaTensor(
+        data.contiguous()[None], affine=torch.as_tensor(reoriented_affine, dtype=torch.float64)
+    )
+    spacing = Spacing(pixdim=spec.spacing_in_model_axes(), mode="bilinear", dtype=np.float32)
+    resampled = spacing(image)
+    window = ScaleIntensityRange(
+        a_min=spec.hu_window[0], a_max=spec.hu_window[1], b_min=0.0, b_max=1.0, clip=True
+    )
+    windowed = window(resampled)
+    model_affine = resampled.affine if isinstance(resampled, MetaTensor) else image.affine
+    result = MetaTensor(torch.as_tensor(windowed, dtype=torch.float32), affine=model_affine)
+    return Preprocessed(
+        image=result,
+        original_shape=tuple(int(s) for s in array.shape),  # type: ignore[arg-type]
+        permutation=permutation,
+        flips=flips,
+        reoriented_affine=reoriented_affine,
+    )
+
+
+def _linear_along(data: torch.Tensor, dim: int, positions: np.ndarray) -> torch.Tensor:
+    """Sample ``data`` along ``dim`` at fractional ``positions`` (clamped to the border)."""
+    size = data.shape[dim]
+    pos = torch.as_tensor(np.clip(positions, 0.0, size - 1), dtype=torch.float32)
+    lower = pos.floor().long().clamp(0, size - 1)
+    upper = (lower + 1).clamp(max=size - 1)
+    weight_shape = [1] * data.dim()
+    weight_shape[dim] = -1
+    weight = (pos - lower.float()).reshape(weight_shape)
+    low = data.index_select(dim, lower)
+    high = data.index_select(dim, upper)
+    return low + (high - low) * weight
+
+
+def restore_original_grid(output: torch.Tensor, prepared: Preprocessed) -> torch.Tensor:
+    """Bring a model output from the model grid back to the source volume grid.
+
+    Parameters
+    ----------
+    output : torch.Tensor
+        (C, *spatial) on the grid of ``prepared.image`` (e.g. class probabilities).
+    prepared : Preprocessed
+        The preprocessing result the output was computed from.
+
+    Returns
+    -------
+    torch.Tensor
+        (C, z, y, x) float32 on the source grid: linear interpolation at the
+        source voxel centres (separable, since resampling only scaled the
+        axes), values beyond the model grid taken from its border.
+    """
+    spatial = tuple(prepared.image.shape[1:])
+    if tuple(output.shape[1:]) != spatial:
+        raise GeometryError(
+            f"Expected a model output of spatial shape {spatial}. Found {tuple(output.shape[1:])}."
+        )
+    reoriented_shape = [prepared.original_shape[axis] for axis in prepared.permutation]
+    model_affine = np.asarray(prepared.image.affine, dtype=np.float64)
+    # Spacing only rescales the axes, so model-grid index = scale * source index + shift.
+    index_map = np.linalg.solve(model_affine, prepared.reoriented_affine)
+    off_diagonal = index_map[:3, :3] - np.diag(np.diag(index_map[:3, :3]))
+    if np.abs(off_diagonal).max() < 1e-6:
+        data = output.detach().float().cpu()
+        for axis in range(3):
+            data = _linear_along(
+                data,
+                axis + 1,
+                index_map[axis, axis] * np.arange(reoriented_shape[axis]) + index_map[axis, 3],
+            )
+    else:  # pragma: no cover - not produced by preprocess_volume
+        resample = SpatialResample(mode="bilinear", padding_mode="border", dtype=np.float32)
+        restored = resample(
+            MetaTensor(output.detach().float().cpu(), affine=prepared.image.affine),
+            dst_affine=torch.as_tensor(prepared.reoriented_affine, dtype=torch.float64),
+            spatial_size=reoriented_shape,
+        )
+        data = (
+            restored.as_tensor() if isinstance(restored, MetaTensor) else torch.as_tensor(restored)
+        )
+    flip_dims = [axis + 1 for axis, flipped in enumerate(prepared.flips) if flipped]
+    if flip_dims:
+        data = torch.flip(data, dims=flip_dims)
+    inverse = [prepared.permutation.index(axis) for axis in range(3)]
+    data = data.permute(0, *(i + 1 for i in inverse)).contiguous()
+    if tuple(data.shape[1:]) != prepared.original_shape:
+        raise GeometryError(
+            f"Expected the restored output to have the source shape {prepared.original_shape}. "
+            f"Found {tuple(data.shape[1:])}."
+        )
+    return data.float()

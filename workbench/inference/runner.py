@@ -1,0 +1,669 @@
+"""Run a loaded model over the cases of a test set, one auditable output per case.
+
+For each case (one CT series) the runner
+
+1. reads the series (:func:`workbench.dicom.volume.load_series`) and prepares
+   it as the model expects (:func:`~workbench.inference.preprocess.preprocess_volume`);
+2. runs the model: sliding-window inference
+   (``monai.inferers.sliding_window_inference``) for segmentation models, one
+   call on the volume resized to ``roi_size`` for classification-only models;
+3. checks the outputs (shape, finite values, probabilities in [0, 1]);
+4. brings the predicted mask back to the source slices and writes it as a
+   DICOM SEG (AUTOMATIC, Algorithm Identification naming the model and
+   version) whose UIDs derive from the model digest and the case id, so a
+   rerun writes byte-identical files;
+5. hands a :class:`CaseOutput` to ``on_case`` at once, in case order.
+
+A case that fails at any step is reported as failed with its reason; no case
+is dropped. Cases listed in ``completed`` are skipped, which is how a run that
+was interrupted is resumed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from monai.inferers import sliding_window_inference
+from pydicom.uid import generate_uid
+
+from workbench.errors import InferenceError, ModelError
+from workbench.inference.environment import deterministic_mode, select_device, snapshot
+from workbench.inference.executor import InferenceExecutor, InProcessExecutor
+from workbench.inference.loading import LoadedModel, load_model
+from workbench.inference.preprocess import Preprocessed, preprocess_volume, restore_original_grid
+from workbench.inference.registry import ModelSpec, ModelTask, ScoreActivation
+
+__all__ = [
+    "CaseInput",
+    "CaseOutput",
+    "CaseStatus",
+    "InferenceSummary",
+    "CaseProcessor",
+    "run_inference",
+    "mask_sha256",
+    "seg_uids",
+    "cases_from_test_set",
+]
+
+Progress = Callable[[int, int, str], None]
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SEG_FILENAME = "prediction_seg.dcm"
+ENVIRONMENT_FILENAME = "environment.json"
+
+
+class CaseStatus(StrEnum):
+    """Outcome of one case."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseInput:
+    """One case to run: a CT series.
+
+    Attributes
+    ----------
+    case_id : str
+        Identifier of the case (letters, digits, ``._-``); names its output folder.
+    ct_paths : tuple of Path
+        The files of the CT series, in any order.
+    """
+
+    case_id: str
+    ct_paths: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        if not _CASE_ID.match(self.case_id):
+            raise ValueError(
+                "case_id should be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit. Found {self.case_id!r}."
+            )
+        object.__setattr__(self, "ct_paths", tuple(Path(p) for p in self.ct_paths))
+
+
+@dataclass(frozen=True, slots=True)
+class CaseOutput:
+    """What inference produced for one case.
+
+    Attributes
+    ----------
+    case_id : str
+    status : CaseStatus
+        ``completed`` or ``failed``.
+    reason : str or None
+        Why the case failed (``None`` when completed).
+    score : float or None
+        Probability from the score output (classification / both), in [0, 1].
+    mask_path : Path or None
+        The DICOM SEG of the predicted mask (segmentation / both).
+    mask_sha256 : str or None
+        SHA-256 of the predicted mask: its (z, y, x) C-order uint8 0/1 bytes.
+    seg_sha256 : str or None
+        SHA-256 of the DICOM SEG file.
+    mask_voxels : int or None
+        Voxels in the predicted mask.
+    seconds : float
+        Wall time spent on the case (reading, inference, writing).
+    """
+
+    case_id: str
+    status: CaseStatus
+    reason: str | None = None
+    score: float | None = None
+    mask_path: Path | None = None
+    mask_sha256: str | None = None
+    seg_sha256: str | None = None
+    mask_voxels: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (paths as strings)."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["mask_path"] = str(self.mask_path) if self.mask_path is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseOutput:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["status"] = CaseStatus(values["status"])
+        if values.get("mask_path") is not None:
+            values["mask_path"] = Path(values["mask_path"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSummary:
+    """Result of :func:`run_inference`.
+
+    Attributes
+    ----------
+    outputs : tuple of CaseOutput
+        One per case run now (skipped cases excluded), in case order.
+    total, completed, failed, skipped : int
+        Cases asked for; completed now; failed now; skipped because already completed.
+    skipped_ids : tuple of str
+    model_name, model_version, model_digest : str
+    device : str
+    mixed_precision : bool
+    deterministic : dict
+        Torch determinism settings in force during the run.
+    environment : dict
+        :func:`~workbench.inference.environment.snapshot` (also in ``environment_path``).
+    environment_path : Path
+    seconds : float
+    """
+
+    outputs: tuple[CaseOutput, ...]
+    total: int
+    completed: int
+    failed: int
+    skipped: int
+    skipped_ids: tuple[str, ...]
+    model_name: str
+    model_version: str
+    model_digest: str
+    device: str
+    mixed_precision: bool
+    deterministic: dict[str, Any] = field(repr=False)
+    environment: dict[str, Any] = field(repr=False)
+    environment_path: Path
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    case: CaseInput
+    data: Preprocessed | None
+    source_paths: tuple[Path, ...]
+    content_datetime: dt.datetime | None
+    error: str | None
+    started: float
+
+
+class _CaseTimeout(Exception):
+    pass
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    """SHA-256 of a mask's (z, y, x) C-order uint8 0/1 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def seg_uids(model_digest: str, case_id: str) -> tuple[str, str]:
+    """Series and SOP Instance UIDs of a case's SEG, derived from (model digest, case id).
+
+    Returns
+    -------
+    tuple of str
+        ``(series_instance_uid, sop_instance_uid)``, ``2.25.`` UUID-derived UIDs.
+    """
+    series = generate_uid(prefix=None, entropy_srcs=[model_digest, case_id, "seg-series"])
+    sop = generate_uid(prefix=None, entropy_srcs=[model_digest, case_id, "seg-instance"])
+    return str(series), str(sop)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_datetime(path: Path) -> dt.datetime | None:
+    """Study date/time of the source series: the reproducible default SEG content time."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    date = str(header.get("StudyDate", "") or header.get("SeriesDate", "") or "")
+    time_ = str(header.get("StudyTime", "") or "000000").split(".")[0].ljust(6, "0")[:6]
+    if len(date) != 8:
+        return None
+    try:
+        return dt.datetime.strptime(date + time_, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+class CaseProcessor:
+    """The per-case work of a run, split into ``prepare`` (I/O) and ``__call__`` (model).
+
+    Instances pickle without the torch module: on another process (a Ray
+    worker) the model is reloaded from :attr:`LoadedModel.path` and its files
+    are verified against the hashes recorded when it was first loaded.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    spec : ModelSpec
+    out_dir : Path
+    device : torch.device
+    mixed_precision : bool
+    case_timeout_s : float or None
+    content_datetime : datetime or None
+        Date/time written into every SEG; ``None`` uses each source study's.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        spec: ModelSpec,
+        out_dir: Path,
+        device: torch.device,
+        *,
+        mixed_precision: bool = False,
+        case_timeout_s: float | None = None,
+        content_datetime: dt.datetime | None = None,
+    ) -> None:
+        self.model: LoadedModel | None = model
+        self.spec = spec
+        self.out_dir = out_dir
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.case_timeout_s = case_timeout_s
+        self.content_datetime = content_datetime
+        self._model_path = model.path
+        self._model_hashes = dict(model.file_hashes)
+        self.digest = model.digest
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["model"] = None
+        state["device"] = str(self.device)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.device = torch.device(state["device"])
+
+    def _module(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model = load_model(
+                self._model_path, self.spec, self.device, expected_hashes=self._model_hashes
+            )
+        return self.model.module
+
+    # -- stage 1: reading and preprocessing (runs ahead, in a background thread) --
+    def prepare(self, case: CaseInput) -> _Prepared:
+        """Read and preprocess one case; never raises (errors travel in the result)."""
+        from workbench.dicom.volume import load_series
+
+        started = time.perf_counter()
+        try:
+            if not case.ct_paths:
+                raise InferenceError(f"Case {case.case_id}: expected CT files. Found none.")
+            volume = load_series(case.ct_paths)
+            data = preprocess_volume(volume, self.spec.input)
+            when = self.content_datetime or _source_datetime(volume.paths[0])
+            return _Prepared(case, data, volume.paths, when, None, started)
+        except Exception as error:  # every failure becomes a failed case with its reason
+            return _Prepared(case, None, (), None, _reason("reading", error), started)
+
+    # -- stage 2: inference and outputs (runs in the caller's thread) --
+    def __call__(self, prepared: _Prepared) -> CaseOutput:
+        """Run the model on a prepared case and write its outputs; never raises."""
+        case = prepared.case
+        if prepared.error is not None or prepared.data is None:
+            return self._failed(case, prepared.error or "not prepared", prepared.started)
+        try:
+            self._check_time(prepared.started, "after reading")
+            score, probabilities = self._infer(prepared.data, prepared.started)
+            mask_path = mask_hash = seg_hash = None
+            voxels = None
+            if probabilities is not None:
+                mask = self._mask_on_source_grid(probabilities, prepared.data)
+                self._check_time(prepared.started, "before writing the SEG")
+                mask_path, seg_hash = self._write_seg(mask, prepared)
+                mask_hash = mask_sha256(mask)
+                voxels = int(mask.sum())
+        except _CaseTimeout as error:
+            return self._failed(case, str(error), prepared.started)
+        except Exception as error:  # every failure becomes a failed case with its reason
+            return self._failed(case, _reason("inference", error), prepared.started)
+        return CaseOutput(
+            case_id=case.case_id,
+            status=CaseStatus.COMPLETED,
+            score=score,
+            mask_path=mask_path,
+            mask_sha256=mask_hash,
+            seg_sha256=seg_hash,
+            mask_voxels=voxels,
+            seconds=time.perf_counter() - prepared.started,
+        )
+
+    def _failed(self, case: CaseInput, reason: str, started: float) -> CaseOutput:
+        return CaseOutput(
+            case_id=case.case_id,
+            status=CaseStatus.FAILED,
+            reason=reason,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _check_time(self, started: float, where: str) -> None:
+        if self.case_timeout_s is None:
+            return
+        elapsed = time.perf_counter() - started
+        if elapsed > self.case_timeout_s:
+            raise _CaseTimeout(
+                f"time limit exceeded {where}: expected at most {self.case_timeout_s:g} s "
+                f"per case, found {elapsed:.1f} s"
+            )
+
+    def _split_outputs(self, raw: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Segmentation logits and score from whatever the model returned."""
+        spec = self.spec.input
+        if isinstance(raw, dict):
+            seg = raw.get(spec.segmentation_output) if spec.segmentation_output else None
+            score = raw.get(spec.score_output) if spec.score_output else None
+            if self.spec.segments and seg is None:
+                raise InferenceError(
+                    f"Expected the segmentation output {spec.segmentation_output!r} in the "
+                    f"model's outputs. Found keys {sorted(raw)}."
+                )
+            if self.spec.scores and score is None:
+                raise InferenceError(
+                    f"Expected the score output {spec.score_output!r} in the model's outputs. "
+                    f"Found keys {sorted(raw)}."
+                )
+            return seg, score
+        if isinstance(raw, (tuple, list)) and len(raw) == 2 and self.spec.task == ModelTask.BOTH:
+            return raw[0], raw[1]
+        if isinstance(raw, torch.Tensor) and self.spec.task != ModelTask.BOTH:
+            return (raw, None) if self.spec.segments else (None, raw)
+        wanted = "a dict" if self.spec.task == ModelTask.BOTH else "a tensor or a dict"
+        raise InferenceError(
+            f"Expected the model to return {wanted} for task {self.spec.task.value!r}. "
+            f"Found {type(raw).__name__}."
+        )
+
+    def _score_probability(self, score: torch.Tensor, batch: int) -> torch.Tensor:
+        values = score.detach().float().reshape(batch, -1)
+        if values.shape[1] != 1:
+            raise InferenceError(
+                f"Expected one score per input, shape ({batch}, 1). Found {tuple(score.shape)}."
+            )
+        if not torch.isfinite(values).all():
+            raise InferenceError("the score output contains NaN or infinite values")
+        if self.spec.input.score_activation == ScoreActivation.SIGMOID:
+            return torch.sigmoid(values[:, 0])
+        if ((values < 0) | (values > 1)).any():
+            raise InferenceError(
+                "score out of range: expected probabilities in [0, 1], found "
+                f"{values.min().item():.4g} to {values.max().item():.4g}"
+            )
+        return values[:, 0]
+
+    def _infer(
+        self, data: Preprocessed, started: float
+    ) -> tuple[float | None, torch.Tensor | None]:
+        module = self._module()
+        spec = self.spec.input
+        image = data.image.as_tensor()[None].to(self.device)
+        window_scores: list[torch.Tensor] = []
+        n_classes = len(spec.output_classes)
+
+        def predictor(windows: torch.Tensor) -> torch.Tensor:
+            self._check_time(started, "during sliding-window inference")
+            seg, score = self._split_outputs(module(windows))
+            if score is not None:
+                window_scores.append(self._score_probability(score, windows.shape[0]))
+            assert seg is not None
+            expected = (windows.shape[0], n_classes, *windows.shape[2:])
+            if tuple(seg.shape) != expected:
+                raise InferenceError(
+                    "wrong segmentation output shape: expected "
+                    f"{expected}, found {tuple(seg.shape)}"
+                )
+            return seg.float()
+
+        amp = self.mixed_precision and self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=amp):
+            if self.spec.segments:
+                logits = sliding_window_inference(
+                    image,
+                    roi_size=spec.roi_size,
+                    sw_batch_size=spec.sw_batch_size,
+                    predictor=predictor,
+                    overlap=spec.sw_overlap,
+                    mode="constant",
+                )
+                assert isinstance(logits, torch.Tensor)
+                logits = logits.float()
+                if not torch.isfinite(logits).all():
+                    raise InferenceError("the segmentation output contains NaN or infinite values")
+                probabilities: torch.Tensor | None = torch.softmax(logits[0], dim=0)
+            else:
+                resized = torch.nn.functional.interpolate(
+                    image, size=spec.roi_size, mode="trilinear", align_corners=False
+                )
+                _, score = self._split_outputs(module(resized))
+                assert score is not None
+                window_scores.append(self._score_probability(score, 1))
+                probabilities = None
+        score_value: float | None = None
+        if self.spec.scores:
+            if not window_scores:
+                raise InferenceError("the model produced no score")
+            # A case is as suspicious as its most suspicious window.
+            score_value = float(torch.cat(window_scores).max().item())
+        return score_value, probabilities
+
+    def _mask_on_source_grid(self, probabilities: torch.Tensor, data: Preprocessed) -> np.ndarray:
+        # Background minus the best foreground class: one channel to resample, mask where < 0.
+        margin = probabilities[:1] - probabilities[1:].max(dim=0, keepdim=True).values
+        restored = restore_original_grid(margin.cpu(), data)
+        return (restored[0] < 0).numpy()
+
+    def _write_seg(self, mask: np.ndarray, prepared: _Prepared) -> tuple[Path, str]:
+        from workbench.dicom.seg import write_seg
+
+        case_dir = self.out_dir / "cases" / prepared.case.case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        target = case_dir / SEG_FILENAME
+        partial = case_dir / (SEG_FILENAME + ".partial")
+        series_uid, sop_uid = seg_uids(self.digest, prepared.case.case_id)
+        write_seg(
+            mask,
+            prepared.source_paths,
+            partial,
+            algorithm_name=self.spec.name,
+            algorithm_version=self.spec.version,
+            segment_label="Lesion",
+            series_description=f"{self.spec.name} {self.spec.version} lesion"[:64],
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            content_datetime=prepared.content_datetime,
+        )
+        with partial.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, target)  # atomic: a killed run never leaves a half-written SEG
+        return target, _sha256_file(target)
+
+
+def _reason(stage: str, error: BaseException) -> str:
+    message = str(error) or type(error).__name__
+    return f"{stage} failed: {type(error).__name__}: {message}"[:2000]
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def run_inference(
+    cases: Iterable[CaseInput],
+    loaded_model: LoadedModel,
+    spec: ModelSpec,
+    *,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+    executor: InferenceExecutor | None = None,
+    completed: Iterable[str] = frozenset(),
+    on_case: Callable[[CaseOutput], None] | None = None,
+    progress: Progress | None = None,
+    case_timeout_s: float | None = None,
+    mixed_precision: bool = False,
+    content_datetime: dt.datetime | None = None,
+) -> InferenceSummary:
+    """Run a model over cases, writing one output per case.
+
+    Parameters
+    ----------
+    cases : iterable of CaseInput
+        The cases, in the order outputs are reported.
+    loaded_model : LoadedModel
+        From :func:`~workbench.inference.loading.load_model`.
+    spec : ModelSpec
+        The registered spec; must name the same model and version as
+        ``loaded_model.spec``.
+    out_dir : str or Path
+        Output folder: ``environment.json`` and ``cases/<case_id>/prediction_seg.dcm``.
+    device : str or torch.device, optional
+        Default: the model's device. A different device moves the model.
+    executor : InferenceExecutor, optional
+        Default :class:`~workbench.inference.executor.InProcessExecutor`.
+    completed : iterable of str
+        Case ids already completed by an earlier, interrupted run; skipped.
+    on_case : callable, optional
+        ``on_case(output)`` as each case finishes, in case order.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+    case_timeout_s : float, optional
+        Time limit per case (reading + inference + writing). Checked before and
+        after each step and before every sliding-window batch; one forward call
+        is not interrupted.
+    mixed_precision : bool
+        Autocast on CUDA (recorded in the summary; ignored on CPU).
+    content_datetime : datetime, optional
+        Date/time written into the SEG objects. Services pass the run's start
+        time and reuse it when resuming; by default each source study's date/time.
+
+    Returns
+    -------
+    InferenceSummary
+
+    Raises
+    ------
+    InferenceError
+        Duplicate case ids, or ``spec`` does not belong to ``loaded_model``.
+    """
+    started = time.perf_counter()
+    case_list = list(cases)
+    ids = [c.case_id for c in case_list]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InferenceError(f"Expected unique case ids. Found duplicates: {duplicates}.")
+    if (spec.name, spec.version) != (loaded_model.spec.name, loaded_model.spec.version):
+        raise ModelError(
+            f"The spec names {spec.name} {spec.version} but the loaded model is "
+            f"{loaded_model.spec.name} {loaded_model.spec.version}."
+        )
+    target = torch.device(device) if device is not None else loaded_model.device
+    if device is not None:
+        target = select_device(device)
+        if target != loaded_model.device:
+            loaded_model.module.to(target)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done_before = set(completed)
+    todo = [c for c in case_list if c.case_id not in done_before]
+    skipped = tuple(c.case_id for c in case_list if c.case_id in done_before)
+    total = len(case_list)
+    amp = bool(mixed_precision and target.type == "cuda")
+
+    with deterministic_mode() as settings:
+        environment = snapshot(target)
+        environment["mixed_precision"] = amp
+        environment["model"] = {
+            "name": spec.name,
+            "version": spec.version,
+            "digest": loaded_model.digest,
+            "files": loaded_model.file_hashes,
+        }
+        environment_path = out / ENVIRONMENT_FILENAME
+        _write_json_atomic(environment_path, environment)
+        processor = CaseProcessor(
+            loaded_model,
+            spec,
+            out,
+            target,
+            mixed_precision=amp,
+            case_timeout_s=case_timeout_s,
+            content_datetime=content_datetime,
+        )
+        runner = executor if executor is not None else InProcessExecutor()
+        done = len(skipped)
+        if progress is not None:
+            progress(done, total, f"{len(skipped)} case(s) already completed, {len(todo)} to run")
+        outputs: list[CaseOutput] = []
+        results = runner.map_cases(processor, todo, prepare=processor.prepare)
+        for case, output in zip(todo, results, strict=True):
+            if output.case_id != case.case_id:
+                raise InferenceError(
+                    f"The executor returned case {output.case_id} where {case.case_id} was "
+                    "expected; executors must yield results in case order."
+                )
+            outputs.append(output)
+            if on_case is not None:
+                on_case(output)
+            done += 1
+            if progress is not None:
+                detail = output.status.value + (f" ({output.reason})" if output.reason else "")
+                progress(done, total, f"{case.case_id}: {detail}")
+
+    n_completed = sum(o.status == CaseStatus.COMPLETED for o in outputs)
+    return InferenceSummary(
+        outputs=tuple(outputs),
+        total=total,
+        completed=n_completed,
+        failed=len(outputs) - n_completed,
+        skipped=len(skipped),
+        skipped_ids=skipped,
+        model_name=spec.name,
+        model_version=spec.version,
+        model_digest=loaded_model.digest,
+        device=str(target),
+        mixed_precision=amp,
+        deterministic=settings,
+        environment=environment,
+        environment_path=environment_path,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def cases_from_test_set(root: str | Path, case_ids: Sequence[str] | None = None) -> list[CaseInput]:
+    """Cases of a test set in the synthetic layout (``cases/<case_id>/CT/*.dcm``).
+
+    Parameters
+    ----------
+    root : str or Path
+        Test-set root.
+    case_ids : sequence of str, optional
+        Only these cases, in this order; by default every case folder, sorted.
+
+    Returns
+    -------
+    list of CaseInput
+    """
+    base = Path(root) / "cases"
+    ids = (
+        list(case_ids)
+        if case_ids is not None
+        else sorted(p.name for p in base.iterdir() if p.is_dir())
+    )
+    return [CaseInput(i, tuple(sorted((base / i / "CT").glob("*.dcm")))) for i in ids]

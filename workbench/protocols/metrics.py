@@ -1,0 +1,189 @@
+"""Catalogue of the endpoint metrics a protocol may name.
+
+Each metric is described once here: the task it belongs to, the per-case
+column it is computed from, its range, whether higher values are better, which
+confidence-interval methods ``workbench.stats`` offers for it, and whether it
+needs an operating threshold. The schema validates protocols against this
+table and the evaluation dispatches on it, so a metric cannot be accepted by
+one and unknown to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Metric", "MetricInfo", "Task", "METRICS", "metric_info"]
+
+
+class Task(StrEnum):
+    """What the validated model does."""
+
+    SEGMENTATION = "segmentation"
+    CLASSIFICATION = "classification"
+
+
+class Metric(StrEnum):
+    """Endpoint metrics known to the workbench."""
+
+    AUC = "auc"
+    SENSITIVITY = "sensitivity"
+    SPECIFICITY = "specificity"
+    PPV = "ppv"
+    NPV = "npv"
+    ACCURACY = "accuracy"
+    KAPPA_MODEL_VS_CONSENSUS = "kappa_model_vs_consensus"
+    DICE_MEAN = "dice_mean"
+    DICE_MEDIAN = "dice_median"
+    SURFACE_DICE_MEAN = "surface_dice_mean"
+    SURFACE_DICE_MEDIAN = "surface_dice_median"
+    HD95_MEAN = "hd95_mean"
+    HD95_MEDIAN = "hd95_median"
+    ASSD_MEAN = "assd_mean"
+    ASSD_MEDIAN = "assd_median"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """How one metric is computed and judged.
+
+    Parameters
+    ----------
+    metric : Metric
+        The metric.
+    task : Task
+        The task whose protocols may use it.
+    label : str
+        Human-readable name used in criterion texts and reports.
+    column : str or None
+        Per-case column of the cases frame for segmentation metrics (``dice``,
+        ``hd95``...); None for classification metrics, which use ``y_true``
+        and ``score``.
+    summary : str or None
+        ``"mean"`` or ``"median"`` for per-case metrics summarised over cases.
+    low, high : float
+        Range of the metric; criterion thresholds must lie inside it.
+    higher_is_better : bool
+        Direction of the metric; fixes which criterion operators make sense.
+    ci_methods : tuple of str
+        Confidence-interval methods ``workbench.stats`` offers; the first is the default.
+    needs_threshold : bool
+        Whether the metric needs an operating threshold on the score.
+    unit : str
+        Unit for rendering (``""`` for unitless).
+    """
+
+    metric: Metric
+    task: Task
+    label: str
+    column: str | None
+    summary: str | None
+    low: float
+    high: float
+    higher_is_better: bool
+    ci_methods: tuple[str, ...]
+    needs_threshold: bool
+    unit: str = ""
+
+
+_PROPORTION_CI = ("wilson", "clopper-pearson")
+
+
+def _proportion(metric: Metric, label: str) -> MetricInfo:
+    return MetricInfo(
+        metric, Task.CLASSIFICATION, label, None, None, 0.0, 1.0, True, _PROPORTION_CI, True
+    )
+
+
+def _per_case(
+    metric: Metric, label: str, column: str, summary: str, *, distance: bool
+) -> MetricInfo:
+    return MetricInfo(
+        metric=metric,
+        task=Task.SEGMENTATION,
+        label=label,
+        column=column,
+        summary=summary,
+        low=0.0,
+        high=math.inf if distance else 1.0,
+        higher_is_better=not distance,
+        ci_methods=("bootstrap",),
+        needs_threshold=False,
+        unit="mm" if distance else "",
+    )
+
+
+METRICS: dict[Metric, MetricInfo] = {
+    Metric.AUC: MetricInfo(
+        Metric.AUC,
+        Task.CLASSIFICATION,
+        "AUC",
+        None,
+        None,
+        0.0,
+        1.0,
+        True,
+        ("delong", "bootstrap"),
+        False,
+    ),
+    Metric.SENSITIVITY: _proportion(Metric.SENSITIVITY, "sensitivity"),
+    Metric.SPECIFICITY: _proportion(Metric.SPECIFICITY, "specificity"),
+    Metric.PPV: _proportion(Metric.PPV, "positive predictive value"),
+    Metric.NPV: _proportion(Metric.NPV, "negative predictive value"),
+    Metric.ACCURACY: _proportion(Metric.ACCURACY, "accuracy"),
+    Metric.KAPPA_MODEL_VS_CONSENSUS: MetricInfo(
+        Metric.KAPPA_MODEL_VS_CONSENSUS,
+        Task.CLASSIFICATION,
+        "Cohen's kappa (model vs consensus)",
+        None,
+        None,
+        -1.0,
+        1.0,
+        True,
+        ("asymptotic",),
+        True,
+    ),
+    Metric.DICE_MEAN: _per_case(Metric.DICE_MEAN, "mean Dice", "dice", "mean", distance=False),
+    Metric.DICE_MEDIAN: _per_case(
+        Metric.DICE_MEDIAN, "median Dice", "dice", "median", distance=False
+    ),
+    Metric.SURFACE_DICE_MEAN: _per_case(
+        Metric.SURFACE_DICE_MEAN, "mean surface Dice", "surface_dice", "mean", distance=False
+    ),
+    Metric.SURFACE_DICE_MEDIAN: _per_case(
+        Metric.SURFACE_DICE_MEDIAN, "median surface Dice", "surface_dice", "median", distance=False
+    ),
+    Metric.HD95_MEAN: _per_case(Metric.HD95_MEAN, "mean HD95", "hd95", "mean", distance=True),
+    Metric.HD95_MEDIAN: _per_case(
+        Metric.HD95_MEDIAN, "median HD95", "hd95", "median", distance=True
+    ),
+    Metric.ASSD_MEAN: _per_case(Metric.ASSD_MEAN, "mean ASSD", "assd", "mean", distance=True),
+    Metric.ASSD_MEDIAN: _per_case(
+        Metric.ASSD_MEDIAN, "median ASSD", "assd", "median", distance=True
+    ),
+}
+
+
+def metric_info(metric: Metric | str) -> MetricInfo:
+    """Return the catalogue entry of ``metric``.
+
+    Parameters
+    ----------
+    metric : Metric or str
+        Metric name, e.g. ``"auc"``.
+
+    Returns
+    -------
+    MetricInfo
+
+    Raises
+    ------
+    ValueError
+        If the metric is unknown (the message lists the known ones).
+    """
+    try:
+        return METRICS[Metric(metric)]
+    except ValueError:
+        known = ", ".join(m.value for m in Metric)
+        raise ValueError(f"unknown metric {metric!r}; expected one of: {known}") from None

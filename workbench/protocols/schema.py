@@ -1,0 +1,647 @@
+"""Schema of a validation protocol (pydantic v2, unknown keys forbidden).
+
+A protocol is the pre-registered plan of one validation: what is measured
+(endpoints), how uncertain it may be (confidence intervals), what counts as
+success (acceptance criteria, overall and per subgroup), which cases go to
+clinical adjudication and who must sign. It is written as YAML under
+``validation_protocols/`` and loaded with :func:`workbench.protocols.load_protocol`,
+which maps every schema error back to its YAML line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from workbench.protocols.metrics import Metric, Task, metric_info
+
+__all__ = [
+    "LocatedValueError",
+    "Adjudication",
+    "CIMethodSpec",
+    "Criterion",
+    "CriterionStatistic",
+    "DiscrepancyRule",
+    "Endpoint",
+    "FailedCasePolicy",
+    "Multiplicity",
+    "MultiplicityFamily",
+    "Operator",
+    "Protocol",
+    "ReferenceStandard",
+    "SegmentationReference",
+    "SegmentationReferenceRule",
+    "SignatureRequirement",
+    "SignerRole",
+    "StratumFactor",
+    "SubgroupAcceptance",
+    "SubgroupRule",
+    "TestSetRef",
+]
+
+
+class LocatedValueError(ValueError):
+    """A validation error that knows where below the validated object it lies.
+
+    ``loc`` is appended to pydantic's location so that the loader can point at
+    the exact YAML line (e.g. the second endpoint's ``id``).
+    """
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class CriterionStatistic(StrEnum):
+    """Which number of an estimate a criterion compares."""
+
+    VALUE = "value"
+    CI_LOW = "ci_low"
+    CI_HIGH = "ci_high"
+
+
+class Operator(StrEnum):
+    """Comparison operator of a criterion."""
+
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+
+    def holds(self, left: float, right: float) -> bool:
+        """Return whether ``left <op> right``."""
+        if self is Operator.GE:
+            return left >= right
+        if self is Operator.GT:
+            return left > right
+        if self is Operator.LE:
+            return left <= right
+        return left < right
+
+    @property
+    def is_lower_bound(self) -> bool:
+        """True for ``>=`` and ``>``: the criterion sets a floor."""
+        return self in (Operator.GE, Operator.GT)
+
+
+class Criterion(_Strict):
+    """Structured acceptance criterion, e.g. ``ci_low >= 0.85``.
+
+    The metric and the CI level come from the endpoint; see
+    :meth:`Endpoint.criterion_text` for the human-readable form.
+    """
+
+    statistic: CriterionStatistic
+    operator: Operator
+    threshold: float
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"threshold must be a finite number, found {value!r}")
+        return value
+
+    def holds(self, value: float, ci_low: float, ci_high: float) -> bool:
+        """Return whether the criterion holds for an estimate's numbers."""
+        number = {"value": value, "ci_low": ci_low, "ci_high": ci_high}[self.statistic.value]
+        return self.operator.holds(number, self.threshold)
+
+
+class CIMethodSpec(_Strict):
+    """How the confidence interval of an endpoint is computed."""
+
+    method: str | None = Field(
+        default=None, description="CI method; default: the metric's first method."
+    )
+    level: float = 0.95
+    n_boot: int = Field(default=2000, ge=200, le=100_000)
+    seed: int = 0
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value: float) -> float:
+        if not 0.5 <= value < 1.0:
+            raise ValueError(f"CI level must lie in [0.5, 1), e.g. 0.95; found {value!r}")
+        return value
+
+
+class TestSetRef(_Strict):
+    """Which locked test set the protocol is written for."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str = Field(min_length=1)
+    manifest_digest: str | None = None
+
+    @field_validator("manifest_digest")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(
+                f"manifest_digest must be 64 lowercase hex digits (SHA-256), found {value!r}"
+            )
+        return value
+
+
+class SegmentationReferenceRule(StrEnum):
+    """How the reference mask is derived from the readers' DICOM SEG objects.
+
+    ``majority``: a voxel is lesion where at least half of the listed readers
+    marked it (with two readers this is their union); ``readerK``: reader K's
+    mask alone; ``union`` / ``intersection``: any / all readers.
+    """
+
+    MAJORITY = "majority"
+    READER1 = "reader1"
+    READER2 = "reader2"
+    UNION = "union"
+    INTERSECTION = "intersection"
+
+
+class SegmentationReference(_Strict):
+    """Reference segmentation: readers' SEG objects combined by a rule."""
+
+    readers: list[str] = Field(default_factory=lambda: ["reader1", "reader2"], min_length=1)
+    rule: SegmentationReferenceRule = SegmentationReferenceRule.MAJORITY
+
+    @model_validator(mode="after")
+    def _rule_names_reader(self) -> SegmentationReference:
+        if self.rule.value.startswith("reader") and self.rule.value not in self.readers:
+            raise ValueError(
+                f"rule {self.rule.value!r} names a reader that is not listed in readers "
+                f"{self.readers}"
+            )
+        return self
+
+
+class ReferenceStandard(_Strict):
+    """The reference standard the model is compared with."""
+
+    description: str = ""
+    labels_column: str | None = Field(
+        default=None, description="Column of reference/labels.csv with the binary truth."
+    )
+    segmentation: SegmentationReference | None = None
+
+
+class FailedCasePolicy(StrEnum):
+    """What happens to cases the model failed on.
+
+    ``count_as_error`` (default, conservative): a failed case stays in the
+    analysis with the worst possible result: Dice and surface Dice 0, distances
+    the protocol's ``failed_case_distance_mm``; for classification the case
+    gets the worst score for its reference label (below every other score when
+    positive, above every other when negative), so its decision is wrong.
+    ``exclude`` drops failed cases from the analysis; they are still listed.
+    """
+
+    COUNT_AS_ERROR = "count_as_error"
+    EXCLUDE = "exclude"
+
+
+class Endpoint(_Strict):
+    """One pre-registered endpoint with its acceptance criterion."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=64)
+    metric: Metric
+    description: str = ""
+    primary: bool = True
+    ci: CIMethodSpec = Field(default_factory=CIMethodSpec)
+    operating_threshold: float | None = None
+    criterion: Criterion
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Endpoint:
+        info = metric_info(self.metric)
+        method = self.ci.method
+        if method is not None and method not in info.ci_methods:
+            raise LocatedValueError(
+                ("ci", "method"),
+                f"CI method {method!r} is not available for {self.metric.value}; "
+                f"expected one of {list(info.ci_methods)}",
+            )
+        if info.needs_threshold and self.operating_threshold is None:
+            raise LocatedValueError(
+                ("metric",),
+                f"metric {self.metric.value} needs an operating_threshold on the model score",
+            )
+        if not info.needs_threshold and self.operating_threshold is not None:
+            raise LocatedValueError(
+                ("operating_threshold",),
+                f"metric {self.metric.value} does not use an operating_threshold; remove it",
+            )
+        if self.operating_threshold is not None and not math.isfinite(self.operating_threshold):
+            raise ValueError("operating_threshold must be a finite number")
+        try:
+            _check_criterion_against_metric(self.criterion, self.metric)
+        except LocatedValueError as exc:
+            raise LocatedValueError(("criterion", *exc.loc), str(exc)) from None
+        return self
+
+    @property
+    def ci_method(self) -> str:
+        """The CI method in effect (the protocol's or the metric's default)."""
+        return self.ci.method or metric_info(self.metric).ci_methods[0]
+
+    def criterion_text(
+        self, criterion: Criterion | None = None, *, level: float | None = None
+    ) -> str:
+        """Render a criterion of this endpoint in words.
+
+        Parameters
+        ----------
+        criterion : Criterion, optional
+            Criterion to render; default the endpoint's own.
+        level : float, optional
+            CI level to name; default the endpoint's.
+
+        Returns
+        -------
+        str
+            E.g. ``"lower bound of the 95% CI (delong) of AUC >= 0.85"``.
+        """
+        crit = criterion or self.criterion
+        return render_criterion(crit, self.metric, level or self.ci.level, self.ci_method)
+
+
+def render_criterion(criterion: Criterion, metric: Metric, level: float, method: str) -> str:
+    """Render a structured criterion, e.g. ``lower bound of the 95% CI of AUC >= 0.85``."""
+    info = metric_info(metric)
+    pct = f"{level * 100:g}%"
+    subject = {
+        CriterionStatistic.VALUE: f"point estimate of {info.label}",
+        CriterionStatistic.CI_LOW: f"lower bound of the {pct} CI ({method}) of {info.label}",
+        CriterionStatistic.CI_HIGH: f"upper bound of the {pct} CI ({method}) of {info.label}",
+    }[criterion.statistic]
+    unit = f" {info.unit}" if info.unit else ""
+    return f"{subject} {criterion.operator.value} {criterion.threshold:g}{unit}"
+
+
+def _check_criterion_against_metric(criterion: Criterion, metric: Metric) -> None:
+    info = metric_info(metric)
+    if not info.low <= criterion.threshold <= info.high:
+        high = "infinity" if math.isinf(info.high) else f"{info.high:g}"
+        raise LocatedValueError(
+            ("threshold",),
+            f"threshold {criterion.threshold:g} is impossible for {metric.value}, "
+            f"whose values lie in [{info.low:g}, {high}]",
+        )
+    if criterion.operator.is_lower_bound != info.higher_is_better:
+        expected = "'>=' or '>'" if info.higher_is_better else "'<=' or '<'"
+        better = "higher" if info.higher_is_better else "lower"
+        raise LocatedValueError(
+            ("operator",),
+            f"operator {criterion.operator.value!r} cannot demonstrate performance on "
+            f"{metric.value} ({better} is better); expected {expected}",
+        )
+    anti = CriterionStatistic.CI_HIGH if info.higher_is_better else CriterionStatistic.CI_LOW
+    if criterion.statistic is anti:
+        good = "ci_low" if info.higher_is_better else "ci_high"
+        raise LocatedValueError(
+            ("statistic",),
+            f"a criterion on {criterion.statistic.value} of {metric.value} is anti-conservative; "
+            f"use statistic {good!r} (or 'value')",
+        )
+
+
+class StratumFactor(_Strict):
+    """A factor the endpoints are broken down by (e.g. scanner manufacturer).
+
+    ``column`` defaults to ``factor``. With ``edges`` the numeric column is cut
+    into bands ``[e0, e1), [e1, e2), ...`` labelled ``"e0-(e1-1)"`` style, e.g.
+    ages 18/50/65/120 give ``18-49``, ``50-64``, ``65-119``.
+    """
+
+    factor: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    column: str | None = None
+    edges: list[float] | None = None
+    min_n: int = Field(default=5, ge=1)
+    assess: bool = Field(
+        default=True,
+        description="Apply the subgroup acceptance rule to this factor (else report only).",
+    )
+
+    @model_validator(mode="after")
+    def _edges(self) -> StratumFactor:
+        if self.edges is not None:
+            if len(self.edges) < 2:
+                raise ValueError(f"edges need at least two numbers, found {len(self.edges)}")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+                raise ValueError(f"edges must increase strictly, found {self.edges}")
+        if self.factor.endswith("_band") and self.edges is None:
+            raise ValueError(
+                f"factor {self.factor!r} is a band and needs edges, e.g. [18, 50, 65, 120]"
+            )
+        return self
+
+    @property
+    def source_column(self) -> str:
+        """Column of the cases frame the factor is read from."""
+        if self.column:
+            return self.column
+        if self.factor == "age_band":
+            return "patient_age_years"
+        return self.factor
+
+
+class SubgroupRule(StrEnum):
+    """How strata are judged.
+
+    ``adjusted_criterion``: every assessed stratum with ``n >= min_n`` must meet
+    the endpoint's own criterion, with CIs widened for multiplicity (Holm
+    step-down or Bonferroni over the strata of one factor, or all strata).
+    ``fixed_criteria``: every assessed stratum with ``n >= min_n`` must meet
+    all of ``criteria`` at the endpoint's CI level (e.g. point estimate >= X
+    and CI lower bound >= Y), documented as unadjusted.
+    """
+
+    ADJUSTED_CRITERION = "adjusted_criterion"
+    FIXED_CRITERIA = "fixed_criteria"
+
+
+class Multiplicity(StrEnum):
+    """Multiplicity adjustment for ``adjusted_criterion``."""
+
+    HOLM = "holm"
+    BONFERRONI = "bonferroni"
+    NONE = "none"
+
+
+class MultiplicityFamily(StrEnum):
+    """Which strata form one family for the multiplicity adjustment."""
+
+    PER_FACTOR = "per_factor"
+    ALL_STRATA = "all_strata"
+
+
+class SubgroupAcceptance(_Strict):
+    """Subgroup acceptance rule with its multiplicity handling."""
+
+    endpoints: list[str] | None = Field(
+        default=None, description="Endpoint ids the rule applies to; default the primary ones."
+    )
+    rule: SubgroupRule = SubgroupRule.ADJUSTED_CRITERION
+    multiplicity: Multiplicity = Multiplicity.HOLM
+    family: MultiplicityFamily = MultiplicityFamily.PER_FACTOR
+    criteria: list[Criterion] | None = None
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> SubgroupAcceptance:
+        if self.rule is SubgroupRule.FIXED_CRITERIA:
+            if not self.criteria:
+                raise ValueError("rule 'fixed_criteria' needs a non-empty list 'criteria'")
+            if (
+                self.multiplicity is not Multiplicity.HOLM
+                and "multiplicity" in self.model_fields_set
+            ):
+                raise ValueError(
+                    "rule 'fixed_criteria' is unadjusted; remove 'multiplicity' or use rule "
+                    "'adjusted_criterion'"
+                )
+        elif self.criteria is not None:
+            raise ValueError(
+                "'criteria' belongs to rule 'fixed_criteria'; rule 'adjusted_criterion' uses "
+                "each endpoint's own criterion"
+            )
+        return self
+
+
+class _MetricRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: Literal["metric_threshold"]
+    column: Literal["dice", "surface_dice", "hd95", "assd", "score"]
+    operator: Operator
+    threshold: float
+
+
+class _DecisionRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: Literal["decision_disagrees"]
+    operating_threshold: float
+
+
+class _FailedRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: Literal["case_failed"]
+
+
+DiscrepancyRule = Annotated[_MetricRule | _DecisionRule | _FailedRule, Field(discriminator="kind")]
+"""A rule that sends a case to clinical adjudication.
+
+``metric_threshold``: a per-case column compared with a threshold (e.g.
+``dice < 0.5``; a missing value counts as a hit). ``decision_disagrees``
+(classification): the model decision ``score >= operating_threshold``
+disagrees with the reference label. ``case_failed``: inference failed.
+"""
+
+
+class Adjudication(_Strict):
+    """Clinical adjudication of discrepant cases."""
+
+    required_before_approval: bool = True
+    reviewers_blinded: bool = True
+    reviewers_see_aggregate_results: bool = False
+    readers_per_case: int = Field(default=1, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _blinding(self) -> Adjudication:
+        if self.reviewers_blinded and self.reviewers_see_aggregate_results:
+            raise ValueError(
+                "blinded reviewers cannot see aggregate results; set "
+                "reviewers_see_aggregate_results to false or reviewers_blinded to false"
+            )
+        return self
+
+
+class SignerRole(StrEnum):
+    """Roles that may sign (admins and auditors never sign)."""
+
+    QA = "qa"
+    REVIEWER = "reviewer"
+
+
+class SignatureRequirement(_Strict):
+    """One signature the report needs, e.g. ``approved`` by ``qa``."""
+
+    meaning: str = Field(pattern=r"^[a-z][a-z_]*$")
+    role: SignerRole
+    distinct_from: list[str] = Field(
+        default_factory=list, description="Meanings whose signers must be other people."
+    )
+
+
+class Protocol(_Strict):
+    """A validation protocol.
+
+    Attributes beyond the YAML fields
+    ---------------------------------
+    sha256 : str
+        SHA-256 of the exact YAML bytes the protocol was loaded from.
+    source_text : str
+        The exact YAML text.
+    canonical_text : str
+        Canonical JSON (sorted keys, no whitespace, UTF-8) of the validated
+        protocol with defaults filled in: equal for texts that differ only in
+        comments, key order or formatting.
+    """
+
+    schema_version: Literal[1] = 1
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=64)
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1)
+    intended_use: str = Field(min_length=1)
+    task: Task
+    test_set: TestSetRef
+    reference_standard: ReferenceStandard
+    failed_cases: FailedCasePolicy = FailedCasePolicy.COUNT_AS_ERROR
+    failed_case_distance_mm: float = Field(default=100.0, gt=0)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    strata: list[StratumFactor] = Field(default_factory=list)
+    subgroup_acceptance: SubgroupAcceptance | None = None
+    discrepancy_rules: list[DiscrepancyRule] = Field(default_factory=list)
+    adjudication: Adjudication = Field(default_factory=Adjudication)
+    data_quality_suite: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    signatures: list[SignatureRequirement] = Field(min_length=1)
+
+    _sha256: str = PrivateAttr(default="")
+    _source_text: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Protocol:
+        seen: set[str] = set()
+        for i, ep in enumerate(self.endpoints):
+            if ep.id in seen:
+                raise LocatedValueError(
+                    ("endpoints", i, "id"), f"duplicate endpoint id {ep.id!r}; ids must be unique"
+                )
+            seen.add(ep.id)
+            task = metric_info(ep.metric).task
+            if task is not self.task:
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} is a {task.value} metric but the protocol's "
+                    f"task is {self.task.value}",
+                )
+        if not any(ep.primary for ep in self.endpoints):
+            raise LocatedValueError(("endpoints",), "at least one endpoint must be primary")
+        ref = self.reference_standard
+        if self.task is Task.CLASSIFICATION and not ref.labels_column:
+            raise LocatedValueError(
+                ("reference_standard",),
+                "a classification protocol needs reference_standard.labels_column "
+                "(e.g. consensus_malignant)",
+            )
+        if self.task is Task.SEGMENTATION and ref.segmentation is None:
+            raise LocatedValueError(
+                ("reference_standard",),
+                "a segmentation protocol needs reference_standard.segmentation (readers and rule)",
+            )
+        factors = [s.factor for s in self.strata]
+        dup = sorted({f for f in factors if factors.count(f) > 1})
+        if dup:
+            raise LocatedValueError(("strata",), f"duplicate factor(s) {dup}")
+        sub = self.subgroup_acceptance
+        if sub is not None:
+            if not self.strata:
+                raise LocatedValueError(
+                    ("subgroup_acceptance",), "subgroup_acceptance needs at least one stratum"
+                )
+            for j, name in enumerate(sub.endpoints or []):
+                if name not in seen:
+                    raise LocatedValueError(
+                        ("subgroup_acceptance", "endpoints", j),
+                        f"{name!r} is not an endpoint id; expected one of {sorted(seen)}",
+                    )
+            for ep in self.subgroup_endpoints():
+                if sub.rule is SubgroupRule.ADJUSTED_CRITERION and (
+                    ep.criterion.statistic is CriterionStatistic.VALUE
+                    and sub.multiplicity is not Multiplicity.NONE
+                ):
+                    raise LocatedValueError(
+                        ("subgroup_acceptance",),
+                        f"endpoint {ep.id!r} judges a point estimate, which a multiplicity "
+                        "adjustment cannot widen; use a CI bound or rule 'fixed_criteria'",
+                    )
+                for j, crit in enumerate(sub.criteria or []):
+                    try:
+                        _check_criterion_against_metric(crit, ep.metric)
+                    except LocatedValueError as exc:
+                        raise LocatedValueError(
+                            ("subgroup_acceptance", "criteria", j, *exc.loc),
+                            f"for endpoint {ep.id!r}: {exc}",
+                        ) from None
+        rule_ids = [r.id for r in self.discrepancy_rules]
+        dup = sorted({r for r in rule_ids if rule_ids.count(r) > 1})
+        if dup:
+            raise LocatedValueError(("discrepancy_rules",), f"duplicate rule id(s) {dup}")
+        for j, rule in enumerate(self.discrepancy_rules):
+            if self.task is Task.SEGMENTATION and rule.kind == "decision_disagrees":
+                raise LocatedValueError(
+                    ("discrepancy_rules", j, "kind"),
+                    f"rule {rule.id!r}: 'decision_disagrees' needs a classification protocol",
+                )
+        meanings = [s.meaning for s in self.signatures]
+        dup = sorted({m for m in meanings if meanings.count(m) > 1})
+        if dup:
+            raise LocatedValueError(("signatures",), f"duplicate meaning(s) {dup}")
+        for j, sig in enumerate(self.signatures):
+            for other in sig.distinct_from:
+                if other not in meanings or other == sig.meaning:
+                    raise LocatedValueError(
+                        ("signatures", j, "distinct_from"),
+                        f"signature {sig.meaning!r} names {other!r}; expected another listed "
+                        f"meaning out of {meanings}",
+                    )
+        return self
+
+    # -- derived views ---------------------------------------------------------------------
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the exact YAML bytes (empty if built in code)."""
+        return self._sha256
+
+    @property
+    def source_text(self) -> str:
+        """The exact YAML text the protocol was loaded from."""
+        return self._source_text
+
+    @property
+    def canonical_text(self) -> str:
+        """Canonical JSON of the validated protocol (sorted keys, no whitespace)."""
+        data: Any = self.model_dump(mode="json")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def canonical_sha256(self) -> str:
+        """SHA-256 of :attr:`canonical_text` (UTF-8)."""
+        return hashlib.sha256(self.canonical_text.encode("utf-8")).hexdigest()
+
+    def endpoint(self, endpoint_id: str) -> Endpoint:
+        """Return the endpoint with id ``endpoint_id`` (KeyError names the known ids)."""
+        for ep in self.endpoints:
+            if ep.id == endpoint_id:
+                return ep
+        raise KeyError(
+            f"no endpoint {endpoint_id!r}; expected one of {[e.id for e in self.endpoints]}"
+        )
+
+    def subgroup_endpoints(self) -> list[Endpoint]:
+        """Endpoints the subgroup acceptance rule applies to (none without a rule)."""
+        sub = self.subgroup_acceptance
+        if sub is None:
+            return []
+        if sub.endpoints is None:
+            return [ep for ep in self.endpoints if ep.primary]
+        return [ep for ep in self.endpoints if ep.id in sub.endpoints]

@@ -1,0 +1,571 @@
+"""Vector figures of the report (``reportlab.graphics`` drawings).
+
+Vector drawings are archival: they are stored in the PDF as paths and text
+in the embedded fonts, need no renderer such as Chrome, and stay sharp at any
+zoom. Each function returns a :class:`reportlab.graphics.shapes.Drawing` that
+the builder places as a flowable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+from reportlab.graphics.shapes import Drawing, Group, Line, Polygon, PolyLine, Rect, String
+from reportlab.lib import colors
+from reportlab.pdfbase.pdfmetrics import stringWidth
+
+from workbench.reports._style import (
+    ACCENT,
+    BAND,
+    FAIL_INK,
+    MONO,
+    MUTED,
+    RULE,
+    SANS,
+    SANS_BOLD,
+    SERIES_COLOURS,
+    register_fonts,
+)
+from workbench.reports.content import (
+    DistributionGroup,
+    EstimateStatus,
+    MetricResult,
+    ReportEstimate,
+    RocCurve,
+)
+from workbench.reports.formatting import format_ci, format_estimate, format_level, format_number
+
+__all__ = ["dice_distribution_figure", "forest_plot", "roc_figure"]
+
+_TICK_FONT = 7
+_LABEL_FONT = 8
+
+
+def _drawing(width: float, height: float) -> Drawing:
+    drawing = Drawing(width, height)
+    # the renderer starts every drawing in this font; the default would be a
+    # non-embedded Helvetica, which an archival PDF must not reference
+    drawing.initialFontName = SANS
+    return drawing
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    span = max(high - low, 1e-12)
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def _tick_label(value: float, ticks: Sequence[float]) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    digits = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
+    if step < 1 and abs(step * 10**digits - round(step * 10**digits)) > 1e-6:
+        digits += 1
+    return format_number(value, digits)
+
+
+def roc_figure(roc: RocCurve, *, width: float = 300, height: float = 280) -> Drawing:
+    """ROC curve with its pointwise confidence band, chance diagonal and operating point.
+
+    Parameters
+    ----------
+    roc : RocCurve
+        Curve, band and AUC.
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    left, bottom, right, top = 46.0, 40.0, 12.0, 26.0
+    plot_w, plot_h = width - left - right, height - bottom - top
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + x * plot_w, bottom + y * plot_h
+
+    drawing.add(
+        Rect(left, bottom, plot_w, plot_h, strokeColor=RULE, fillColor=None, strokeWidth=0.6)
+    )
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    for t in ticks:
+        x, _ = xy(t, 0)
+        _, y = xy(0, t)
+        drawing.add(Line(x, bottom, x, bottom - 3, strokeColor=MUTED, strokeWidth=0.5))
+        drawing.add(Line(left, y, left - 3, y, strokeColor=MUTED, strokeWidth=0.5))
+        drawing.add(
+            Line(
+                x,
+                bottom,
+                x,
+                bottom + plot_h,
+                strokeColor=colors.HexColor("#eeeeee"),
+                strokeWidth=0.4,
+            )
+        )
+        drawing.add(
+            Line(left, y, left + plot_w, y, strokeColor=colors.HexColor("#eeeeee"), strokeWidth=0.4)
+        )
+        drawing.add(
+            String(
+                x, bottom - 12, f"{t:.1f}", fontName=SANS, fontSize=_TICK_FONT, textAnchor="middle"
+            )
+        )
+        drawing.add(
+            String(
+                left - 5, y - 2.5, f"{t:.1f}", fontName=SANS, fontSize=_TICK_FONT, textAnchor="end"
+            )
+        )
+
+    band: list[float] = []
+    for x, y in zip(roc.fpr, roc.tpr_high, strict=True):
+        band.extend(xy(x, min(max(y, 0.0), 1.0)))
+    for x, y in zip(reversed(roc.fpr), reversed(roc.tpr_low), strict=True):
+        band.extend(xy(x, min(max(y, 0.0), 1.0)))
+    drawing.add(Polygon(band, fillColor=BAND, strokeColor=None, strokeWidth=0))
+    drawing.add(
+        Line(*xy(0, 0), *xy(1, 1), strokeColor=MUTED, strokeWidth=0.6, strokeDashArray=[3, 3])
+    )
+    curve: list[float] = []
+    for x, y in zip(roc.fpr, roc.tpr, strict=True):
+        curve.extend(xy(x, y))
+    drawing.add(PolyLine(curve, strokeColor=ACCENT, strokeWidth=1.4))
+    if roc.operating_point is not None:
+        ox, oy = xy(*roc.operating_point)
+        drawing.add(
+            Rect(
+                ox - 3, oy - 3, 6, 6, fillColor=FAIL_INK, strokeColor=colors.white, strokeWidth=0.5
+            )
+        )
+
+    drawing.add(
+        String(
+            left + plot_w / 2,
+            8,
+            "1 \u2212 specificity (false-positive rate)",
+            fontName=SANS,
+            fontSize=_LABEL_FONT,
+            textAnchor="middle",
+        )
+    )
+    label = String(
+        0,
+        0,
+        "Sensitivity (true-positive rate)",
+        fontName=SANS,
+        fontSize=_LABEL_FONT,
+        textAnchor="middle",
+    )
+    rotated = Group(label)
+    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
+    drawing.add(rotated)
+    auc = roc.auc
+    title = f"AUC {format_estimate(auc)}"
+    if auc.ok:
+        title += f" ({format_level(auc.level)} CI {format_ci(auc)})"
+    drawing.add(String(left, height - 14, title, fontName=SANS_BOLD, fontSize=_LABEL_FONT))
+    # legend inside the plot, lower right
+    lx, ly = left + plot_w - 118, bottom + 30
+    drawing.add(Line(lx, ly, lx + 14, ly, strokeColor=ACCENT, strokeWidth=1.4))
+    drawing.add(String(lx + 18, ly - 2.5, "empirical ROC", fontName=SANS, fontSize=_TICK_FONT))
+    drawing.add(Rect(lx, ly - 14, 14, 7, fillColor=BAND, strokeColor=None))
+    band_label = f"{format_level(auc.level)} band" + (
+        f" ({roc.band_method})" if roc.band_method else ""
+    )
+    drawing.add(String(lx + 18, ly - 13, band_label[:28], fontName=SANS, fontSize=_TICK_FONT))
+    if roc.operating_point is not None:
+        drawing.add(Rect(lx + 4, ly - 26, 6, 6, fillColor=FAIL_INK, strokeColor=None))
+        drawing.add(String(lx + 18, ly - 25, "operating point", fontName=SANS, fontSize=_TICK_FONT))
+    return drawing
+
+
+def forest_plot(metric: MetricResult, *, width: float = 480, row_height: float = 15) -> Drawing:
+    """Forest plot of a metric per stratum with CIs against the acceptance line.
+
+    The overall estimate is the first row (a diamond); strata without an
+    estimate are listed with the reason (e.g. ``insufficient n (n=7)``) and
+    no marker.
+
+    Parameters
+    ----------
+    metric : MetricResult
+        Overall and per-stratum estimates and the acceptance threshold.
+    width : float
+        Width of the drawing in points.
+    row_height : float
+        Vertical space per row in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    rows: list[tuple[str, ReportEstimate, bool]] = [("Overall", metric.overall, True)]
+    for stratum in metric.per_stratum:
+        rows.append((f"{stratum.factor}: {stratum.level}", stratum.estimate, False))
+    label_w, value_w = 150.0, 150.0
+    top, bottom = 22.0, 30.0
+    height = top + bottom + row_height * len(rows)
+    drawing = _drawing(width, height)
+    plot_left = label_w
+    plot_w = width - label_w - value_w
+    bounds = [e.ci_low for _, e, _ in rows if e.ok and e.ci_low is not None]
+    bounds += [e.ci_high for _, e, _ in rows if e.ok and e.ci_high is not None]
+    if metric.threshold is not None:
+        bounds.append(metric.threshold)
+    low = min(bounds, default=0.0)
+    high = max(bounds, default=1.0)
+    pad = max((high - low) * 0.08, 0.01)
+    low, high = low - pad, high + pad
+    if metric.key in ("auc", "dice", "sensitivity", "specificity") or (0 <= low and high <= 1.05):
+        low, high = max(low, 0.0), min(high, 1.0)
+    ticks = _nice_ticks(low, high)
+
+    def x_of(value: float) -> float:
+        return plot_left + (value - low) / (high - low) * plot_w
+
+    axis_y = bottom
+    drawing.add(
+        Line(plot_left, axis_y, plot_left + plot_w, axis_y, strokeColor=MUTED, strokeWidth=0.6)
+    )
+    for t in ticks:
+        x = x_of(t)
+        drawing.add(Line(x, axis_y, x, axis_y - 3, strokeColor=MUTED, strokeWidth=0.5))
+        drawing.add(
+            String(
+                x,
+                axis_y - 11,
+                _tick_label(t, ticks),
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+                textAnchor="middle",
+            )
+        )
+    unit = f" ({metric.unit})" if metric.unit else ""
+    drawing.add(
+        String(
+            plot_left + plot_w / 2,
+            4,
+            f"{metric.label}{unit}",
+            fontName=SANS,
+            fontSize=_LABEL_FONT,
+            textAnchor="middle",
+        )
+    )
+    drawing.add(String(0, height - 12, "Stratum", fontName=SANS_BOLD, fontSize=_LABEL_FONT))
+    level = format_level(metric.overall.level)
+    drawing.add(
+        String(
+            width,
+            height - 12,
+            f"{metric.label} ({level} CI)",
+            fontName=SANS_BOLD,
+            fontSize=_LABEL_FONT,
+            textAnchor="end",
+        )
+    )
+    if metric.threshold is not None:
+        x = x_of(metric.threshold)
+        drawing.add(
+            Line(
+                x,
+                axis_y,
+                x,
+                height - top + 4,
+                strokeColor=FAIL_INK,
+                strokeWidth=0.9,
+                strokeDashArray=[4, 2],
+            )
+        )
+        sign = "\u2265" if metric.direction == ">=" else "\u2264"
+        drawing.add(
+            String(
+                x,
+                height - top + 6,
+                f"acceptance {sign} {format_number(metric.threshold, metric.digits)}",
+                fontName=SANS,
+                fontSize=6.5,
+                fillColor=FAIL_INK,
+                textAnchor="middle",
+            )
+        )
+
+    for index, (label, estimate, overall) in enumerate(rows):
+        y = height - top - row_height * (index + 0.5) - 2
+        font = SANS_BOLD if overall else SANS
+        suffix = f" (n={estimate.n})" if estimate.n else ""
+        drawing.add(
+            String(2, y - 2.5, _clip(label + suffix, 34), fontName=font, fontSize=_TICK_FONT)
+        )
+        value_text = format_estimate(estimate, metric.digits)
+        if estimate.ok:
+            value_text += f"  [{format_ci(estimate, metric.digits)}]"
+        colour = MUTED if not estimate.ok else colors.black
+        drawing.add(
+            String(
+                width,
+                y - 2.5,
+                value_text,
+                fontName=font,
+                fontSize=_TICK_FONT,
+                textAnchor="end",
+                fillColor=colour,
+            )
+        )
+        if not estimate.ok or estimate.value is None:
+            note = (
+                "insufficient n \u2014 not estimated"
+                if estimate.status is EstimateStatus.INSUFFICIENT_N
+                else "not estimated"
+            )
+            note_w = stringWidth(note, SANS, 6.5)
+            # a white backing keeps the note readable where it crosses the acceptance line
+            drawing.add(
+                Rect(
+                    plot_left + 2, y - 4.5, note_w + 4, 9, fillColor=colors.white, strokeColor=None
+                )
+            )
+            drawing.add(
+                String(plot_left + 4, y - 2.5, note, fontName=SANS, fontSize=6.5, fillColor=MUTED)
+            )
+            continue
+        assert estimate.ci_low is not None and estimate.ci_high is not None
+        x0, x1, xv = x_of(estimate.ci_low), x_of(estimate.ci_high), x_of(estimate.value)
+        below = _fails(metric, estimate)
+        ink = FAIL_INK if below else ACCENT
+        drawing.add(Line(x0, y, x1, y, strokeColor=ink, strokeWidth=1.1))
+        drawing.add(Line(x0, y - 3, x0, y + 3, strokeColor=ink, strokeWidth=0.8))
+        drawing.add(Line(x1, y - 3, x1, y + 3, strokeColor=ink, strokeWidth=0.8))
+        if overall:
+            drawing.add(
+                Polygon(
+                    [xv - 5, y, xv, y + 4.5, xv + 5, y, xv, y - 4.5],
+                    fillColor=ink,
+                    strokeColor=None,
+                )
+            )
+        else:
+            drawing.add(Rect(xv - 2.5, y - 2.5, 5, 5, fillColor=ink, strokeColor=None))
+    return drawing
+
+
+def _fails(metric: MetricResult, estimate: ReportEstimate) -> bool:
+    if metric.threshold is None or estimate.ci_low is None or estimate.ci_high is None:
+        return False
+    if metric.direction == ">=":
+        return estimate.ci_low < metric.threshold
+    return estimate.ci_high > metric.threshold
+
+
+def _clip(value: str, length: int) -> str:
+    return value if len(value) <= length else value[: length - 1] + "\u2026"
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    position = (len(sorted_values) - 1) * q
+    lower = math.floor(position)
+    upper = min(lower + 1, len(sorted_values) - 1)
+    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * (position - lower)
+
+
+def _jitter(label: str, index: int) -> float:
+    """Deterministic jitter in [-1, 1] so that a rebuild draws the same points."""
+    digest = hashlib.sha256(f"{label}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 0xFFFFFFFF * 2 - 1
+
+
+def dice_distribution_figure(
+    groups: Sequence[DistributionGroup],
+    *,
+    metric_label: str = "Dice",
+    threshold: float | None = None,
+    width: float = 480,
+    height: float = 230,
+) -> Drawing:
+    """Box plot with the individual cases overlaid (strip plot), one column per group.
+
+    Boxes span the quartiles with the median marked; whiskers reach the most
+    extreme value within 1.5 IQR; every case is drawn as a jittered dot.
+
+    Parameters
+    ----------
+    groups : sequence of DistributionGroup
+        One group per scanner (or other factor level).
+    metric_label : str
+        Axis label.
+    threshold : float or None
+        Drawn as a dashed reference line when given.
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    left, bottom, right, top = 46.0, 34.0, 10.0, 14.0
+    plot_w, plot_h = width - left - right, height - bottom - top
+    values = [v for g in groups for v in g.values]
+    low = min(values + ([threshold] if threshold is not None else []), default=0.0)
+    high = max(values + ([threshold] if threshold is not None else []), default=1.0)
+    pad = max((high - low) * 0.05, 0.01)
+    low, high = max(low - pad, 0.0) if low >= 0 else low - pad, high + pad
+    if high <= 1.0 + pad and low >= 0:
+        high = min(high, 1.0)
+    ticks = _nice_ticks(low, high, count=6)
+
+    def y_of(value: float) -> float:
+        return bottom + (value - low) / (high - low) * plot_h
+
+    drawing.add(
+        Rect(left, bottom, plot_w, plot_h, strokeColor=RULE, fillColor=None, strokeWidth=0.6)
+    )
+    for t in ticks:
+        y = y_of(t)
+        drawing.add(
+            Line(left, y, left + plot_w, y, strokeColor=colors.HexColor("#eeeeee"), strokeWidth=0.4)
+        )
+        drawing.add(
+            String(
+                left - 5,
+                y - 2.5,
+                _tick_label(t, ticks),
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+                textAnchor="end",
+            )
+        )
+    label = String(0, 0, metric_label, fontName=SANS, fontSize=_LABEL_FONT, textAnchor="middle")
+    rotated = Group(label)
+    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
+    drawing.add(rotated)
+    if threshold is not None:
+        y = y_of(threshold)
+        drawing.add(
+            Line(
+                left,
+                y,
+                left + plot_w,
+                y,
+                strokeColor=FAIL_INK,
+                strokeWidth=0.8,
+                strokeDashArray=[4, 2],
+            )
+        )
+        drawing.add(
+            String(
+                left + 3,
+                y + 2,
+                f"acceptance {format_number(threshold, 2)}",
+                fontName=SANS,
+                fontSize=6.5,
+                fillColor=FAIL_INK,
+            )
+        )
+
+    slot = plot_w / max(len(groups), 1)
+    for index, group in enumerate(groups):
+        centre = left + slot * (index + 0.5)
+        colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
+        data = sorted(group.values)
+        drawing.add(
+            String(
+                centre,
+                bottom - 12,
+                _clip(group.label, 24),
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+                textAnchor="middle",
+            )
+        )
+        drawing.add(
+            String(
+                centre,
+                bottom - 22,
+                f"n={len(data)}",
+                fontName=SANS,
+                fontSize=6.5,
+                textAnchor="middle",
+                fillColor=MUTED,
+            )
+        )
+        if not data:
+            continue
+        q1, median, q3 = (_quantile(data, q) for q in (0.25, 0.5, 0.75))
+        iqr = q3 - q1
+        lo_whisker = min(v for v in data if v >= q1 - 1.5 * iqr)
+        hi_whisker = max(v for v in data if v <= q3 + 1.5 * iqr)
+        box_w = min(slot * 0.45, 60)
+        drawing.add(
+            Line(centre, y_of(lo_whisker), centre, y_of(q1), strokeColor=colour, strokeWidth=0.8)
+        )
+        drawing.add(
+            Line(centre, y_of(q3), centre, y_of(hi_whisker), strokeColor=colour, strokeWidth=0.8)
+        )
+        for w in (lo_whisker, hi_whisker):
+            drawing.add(
+                Line(
+                    centre - box_w / 4,
+                    y_of(w),
+                    centre + box_w / 4,
+                    y_of(w),
+                    strokeColor=colour,
+                    strokeWidth=0.8,
+                )
+            )
+        drawing.add(
+            Rect(
+                centre - box_w / 2,
+                y_of(q1),
+                box_w,
+                max(y_of(q3) - y_of(q1), 0.5),
+                fillColor=colors.Color(colour.red, colour.green, colour.blue, 0.12),
+                strokeColor=colour,
+                strokeWidth=0.9,
+            )
+        )
+        drawing.add(
+            Line(
+                centre - box_w / 2,
+                y_of(median),
+                centre + box_w / 2,
+                y_of(median),
+                strokeColor=colour,
+                strokeWidth=1.8,
+            )
+        )
+        for i, value in enumerate(group.values):
+            x = centre + box_w * 0.75 + 4 + _jitter(group.label, i) * min(slot * 0.12, 14)
+            dot = Rect(
+                x - 1.1,
+                y_of(value) - 1.1,
+                2.2,
+                2.2,
+                fillColor=colors.Color(colour.red, colour.green, colour.blue, 0.55),
+                strokeColor=None,
+            )
+            drawing.add(dot)
+        drawing.add(
+            String(
+                centre - box_w / 2 - 3,
+                y_of(median) - 2.5,
+                format_number(median, 3),
+                fontName=MONO,
+                fontSize=6,
+                textAnchor="end",
+                fillColor=colour,
+            )
+        )
+    return drawing

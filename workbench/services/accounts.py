@@ -1,0 +1,199 @@
+"""Sign-in, login sessions and account administration.
+
+``login`` checks the password (failures are counted and lock the account; the
+message never says whether the username exists). ``open_session`` and
+``resume_session`` give the app a bearer token whose inactivity timeout is
+enforced by the records layer. Administration (create, disable, unlock, reset)
+needs the ``user.manage`` permission; administrators cannot sign or alter
+validation records (see the permission matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.records import users
+from workbench.records.models import Role
+from workbench.services.context import Actor, Workbench, current_user
+
+__all__ = [
+    "UserInfo",
+    "login",
+    "open_session",
+    "resume_session",
+    "close_session",
+    "change_password",
+    "create_user",
+    "disable_user",
+    "unlock_user",
+    "reset_password",
+    "list_users",
+    "bootstrap_admin",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """An account as shown to administrators (never the password hash)."""
+
+    username: str
+    full_name: str
+    role: str
+    locked: bool
+    disabled: bool
+    must_change_password: bool
+    failed_attempts: int
+    created_at: str
+
+
+def _actor(user: users.User) -> Actor:
+    return Actor(username=user.username, full_name=user.full_name, role=user.role)
+
+
+def login(wb: Workbench, username: str, password: str) -> Actor:
+    """Authenticate with username and password.
+
+    Raises
+    ------
+    AuthenticationError
+        Wrong username or password (one message for both), locked or disabled account.
+    """
+    with wb.transaction() as session:
+        return _actor(users.authenticate(session, username, password))
+
+
+def open_session(wb: Workbench, username: str, password: str) -> tuple[Actor, str]:
+    """Authenticate and start a login session; returns the actor and its bearer token."""
+    with wb.transaction() as session:
+        user = users.authenticate(session, username, password)
+        token = users.start_session(session, user)
+        return _actor(user), token
+
+
+def resume_session(wb: Workbench, token: str) -> Actor:
+    """The actor of a live session (activity recorded).
+
+    Raises
+    ------
+    SessionExpiredError
+        Inactive for longer than the policy's timeout, or ended.
+    """
+    with wb.transaction() as session:
+        return _actor(users.check_session(session, token))
+
+
+def close_session(wb: Workbench, token: str) -> None:
+    """End a login session (sign out)."""
+    with wb.transaction() as session:
+        users.end_session(session, token)
+
+
+def change_password(wb: Workbench, username: str, old_password: str, new_password: str) -> None:
+    """The account owner changes their password (policy and history enforced)."""
+    with wb.transaction() as session:
+        users.change_password(
+            session, username=username, old_password=old_password, new_password=new_password
+        )
+
+
+def _info(user: users.User) -> UserInfo:
+    return UserInfo(
+        username=user.username,
+        full_name=user.full_name,
+        role=user.role,
+        locked=user.locked,
+        disabled=user.disabled,
+        must_change_password=user.must_change_password,
+        failed_attempts=user.failed_attempts,
+        created_at=user.created_at.isoformat(),
+    )
+
+
+def create_user(
+    wb: Workbench,
+    actor: Actor,
+    *,
+    username: str,
+    full_name: str,
+    role: str,
+    password: str,
+    must_change_password: bool = True,
+) -> UserInfo:
+    """Create an account (``user.manage``). The owner changes the initial password first."""
+    with wb.transaction() as session:
+        admin = current_user(session, actor, "user.manage")
+        user = users.create_user(
+            session,
+            actor=admin.username,
+            username=username,
+            full_name=full_name,
+            role=Role(role),
+            password=password,
+            must_change_password=must_change_password,
+        )
+        return _info(user)
+
+
+def disable_user(wb: Workbench, actor: Actor, username: str, *, reason: str) -> UserInfo:
+    """Disable an account (never deleted; the username is never reused)."""
+    with wb.transaction() as session:
+        admin = current_user(session, actor, "user.manage")
+        return _info(users.disable_user(session, actor=admin.username, username=username, reason=reason))
+
+
+def unlock_user(wb: Workbench, actor: Actor, username: str, *, reason: str) -> UserInfo:
+    """Unlock an account locked after failed attempts."""
+    with wb.transaction() as session:
+        admin = current_user(session, actor, "user.manage")
+        return _info(users.unlock_user(session, actor=admin.username, username=username, reason=reason))
+
+
+def reset_password(
+    wb: Workbench, actor: Actor, username: str, *, new_password: str, reason: str
+) -> UserInfo:
+    """Set a temporary password; its owner must change it before signing anything."""
+    with wb.transaction() as session:
+        admin = current_user(session, actor, "user.manage")
+        return _info(
+            users.reset_password(
+                session,
+                actor=admin.username,
+                username=username,
+                new_password=new_password,
+                reason=reason,
+            )
+        )
+
+
+def list_users(wb: Workbench, actor: Actor) -> list[UserInfo]:
+    """Every account, disabled ones included (``user.manage``)."""
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "user.manage")
+        return [_info(u) for u in users.list_users(session)]
+
+
+def bootstrap_admin(wb: Workbench, *, username: str, full_name: str, password: str) -> UserInfo:
+    """Create the first administrator of an empty installation.
+
+    Raises
+    ------
+    WorkflowError
+        Accounts exist already: further accounts are made by an administrator.
+    """
+    from workbench.errors import WorkflowError
+
+    with wb.transaction() as session:
+        if users.list_users(session):
+            raise WorkflowError(
+                "This workbench already has accounts; an administrator creates new ones."
+            )
+        user = users.create_user(
+            session,
+            actor="system",
+            username=username,
+            full_name=full_name,
+            role=Role.ADMIN,
+            password=password,
+            must_change_password=False,
+        )
+        return _info(user)

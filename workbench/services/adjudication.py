@@ -1,0 +1,394 @@
+"""Blinded adjudication of discrepancies by clinical reviewers.
+
+Each discrepancy shows the reviewer two outputs labelled **A** and **B** in an
+order drawn at random per case when the run was analysed (stored in
+``Discrepancy.blinding``); unless the protocol allows it, the reviewer is not
+told which one is the model's. A decision (A correct, B correct, both
+acceptable, neither, indeterminate) is recorded with a comment and an
+e-signature (meaning ``adjudicated``). When the protocol asks for two readers
+per case and they disagree, the case needs a consensus decision.
+
+The decisions feed a secondary, post-adjudication analysis that is always
+labelled as such; the primary analysis is never changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.errors import PermissionDeniedError, WorkflowError
+from workbench.protocols import Protocol, evaluate_endpoints, load_protocol
+from workbench.records import audit, signatures
+from workbench.records.models import (
+    Adjudication,
+    AdjudicationDecision,
+    AdjudicationKind,
+    Discrepancy,
+    DiscrepancyStatus,
+    ProtocolVersion,
+    Run,
+    SignatureMeaning,
+    TestSet,
+)
+from workbench.services.context import Actor, Workbench, current_user, get_one, sha256_json
+from workbench.services.runs import case_frame
+
+__all__ = [
+    "QueueItem",
+    "AdjudicationCase",
+    "queue",
+    "open_case",
+    "adjudicate",
+    "adjudication_summary",
+    "pending_count",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One discrepancy in a run's queue, as a reviewer sees it (blinded)."""
+
+    discrepancy_id: int
+    run_uid: str
+    case_id: str
+    rule: str
+    status: str
+    n_reads: int
+    read_by_me: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdjudicationCase:
+    """What the viewer needs to show one blinded discrepancy.
+
+    Parameters
+    ----------
+    discrepancy_id : int
+    case_id : str
+    task : str
+        ``segmentation`` or ``classification``.
+    ct_paths : list of str
+        The CT slices of the case.
+    overlays : dict
+        For segmentation: ``{"A": [seg paths], "B": [seg paths]}`` (a reference
+        made of several readers' SEG objects lists them all, with ``rule``).
+    calls : dict
+        For classification: ``{"A": "malignant", "B": "benign"}``.
+    reference_rule : str
+    unblinded : dict or None
+        ``{"model": "A"|"B"}`` only when the protocol does not blind reviewers.
+    details : dict
+        The rule that queued the case and its figures (e.g. the Dice).
+    """
+
+    discrepancy_id: int
+    case_id: str
+    task: str
+    ct_paths: list[str]
+    overlays: dict[str, list[str]] = field(default_factory=dict)
+    calls: dict[str, str] = field(default_factory=dict)
+    reference_rule: str = "majority"
+    unblinded: dict[str, str] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _run(session: Session, run_uid: str) -> Run:
+    run: Run = get_one(session, Run, "run", run_uid=run_uid)
+    return run
+
+
+def _protocol(session: Session, run: Run) -> Protocol:
+    pv = session.get(ProtocolVersion, run.protocol_version_id)
+    assert pv is not None
+    return load_protocol(pv.yaml_text.encode("utf-8"))
+
+
+def queue(wb: Workbench, actor: Actor, run_uid: str) -> list[QueueItem]:
+    """The discrepancies of a run, open ones first (``run.view``)."""
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "run.view")
+        run = _run(session, run_uid)
+        items = []
+        for d in sorted(run.discrepancies, key=lambda d: (d.status != "open", d.case_id)):
+            items.append(
+                QueueItem(
+                    discrepancy_id=d.id,
+                    run_uid=run_uid,
+                    case_id=d.case_id,
+                    rule=d.rule,
+                    status=d.status,
+                    n_reads=len(d.adjudications),
+                    read_by_me=any(a.reviewer == actor.username for a in d.adjudications),
+                )
+            )
+        return items
+
+
+def pending_count(wb: Workbench, run_uid: str) -> int:
+    """Number of discrepancies of a run still open or waiting for consensus."""
+    with wb.transaction(readonly=True) as session:
+        run = _run(session, run_uid)
+        return sum(d.status != DiscrepancyStatus.ADJUDICATED.value for d in run.discrepancies)
+
+
+def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationCase:
+    """Everything the viewer shows for one discrepancy, blinded per the protocol."""
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "discrepancy.adjudicate")
+        d = get_one(session, Discrepancy, "discrepancy", id=discrepancy_id)
+        run = d.run
+        protocol = _protocol(session, run)
+        test_set = session.get(TestSet, run.test_set_id)
+        assert test_set is not None
+        root = Path(test_set.root_path)
+        from workbench.records.models import CaseResult, TestSetFile
+
+        result = session.scalars(
+            select(CaseResult).where(CaseResult.run_id == run.id, CaseResult.case_id == d.case_id)
+        ).first()
+        series_uid = (d.details or {}).get("series_instance_uid")
+        files = session.scalars(
+            select(TestSetFile).where(TestSetFile.test_set_id == test_set.id)
+        ).all()
+        # Find the case's CT series through its reader SEGs or the labels' series UID.
+        from workbench.services.testsets import LABELS_PATH
+
+        labels_path = root / LABELS_PATH
+        if series_uid is None and labels_path.is_file():
+            labels = pd.read_csv(labels_path, dtype={"case_id": str})
+            match = labels.loc[labels["case_id"] == d.case_id, "series_instance_uid"]
+            series_uid = str(match.iloc[0]) if len(match) else None
+        ct = sorted(
+            str(root / f.path)
+            for f in files
+            if f.series_instance_uid == series_uid and f.modality != "SEG"
+        )
+        reference_segs = sorted(
+            str(root / f.path)
+            for f in files
+            if f.modality == "SEG" and (f.header or {}).get("referenced_series_uid") == series_uid
+        )
+        seg_ref = protocol.reference_standard.segmentation
+        if seg_ref is not None:
+            reference_segs = [p for p in reference_segs if Path(p).stem in seg_ref.readers]
+        blinding = d.blinding or {"model": "A", "reference": "B"}
+        model_label, reference_label = blinding["model"], blinding["reference"]
+        overlays: dict[str, list[str]] = {}
+        calls: dict[str, str] = {}
+        if protocol.task.value == "segmentation":
+            overlays[model_label] = [result.mask_path] if result and result.mask_path else []
+            overlays[reference_label] = reference_segs
+        else:
+            threshold = next(
+                (ep.operating_threshold for ep in protocol.endpoints if ep.operating_threshold),
+                0.5,
+            )
+            score = result.score if result else None
+            calls[model_label] = (
+                "no output" if score is None else ("malignant" if score >= threshold else "benign")
+            )
+            truth = (d.details or {}).get("y_true")
+            calls[reference_label] = (
+                "unknown" if truth is None else ("malignant" if int(truth) == 1 else "benign")
+            )
+        details = {k: v for k, v in (d.details or {}).items() if k not in ("score", "model")}
+        return AdjudicationCase(
+            discrepancy_id=d.id,
+            case_id=d.case_id,
+            task=protocol.task.value,
+            ct_paths=ct,
+            overlays=overlays,
+            calls=calls,
+            reference_rule=str(seg_ref.rule) if seg_ref else "labels",
+            unblinded=None if protocol.adjudication.reviewers_blinded else {"model": model_label},
+            details=details,
+        )
+
+
+def adjudicate(
+    wb: Workbench,
+    actor: Actor,
+    discrepancy_id: int,
+    *,
+    decision: str,
+    comment: str,
+    password: str,
+    consensus: bool = False,
+) -> str:
+    """Record a reviewer's signed decision; returns the discrepancy's new status.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``discrepancy.adjudicate``.
+    discrepancy_id : int
+    decision : str
+        ``a_correct``, ``b_correct``, ``both_acceptable``, ``neither`` or ``indeterminate``.
+    comment : str
+        The reviewer's reasoning.
+    password : str
+        Re-authentication for the e-signature (meaning ``adjudicated``).
+    consensus : bool, default False
+        A consensus decision on a case whose two reads disagree.
+
+    Raises
+    ------
+    WorkflowError
+        Already decided, read twice by the same reviewer, or consensus not needed.
+    """
+    choice = AdjudicationDecision(decision)
+    with wb.transaction() as session:
+        user = current_user(session, actor, "discrepancy.adjudicate")
+        d = get_one(session, Discrepancy, "discrepancy", id=discrepancy_id)
+        protocol = _protocol(session, d.run)
+        needed = protocol.adjudication.readers_per_case
+        if d.status == DiscrepancyStatus.ADJUDICATED.value:
+            raise WorkflowError(f"Discrepancy {discrepancy_id} ({d.case_id}) is already adjudicated.")
+        if consensus != (d.status == DiscrepancyStatus.NEEDS_CONSENSUS.value):
+            raise WorkflowError(
+                f"Discrepancy {discrepancy_id} is {d.status}; "
+                + ("a consensus decision is only for reads that disagree." if consensus
+                   else "its reads disagree and it needs a consensus decision.")
+            )
+        if not consensus and any(a.reviewer == user.username for a in d.adjudications):
+            raise WorkflowError(
+                f"{user.username} has already read discrepancy {discrepancy_id}; a second read "
+                "must come from another reviewer."
+            )
+        if d.run.started_by == user.username:
+            raise PermissionDeniedError("The user who ran the validation cannot adjudicate it.")
+        content = {
+            "discrepancy_id": d.id,
+            "run_uid": d.run.run_uid,
+            "case_id": d.case_id,
+            "decision": choice.value,
+            "comment": comment,
+        }
+        signature = signatures.sign(
+            session,
+            username=user.username,
+            password=password,
+            meaning=SignatureMeaning.ADJUDICATED,
+            record_type="discrepancy",
+            record_id=d.id,
+            content_sha256=sha256_json(content),
+        )
+        kind = (
+            AdjudicationKind.CONSENSUS
+            if consensus
+            else (AdjudicationKind.PRIMARY if not d.adjudications else AdjudicationKind.SECONDARY)
+        )
+        record = Adjudication(
+            discrepancy_id=d.id,
+            reviewer=user.username,
+            decision=choice.value,
+            comment=comment,
+            signature_id=signature.id,
+            kind=kind.value,
+        )
+        session.add(record)
+        session.flush()
+        session.refresh(d)
+        reads = [a for a in d.adjudications if a.kind != AdjudicationKind.CONSENSUS.value]
+        old_status = d.status
+        if consensus or len(reads) >= needed:
+            if not consensus and len({a.decision for a in reads}) > 1:
+                d.status = DiscrepancyStatus.NEEDS_CONSENSUS.value
+            else:
+                d.status = DiscrepancyStatus.ADJUDICATED.value
+        audit.append(
+            session,
+            actor=user.username,
+            action="discrepancy.adjudicate",
+            record_type="discrepancy",
+            record_id=d.id,
+            old={"status": old_status},
+            new={**content, "kind": kind.value, "status": d.status, "signature_id": signature.id},
+        )
+        return d.status
+
+
+def _final_decision(d: Discrepancy) -> str | None:
+    if d.status != DiscrepancyStatus.ADJUDICATED.value or not d.adjudications:
+        return None
+    consensus = [a for a in d.adjudications if a.kind == AdjudicationKind.CONSENSUS.value]
+    return (consensus or d.adjudications)[-1].decision
+
+
+def _model_verdict(d: Discrepancy, decision: str | None) -> str | None:
+    """Translate a blinded A/B decision into what it says about the model."""
+    if decision is None:
+        return None
+    model = (d.blinding or {}).get("model", "A")
+    if decision in ("a_correct", "b_correct"):
+        winner = "A" if decision == "a_correct" else "B"
+        return "model correct" if winner == model else "reference correct"
+    return {
+        "both_acceptable": "both acceptable",
+        "neither": "neither acceptable",
+        "indeterminate": "indeterminate",
+    }[decision]
+
+
+def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
+    """Decisions per discrepancy and the secondary (post-adjudication) analysis.
+
+    For classification the secondary analysis re-evaluates the endpoints with
+    the reference label replaced by the model's call where the reviewers found
+    the model correct. For segmentation it reports, per decision, how many
+    discrepant cases the reviewers found acceptable.
+    """
+    rows = []
+    for d in sorted(run.discrepancies, key=lambda d: d.case_id):
+        decision = _final_decision(d)
+        rows.append(
+            {
+                "case_id": d.case_id,
+                "rule": d.rule,
+                "status": d.status,
+                "reads": [
+                    {
+                        "reviewer": a.reviewer,
+                        "decision": a.decision,
+                        "kind": a.kind,
+                        "comment": a.comment,
+                        "at": a.created_at.isoformat(),
+                    }
+                    for a in d.adjudications
+                ],
+                "final_decision": decision,
+                "interpretation": _model_verdict(d, decision),
+            }
+        )
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = row["interpretation"] or "pending"
+        counts[key] = counts.get(key, 0) + 1
+    summary: dict[str, Any] = {
+        "n_discrepancies": len(rows),
+        "n_adjudicated": sum(r["status"] == "adjudicated" for r in rows),
+        "counts": counts,
+        "cases": rows,
+        "secondary": None,
+    }
+    protocol = _protocol(session, run)
+    if protocol.task.value == "classification" and rows:
+        frame = case_frame(session, run.id, protocol)
+        flipped = [r["case_id"] for r in rows if r["interpretation"] == "model correct"]
+        if flipped and "y_true" in frame:
+            mask = frame["case_id"].isin(flipped)
+            frame.loc[mask, "y_true"] = 1 - frame.loc[mask, "y_true"].astype(int)
+            secondary = evaluate_endpoints(protocol, frame)
+            summary["secondary"] = {
+                "label": "SECONDARY (post-adjudication) analysis",
+                "relabelled_cases": flipped,
+                "evaluation": audit.to_jsonable(secondary.to_dict()),
+            }
+    return summary

@@ -1,0 +1,154 @@
+"""The handle every service takes: the workdir and its records database.
+
+Services are plain functions ``service(wb, actor, ...)``. ``wb`` is a
+:class:`Workbench`; ``actor`` is the :class:`Actor` returned by
+:func:`workbench.services.auth.login`. Every service re-reads the actor's
+account inside its own transaction and checks the permission matrix there, so
+a UI that forgets to hide a button still cannot do what the role forbids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.config import Workdir, resolve_workdir
+from workbench.errors import AuthenticationError, NotFoundError
+from workbench.records import audit
+from workbench.records.db import Database, open_database
+from workbench.records.models import User
+from workbench.records.permissions import require
+
+__all__ = ["Workbench", "Actor", "Progress", "sha256_json", "sha256_file"]
+
+#: Progress callback: ``progress(done, total, message)``.
+Progress = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """An authenticated user as the services see it.
+
+    Parameters
+    ----------
+    username, full_name, role : str
+        Account fields at login time; services re-check them in the database.
+    """
+
+    username: str
+    full_name: str
+    role: str
+
+
+@dataclass(slots=True)
+class Workbench:
+    """An open workbench installation: paths plus the records database.
+
+    Parameters
+    ----------
+    workdir : Workdir
+        Paths of the installation.
+    db : Database
+        The records database.
+    """
+
+    workdir: Workdir
+    db: Database
+
+    @classmethod
+    def open(cls, workdir: str | Path | None = None, db_url: str | None = None) -> Workbench:
+        """Open (and migrate) the workbench at ``workdir``.
+
+        Parameters
+        ----------
+        workdir : str or Path, optional
+            Default ``$WORKBENCH_HOME``, else ``./var``.
+        db_url : str, optional
+            Default ``$WORKBENCH_DB_URL``, else SQLite ``workdir/workbench.db``.
+
+        Returns
+        -------
+        Workbench
+        """
+        paths = resolve_workdir(workdir, db_url).ensure()
+        return cls(workdir=paths, db=open_database(paths.db_url))
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session whose changes and audit entries commit together or not at all."""
+        with self.db.session(readonly=readonly) as session:
+            yield session
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.db.dispose()
+
+
+def current_user(session: Session, actor: Actor, action: str | None = None) -> User:
+    """Re-read ``actor``'s account and check that it may perform ``action``.
+
+    Parameters
+    ----------
+    session : Session
+    actor : Actor
+    action : str, optional
+        An action of the permission matrix (:mod:`workbench.records.permissions`).
+
+    Returns
+    -------
+    User
+
+    Raises
+    ------
+    AuthenticationError
+        The account no longer exists, is disabled or locked.
+    PermissionDeniedError
+        The role does not allow ``action``; the refusal is written to the audit trail.
+    """
+    user = session.scalars(select(User).where(User.username == actor.username)).first()
+    if user is None:
+        raise AuthenticationError("This account no longer exists; sign in again.")
+    if action is not None:
+        require(user, action, session=session)
+    elif user.disabled or user.locked:
+        raise AuthenticationError("This account is disabled or locked; sign in again.")
+    return user
+
+
+def get_one(session: Session, model: type[Any], what: str, **filters: Any) -> Any:
+    """Fetch exactly one record by its unique fields or raise :class:`NotFoundError`."""
+    statement = select(model)
+    for name, value in filters.items():
+        statement = statement.where(getattr(model, name) == value)
+    found = session.scalars(statement).first()
+    if found is None:
+        described = ", ".join(f"{k}={v!r}" for k, v in filters.items())
+        raise NotFoundError(f"No {what} with {described}.")
+    return found
+
+
+def sha256_json(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (sorted keys, no whitespace, UTF-8)."""
+    return hashlib.sha256(audit.canonical_json(value)).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON text of ``value``."""
+    return audit.canonical_json(value).decode("utf-8")
+

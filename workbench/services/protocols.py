@@ -1,0 +1,269 @@
+"""Protocol use cases: add a version, approve it (e-signed), list and compare versions.
+
+A protocol version is identified by ``(id, version)`` and by the SHA-256 of its
+exact YAML text. Adding the same text again is a no-op; adding a different
+text under an existing version is refused: a change makes a new version, with
+a reason. Approval is an e-signature (meaning ``approved``) by a ``qa`` user;
+an approved version is immutable and the previously approved version of the
+same protocol becomes ``superseded``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.errors import DuplicateError, NotFoundError, RecordLockedError, WorkflowError
+from workbench.protocols import Protocol, diff_protocols, load_protocol
+from workbench.records import audit, signatures
+from workbench.records.models import ProtocolStatus, ProtocolVersion, SignatureMeaning, utcnow
+from workbench.services.context import Actor, Workbench, current_user
+
+__all__ = [
+    "ProtocolInfo",
+    "add_protocol_version",
+    "approve_protocol",
+    "list_protocols",
+    "get_protocol",
+    "protocol_diff",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolInfo:
+    """A stored protocol version.
+
+    Parameters
+    ----------
+    protocol_id : str
+    version : str
+    title, status, sha256, created_by, created_at : str
+    approved_by, approved_at, reason : str or None
+    yaml_text : str
+    """
+
+    protocol_id: str
+    version: str
+    title: str
+    status: str
+    sha256: str
+    created_by: str
+    created_at: str
+    approved_by: str | None
+    approved_at: str | None
+    reason: str | None
+    yaml_text: str
+
+    @property
+    def ref(self) -> str:
+        """``id@version``."""
+        return f"{self.protocol_id}@{self.version}"
+
+    def load(self) -> Protocol:
+        """The validated :class:`~workbench.protocols.Protocol`."""
+        return load_protocol(self.yaml_text.encode("utf-8"))
+
+
+def _info(p: ProtocolVersion) -> ProtocolInfo:
+    return ProtocolInfo(
+        protocol_id=p.protocol_id,
+        version=p.version,
+        title=p.title,
+        status=p.status,
+        sha256=p.sha256,
+        created_by=p.created_by,
+        created_at=p.created_at.isoformat(),
+        approved_by=p.approved_by,
+        approved_at=p.approved_at.isoformat() if p.approved_at else None,
+        reason=p.reason,
+        yaml_text=p.yaml_text,
+    )
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """Split ``id@version`` (version optional)."""
+    pid, _, version = ref.partition("@")
+    return pid, (version or None)
+
+
+def lookup(session: Session, ref: str, *, approved_only: bool = False) -> ProtocolVersion:
+    """Find a protocol version by ``id@version``, or the newest (approved) one by ``id``."""
+    pid, version = parse_ref(ref)
+    statement = select(ProtocolVersion).where(ProtocolVersion.protocol_id == pid)
+    if version is not None:
+        statement = statement.where(ProtocolVersion.version == version)
+    if approved_only and version is None:
+        statement = statement.where(ProtocolVersion.status == ProtocolStatus.APPROVED.value)
+    found = session.scalars(statement.order_by(ProtocolVersion.id.desc())).first()
+    if found is None:
+        raise NotFoundError(
+            f"No protocol '{ref}'" + (" with an approved version" if approved_only else "") + "."
+        )
+    return found
+
+
+def add_protocol_version(
+    wb: Workbench, actor: Actor, source: str | Path | bytes, *, reason: str | None = None
+) -> ProtocolInfo:
+    """Store a protocol version as a draft (idempotent for identical text).
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``protocol.create``.
+    source : str, Path or bytes
+        Path to the YAML file or its text.
+    reason : str, optional
+        Why this version was made; required when an earlier version exists.
+
+    Returns
+    -------
+    ProtocolInfo
+
+    Raises
+    ------
+    ProtocolError
+        Malformed YAML or schema violations (with line numbers).
+    DuplicateError
+        A different text already holds this id and version.
+    """
+    protocol = load_protocol(source)
+    text = protocol.source_text
+    with wb.transaction() as session:
+        current_user(session, actor, "protocol.create")
+        existing = session.scalars(
+            select(ProtocolVersion).where(
+                ProtocolVersion.protocol_id == protocol.id,
+                ProtocolVersion.version == str(protocol.version),
+            )
+        ).first()
+        if existing is not None:
+            if existing.sha256 == protocol.sha256:
+                return _info(existing)
+            raise DuplicateError(
+                f"Protocol {protocol.id} version {protocol.version} already exists with SHA-256 "
+                f"{existing.sha256[:12]}, and this text differs ({protocol.sha256[:12]}). "
+                "A stored version never changes: raise 'version' and give a reason."
+            )
+        earlier = session.scalars(
+            select(ProtocolVersion).where(ProtocolVersion.protocol_id == protocol.id)
+        ).first()
+        if earlier is not None and not (reason and reason.strip()):
+            raise WorkflowError(
+                f"Protocol {protocol.id} already has versions; a new version needs a reason "
+                "(--reason)."
+            )
+        record = ProtocolVersion(
+            protocol_id=protocol.id,
+            version=str(protocol.version),
+            title=protocol.title,
+            yaml_text=text,
+            sha256=protocol.sha256,
+            status=ProtocolStatus.DRAFT.value,
+            created_by=actor.username,
+            reason=reason,
+        )
+        session.add(record)
+        session.flush()
+        audit.append(
+            session,
+            actor=actor.username,
+            action="protocol.create",
+            record_type="protocol_version",
+            record_id=f"{protocol.id}@{protocol.version}",
+            new={"sha256": protocol.sha256, "title": protocol.title, "status": record.status},
+            reason=reason,
+        )
+        return _info(record)
+
+
+def approve_protocol(wb: Workbench, actor: Actor, ref: str, *, password: str) -> ProtocolInfo:
+    """Approve a draft protocol version with an e-signature (meaning ``approved``).
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``protocol.approve``.
+    ref : str
+        ``id@version``.
+    password : str
+        Re-authentication for the signature.
+
+    Returns
+    -------
+    ProtocolInfo
+    """
+    with wb.transaction() as session:
+        user = current_user(session, actor, "protocol.approve")
+        record = lookup(session, ref)
+        if record.status != ProtocolStatus.DRAFT.value:
+            raise RecordLockedError(
+                f"Protocol {record.protocol_id}@{record.version} is {record.status}; only a "
+                "draft can be approved."
+            )
+        signature = signatures.sign(
+            session,
+            username=user.username,
+            password=password,
+            meaning=SignatureMeaning.APPROVED,
+            record_type="protocol_version",
+            record_id=f"{record.protocol_id}@{record.version}",
+            content_sha256=record.sha256,
+        )
+        for previous in session.scalars(
+            select(ProtocolVersion).where(
+                ProtocolVersion.protocol_id == record.protocol_id,
+                ProtocolVersion.status == ProtocolStatus.APPROVED.value,
+            )
+        ):
+            previous.status = ProtocolStatus.SUPERSEDED.value
+            audit.append(
+                session,
+                actor=user.username,
+                action="protocol.supersede",
+                record_type="protocol_version",
+                record_id=f"{previous.protocol_id}@{previous.version}",
+                old={"status": ProtocolStatus.APPROVED.value},
+                new={"status": ProtocolStatus.SUPERSEDED.value},
+                reason=f"version {record.version} approved",
+            )
+        record.status = ProtocolStatus.APPROVED.value
+        record.approved_by = user.username
+        record.approved_at = utcnow()
+        record.approval_signature_id = signature.id
+        session.flush()
+        audit.append(
+            session,
+            actor=user.username,
+            action="protocol.approve",
+            record_type="protocol_version",
+            record_id=f"{record.protocol_id}@{record.version}",
+            old={"status": ProtocolStatus.DRAFT.value},
+            new={"status": record.status, "sha256": record.sha256, "signature_id": signature.id},
+        )
+        return _info(record)
+
+
+def list_protocols(wb: Workbench) -> list[ProtocolInfo]:
+    """Every stored protocol version, oldest first."""
+    with wb.transaction(readonly=True) as session:
+        return [
+            _info(p) for p in session.scalars(select(ProtocolVersion).order_by(ProtocolVersion.id))
+        ]
+
+
+def get_protocol(wb: Workbench, ref: str) -> ProtocolInfo:
+    """One protocol version by ``id@version`` (or newest by ``id``)."""
+    with wb.transaction(readonly=True) as session:
+        return _info(lookup(session, ref))
+
+
+def protocol_diff(wb: Workbench, old_ref: str, new_ref: str) -> str:
+    """Unified diff between two stored protocol versions."""
+    old, new = get_protocol(wb, old_ref), get_protocol(wb, new_ref)
+    return diff_protocols(old.yaml_text, new.yaml_text)

@@ -1,0 +1,583 @@
+"""Test-set use cases: import (index), data-quality check, lock (e-signed) and verify.
+
+A test set moves ``draft -> locked``. Import indexes a folder and stores one row
+per file with its SHA-256; the quality gate runs the data-quality suite and
+stores its findings; locking freezes the manifest (every file's SHA-256 and the
+manifest digest) under the e-signature of a ``qa`` user and is refused while
+critical findings stand. A locked test set never changes: re-importing or
+re-checking it is refused, and ``verify`` re-hashes every file against the
+frozen manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from workbench.dicom.index import DicomIndex, index_folder
+from workbench.dicom.manifest import Manifest, ManifestDiff, build_manifest, verify_manifest
+from workbench.errors import (
+    DuplicateError,
+    QualityGateError,
+    TestSetLockedError,
+    WorkflowError,
+)
+from workbench.quality import QualityReport as QualityResult
+from workbench.quality import run_quality_checks
+from workbench.records import audit, signatures
+from workbench.records.models import (
+    FileKind,
+    QualityReport,
+    SignatureMeaning,
+    TestSet,
+    TestSetFile,
+    TestSetStatus,
+    utcnow,
+)
+from workbench.services.context import Actor, Progress, Workbench, current_user, get_one
+
+__all__ = [
+    "TestSetInfo",
+    "import_test_set",
+    "check_quality",
+    "lock_test_set",
+    "verify_test_set",
+    "list_test_sets",
+    "get_test_set",
+    "load_index",
+    "LABELS_PATH",
+]
+
+#: Where a test set keeps its per-case reference labels, relative to its root.
+LABELS_PATH = "reference/labels.csv"
+
+_HEADER_COLUMNS = (
+    "rows",
+    "columns",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+    "slice_thickness",
+    "image_position_x",
+    "image_position_y",
+    "image_position_z",
+    "image_orientation",
+    "instance_number",
+    "referenced_series_uid",
+    "institution_name",
+    "patient_id",
+    "body_part_examined",
+    "kvp",
+    "convolution_kernel",
+    "burned_in_annotation",
+    "patient_identity_removed",
+    "series_description",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TestSetInfo:
+    """Summary of a stored test set.
+
+    Parameters
+    ----------
+    name, status, root_path : str
+    manifest_digest : str or None
+        Set once locked.
+    n_files, n_dicom, n_unreadable : int
+    summary : dict
+        Counts by modality, scanner, sex, age band; studies and series.
+    locked_by, locked_at : str or None
+    """
+
+    __test__ = False
+
+    name: str
+    status: str
+    root_path: str
+    manifest_digest: str | None
+    n_files: int
+    n_dicom: int
+    n_unreadable: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    locked_by: str | None = None
+    locked_at: str | None = None
+
+
+def _info(session: Session, test_set: TestSet) -> TestSetInfo:
+    counts = dict(
+        session.execute(
+            select(TestSetFile.kind, func.count())
+            .where(TestSetFile.test_set_id == test_set.id)
+            .group_by(TestSetFile.kind)
+        ).all()
+    )
+    return TestSetInfo(
+        name=test_set.name,
+        status=test_set.status,
+        root_path=test_set.root_path,
+        manifest_digest=test_set.manifest_digest,
+        n_files=int(sum(counts.values())),
+        n_dicom=int(counts.get(FileKind.DICOM.value, 0)),
+        n_unreadable=int(counts.get(FileKind.UNREADABLE.value, 0)),
+        summary=dict(test_set.summary or {}),
+        locked_by=test_set.locked_by,
+        locked_at=test_set.locked_at.isoformat() if test_set.locked_at else None,
+    )
+
+
+def _clean(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _summarize(index: DicomIndex) -> dict[str, Any]:
+    files = index.files
+    summary: dict[str, Any] = {
+        "n_files": int(len(files) + len(index.unreadable) + len(index.other_files)),
+        "n_dicom": int(len(files)),
+        "n_unreadable": int(len(index.unreadable)),
+        "n_other": int(len(index.other_files)),
+    }
+    if len(files):
+        summary["n_studies"] = int(files["study_instance_uid"].nunique())
+        summary["n_series"] = int(files["series_instance_uid"].nunique())
+        summary["by_modality"] = {
+            str(k): int(v) for k, v in files["modality"].fillna("?").value_counts().items()
+        }
+        images = files[files["modality"].fillna("") != "SEG"]
+        per_series = images.drop_duplicates("series_instance_uid")
+        scanner = (
+            per_series["manufacturer"].fillna("?")
+            + " "
+            + per_series["manufacturer_model_name"].fillna("?")
+        )
+        summary["series_by_scanner"] = {str(k): int(v) for k, v in scanner.value_counts().items()}
+        summary["series_by_sex"] = {
+            str(k): int(v) for k, v in per_series["patient_sex"].fillna("?").value_counts().items()
+        }
+    return summary
+
+
+def import_test_set(
+    wb: Workbench,
+    actor: Actor,
+    folder: str | Path,
+    *,
+    name: str,
+    workers: int = 2,
+    progress: Progress = None,
+) -> TestSetInfo:
+    """Index a folder of DICOM files as a new draft test set.
+
+    Every file is hashed and its header fields stored; unreadable or non-DICOM
+    files are recorded with the reason, never fatal.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.import``.
+    folder : str or Path
+        Root of the test set.
+    name : str
+        Unique test-set name.
+    workers : int, default 2
+        Processes used for reading and hashing.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    TestSetInfo
+
+    Raises
+    ------
+    DuplicateError
+        A test set with that name exists (a locked one can never be replaced).
+    """
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Test-set folder {root} does not exist or is not a folder.")
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.import")
+        existing = session.scalars(select(TestSet).where(TestSet.name == name)).first()
+        if existing is not None:
+            raise DuplicateError(
+                f"A test set named '{name}' already exists ({existing.status}). "
+                "Choose another name; test sets are never replaced."
+            )
+    # Indexing reads every file; it runs outside the write transaction.
+    index = index_folder(root, workers=workers, progress=progress)
+    summary = _summarize(index)
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.import")
+        if session.scalars(select(TestSet).where(TestSet.name == name)).first() is not None:
+            raise DuplicateError(f"A test set named '{name}' was created meanwhile.")
+        test_set = TestSet(
+            name=name,
+            root_path=str(root),
+            status=TestSetStatus.DRAFT.value,
+            created_by=actor.username,
+            summary=summary,
+        )
+        session.add(test_set)
+        session.flush()
+        rows: list[dict[str, Any]] = []
+        for record in index.files.to_dict(orient="records"):
+            header = {k: _clean(record.get(k)) for k in _HEADER_COLUMNS if k in record}
+            rows.append(
+                {
+                    "test_set_id": test_set.id,
+                    "path": record["path"],
+                    "size": int(record["size"]),
+                    "sha256": record["sha256"],
+                    "kind": FileKind.DICOM.value,
+                    "sop_instance_uid": _clean(record.get("sop_instance_uid")),
+                    "series_instance_uid": _clean(record.get("series_instance_uid")),
+                    "study_instance_uid": _clean(record.get("study_instance_uid")),
+                    "modality": _clean(record.get("modality")),
+                    "sop_class_uid": _clean(record.get("sop_class_uid")),
+                    "manufacturer": _clean(record.get("manufacturer")),
+                    "manufacturer_model_name": _clean(record.get("manufacturer_model_name")),
+                    "patient_sex": _clean(record.get("patient_sex")),
+                    "patient_age": _clean(record.get("patient_age")),
+                    "header": header,
+                }
+            )
+        for record in index.unreadable.to_dict(orient="records"):
+            rows.append(
+                {
+                    "test_set_id": test_set.id,
+                    "path": record["path"],
+                    "size": int(_clean(record.get("size")) or 0),
+                    "sha256": _clean(record.get("sha256")) or "",
+                    "kind": FileKind.UNREADABLE.value,
+                    "reason": str(record.get("reason")),
+                }
+            )
+        for record in index.other_files.to_dict(orient="records"):
+            rows.append(
+                {
+                    "test_set_id": test_set.id,
+                    "path": record["path"],
+                    "size": int(record["size"]),
+                    "sha256": record["sha256"],
+                    "kind": FileKind.OTHER.value,
+                }
+            )
+        if rows:
+            session.execute(TestSetFile.__table__.insert(), rows)
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.import",
+            record_type="test_set",
+            record_id=name,
+            new={"root_path": str(root), "summary": summary},
+        )
+        return _info(session, test_set)
+
+
+def load_index(session: Session, test_set: TestSet) -> DicomIndex:
+    """Rebuild the :class:`DicomIndex` of a stored test set from its file rows."""
+    files = session.scalars(
+        select(TestSetFile).where(TestSetFile.test_set_id == test_set.id).order_by(TestSetFile.path)
+    ).all()
+    dicom_rows, unreadable_rows, other_rows = [], [], []
+    for f in files:
+        base = {"path": f.path, "size": f.size, "sha256": f.sha256}
+        if f.kind == FileKind.DICOM.value:
+            dicom_rows.append(
+                {
+                    **base,
+                    "sop_instance_uid": f.sop_instance_uid,
+                    "sop_class_uid": f.sop_class_uid,
+                    "series_instance_uid": f.series_instance_uid,
+                    "study_instance_uid": f.study_instance_uid,
+                    "modality": f.modality,
+                    "manufacturer": f.manufacturer,
+                    "manufacturer_model_name": f.manufacturer_model_name,
+                    "patient_sex": f.patient_sex,
+                    "patient_age": f.patient_age,
+                    **(f.header or {}),
+                }
+            )
+        elif f.kind == FileKind.UNREADABLE.value:
+            unreadable_rows.append({**base, "reason": f.reason})
+        else:
+            other_rows.append(base)
+    return DicomIndex.from_frames(
+        root=Path(test_set.root_path),
+        files=pd.DataFrame(dicom_rows),
+        unreadable=pd.DataFrame(unreadable_rows, columns=["path", "size", "sha256", "reason"]),
+        other_files=pd.DataFrame(other_rows, columns=["path", "size", "sha256"]),
+    )
+
+
+def _labels(root: Path) -> pd.DataFrame | None:
+    path = root / LABELS_PATH
+    return pd.read_csv(path, dtype={"case_id": str}) if path.is_file() else None
+
+
+def check_quality(
+    wb: Workbench, actor: Actor, name: str, *, training_manifest: dict[str, Any] | None = None
+) -> QualityResult:
+    """Run the data-quality suite on a test set and store the findings.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.import``.
+    name : str
+        Test-set name.
+    training_manifest : dict, optional
+        Training-set manifest for the leakage check.
+
+    Returns
+    -------
+    workbench.quality.QualityReport
+    """
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "testset.import")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        index = load_index(session, test_set)
+        root = Path(test_set.root_path)
+    result = run_quality_checks(root, index, labels=_labels(root), training_manifest=training_manifest)
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.import")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        payload = result.to_dict()
+        counts = payload.get("counts", {})
+        record = QualityReport(
+            test_set_id=test_set.id,
+            created_by=actor.username,
+            passed=not result.blocking,
+            n_critical=int(counts.get("critical", 0)),
+            n_major=int(counts.get("major", 0)),
+            n_minor=int(counts.get("minor", 0)),
+            findings=payload,
+            suite_version=str(payload.get("suite_version", "1")),
+        )
+        session.add(record)
+        session.flush()
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.quality_check",
+            record_type="test_set",
+            record_id=name,
+            new={
+                "quality_report_id": record.id,
+                "passed": record.passed,
+                "critical": record.n_critical,
+                "major": record.n_major,
+                "minor": record.n_minor,
+            },
+        )
+    return result
+
+
+def latest_quality(session: Session, test_set: TestSet) -> QualityReport | None:
+    """The most recent stored data-quality report of a test set."""
+    return session.scalars(
+        select(QualityReport)
+        .where(QualityReport.test_set_id == test_set.id)
+        .order_by(QualityReport.id.desc())
+        .limit(1)
+    ).first()
+
+
+def lock_test_set(
+    wb: Workbench,
+    actor: Actor,
+    name: str,
+    *,
+    password: str,
+    progress: Progress = None,
+) -> TestSetInfo:
+    """Freeze a test set's manifest under the e-signature of a ``qa`` user.
+
+    The files are re-hashed first: what is locked is what is on disk now and
+    matches what was imported. The latest data-quality report must exist and
+    have no critical findings.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.lock``.
+    name : str
+    password : str
+        Re-authentication for the e-signature (meaning ``responsibility``).
+    progress : callable, optional
+
+    Returns
+    -------
+    TestSetInfo
+
+    Raises
+    ------
+    TestSetLockedError
+        Already locked.
+    QualityGateError
+        No quality check yet, or critical findings stand.
+    WorkflowError
+        Files changed since import.
+    """
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "testset.lock")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        if test_set.status == TestSetStatus.LOCKED.value:
+            raise TestSetLockedError(
+                f"Test set '{name}' is already locked (manifest {test_set.manifest_digest})."
+            )
+        quality = latest_quality(session, test_set)
+        if quality is None:
+            raise QualityGateError(
+                f"Test set '{name}' has no data-quality report; run "
+                f"'workbench testset check {name}' before locking."
+            )
+        if not quality.passed:
+            raise QualityGateError(
+                f"Test set '{name}' has {quality.n_critical} critical data-quality finding(s); "
+                "fix them and import the corrected folder as a new test set."
+            )
+        index = load_index(session, test_set)
+        root = Path(test_set.root_path)
+    manifest = build_manifest(root, index)
+    diff = verify_manifest(root, manifest, progress=progress)
+    if not diff.ok:
+        raise WorkflowError(
+            f"Files of test set '{name}' changed since import ({diff.describe()}); "
+            "import the folder again as a new test set."
+        )
+    with wb.transaction() as session:
+        user = current_user(session, actor, "testset.lock")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        if test_set.status == TestSetStatus.LOCKED.value:
+            raise TestSetLockedError(f"Test set '{name}' was locked meanwhile.")
+        signature = signatures.sign(
+            session,
+            username=user.username,
+            password=password,
+            meaning=SignatureMeaning.RESPONSIBILITY,
+            record_type="test_set",
+            record_id=name,
+            content_sha256=manifest.digest,
+        )
+        old = {"status": test_set.status, "manifest_digest": test_set.manifest_digest}
+        test_set.status = TestSetStatus.LOCKED.value
+        test_set.manifest_json = manifest.to_json()
+        test_set.manifest_digest = manifest.digest
+        test_set.locked_at = utcnow()
+        test_set.locked_by = user.username
+        test_set.lock_signature_id = signature.id
+        session.flush()
+        audit.append(
+            session,
+            actor=user.username,
+            action="testset.lock",
+            record_type="test_set",
+            record_id=name,
+            old=old,
+            new={
+                "status": test_set.status,
+                "manifest_digest": manifest.digest,
+                "n_entries": len(manifest.entries),
+                "signature_id": signature.id,
+            },
+        )
+        return _info(session, test_set)
+
+
+def frozen_manifest(test_set: TestSet) -> Manifest:
+    """The manifest frozen at lock time.
+
+    Raises
+    ------
+    WorkflowError
+        The test set is not locked.
+    """
+    if test_set.status != TestSetStatus.LOCKED.value or not test_set.manifest_json:
+        raise WorkflowError(
+            f"Test set '{test_set.name}' is not locked; lock it with "
+            f"'workbench testset lock {test_set.name}' first."
+        )
+    return Manifest.from_json(test_set.manifest_json)
+
+
+def verify_test_set(
+    wb: Workbench, actor: Actor, name: str, *, progress: Progress = None
+) -> ManifestDiff:
+    """Re-hash every file of a locked test set against its frozen manifest.
+
+    The outcome (intact, or the added, removed and changed paths) is written to
+    the audit trail.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.verify``.
+    name : str
+    progress : callable, optional
+
+    Returns
+    -------
+    ManifestDiff
+    """
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "testset.verify")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        manifest = frozen_manifest(test_set)
+        root = Path(test_set.root_path)
+    diff = verify_manifest(root, manifest, progress=progress)
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.verify")
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.verify",
+            record_type="test_set",
+            record_id=name,
+            new={
+                "intact": diff.ok,
+                "manifest_digest": manifest.digest,
+                "added": list(diff.added)[:100],
+                "removed": list(diff.removed)[:100],
+                "changed": list(diff.changed)[:100],
+            },
+        )
+    return diff
+
+
+def list_test_sets(wb: Workbench) -> list[TestSetInfo]:
+    """All test sets, oldest first."""
+    with wb.transaction(readonly=True) as session:
+        return [_info(session, t) for t in session.scalars(select(TestSet).order_by(TestSet.id))]
+
+
+def get_test_set(wb: Workbench, name: str) -> TestSetInfo:
+    """One test set by name."""
+    with wb.transaction(readonly=True) as session:
+        return _info(session, get_one(session, TestSet, "test set", name=name))
+
+
+def ensure_not_locked(test_set: TestSet) -> None:
+    """Raise :class:`TestSetLockedError` for a locked test set."""
+    if test_set.status == TestSetStatus.LOCKED.value:
+        raise TestSetLockedError(f"Test set '{test_set.name}' is locked and cannot change.")

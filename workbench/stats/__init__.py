@@ -1,0 +1,84 @@
+"""Statistics engine: metrics, confidence intervals, tests and stratification.
+
+Pure functions on numpy arrays (numpy, scipy, statsmodels only; pandas frames where a
+table is the natural input or output). Ground truth comes first and options are
+keyword-only. Every estimate is an :class:`Estimate`; every test a :class:`TestResult`.
+Undefined statistics raise :class:`~workbench.errors.NotEstimableError` or carry an
+explicit status, never a silent NaN; invalid input raises
+:class:`~workbench.errors.StatisticsError` saying what was expected and found.
+
+Modules: ``roc`` (AUC, DeLong, ROC bands), ``proportions`` (Wilson, Clopper-Pearson,
+threshold metrics), ``agreement`` (kappas), ``segmentation`` (Dice, HD95, NSD),
+``bootstrap`` (clustered bootstrap CIs), ``strata`` (stratified analysis,
+heterogeneity, Holm), ``planning`` (sample size), ``mrmc`` (Obuchowski-Rockette).
+"""
+
+from workbench.stats._core import Estimate, TestResult
+from workbench.stats.agreement import (
+    cohen_kappa,
+    fleiss_kappa,
+    fleiss_kappa_test,
+    kappa_from_table,
+    pairwise_kappas,
+    percent_agreement,
+)
+from workbench.stats.bootstrap import bootstrap_ci, bootstrap_mean_ci
+from workbench.stats.mrmc import MrmcResult, obuchowski_rockette
+from workbench.stats.planning import (
+    SampleSize,
+    hanley_mcneil_variance,
+    sample_size_auc,
+    sample_size_sensitivity,
+    sample_size_specificity,
+)
+from workbench.stats.proportions import BinaryMetrics, binary_metrics, proportion_ci
+from workbench.stats.roc import RocCurve, auc, auc_variance, delong_test, roc_curve_with_band
+from workbench.stats.segmentation import (
+    SegmentationMetrics,
+    dice,
+    hausdorff_distance,
+    iou,
+    mean_surface_distance,
+    segmentation_metrics,
+    surface_dice,
+)
+from workbench.stats.strata import METRICS, heterogeneity_test, holm, stratified
+
+__all__ = [
+    "METRICS",
+    "BinaryMetrics",
+    "Estimate",
+    "MrmcResult",
+    "RocCurve",
+    "SampleSize",
+    "SegmentationMetrics",
+    "TestResult",
+    "auc",
+    "auc_variance",
+    "binary_metrics",
+    "bootstrap_ci",
+    "bootstrap_mean_ci",
+    "cohen_kappa",
+    "delong_test",
+    "dice",
+    "fleiss_kappa",
+    "fleiss_kappa_test",
+    "hanley_mcneil_variance",
+    "hausdorff_distance",
+    "heterogeneity_test",
+    "holm",
+    "iou",
+    "kappa_from_table",
+    "mean_surface_distance",
+    "obuchowski_rockette",
+    "pairwise_kappas",
+    "percent_agreement",
+    "proportion_ci",
+    "roc_curve_with_band",
+    "sample_size_auc",
+    "sample_size_sensitivity",
+    "sample_size_specificity",
+    "segmentation_metrics",
+    "stratified",
+    "surface_dice",
+]
