@@ -163,7 +163,7 @@ def synth(
     bar = _Bar("synthesize")
     summary = generate_test_set(out, n_cases=cases, seed=seed, defects=defect or (), progress=bar)
     bar.close()
-    typer.echo(f"wrote {summary.n_cases} cases ({summary.n_files} files) to {out}")
+    typer.echo(f"wrote {len(summary.case_ids)} cases ({summary.n_files} files) to {out}")
 
 
 @app.command()
@@ -373,7 +373,7 @@ def testset_verify(
     if diff.ok:
         typer.echo(f"'{name}' intact: every file matches the locked manifest")
     else:
-        _fail(f"'{name}' does not match its locked manifest ({diff.describe()})")
+        _fail(f"'{name}' does not match its locked manifest ({diff.summary()})")
 
 
 @testset_app.command("list")

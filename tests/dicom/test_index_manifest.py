@@ -30,7 +30,10 @@ def test_index_synthetic_set(synthetic_test_set: SynthSummary) -> None:
     assert ct["image_orientation"].eq("1,0,0,0,1,0").all()
     row = ct[ct["path"] == "cases/case0002/CT/0005.dcm"].iloc[0]
     ds = pydicom.dcmread(synthetic_test_set.root / row["path"])
-    assert row["sha256"] == hashlib.sha256((synthetic_test_set.root / row["path"]).read_bytes()).hexdigest()
+    assert (
+        row["sha256"]
+        == hashlib.sha256((synthetic_test_set.root / row["path"]).read_bytes()).hexdigest()
+    )
     assert row["sop_instance_uid"] == ds.SOPInstanceUID
     assert row["image_position_z"] == pytest.approx(float(ds.ImagePositionPatient[2]))
     assert row["pixel_spacing_col"] == pytest.approx(float(ds.PixelSpacing[1]))
@@ -62,7 +65,9 @@ def test_index_flags_defective_files(defective_test_set: SynthSummary) -> None:
     assert files["sop_instance_uid"].duplicated().sum() == 1
 
 
-def test_symlinks_leaving_root_are_skipped(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+def test_symlinks_leaving_root_are_skipped(
+    synthetic_test_set: SynthSummary, tmp_path: Path
+) -> None:
     root = tmp_path / "set"
     shutil.copytree(synthetic_test_set.root / "cases" / "case0001" / "SEG", root / "SEG")
     outside = tmp_path / "outside.dcm"
@@ -110,10 +115,11 @@ def test_pydicom_test_files_are_indexed_without_crashing(tmp_path: Path) -> None
 def test_manifest_digest_and_round_trip(synthetic_test_set: SynthSummary) -> None:
     index = index_folder(synthetic_test_set.root, workers=1)
     manifest = build_manifest(synthetic_test_set.root, index)
-    assert set(manifest.entries) == set(index.files["path"]) | {"dataset.json", "reference/labels.csv"}
-    expected = hashlib.sha256(
-        canonical_json(dict(sorted(manifest.entries.items())))
-    ).hexdigest()
+    assert set(manifest.entries) == set(index.files["path"]) | {
+        "dataset.json",
+        "reference/labels.csv",
+    }
+    expected = hashlib.sha256(canonical_json(dict(sorted(manifest.entries.items())))).hexdigest()
     assert manifest.digest == expected
     assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
     again = Manifest.from_json(manifest.to_json())
@@ -127,7 +133,9 @@ def test_manifest_digest_and_round_trip(synthetic_test_set: SynthSummary) -> Non
         Manifest.from_entries({"a.dcm": "xyz"})
 
 
-def test_verify_manifest_detects_tampering(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+def test_verify_manifest_detects_tampering(
+    synthetic_test_set: SynthSummary, tmp_path: Path
+) -> None:
     root = tmp_path / "copy"
     shutil.copytree(synthetic_test_set.root, root)
     manifest = build_manifest(root, index_folder(root, workers=1))
@@ -151,7 +159,9 @@ def test_verify_manifest_detects_tampering(synthetic_test_set: SynthSummary, tmp
     assert "2 changed" in diff.summary() and calls[-1][0] == calls[-1][1]
 
 
-def test_build_manifest_rejects_foreign_index(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+def test_build_manifest_rejects_foreign_index(
+    synthetic_test_set: SynthSummary, tmp_path: Path
+) -> None:
     index = index_folder(synthetic_test_set.root, workers=1)
     with pytest.raises(ManifestError, match="Index was built for"):
         build_manifest(tmp_path, index)

@@ -113,10 +113,20 @@ def test_invalid_options_are_rejected(tmp_path: Path, synthetic_test_set: SynthS
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
 def test_dciodvfy_reports_no_errors(synthetic_test_set: SynthSummary) -> None:
     root = synthetic_test_set.root
-    targets = [root / "cases" / c / "CT" / f"{n:04d}.dcm" for c in ("case0001", "case0003") for n in (1, 20, 40)]
-    targets += [root / "cases" / c / "SEG" / f"reader{k}.dcm" for c in ("case0001", "case0002") for k in (1, 2)]
+    targets = [
+        root / "cases" / c / "CT" / f"{n:04d}.dcm"
+        for c in ("case0001", "case0003")
+        for n in (1, 20, 40)
+    ]
+    targets += [
+        root / "cases" / c / "SEG" / f"reader{k}.dcm"
+        for c in ("case0001", "case0002")
+        for k in (1, 2)
+    ]
     for path in targets:
-        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, check=False
+        )
         lines = (result.stdout + result.stderr).splitlines()
         errors = [line for line in lines if line.startswith("Error")]
         assert errors == [], f"{path.relative_to(root)}: {errors}"
@@ -167,7 +177,9 @@ def test_defects_are_present_as_declared(defective_test_set: SynthSummary) -> No
     assert uids.count(uid) == 2
 
     (truncated,) = defective_test_set.files_with(Defect.TRUNCATED_FILE)
-    siblings = [p for p in (root / truncated).parent.glob("*.dcm") if p.name != Path(truncated).name]
+    siblings = [
+        p for p in (root / truncated).parent.glob("*.dcm") if p.name != Path(truncated).name
+    ]
     assert (root / truncated).stat().st_size < 0.7 * siblings[0].stat().st_size
     with pytest.raises(Exception):  # noqa: B017 - pydicom raises several types
         pydicom.dcmread(root / truncated).pixel_array  # noqa: B018
@@ -179,9 +191,15 @@ def test_defects_are_present_as_declared(defective_test_set: SynthSummary) -> No
         load_series((root / stray).parent.glob("*.dcm"))
 
 
+@pytest.mark.slow
 def test_lesion_properties_relate_to_truth(tmp_path: Path) -> None:
-    summary = generate_test_set(tmp_path / "t", n_cases=24, seed=11, matrix=64, slices=(10, 12), workers=2)
-    truth = {c["case_id"]: c["true_malignant"] for c in json.loads(summary.dataset_json_path.read_text())["cases"]}
+    summary = generate_test_set(
+        tmp_path / "t", n_cases=24, seed=11, matrix=64, slices=(10, 12), workers=2
+    )
+    truth = {
+        c["case_id"]: c["true_malignant"]
+        for c in json.loads(summary.dataset_json_path.read_text())["cases"]
+    }
     with open(summary.labels_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     volume = np.array([float(r["lesion_volume_ml"]) for r in rows])

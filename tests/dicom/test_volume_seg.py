@@ -83,7 +83,9 @@ def test_missing_slice_raises_geometry_error_naming_file(
     assert ".dcm" in str(info.value)
 
 
-def test_inconsistent_pixel_spacing_raises(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+def test_inconsistent_pixel_spacing_raises(
+    synthetic_test_set: SynthSummary, tmp_path: Path
+) -> None:
     paths = _ct(synthetic_test_set, "case0002")[:5]
     copies = [Path(shutil.copy(p, tmp_path)) for p in paths]
     ds = pydicom.dcmread(copies[2])
@@ -158,3 +160,18 @@ def test_write_seg_empty_mask_and_errors(synthetic_test_set: SynthSummary, tmp_p
     other = load_series(_ct(synthetic_test_set, "case0001"))
     with pytest.raises(SegmentationError, match="references series"):
         read_seg_mask(out, other)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_automatic_seg_passes_dciodvfy(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+    import subprocess
+
+    paths = _ct(synthetic_test_set, "case0003")
+    mask = np.zeros((40, 128, 128), dtype=bool)
+    mask[18:22, 30:50, 60:90] = True
+    out = write_seg(
+        mask, paths, tmp_path / "auto.dcm", algorithm_name="demo", algorithm_version="1"
+    )
+    result = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, check=False)
+    errors = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == []

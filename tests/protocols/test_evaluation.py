@@ -213,7 +213,9 @@ def test_stratum_below_min_n_is_not_assessed() -> None:
     frame = _frame(8, {"Acme": 0.86, "Bolt": 0.85})
     frame = pd.concat([frame, _frame(3, {"Tiny": 0.3})], ignore_index=True)
     ev = evaluate_endpoints(p, frame)
-    rows = {r["stratum"]: r for r in ev.endpoint("dice-mean").strata if r["factor"] == "manufacturer"}
+    rows = {
+        r["stratum"]: r for r in ev.endpoint("dice-mean").strata if r["factor"] == "manufacturer"
+    }
     assert rows["Tiny"]["verdict"] == "NOT_ASSESSED"
     assert "n=3 < min_n=5" in rows["Tiny"]["reason"]
 

@@ -72,9 +72,7 @@ def test_segmentation_protocol_content() -> None:
     primary = p.endpoint("dice-mean")
     assert primary.criterion.statistic is CriterionStatistic.CI_LOW
     assert primary.criterion.operator is Operator.GE
-    assert primary.criterion_text() == (
-        "lower bound of the 95% CI (bootstrap) of mean Dice >= 0.7"
-    )
+    assert primary.criterion_text() == ("lower bound of the 95% CI (bootstrap) of mean Dice >= 0.7")
     assert p.endpoint("hd95-median").criterion_text().endswith("<= 10 mm")
 
 
@@ -114,8 +112,8 @@ def test_diff_protocols(text: str) -> None:
     new = text.replace("threshold: 0.80}", "threshold: 0.82}", 1)
     diff = diff_protocols(text, new, old_name="v1", new_name="v2")
     assert diff.startswith("--- v1\n+++ v2\n")
-    assert "-    criterion: {statistic: ci_low, operator: \">=\", threshold: 0.80}" in diff
-    assert "+    criterion: {statistic: ci_low, operator: \">=\", threshold: 0.82}" in diff
+    assert '-    criterion: {statistic: ci_low, operator: ">=", threshold: 0.80}' in diff
+    assert '+    criterion: {statistic: ci_low, operator: ">=", threshold: 0.82}' in diff
 
 
 # -- error paths ---------------------------------------------------------------------------
@@ -206,9 +204,7 @@ def test_ci_method_not_available_for_metric(text: str) -> None:
 
 def test_missing_endpoint_fields(text: str) -> None:
     bad = text.replace("    metric: auc\n", "")
-    bad = bad.replace(
-        "    criterion: {statistic: value, operator: \">=\", threshold: 0.60}\n", ""
-    )
+    bad = bad.replace('    criterion: {statistic: value, operator: ">=", threshold: 0.60}\n', "")
     msg = _error(bad)
     assert "2 problems" in msg
     assert f"line {_line_of(bad, '- id: auc')}: missing required field 'endpoints[0].metric'" in msg
@@ -216,7 +212,9 @@ def test_missing_endpoint_fields(text: str) -> None:
 
 
 def test_missing_operating_threshold(text: str) -> None:
-    bad = text.replace("    operating_threshold: 0.5\n    ci: {method: wilson", "    ci: {method: wilson", 1)
+    bad = text.replace(
+        "    operating_threshold: 0.5\n    ci: {method: wilson", "    ci: {method: wilson", 1
+    )
     assert "metric sensitivity needs an operating_threshold" in _error(bad)
 
 
@@ -231,7 +229,10 @@ def test_metric_of_other_task(text: str) -> None:
     old = "metric: kappa_model_vs_consensus\n    primary: false\n    operating_threshold: 0.5\n"
     assert old in text
     bad = text.replace(old, "metric: dice_mean\n    primary: false\n")
-    assert "metric dice_mean is a segmentation metric but the protocol's task is classification" in _error(bad)
+    assert (
+        "metric dice_mean is a segmentation metric but the protocol's task is classification"
+        in _error(bad)
+    )
 
 
 def test_subgroup_endpoint_must_exist(text: str) -> None:
@@ -248,7 +249,9 @@ def test_fixed_criteria_need_criteria(text: str) -> None:
 
 
 def test_age_band_needs_increasing_edges(text: str) -> None:
-    assert "edges must increase strictly" in _error(text.replace("[18, 50, 65, 120]", "[18, 65, 50]"))
+    assert "edges must increase strictly" in _error(
+        text.replace("[18, 50, 65, 120]", "[18, 65, 50]")
+    )
 
 
 def test_signature_distinct_from_unknown_meaning(text: str) -> None:
@@ -262,7 +265,9 @@ def test_admin_cannot_sign(text: str) -> None:
 
 
 def test_blinded_reviewers_cannot_see_aggregate(text: str) -> None:
-    bad = text.replace("reviewers_see_aggregate_results: false", "reviewers_see_aggregate_results: true")
+    bad = text.replace(
+        "reviewers_see_aggregate_results: false", "reviewers_see_aggregate_results: true"
+    )
     assert "blinded reviewers cannot see aggregate results" in _error(bad)
 
 

@@ -39,4 +39,6 @@ def clean_set(tmp_path_factory: pytest.TempPathFactory) -> CheckedSet:
 @pytest.fixture(scope="session")
 def defect_set(tmp_path_factory: pytest.TempPathFactory) -> CheckedSet:
     # one defect per case: 7 defects on 8 cases leaves one clean case
-    return _make(tmp_path_factory.mktemp("quality_defects"), n_cases=8, seed=12, defects=tuple(Defect))
+    return _make(
+        tmp_path_factory.mktemp("quality_defects"), n_cases=8, seed=12, defects=tuple(Defect)
+    )

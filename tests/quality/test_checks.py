@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pydicom
@@ -24,7 +25,8 @@ from workbench.quality import (
     series_table,
 )
 
-from .conftest import CheckedSet
+# the session fixtures of conftest.py: summary, index, report, root
+CheckedSet = Any
 
 
 def _critical(report: QualityReport, check: str) -> list[Finding]:
@@ -92,7 +94,9 @@ def test_phi_in_sequence(defect_set: CheckedSet) -> None:
     found = [f for f in _critical(defect_set.report, "phi") if f.path in paths]
     attrs = {f.attribute for f in found}
     assert "ReferringPhysicianIdentificationSequence (0008,0096)" in attrs
-    assert any(a.startswith("ReferringPhysicianIdentificationSequence[0].PersonAddress") for a in attrs)
+    assert any(
+        a.startswith("ReferringPhysicianIdentificationSequence[0].PersonAddress") for a in attrs
+    )
     assert any(a.endswith("CodeMeaning (0008,0104)") for a in attrs)
     assert any("RequestAttributesSequence[0].RequestedProcedureID" in a for a in attrs)
 
@@ -159,7 +163,9 @@ def test_burned_in_annotation_private_tags_and_missing_reference(
     assert [f.path for f in _critical(report, "burned_in_annotation")] == [rel]
     private = [f for f in report.by_check("phi") if "Private" in f.attribute]
     assert private and private[0].severity is Severity.MAJOR
-    removed = [f for f in report.by_check("phi") if f.attribute.startswith("PatientIdentityRemoved")]
+    removed = [
+        f for f in report.by_check("phi") if f.attribute.startswith("PatientIdentityRemoved")
+    ]
     assert removed and "found NO" in removed[0].message
     ref = _critical(report, "reference_standard")
     assert {f.attribute for f in ref} == {"ReferencedSeriesSequence", "reference/labels.csv"}
@@ -197,7 +203,9 @@ def test_leakage(clean_set: CheckedSet, tmp_path: Path) -> None:
     }
     assert {f.attribute for f in leaks} == {"SOPInstanceUID (0008,0018)", "PixelData (7FE0,0010)"}
     none = run_quality_checks(
-        clean_set.root, clean_set.index, training_manifest={"sop_instance_uids": [], "pixel_sha256": []}
+        clean_set.root,
+        clean_set.index,
+        training_manifest={"sop_instance_uids": [], "pixel_sha256": []},
     )
     assert none.by_check("leakage") == () and "leakage" in none.checks_run
 
@@ -210,7 +218,7 @@ def test_series_table_orientation_and_spacing() -> None:
                 "path": f"cases/x/CT/{i:04d}.dcm",
                 "series_instance_uid": "1.2",
                 "study_instance_uid": "1.1",
-                "image_orientation": "1,0,0,0,1,0" if i else "0,1,0,0,0,-1",
+                "image_orientation": "1,0,0,0,1,0" if i < 4 else "0,1,0,0,0,-1",
                 "image_position_x": 0.0,
                 "image_position_y": 0.0,
                 "image_position_z": z,

@@ -65,21 +65,32 @@ MASK_METRICS = [
     MaskMetric("dice", dice, (0.0, 1.0), True, 1.0),
     MaskMetric("iou", iou, (0.0, 1.0), True, 1.0),
     MaskMetric(
-        "hd95", lambda p, r: hausdorff_distance(p, r, spacing=(2.0, 1.0, 0.5)),
-        (0.0, np.inf), True, 0.0,
+        "hd95",
+        lambda p, r: hausdorff_distance(p, r, spacing=(2.0, 1.0, 0.5)),
+        (0.0, np.inf),
+        True,
+        0.0,
     ),
     MaskMetric(
         "hausdorff",
         lambda p, r: hausdorff_distance(p, r, spacing=(2.0, 1.0, 0.5), percentile=100),
-        (0.0, np.inf), True, 0.0,
+        (0.0, np.inf),
+        True,
+        0.0,
     ),
     MaskMetric(
-        "assd", lambda p, r: mean_surface_distance(p, r, spacing=(2.0, 1.0, 0.5)),
-        (0.0, np.inf), True, 0.0,
+        "assd",
+        lambda p, r: mean_surface_distance(p, r, spacing=(2.0, 1.0, 0.5)),
+        (0.0, np.inf),
+        True,
+        0.0,
     ),
     MaskMetric(
-        "nsd", lambda p, r: surface_dice(p, r, spacing=(2.0, 1.0, 0.5), tolerance=1.0),
-        (0.0, 1.0), True, 1.0,
+        "nsd",
+        lambda p, r: surface_dice(p, r, spacing=(2.0, 1.0, 0.5), tolerance=1.0),
+        (0.0, 1.0),
+        True,
+        1.0,
     ),
 ]
 
@@ -112,8 +123,9 @@ def test_score_metric_bounds(metric: ScoreMetric, data: tuple[np.ndarray, np.nda
     assert metric.bounds[0] <= value <= metric.bounds[1]
 
 
-@pytest.mark.parametrize("metric", [m for m in SCORE_METRICS if m.order_invariant],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "metric", [m for m in SCORE_METRICS if m.order_invariant], ids=lambda m: m.name
+)
 @SETTINGS
 @given(data=labelled_scores(), seed=st.integers(0, 1000))
 def test_score_metric_invariant_to_case_order(
@@ -124,8 +136,9 @@ def test_score_metric_invariant_to_case_order(
     assert metric.fn(y[perm], s[perm]) == pytest.approx(metric.fn(y, s), abs=1e-12)
 
 
-@pytest.mark.parametrize("metric", [m for m in SCORE_METRICS if m.monotone_invariant],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "metric", [m for m in SCORE_METRICS if m.monotone_invariant], ids=lambda m: m.name
+)
 @SETTINGS
 @given(data=labelled_scores())
 def test_score_metric_invariant_to_monotone_transforms(

@@ -144,17 +144,28 @@ def test_kappa_ase_equals_delta_method_variance(weights: str | None) -> None:
 # the same weighted kappas (psych's *weighted variance* uses marginal sums in place of the
 # FCE weighted means, so it is not a reference for the weighted ASE).
 ANXIETY = [
-    ("rater1", "rater2", 0.119496855345912, 0.0142256423269795, 0.189189189189189,
-     0.296765119549929),
-    ("rater1", "rater3", -0.165644171779141, 0.0067650877401942, -0.0510510510510511,
-     0.0695067264573989),
+    (
+        "rater1",
+        "rater2",
+        0.119496855345912,
+        0.0142256423269795,
+        0.189189189189189,
+        0.296765119549929,
+    ),
+    (
+        "rater1",
+        "rater3",
+        -0.165644171779141,
+        0.0067650877401942,
+        -0.0510510510510511,
+        0.0695067264573989,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("a", "b", "kappa", "var", "linear", "quadratic"), ANXIETY)
 def test_cohen_kappa_on_anxiety_matches_psych(
-    anxiety: pd.DataFrame, a: str, b: str, kappa: float, var: float, linear: float,
-    quadratic: float
+    anxiety: pd.DataFrame, a: str, b: str, kappa: float, var: float, linear: float, quadratic: float
 ) -> None:
     est = cohen_kappa(anxiety[a], anxiety[b])
     assert est.value == pytest.approx(kappa, abs=1e-12)
@@ -194,8 +205,9 @@ def _auditc_cases(auditc: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for study, r in auditc.iterrows():
         for truth, call, count in ((1, 1, r.TP), (1, 0, r.FN), (0, 1, r.FP), (0, 0, r.TN)):
-            rows.append(pd.DataFrame({"study": study, "y_true": [truth] * count,
-                                      "score": [call] * count}))
+            rows.append(
+                pd.DataFrame({"study": study, "y_true": [truth] * count, "score": [call] * count})
+            )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -208,7 +220,9 @@ def test_sensitivity_heterogeneity_matches_R_chisq_test(auditc: pd.DataFrame) ->
     assert het.statistic == pytest.approx(277.318047587425, rel=1e-9)
     assert het.df == 13
     assert het.p_value == pytest.approx(1.31853391991997e-51, rel=1e-6)
-    assert out["value"].to_numpy() == pytest.approx((auditc.TP / (auditc.TP + auditc.FN)).to_numpy())
+    assert out["value"].to_numpy() == pytest.approx(
+        (auditc.TP / (auditc.TP + auditc.FN)).to_numpy()
+    )
     # chisq.test(cbind(AuditC$TN, AuditC$FP), correct = FALSE): X-squared = 2208.51212612343
     spec = heterogeneity_test(cases, "specificity", by="study", threshold=0.5)
     assert spec.statistic == pytest.approx(2208.51212612343, rel=1e-9)
@@ -217,10 +231,17 @@ def test_sensitivity_heterogeneity_matches_R_chisq_test(auditc: pd.DataFrame) ->
 def test_kruskal_wallis_matches_R() -> None:
     # kruskal.test(list(c(.81,.9,.77,.85,.88), c(.7,.72,.79,.65), c(.91,.93,.95,.9,.89,.97)))
     #   chi-squared = 11.1536672629696, df = 2, p-value = 0.00378452978311137
-    groups = [[0.81, 0.9, 0.77, 0.85, 0.88], [0.7, 0.72, 0.79, 0.65],
-              [0.91, 0.93, 0.95, 0.9, 0.89, 0.97]]
-    frame = pd.DataFrame({"dice": np.concatenate(groups),
-                          "site": np.repeat(["a", "b", "c"], [len(g) for g in groups])})
+    groups = [
+        [0.81, 0.9, 0.77, 0.85, 0.88],
+        [0.7, 0.72, 0.79, 0.65],
+        [0.91, 0.93, 0.95, 0.9, 0.89, 0.97],
+    ]
+    frame = pd.DataFrame(
+        {
+            "dice": np.concatenate(groups),
+            "site": np.repeat(["a", "b", "c"], [len(g) for g in groups]),
+        }
+    )
     het = heterogeneity_test(frame, "dice_mean", by="site", n_boot=200)
     assert het.statistic == pytest.approx(11.1536672629696, rel=1e-9)
     assert het.p_value == pytest.approx(0.00378452978311137, rel=1e-9)
@@ -231,8 +252,9 @@ def test_obuchowski_rockette_matches_RJafroc_dataset02(vandyke: pd.DataFrame) ->
     # RJafroc: UtilORVarComponentsFactorial(dataset02, FOM = "Wilcoxon",
     #   covEstMethod = "jackknife") and StSignificanceTesting(dataset02, FOM = "Wilcoxon",
     #   method = "OR") as printed in RJafrocBook ch. "Obuchowski Rockette Applications".
-    res = obuchowski_rockette(vandyke, reader="reader", modality="treatment", case="case",
-                              truth="truth", rating="rating")
+    res = obuchowski_rockette(
+        vandyke, reader="reader", modality="treatment", case="case", truth="truth", rating="rating"
+    )
     vc = res.variance_components
     assert vc["var"] == pytest.approx(8.0228827e-4, abs=5e-12)
     assert vc["cov1"] == pytest.approx(3.4661371e-4, abs=5e-12)
@@ -256,10 +278,18 @@ def test_obuchowski_rockette_matches_RJafroc_dataset02(vandyke: pd.DataFrame) ->
 
 
 def test_obuchowski_rockette_with_delong_covariance_is_close(vandyke: pd.DataFrame) -> None:
-    jk = obuchowski_rockette(vandyke, reader="reader", modality="treatment", case="case",
-                             truth="truth", rating="rating")
-    dl = obuchowski_rockette(vandyke, reader="reader", modality="treatment", case="case",
-                             truth="truth", rating="rating", covariance="delong")
+    jk = obuchowski_rockette(
+        vandyke, reader="reader", modality="treatment", case="case", truth="truth", rating="rating"
+    )
+    dl = obuchowski_rockette(
+        vandyke,
+        reader="reader",
+        modality="treatment",
+        case="case",
+        truth="truth",
+        rating="rating",
+        covariance="delong",
+    )
     # DeLong and jackknife covariances of the Wilcoxon AUC differ by O(1/n)
     assert dl.variance_components["var"] == pytest.approx(jk.variance_components["var"], rel=0.03)
     assert dl.p_value == pytest.approx(jk.p_value, abs=0.005)

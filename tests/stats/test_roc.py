@@ -133,9 +133,7 @@ def test_simultaneous_band_is_wider_than_pointwise() -> None:
     pw = roc_curve_with_band(y, s, band="pointwise", n_boot=300)
     sim = roc_curve_with_band(y, s, band="simultaneous", n_boot=300)
     inner = slice(10, 90)
-    assert np.mean(sim.upper[inner] - sim.lower[inner]) > np.mean(
-        pw.upper[inner] - pw.lower[inner]
-    )
+    assert np.mean(sim.upper[inner] - sim.lower[inner]) > np.mean(pw.upper[inner] - pw.lower[inner])
 
 
 def test_delong_needs_two_cases_per_class() -> None:

@@ -177,4 +177,21 @@ def test_large_volume_runs() -> None:
     a[100:300, 150:350, 50:200] = True
     b[110:310, 140:345, 60:210] = True
     m = segmentation_metrics(a, b, spacing=(0.7, 0.7, 1.5), tolerance=2.0)
-    assert m.hausdorff == pytest.approx(np.sqrt((10 * 0.7) ** 2 + (10 * 0.7) ** 2 + (10 * 1.5) ** 2))
+    assert m.hausdorff == pytest.approx(
+        np.sqrt((10 * 0.7) ** 2 + (10 * 0.7) ** 2 + (10 * 1.5) ** 2)
+    )
+
+
+def test_distances_equal_the_euclidean_distance_transform() -> None:
+    from scipy import ndimage
+
+    pred, ref = _ellipsoids((2, 1, -3))
+    sp_, sr = _surface(np.pad(pred, 1)), _surface(np.pad(ref, 1))
+    edt_pr = ndimage.distance_transform_edt(~sr, sampling=SPACING)[sp_]
+    edt_rp = ndimage.distance_transform_edt(~sp_, sampling=SPACING)[sr]
+    assert hausdorff_distance(pred, ref, spacing=SPACING, percentile=95) == pytest.approx(
+        max(np.percentile(edt_pr, 95), np.percentile(edt_rp, 95))
+    )
+    assert surface_dice(pred, ref, spacing=SPACING, tolerance=2.0) == pytest.approx(
+        ((edt_pr <= 2.0).sum() + (edt_rp <= 2.0).sum()) / (len(edt_pr) + len(edt_rp))
+    )

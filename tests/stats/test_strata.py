@@ -19,8 +19,16 @@ def _cases(seed: int = 0) -> pd.DataFrame:
     shift = np.where(scanner == "b", 0.3, 1.5)  # the model is worse on scanner b
     score = rng.normal(size=n) + shift * y
     dice = np.clip(rng.normal(np.where(scanner == "b", 0.7, 0.85), 0.05), 0, 1)
-    return pd.DataFrame({"scanner": scanner, "sex": sex, "label": y, "prob": score,
-                         "dice": dice, "patient": np.arange(n) // 2})
+    return pd.DataFrame(
+        {
+            "scanner": scanner,
+            "sex": sex,
+            "label": y,
+            "prob": score,
+            "dice": dice,
+            "patient": np.arange(n) // 2,
+        }
+    )
 
 
 def test_auc_per_stratum_and_heterogeneity() -> None:
@@ -65,8 +73,9 @@ def test_not_estimable_stratum_has_status_and_reason() -> None:
 @pytest.mark.parametrize("metric", ["sensitivity", "specificity", "ppv", "npv", "accuracy"])
 def test_threshold_metrics(metric: str) -> None:
     f = _cases()
-    out = stratified(f, metric, by="sex", threshold=0.5, y_true="label", y_score="prob",
-                     method="clopper-pearson")
+    out = stratified(
+        f, metric, by="sex", threshold=0.5, y_true="label", y_score="prob", method="clopper-pearson"
+    )
     assert (out["status"] == "ok").all()
     assert out["method"].eq("clopper-pearson").all()
     assert "chi-square" in out.attrs["heterogeneity"].method

@@ -115,13 +115,17 @@ def test_kappa_inputs() -> None:
 
 
 def test_pairwise_kappas_reference_and_all_pairs() -> None:
-    ratings = pd.DataFrame({"model": [1, 2, 2, 1, 3, 3], "r1": [1, 2, 2, 1, 3, 2],
-                            "r2": [1, 2, 3, 1, 3, 3], "r3": [1, 1, 1, 1, 1, 1]})
+    ratings = pd.DataFrame(
+        {
+            "model": [1, 2, 2, 1, 3, 3],
+            "r1": [1, 2, 2, 1, 3, 2],
+            "r2": [1, 2, 3, 1, 3, 3],
+            "r3": [1, 1, 1, 1, 1, 1],
+        }
+    )
     vs_model = pairwise_kappas(ratings, reference="model", raters=["r1", "r2"])
     assert vs_model[["rater_a", "rater_b"]].values.tolist() == [["model", "r1"], ["model", "r2"]]
-    assert vs_model["kappa"].iloc[0] == pytest.approx(
-        cohen_kappa(ratings.model, ratings.r1).value
-    )
+    assert vs_model["kappa"].iloc[0] == pytest.approx(cohen_kappa(ratings.model, ratings.r1).value)
     allp = pairwise_kappas(ratings)
     assert len(allp) == 6
     assert set(allp["status"]) == {"ok"}
@@ -139,8 +143,9 @@ def test_sample_sizes() -> None:
     a = sample_size_auc(0.85, 0.05, prevalence=0.3)
     assert a.half_width <= 0.05
     smaller = 1.96 * np.sqrt(
-        hanley_mcneil_variance(0.85, round((a.n_total - 1) * 0.3), a.n_total - 1 - round(
-            (a.n_total - 1) * 0.3))
+        hanley_mcneil_variance(
+            0.85, round((a.n_total - 1) * 0.3), a.n_total - 1 - round((a.n_total - 1) * 0.3)
+        )
     )
     assert smaller > 0.05  # minimal
     # Hanley-McNeil (1982): A = 0.5 gives the Mann-Whitney null variance (m + n + 1) / (12 m n)
@@ -151,11 +156,25 @@ def test_sample_sizes() -> None:
 
 def test_mrmc_rejects_incomplete_designs(vandyke: pd.DataFrame) -> None:
     with pytest.raises(StatisticsError, match="fully crossed"):
-        obuchowski_rockette(vandyke.iloc[1:], reader="reader", modality="treatment",
-                            case="case", truth="truth", rating="rating")
+        obuchowski_rockette(
+            vandyke.iloc[1:],
+            reader="reader",
+            modality="treatment",
+            case="case",
+            truth="truth",
+            rating="rating",
+        )
     with pytest.raises(StatisticsError, match="not in the frame"):
-        obuchowski_rockette(vandyke, reader="rdr", modality="treatment", case="case",
-                            truth="truth", rating="rating")
+        obuchowski_rockette(
+            vandyke, reader="rdr", modality="treatment", case="case", truth="truth", rating="rating"
+        )
     with pytest.raises(StatisticsError, match="Did you mean 'delong'"):
-        obuchowski_rockette(vandyke, reader="reader", modality="treatment", case="case",
-                            truth="truth", rating="rating", covariance="delog")
+        obuchowski_rockette(
+            vandyke,
+            reader="reader",
+            modality="treatment",
+            case="case",
+            truth="truth",
+            rating="rating",
+            covariance="delog",
+        )

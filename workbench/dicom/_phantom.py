@@ -54,7 +54,14 @@ class LesionShape:
     lobe_phases: tuple[float, ...]
 
 
-def ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+def ellipse(
+    y: np.ndarray,
+    x: np.ndarray,
+    cy: float,
+    cx: float,
+    ry: float | np.ndarray,
+    rx: float | np.ndarray,
+) -> np.ndarray:
     """Boolean inside-mask of an axis-aligned ellipse (broadcasts over z)."""
     return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pydicom
@@ -27,6 +27,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from workbench.dicom._walk import chunked, walk_files
@@ -228,8 +229,13 @@ class DicomIndex:
         return out[columns]
 
 
-_FAST_ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
-                   "ISO 2022 IR 6": "latin-1", "ISO_IR 192": "utf-8"}
+_FAST_ENCODINGS = {
+    "": "latin-1",
+    "ISO_IR 6": "latin-1",
+    "ISO_IR 100": "latin-1",
+    "ISO 2022 IR 6": "latin-1",
+    "ISO_IR 192": "utf-8",
+}
 _TAG_OF = {kw: int(tag_for_keyword(kw) or 0) for kw in _TAGS}
 _BINARY_INT = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 
@@ -244,7 +250,7 @@ class _Header:
 
     def __init__(self, ds: Dataset) -> None:
         self.ds = ds
-        charset = ds._dict.get(_TAG_OF["SpecificCharacterSet"])
+        charset = ds._dict.get(BaseTag(_TAG_OF["SpecificCharacterSet"]))
         raw = self._raw_text(charset, "latin-1") if charset is not None else ""
         self.encoding = _FAST_ENCODINGS.get((raw or "").strip())
 
@@ -258,7 +264,7 @@ class _Header:
         return None
 
     def text(self, keyword: str) -> str | None:
-        elem = self.ds._dict.get(_TAG_OF.get(keyword) or tag_for_keyword(keyword))
+        elem = self.ds._dict.get(BaseTag(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0))
         if elem is None:
             return None
         vr = elem.VR or dictionary_VR(elem.tag)
@@ -272,7 +278,7 @@ class _Header:
         return str(value)
 
     def number(self, keyword: str, index: int = 0) -> float | None:
-        elem = self.ds._dict.get(_TAG_OF.get(keyword) or tag_for_keyword(keyword))
+        elem = self.ds._dict.get(BaseTag(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0))
         if elem is None:
             return None
         vr = elem.VR or dictionary_VR(elem.tag)
@@ -320,7 +326,7 @@ def _pixel_data_problem(data: bytes, position: int, ds: Dataset) -> str | None:
     implicit, little = ds.original_encoding
     if implicit is None or little is None:
         return None
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     header = data[position : position + 12]
     if len(header) < 8:
         return f"truncated: pixel data element header cut after {len(header)} bytes"
@@ -404,9 +410,7 @@ def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> 
         "image_position_x": h.number("ImagePositionPatient", 0),
         "image_position_y": h.number("ImagePositionPatient", 1),
         "image_position_z": h.number("ImagePositionPatient", 2),
-        "image_orientation": (
-            ",".join(f"{float(v):g}" for v in iop.split("\\")) if iop else None
-        ),
+        "image_orientation": (",".join(f"{float(v):g}" for v in iop.split("\\")) if iop else None),
         "rescale_slope": h.number("RescaleSlope"),
         "rescale_intercept": h.number("RescaleIntercept"),
         "referenced_series_uid": ref_series,

@@ -79,7 +79,11 @@ class Manifest:
 
     def to_json(self) -> str:
         """Canonical JSON text ``{"digest", "entries", "version"}``."""
-        payload = {"digest": self.digest, "entries": dict(self.entries), "version": MANIFEST_VERSION}
+        payload = {
+            "digest": self.digest,
+            "entries": dict(self.entries),
+            "version": MANIFEST_VERSION,
+        }
         return canonical_json(payload).decode("utf-8")
 
     @classmethod
@@ -100,9 +104,7 @@ class Manifest:
             raise ManifestError("Expected a manifest object with 'digest' and 'entries'.")
         version = payload.get("version", MANIFEST_VERSION)
         if version != MANIFEST_VERSION:
-            raise ManifestError(
-                f"Expected manifest version {MANIFEST_VERSION}, found {version!r}."
-            )
+            raise ManifestError(f"Expected manifest version {MANIFEST_VERSION}, found {version!r}.")
         if not isinstance(payload["entries"], dict):
             raise ManifestError("Expected 'entries' to be an object of {path: sha256}.")
         manifest = cls.from_entries(payload["entries"])
@@ -148,7 +150,11 @@ class ManifestDiff:
         if self.ok:
             return f"All {self.n_checked} files match the manifest."
         parts = []
-        for name, paths in (("changed", self.changed), ("removed", self.removed), ("added", self.added)):
+        for name, paths in (
+            ("changed", self.changed),
+            ("removed", self.removed),
+            ("added", self.added),
+        ):
             if paths:
                 shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
                 parts.append(f"{len(paths)} {name} ({shown})")
@@ -178,7 +184,8 @@ def build_manifest(root: str | Path, index: DicomIndex) -> Manifest:
     if Path(root).resolve() != Path(index.root).resolve():
         raise ManifestError(f"Index was built for {index.root}, not for {root}.")
     unhashed = [
-        str(p) for p, h in zip(index.unreadable["path"], index.unreadable["sha256"], strict=True)
+        str(p)
+        for p, h in zip(index.unreadable["path"], index.unreadable["sha256"], strict=True)
         if not isinstance(h, str) or not h
     ]
     if unhashed:

@@ -117,9 +117,7 @@ def _mask_by_position(
         number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         if numbers is not None and number not in numbers:
             continue
-        ipp = np.asarray(
-            [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
-        )
+        ipp = np.asarray([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
         xyz = inverse @ (ipp - volume.origin)
         if np.any(np.abs(xyz[:2]) > 0.01) or abs(xyz[2] - round(xyz[2])) > 0.01:
             raise SegmentationError(

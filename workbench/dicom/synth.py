@@ -33,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from workbench import __version__
 from workbench.dicom import _phantom
@@ -300,7 +300,7 @@ def _plan_case(
         center_zyx=center,
         radii_zyx=radii,
         lobulation=lobulation,
-        lobe_directions=tuple(tuple(float(v) for v in d) for d in directions),
+        lobe_directions=tuple((float(d[0]), float(d[1]), float(d[2])) for d in directions),
         lobe_frequencies=tuple(float(f) for f in rng.uniform(1.5, 3.5, n_lobes)),
         lobe_phases=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, n_lobes)),
     )
@@ -313,7 +313,9 @@ def _plan_case(
         flip = rng.random() < 0.04 + 0.25 * ambiguity
         labels.append(malignant != flip)
     study_date = _BASE_DATE + dt.timedelta(days=int(rng.integers(0, 700)))
-    study_time = dt.time(int(rng.integers(7, 19)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
+    study_time = dt.time(
+        int(rng.integers(7, 19)), int(rng.integers(0, 60)), int(rng.integers(0, 60))
+    )
     patient_id = "PSN" + _uid(seed, case_id, "patient").rsplit(".", 1)[-1][-10:]
     uids = {
         "study": _uid(seed, case_id, "study"),
@@ -446,10 +448,10 @@ def _common_ct_attributes(plan: _CasePlan) -> Dataset:
 
 def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     return meta
 
@@ -472,11 +474,18 @@ def _case_pixels(
     readers = []
     for bias, wobble in ((0.07, 0.05), (-0.05, 0.06)):
         mask = np.zeros(truth.shape, dtype=bool)
-        mask[box] = _phantom.reader_mask(f, rng, bias=bias + 0.02 * rng.standard_normal(), wobble=wobble)
+        mask[box] = _phantom.reader_mask(
+            f, rng, bias=bias + 0.02 * rng.standard_normal(), wobble=wobble
+        )
         readers.append(mask)
     s = plan.scanner
     hu = _phantom.image(
-        truth, rng, blur_px=s.blur_px, noise_hu=s.noise_hu, hu_scale=s.hu_scale, hu_offset=s.hu_offset
+        truth,
+        rng,
+        blur_px=s.blur_px,
+        noise_hu=s.noise_hu,
+        hu_scale=s.hu_scale,
+        hu_offset=s.hu_offset,
     )
     stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
     voxel_ml = plan.pixel_spacing**2 * plan.slice_thickness / 1000.0
@@ -593,7 +602,9 @@ def _inject(defect: Defect, root: Path, case_id: str) -> list[InjectedDefect]:
             request.RequestedProcedureDescription = "CT ABD follow-up NOVAK^MARIA"
             ds.RequestAttributesSequence = DicomSequence([request])
             ds.save_as(path, enforce_file_format=True)
-            detail = "names in ReferringPhysicianIdentificationSequence and RequestAttributesSequence"
+            detail = (
+                "names in ReferringPhysicianIdentificationSequence and RequestAttributesSequence"
+            )
             out.append(InjectedDefect(defect, case_id, _rel(root, path), detail))
     elif defect is Defect.WRONG_MODALITY:
         ds = pydicom.dcmread(middle)
@@ -684,7 +695,7 @@ def generate_test_set(
 
     Examples
     --------
-    >>> summary = generate_test_set("/tmp/ts", n_cases=3, matrix=128, slices=(40, 40))  # doctest: +SKIP
+    >>> summary = generate_test_set("ts", n_cases=3, matrix=128, slices=(40, 40))  # doctest: +SKIP
     >>> summary.case_ids  # doctest: +SKIP
     ('case0001', 'case0002', 'case0003')
     """
@@ -693,7 +704,9 @@ def generate_test_set(
     if matrix < 64:
         raise WorkbenchError(f"matrix should be at least 64, found {matrix}.")
     if not 8 <= slices[0] <= slices[1]:
-        raise WorkbenchError(f"slices should be a range (lo, hi) with 8 <= lo <= hi, found {slices}.")
+        raise WorkbenchError(
+            f"slices should be a range (lo, hi) with 8 <= lo <= hi, found {slices}."
+        )
     try:
         wanted = list(dict.fromkeys(Defect(d) for d in defects))
     except ValueError as exc:
@@ -704,7 +717,9 @@ def generate_test_set(
         known = {s.scanner_id: i for i, s in enumerate(SCANNERS)}
         unknown = [s for s in scanner_ids if s not in known]
         if unknown:
-            raise WorkbenchError(f"Unknown scanner ids {unknown}; expected some of {sorted(known)}.")
+            raise WorkbenchError(
+                f"Unknown scanner ids {unknown}; expected some of {sorted(known)}."
+            )
         overrides = [known[s] for s in scanner_ids]
     root = Path(out_dir)
     if (root / "cases").exists():
@@ -712,7 +727,9 @@ def generate_test_set(
     root.mkdir(parents=True, exist_ok=True)
 
     plans = [
-        _plan_case(seed, i, matrix, slices, None if overrides is None else overrides[i % len(overrides)])
+        _plan_case(
+            seed, i, matrix, slices, None if overrides is None else overrides[i % len(overrides)]
+        )
         for i in range(n_cases)
     ]
     rows: list[dict[str, Any] | None] = [None] * n_cases
@@ -738,6 +755,7 @@ def generate_test_set(
         writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
+            assert row is not None  # every case was written above
             writer.writerow(row)
 
     injected: list[InjectedDefect] = []

@@ -112,9 +112,6 @@ class LesionNet(nn.Module):
     scores near 0.
     """
 
-    feature_mean: torch.Tensor
-    feature_std: torch.Tensor
-
     def __init__(self, voxel_ml: float) -> None:
         super().__init__()
         self.unet = UNet(
@@ -123,7 +120,7 @@ class LesionNet(nn.Module):
             out_channels=2,
             channels=(8, 16, 32),
             strides=(2, 2),
-            num_res_units=1,
+            num_res_units=0,
             norm="batch",
         )
         self.head = nn.Linear(_N_FEATURES, 1)
@@ -269,7 +266,7 @@ def _train_segmentation(
         images, labels = [], []
         for _ in range(batch):
             case = cases[int(torch.randint(len(cases), (1,), generator=generator))]
-            jitter = torch.randint(-12, 13, (3,), generator=generator).tolist()
+            jitter = torch.randint(-8, 9, (3,), generator=generator).tolist()
             if torch.rand(1, generator=generator).item() < 0.25:  # background patches too
                 centre = [
                     int(torch.randint(n, (1,), generator=generator)) for n in case.label.shape
@@ -302,8 +299,8 @@ def _train_head(net: LesionNet, cases: list[_TrainingCase], roi: tuple[int, int,
         x = torch.stack(feats)
         y = torch.tensor([float(c.malignant) for c in cases])
         mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-3)
-    net.feature_mean.copy_(mean)
-    net.feature_std.copy_(std)
+    net.get_buffer("feature_mean").copy_(mean)
+    net.get_buffer("feature_std").copy_(std)
     z = (x - mean) / std
     head = net.head
     optimizer = torch.optim.LBFGS(head.parameters(), lr=0.5, max_iter=200)
@@ -350,8 +347,8 @@ def build_demo_models(
     *,
     seed: int = 0,
     progress: Progress | None = None,
-    n_training_cases: int = 32,
-    steps: int = 120,
+    n_training_cases: int = 24,
+    steps: int = 150,
 ) -> list[BuiltModel]:
     """Train the two demo candidates and save them as TorchScript with their specs.
 
@@ -434,7 +431,7 @@ def build_demo_models(
                 net,
                 subset,
                 steps=steps,
-                patch=(48, 48, 24),
+                patch=(32, 32, 16),
                 batch=4,
                 generator=generator,
                 on_step=_step_reporter(report, name, steps),

@@ -11,6 +11,7 @@ against a registered training-set manifest.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,7 +101,8 @@ def series_table(images: pd.DataFrame) -> pd.DataFrame:
             if _normal(o) is not None
         }
         n_orient = max(len(rounded), 1 if len(orientations) else 0)
-        normal = _normal(orientations.iloc[0]) if len(orientations) else None
+        common = orientations.mode() if len(orientations) else orientations
+        normal = _normal(common.iloc[0]) if len(common) else None
         if normal is None:
             normal = np.array([0.0, 0.0, 1.0])
         xyz = group[["image_position_x", "image_position_y", "image_position_z"]].apply(
@@ -189,8 +191,29 @@ def case_table(
 def _pixel_findings(ds: pydicom.Dataset, rel: str) -> list[Finding]:
     """Geometry from the pixel data and HU sanity of one sampled slice."""
     out: list[Finding] = []
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed and "PixelData" in ds:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        expected = rows * cols * frames * samples * bits // 8
+        found = len(ds["PixelData"].value or b"")
+        if found not in (expected, expected + 1):  # one pad byte for odd lengths
+            return [
+                Finding(
+                    "pixel_geometry",
+                    Severity.CRITICAL,
+                    rel,
+                    "Rows/Columns (0028,0010)/(0028,0011)",
+                    f"Rows {rows} x Columns {cols} x {frames} frame(s) at {bits} bits need "
+                    f"{expected} bytes of pixel data, found {found}",
+                )
+            ]
     try:
-        arr = ds.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder error is a finding
         return [
             Finding(
@@ -201,7 +224,6 @@ def _pixel_findings(ds: pydicom.Dataset, rel: str) -> list[Finding]:
                 f"pixel data cannot be decoded: {type(exc).__name__}",
             )
         ]
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if arr.ndim != 2 or arr.shape != (rows, cols):
         out.append(
             Finding(
@@ -263,10 +285,12 @@ def _sample_paths(images: pd.DataFrame) -> set[str]:
 
 
 def _pixel_sha256(ds: pydicom.Dataset) -> str | None:
-    elem = ds.get("PixelData")
-    if elem is None or elem.value is None:
+    if "PixelData" not in ds:
         return None
-    return hashlib.sha256(bytes(elem.value)).hexdigest()
+    value = ds["PixelData"].value
+    if value is None:
+        return None
+    return hashlib.sha256(bytes(value)).hexdigest()
 
 
 def build_training_manifest(

@@ -42,12 +42,12 @@ _SEED = 2026
 #: Demonstration accounts: username -> (full name, role, password). Passwords are
 #: for the local demo workdir only; they are also written to DIR/demo-accounts.json (0600).
 DEMO_ACCOUNTS: dict[str, tuple[str, str, str]] = {
-    "admin": ("Ada Admin", "admin", "Admin-demo-2026!"),
-    "qa.author": ("Quinn Avery (QA)", "qa", "Qa-author-2026!"),
-    "qa.approver": ("Pat Morgan (QA lead)", "qa", "Qa-approver-2026!"),
-    "dr.reviewer": ("Demo Reviewer (simulated)", "reviewer", "Reviewer-demo-2026!"),
-    "dr.second": ("Dr. Sam Rivera (radiologist)", "reviewer", "Reviewer-two-2026!"),
-    "auditor": ("Alex Auditor", "auditor", "Auditor-demo-2026!"),
+    "admin": ("Ada Admin", "admin", "Harbor-Lamp-2026!"),
+    "qa.author": ("Quinn Avery (QA)", "qa", "Quill-Maple-2026!"),
+    "qa.approver": ("Pat Morgan (QA lead)", "qa", "Stone-Birch-2026!"),
+    "dr.reviewer": ("Demo Reviewer (simulated)", "reviewer", "Cedar-Drift-2026!"),
+    "dr.second": ("Dr. Sam Rivera (radiologist)", "reviewer", "Orbit-Fern-2026!"),
+    "auditor": ("Alex Auditor", "auditor", "Ledger-Mint-2026!"),
 }
 
 

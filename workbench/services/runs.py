@@ -346,9 +346,9 @@ def validate(
 
     diff = verify_manifest(root, manifest)
     if not diff.ok:
-        _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"test set changed: {diff.describe()}")
+        _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"test set changed: {diff.summary()}")
         raise IntegrityError(
-            f"Test set '{test_set}' no longer matches its locked manifest ({diff.describe()}); "
+            f"Test set '{test_set}' no longer matches its locked manifest ({diff.summary()}); "
             "the run is refused."
         )
     try:

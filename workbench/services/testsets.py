@@ -20,7 +20,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workbench.dicom.index import DicomIndex, index_folder
+from workbench.dicom.index import FILE_COLUMNS, DicomIndex, index_folder
 from workbench.dicom.manifest import Manifest, ManifestDiff, build_manifest, verify_manifest
 from workbench.errors import (
     DuplicateError,
@@ -57,26 +57,23 @@ __all__ = [
 #: Where a test set keeps its per-case reference labels, relative to its root.
 LABELS_PATH = "reference/labels.csv"
 
-_HEADER_COLUMNS = (
-    "rows",
-    "columns",
-    "pixel_spacing_row",
-    "pixel_spacing_col",
-    "slice_thickness",
-    "image_position_x",
-    "image_position_y",
-    "image_position_z",
-    "image_orientation",
-    "instance_number",
-    "referenced_series_uid",
-    "institution_name",
-    "patient_id",
-    "body_part_examined",
-    "kvp",
-    "convolution_kernel",
-    "burned_in_annotation",
-    "patient_identity_removed",
-    "series_description",
+#: Index columns stored in their own database columns; every other index column goes
+#: into ``TestSetFile.header`` so that the index can be rebuilt exactly.
+_DEDICATED_COLUMNS = frozenset(
+    {
+        "path",
+        "size",
+        "sha256",
+        "sop_instance_uid",
+        "series_instance_uid",
+        "study_instance_uid",
+        "modality",
+        "sop_class_uid",
+        "manufacturer",
+        "manufacturer_model_name",
+        "patient_sex",
+        "patient_age",
+    }
 )
 
 
@@ -237,7 +234,7 @@ def import_test_set(
         session.flush()
         rows: list[dict[str, Any]] = []
         for record in index.files.to_dict(orient="records"):
-            header = {k: _clean(record.get(k)) for k in _HEADER_COLUMNS if k in record}
+            header = {k: _clean(v) for k, v in record.items() if k not in _DEDICATED_COLUMNS}
             rows.append(
                 {
                     "test_set_id": test_set.id,
@@ -279,7 +276,11 @@ def import_test_set(
                 }
             )
         if rows:
-            session.execute(TestSetFile.__table__.insert(), rows)
+            # executemany needs the same keys in every row.
+            keys = sorted({key for row in rows for key in row})
+            session.execute(
+                TestSetFile.__table__.insert(), [{k: row.get(k) for k in keys} for row in rows]
+            )
         audit.append(
             session,
             actor=actor.username,
@@ -319,11 +320,16 @@ def load_index(session: Session, test_set: TestSet) -> DicomIndex:
             unreadable_rows.append({**base, "reason": f.reason})
         else:
             other_rows.append(base)
-    return DicomIndex.from_frames(
+    files_frame = pd.DataFrame(dicom_rows, columns=list(FILE_COLUMNS))
+    for column, dtype in FILE_COLUMNS.items():
+        if dtype != "str":
+            files_frame[column] = files_frame[column].astype(dtype)
+    return DicomIndex(
         root=Path(test_set.root_path),
-        files=pd.DataFrame(dicom_rows),
+        files=files_frame,
         unreadable=pd.DataFrame(unreadable_rows, columns=["path", "size", "sha256", "reason"]),
         other_files=pd.DataFrame(other_rows, columns=["path", "size", "sha256"]),
+        skipped=pd.DataFrame(columns=["path", "reason"]),
     )
 
 
@@ -462,7 +468,7 @@ def lock_test_set(
     diff = verify_manifest(root, manifest, progress=progress)
     if not diff.ok:
         raise WorkflowError(
-            f"Files of test set '{name}' changed since import ({diff.describe()}); "
+            f"Files of test set '{name}' changed since import ({diff.summary()}); "
             "import the folder again as a new test set."
         )
     with wb.transaction() as session:

@@ -4,8 +4,9 @@ Surfaces are the boundary voxels of each mask (the mask minus its erosion by the
 face-connected structuring element), as MONAI ``get_mask_edges``, extracted on the
 bounding box of both masks padded by one voxel of background (the same result as on
 the full volume). Distances are exact Euclidean nearest-surface-voxel distances in
-millimetres with anisotropic ``spacing`` (k-d tree over the surface voxel centres; the
-same values as ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)``).
+millimetres with anisotropic ``spacing``, from a k-d tree over the surface voxel centres
+(the same values as ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)``, which
+the tests check, and faster because only surface voxels are touched).
 
 Conventions for empty masks (never NaN):
 
@@ -141,27 +142,31 @@ def _surface(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return mask & ~ndimage.binary_erosion(mask)
 
 
+def _bounding_box(p: NDArray[np.bool_], r: NDArray[np.bool_]) -> tuple[slice, ...]:
+    """Bounding box of the union of both masks (projections are cheaper than np.nonzero)."""
+    box = []
+    for axis in range(p.ndim):
+        others = tuple(a for a in range(p.ndim) if a != axis)
+        hit = np.flatnonzero(p.any(axis=others) | r.any(axis=others))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def _surface_distances(
     p: NDArray[np.bool_], r: NDArray[np.bool_], spacing: tuple[float, ...]
 ) -> _SurfaceDistances:
-    union = p | r
-    coords = np.nonzero(union)
-    lo = [max(int(c.min()) - 1, 0) for c in coords]
-    hi = [int(c.max()) + 2 for c in coords]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _bounding_box(p, r)
     # pad by one voxel of background so that masks touching the image border erode
     # exactly as in the full volume (scipy's border_value=0)
     pc = np.pad(p[box], 1)
     rc = np.pad(r[box], 1)
     sp_, sr = _surface(pc), _surface(rc)
+    # exact nearest-neighbour distances between surface voxel centres in mm; a k-d tree
+    # touches only surface voxels and beats a dense distance transform of the box
     scale = np.asarray(spacing, dtype=np.float64)
-    pts_p = np.argwhere(sp_) * scale
-    pts_r = np.argwhere(sr) * scale
-    # exact nearest-neighbour distances between the two surface point sets: a k-d tree
-    # touches only surface voxels, which is faster than a dense distance transform of
-    # the bounding box when surfaces are a small fraction of it (the usual case)
-    d_pr, _ = cKDTree(pts_r).query(pts_p, k=1)
-    d_rp, _ = cKDTree(pts_p).query(pts_r, k=1)
+    pts_p, pts_r = np.argwhere(sp_) * scale, np.argwhere(sr) * scale
+    d_pr = cKDTree(pts_r, leafsize=32).query(pts_p, k=1)[0]
+    d_rp = cKDTree(pts_p, leafsize=32).query(pts_r, k=1)[0]
     return _SurfaceDistances(
         pred_to_ref=np.asarray(d_pr, dtype=np.float64),
         ref_to_pred=np.asarray(d_rp, dtype=np.float64),

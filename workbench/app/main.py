@@ -1,0 +1,49 @@
+"""Entry file of the Validation Workbench app (``workbench app`` runs it).
+
+Signs the user in, then routes with ``st.navigation`` to the pages the role may
+use (:mod:`workbench.app._nav`). Nothing is computed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from workbench.app import _data, _session
+from workbench.app._nav import pages_for
+
+_HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="Validation Workbench", page_icon=":material/verified:", layout="wide")
+
+signed_in = _session.current_actor()
+_session.set_actor(signed_in)
+
+if signed_in is None:
+    login = st.Page(str(_HERE / "pages" / "login.py"), title="Sign in", icon=":material/login:", url_path="login")
+    st.navigation([login], position="hidden").run()
+else:
+    must_change = _data.must_change_password(_session.workbench(), signed_in.username)
+    sections: dict[str, list[st.Page]] = {}
+    for page in pages_for(signed_in.role):
+        if must_change and page.key != "account":
+            continue
+        sections.setdefault(page.section, []).append(
+            st.Page(
+                str(_HERE / page.path),
+                title=page.title,
+                icon=page.icon,
+                url_path=page.key,
+                default=page.key == ("account" if must_change else "overview"),
+                visibility="hidden" if page.hidden else "visible",
+            )
+        )
+    with st.sidebar:
+        st.markdown(f"**{_session.esc(signed_in.full_name)}**  \n{_session.esc(signed_in.username)} · role *{signed_in.role}*")
+        if st.button("Sign out", icon=":material/logout:", key="sign-out"):
+            _session.sign_out()
+            st.rerun()
+    if must_change:
+        st.warning("Your password was reset or has expired: change it before you continue.")
+    st.navigation(sections).run()
