@@ -29,13 +29,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-testset_app = typer.Typer(help="Import, quality-check, lock and verify DICOM test sets.", no_args_is_help=True)
+testset_app = typer.Typer(
+    help="Import, quality-check, lock and verify DICOM test sets.", no_args_is_help=True
+)
 model_app = typer.Typer(help="Register and inspect candidate models.", no_args_is_help=True)
-protocol_app = typer.Typer(help="Validation protocol versions: add, approve, diff.", no_args_is_help=True)
+protocol_app = typer.Typer(
+    help="Validation protocol versions: add, approve, diff.", no_args_is_help=True
+)
 run_app = typer.Typer(help="Validation runs and their results.", no_args_is_help=True)
 adjudication_app = typer.Typer(help="Blinded adjudication of discrepancies.", no_args_is_help=True)
-report_app = typer.Typer(help="PDF validation reports: build, sign, seal, verify.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit trail: verify, checkpoint, export.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="PDF validation reports: build, sign, seal, verify.", no_args_is_help=True
+)
+audit_app = typer.Typer(
+    help="The hash-chained audit trail: verify, checkpoint, export.", no_args_is_help=True
+)
 user_app = typer.Typer(help="Accounts (administrators).", no_args_is_help=True)
 app.add_typer(testset_app, name="testset")
 app.add_typer(model_app, name="model")
@@ -328,8 +336,13 @@ def testset_check(
         actor, _ = _login(wb, user, password)
         report = check_quality(wb, actor, name)
     for finding in report.findings:
-        typer.echo(f"  {finding.severity:8} {finding.check:24} {finding.path or '-'}: {finding.message}")
-    typer.echo(f"{len(report.findings)} finding(s); {'BLOCKING' if report.blocking else 'no critical findings'}")
+        typer.echo(
+            f"  {finding.severity:8} {finding.check:24} {finding.path or '-'}: {finding.message}"
+        )
+    typer.echo(
+        f"{len(report.findings)} finding(s); "
+        + ("BLOCKING" if report.blocking else "no critical findings")
+    )
     if report.blocking:
         raise typer.Exit(2)
 
@@ -367,7 +380,11 @@ def testset_verify(
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         diff = verify_test_set(wb, actor, name)
-    for label, paths in (("added", diff.added), ("removed", diff.removed), ("changed", diff.changed)):
+    for label, paths in (
+        ("added", diff.added),
+        ("removed", diff.removed),
+        ("changed", diff.changed),
+    ):
         for path in paths:
             typer.echo(f"  {label:8} {path}")
     if diff.ok:
@@ -505,7 +522,9 @@ def run_list(workdir: WorkdirOpt = None, db: DbOpt = None) -> None:
 
     with _workbench(workdir, db) as wb:
         for s in list_runs(wb):
-            typer.echo(f"{s.run_uid}\t{s.status}\t{s.verdict or '-'}\t{s.model}\t{s.protocol}\t{s.test_set}")
+            typer.echo(
+                "\t".join([s.run_uid, s.status, s.verdict or "-", s.model, s.protocol, s.test_set])
+            )
 
 
 @run_app.command("show")
@@ -536,14 +555,21 @@ def adjudication_queue(
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         for item in queue(wb, actor, run_uid):
-            typer.echo(f"{item.discrepancy_id}\t{item.case_id}\t{item.rule}\t{item.status}\treads={item.n_reads}")
+            typer.echo(
+                f"{item.discrepancy_id}\t{item.case_id}\t{item.rule}\t{item.status}\treads={item.n_reads}"
+            )
 
 
 @adjudication_app.command("decide")
 @_guarded
 def adjudication_decide(
     discrepancy_id: int,
-    decision: Annotated[str, typer.Option("--decision", help="a_correct|b_correct|both_acceptable|neither|indeterminate")],
+    decision: Annotated[
+        str,
+        typer.Option(
+            "--decision", help="a_correct|b_correct|both_acceptable|neither|indeterminate"
+        ),
+    ],
     comment: Annotated[str, typer.Option("--comment")],
     consensus: Annotated[bool, typer.Option("--consensus")] = False,
     workdir: WorkdirOpt = None,
@@ -556,7 +582,15 @@ def adjudication_decide(
 
     with _workbench(workdir, db) as wb:
         actor, secret = _login(wb, user, password)
-        status = adjudicate(wb, actor, discrepancy_id, decision=decision, comment=comment, password=secret, consensus=consensus)
+        status = adjudicate(
+            wb,
+            actor,
+            discrepancy_id,
+            decision=decision,
+            comment=comment,
+            password=secret,
+            consensus=consensus,
+        )
     typer.echo(f"discrepancy {discrepancy_id}: {status}")
 
 
@@ -673,7 +707,9 @@ def audit_verify(
             where = f" (first bad entry: #{error.sequence})" if error.sequence is not None else ""
             _fail(f"audit chain BROKEN{where}: {error}")
             return
-    typer.echo(f"audit chain intact: {status.count} entries, head #{status.head_seq} {status.head_hash}")
+    typer.echo(
+        f"audit chain intact: {status.count} entries, head #{status.head_seq} {status.head_hash}"
+    )
 
 
 @audit_app.command("checkpoint")
@@ -691,7 +727,10 @@ def audit_checkpoint(
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         checkpoint = write_checkpoint(wb, actor, out)
-    typer.echo(f"checkpoint of {checkpoint.get('count', checkpoint.get('entry_count'))} entries written to {out}")
+    typer.echo(
+        f"checkpoint of {checkpoint.get('count', checkpoint.get('entry_count'))} entries "
+        f"written to {out}"
+    )
 
 
 @audit_app.command("export")
@@ -701,7 +740,9 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
     record_type: Annotated[str | None, typer.Option("--record-type")] = None,
     record_id: Annotated[str | None, typer.Option("--record-id")] = None,
-    by_user: Annotated[str | None, typer.Option("--by-user", help="Only entries by this user.")] = None,
+    by_user: Annotated[
+        str | None, typer.Option("--by-user", help="Only entries by this user.")
+    ] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO date/time (UTC).")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO date/time (UTC).")] = None,
     workdir: WorkdirOpt = None,

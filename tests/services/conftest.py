@@ -45,7 +45,9 @@ class Team:
 
 def make_team(root: Path) -> Team:
     wb = Workbench.open(root)
-    accounts.bootstrap_admin(wb, username="admin", full_name="Ada Admin", password=PASSWORDS["admin"])
+    accounts.bootstrap_admin(
+        wb, username="admin", full_name="Ada Admin", password=PASSWORDS["admin"]
+    )
     admin = accounts.login(wb, "admin", PASSWORDS["admin"])
     for username, role in ROLES.items():
         accounts.create_user(

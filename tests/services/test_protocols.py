@@ -27,7 +27,9 @@ def test_add_approve_and_supersede(team: Team, tmp_path: Path) -> None:
     assert again.sha256 == info.sha256  # identical text: idempotent
     with pytest.raises(PermissionDeniedError):
         protocols.approve_protocol(team.wb, team["rev1"], info.ref, password=team.password("rev1"))
-    approved = protocols.approve_protocol(team.wb, team["qa2"], info.ref, password=team.password("qa2"))
+    approved = protocols.approve_protocol(
+        team.wb, team["qa2"], info.ref, password=team.password("qa2")
+    )
     assert approved.status == "approved" and approved.approved_by == "qa2"
     with pytest.raises(RecordLockedError):
         protocols.approve_protocol(team.wb, team["qa2"], info.ref, password=team.password("qa2"))
@@ -40,7 +42,10 @@ def test_add_approve_and_supersede(team: Team, tmp_path: Path) -> None:
     v2 = protocols.add_protocol_version(team.wb, team["qa1"], changed, reason="tighter CI")
     protocols.approve_protocol(team.wb, team["qa2"], v2.ref, password=team.password("qa2"))
     statuses = {p.ref: p.status for p in protocols.list_protocols(team.wb)}
-    assert statuses == {"malignancy-classification@1": "superseded", "malignancy-classification@2": "approved"}
+    assert statuses == {
+        "malignancy-classification@1": "superseded",
+        "malignancy-classification@2": "approved",
+    }
     assert "+version: 2" in protocols.protocol_diff(team.wb, "malignancy-classification@1", v2.ref)
 
 

@@ -35,7 +35,9 @@ def test_import_records_every_file_with_its_hash(team: Team, test_set_copy: Path
     assert info.n_files == n_on_disk
     assert info.summary["n_series"] >= 4
     with team.wb.transaction(readonly=True) as session:
-        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "testset.import")).one()
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "testset.import")
+        ).one()
         assert entry.actor == "qa1" and entry.record_id == "ts"
 
 
@@ -77,8 +79,15 @@ def test_verify_detects_changed_removed_and_added_files(team: Team, test_set_cop
 
 def test_names_are_unique_and_quality_gate_blocks_defects(team: Team, tmp_path: Path) -> None:
     root = tmp_path / "defective"
-    generate_test_set(root, n_cases=3, seed=5, matrix=128, slices=(40, 40), workers=1,
-                      defects=("phi_in_header", "wrong_modality"))
+    generate_test_set(
+        root,
+        n_cases=3,
+        seed=5,
+        matrix=128,
+        slices=(40, 40),
+        workers=1,
+        defects=("phi_in_header", "wrong_modality"),
+    )
     testsets.import_test_set(team.wb, team["qa1"], root, name="bad", workers=1)
     with pytest.raises(DuplicateError):
         testsets.import_test_set(team.wb, team["qa1"], root, name="bad", workers=1)

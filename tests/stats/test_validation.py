@@ -178,3 +178,11 @@ def test_mrmc_rejects_incomplete_designs(vandyke: pd.DataFrame) -> None:
             rating="rating",
             covariance="delog",
         )
+
+
+def test_fleiss_jackknife_closed_form_equals_refitting(diagnoses_counts: pd.DataFrame) -> None:
+    c = diagnoses_counts.to_numpy()
+    n = len(c)
+    jk = np.array([fleiss_kappa(np.delete(c, i, axis=0)).value for i in range(n)])
+    se = np.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2))
+    assert fleiss_kappa(c).se == pytest.approx(se, rel=1e-12)

@@ -23,7 +23,6 @@ def show_viewer(
     overlays: Mapping[str, Sequence[str]],
     *,
     rule: str = "majority",
-    single_path_rules: Mapping[str, str] | None = None,
 ) -> None:
     """Render the viewer for one CT series with labelled segmentation overlays.
 
@@ -38,8 +37,6 @@ def show_viewer(
         with ``rule`` into one mask.
     rule : str
         Reference rule for multi-file overlays.
-    single_path_rules : mapping, optional
-        Per-label rule override.
     """
     if not ct_paths:
         st.warning("No CT images were found for this case.")
@@ -57,10 +54,9 @@ def show_viewer(
     for label, paths in overlays.items():
         if not paths:
             continue
-        label_rule = (single_path_rules or {}).get(label, rule)
         seg_key = _imaging.content_key(_imaging.hashes_for(list(paths), recorded))
         try:
-            masks[label] = _imaging.load_overlay(seg_key, volume_key, label_rule, tuple(paths), volume)
+            masks[label] = _imaging.load_overlay(seg_key, volume_key, rule, tuple(paths), volume)
         except WorkbenchError as error:
             st.warning(f"Overlay {label} cannot be shown: {_session.esc(error)}")
 

@@ -138,14 +138,18 @@ def disable_user(wb: Workbench, actor: Actor, username: str, *, reason: str) -> 
     """Disable an account (never deleted; the username is never reused)."""
     with wb.transaction() as session:
         admin = current_user(session, actor, "user.manage")
-        return _info(users.disable_user(session, actor=admin.username, username=username, reason=reason))
+        return _info(
+            users.disable_user(session, actor=admin.username, username=username, reason=reason)
+        )
 
 
 def unlock_user(wb: Workbench, actor: Actor, username: str, *, reason: str) -> UserInfo:
     """Unlock an account locked after failed attempts."""
     with wb.transaction() as session:
         admin = current_user(session, actor, "user.manage")
-        return _info(users.unlock_user(session, actor=admin.username, username=username, reason=reason))
+        return _info(
+            users.unlock_user(session, actor=admin.username, username=username, reason=reason)
+        )
 
 
 def reset_password(

@@ -250,12 +250,17 @@ def adjudicate(
         protocol = _protocol(session, d.run)
         needed = protocol.adjudication.readers_per_case
         if d.status == DiscrepancyStatus.ADJUDICATED.value:
-            raise WorkflowError(f"Discrepancy {discrepancy_id} ({d.case_id}) is already adjudicated.")
+            raise WorkflowError(
+                f"Discrepancy {discrepancy_id} ({d.case_id}) is already adjudicated."
+            )
         if consensus != (d.status == DiscrepancyStatus.NEEDS_CONSENSUS.value):
             raise WorkflowError(
                 f"Discrepancy {discrepancy_id} is {d.status}; "
-                + ("a consensus decision is only for reads that disagree." if consensus
-                   else "its reads disagree and it needs a consensus decision.")
+                + (
+                    "a consensus decision is only for reads that disagree."
+                    if consensus
+                    else "its reads disagree and it needs a consensus decision."
+                )
             )
         if not consensus and any(a.reviewer == user.username for a in d.adjudications):
             raise WorkflowError(
@@ -369,7 +374,7 @@ def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
         )
     counts: dict[str, int] = {}
     for row in rows:
-        key = row["interpretation"] or "pending"
+        key = str(row["interpretation"] or "pending")
         counts[key] = counts.get(key, 0) + 1
     summary: dict[str, Any] = {
         "n_discrepancies": len(rows),

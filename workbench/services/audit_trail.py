@@ -103,6 +103,10 @@ def write_export(
             action="audit.export",
             record_type="audit_log",
             record_id=None,
-            new={"format": fmt, "count": len(entries), "filters": {k: str(v) for k, v in filters.items() if v}},
+            new={
+                "format": fmt,
+                "count": len(entries),
+                "filters": {k: str(v) for k, v in filters.items() if v},
+            },
         )
     return len(entries)

@@ -151,4 +151,3 @@ def sha256_file(path: str | Path) -> str:
 def dumps(value: Any) -> str:
     """Canonical JSON text of ``value``."""
     return audit.canonical_json(value).decode("utf-8")
-

@@ -113,7 +113,9 @@ def _ensure_accounts(wb: Workbench) -> None:
     secrets_file = wb.workdir.root / "demo-accounts.json"
     if not secrets_file.exists():
         secrets_file.write_text(
-            json.dumps({u: {"role": r, "password": p} for u, (_, r, p) in DEMO_ACCOUNTS.items()}, indent=2),
+            json.dumps(
+                {u: {"role": r, "password": p} for u, (_, r, p) in DEMO_ACCOUNTS.items()}, indent=2
+            ),
             encoding="utf-8",
         )
         os.chmod(secrets_file, 0o600)
@@ -163,7 +165,9 @@ def _ensure_models(wb: Workbench, qa: Actor, root: Path, echo: Callable[[str], N
     for candidate in built:
         ref = f"{candidate.spec.name}@{candidate.spec.version}"
         if ref not in registered:
-            models.register_model(wb, qa, candidate.path, candidate.spec, card=candidate.card)
+            models.register_model(
+                wb, qa, candidate.path, candidate.spec, card={"training": candidate.training}
+            )
         refs.append(ref)
     marker.write_text(json.dumps(refs), encoding="utf-8")
     return refs
@@ -204,7 +208,9 @@ def _simulated_adjudication(wb: Workbench, reviewer: Actor, run_uid: str) -> int
             continue
         case = adjudication.open_case(wb, reviewer, item.discrepancy_id)
         dice = case.details.get("dice")
-        decision = "both_acceptable" if isinstance(dice, int | float) and dice >= 0.3 else "indeterminate"
+        decision = (
+            "both_acceptable" if isinstance(dice, int | float) and dice >= 0.3 else "indeterminate"
+        )
         adjudication.adjudicate(
             wb,
             reviewer,
@@ -298,7 +304,9 @@ def run_demo(
         if report is None:
             echo(f"Building the report of {uid}")
             report = reports.build_report(wb, qa, uid)
-        report = reports.ensure_signed(wb, qa, report.report_uid, "authored", DEMO_ACCOUNTS["qa.author"][2])
+        report = reports.ensure_signed(
+            wb, qa, report.report_uid, "authored", DEMO_ACCOUNTS["qa.author"][2]
+        )
         if uid == leave_open:
             summary.notes.append(
                 f"Discrepancies of {uid} are left open for adjudication in the app; its report "
@@ -307,7 +315,9 @@ def run_demo(
             summary.reports.append(report)
             continue
         second = _actor(wb, "dr.second")
-        report = reports.ensure_signed(wb, second, report.report_uid, "reviewed", DEMO_ACCOUNTS["dr.second"][2])
+        report = reports.ensure_signed(
+            wb, second, report.report_uid, "reviewed", DEMO_ACCOUNTS["dr.second"][2]
+        )
         report = reports.ensure_signed(
             wb, approver, report.report_uid, "approved", DEMO_ACCOUNTS["qa.approver"][2]
         )
@@ -317,6 +327,8 @@ def run_demo(
     from workbench.services.audit_trail import verify_audit_chain
 
     status = verify_audit_chain(wb)
-    summary.notes.append(f"Audit chain intact: {status.count} entries, head {status.head_hash[:16]}")
+    summary.notes.append(
+        f"Audit chain intact: {status.count} entries, head {status.head_hash[:16]}"
+    )
     summary.ok = all(r.status == RunStatus.COMPLETED.value for r in summary.runs)
     return summary

@@ -16,7 +16,12 @@ from typing import Any
 from sqlalchemy import select
 
 from workbench.errors import DuplicateError, ModelError
-from workbench.inference.registry import ModelSpec, hash_model_files, model_digest, verify_model_files
+from workbench.inference.registry import (
+    ModelSpec,
+    hash_model_files,
+    model_digest,
+    verify_model_files,
+)
 from workbench.records import audit
 from workbench.records.models import RegisteredModel
 from workbench.services.context import Actor, Workbench, current_user, get_one
@@ -193,7 +198,9 @@ def get_model(wb: Workbench, ref: str) -> ModelInfo:
 def list_models(wb: Workbench) -> list[ModelInfo]:
     """All registered models, oldest first."""
     with wb.transaction(readonly=True) as session:
-        return [_info(m) for m in session.scalars(select(RegisteredModel).order_by(RegisteredModel.id))]
+        return [
+            _info(m) for m in session.scalars(select(RegisteredModel).order_by(RegisteredModel.id))
+        ]
 
 
 def verify_model(wb: Workbench, ref: str) -> ModelInfo:

@@ -53,12 +53,12 @@ from workbench.records.models import (
 from workbench.reports import (
     build_report as build_pdf,
 )
+from workbench.reports import content as rc
 from workbench.reports import (
     ensure_signing_identity,
     seal_pdf,
     verify_pdf,
 )
-from workbench.reports import content as rc
 from workbench.reports.keys import SigningIdentity
 from workbench.services.adjudication import adjudication_summary
 from workbench.services.context import Actor, Workbench, current_user, get_one
@@ -205,9 +205,12 @@ def _estimate(data: dict[str, Any] | None, *, n: int = 0, reason: str = "") -> r
 def _stratum_estimate(row: dict[str, Any]) -> rc.ReportEstimate:
     n = int(row.get("n") or 0)
     if row.get("value") is None or row.get("ci_low") is None or row.get("ci_high") is None:
-        status = "insufficient_n" if "insufficient" in str(row.get("reason", "")).lower() or (
-            str(row.get("verdict")) == "NOT_ASSESSED" and row.get("value") is None
-        ) else "not_estimable"
+        status = (
+            "insufficient_n"
+            if "insufficient" in str(row.get("reason", "")).lower()
+            or (str(row.get("verdict")) == "NOT_ASSESSED" and row.get("value") is None)
+            else "not_estimable"
+        )
         return rc.ReportEstimate.missing(status, str(row.get("reason") or status), n=n)
     return rc.ReportEstimate(
         value=float(row["value"]),
@@ -272,7 +275,9 @@ def _content(
             counts.append(
                 rc.FactorCounts(
                     factor=label,
-                    levels=tuple(rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())),
+                    levels=tuple(
+                        rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())
+                    ),
                 )
             )
     for factor in protocol.strata:
@@ -283,7 +288,9 @@ def _content(
             counts.append(
                 rc.FactorCounts(
                     factor=f"{factor.factor} (years)",
-                    levels=tuple(rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())),
+                    levels=tuple(
+                        rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())
+                    ),
                 )
             )
     quality = session.scalars(
@@ -300,7 +307,9 @@ def _content(
     quality_summary = rc.DataQualitySummary(
         passed=bool(quality.passed) if quality else False,
         findings=tuple(
-            rc.QualityFinding(check=c, severity=s, count=len(items), message=str(items[0].get("message", "")))
+            rc.QualityFinding(
+                check=c, severity=s, count=len(items), message=str(items[0].get("message", ""))
+            )
             for (c, s), items in sorted(by_check.items())
         ),
         suite=protocol.data_quality_suite,
@@ -318,10 +327,16 @@ def _content(
     )
     seg_ref = protocol.reference_standard.segmentation
     readers = tuple(
-        rc.ReaderInfo(reader_id=r, role="segmentation reader", qualification="simulated reader (synthetic data)")
+        rc.ReaderInfo(
+            reader_id=r,
+            role="segmentation reader",
+            qualification="simulated reader (synthetic data)",
+        )
         for r in (seg_ref.readers if seg_ref else [])
     ) + tuple(
-        rc.ReaderInfo(reader_id=f"reader{k}", role="malignancy rating", qualification="simulated reader")
+        rc.ReaderInfo(
+            reader_id=f"reader{k}", role="malignancy rating", qualification="simulated reader"
+        )
         for k in (1, 2, 3)
         if f"reader{k}_malignant" in frame
     )
@@ -333,9 +348,7 @@ def _content(
         reference_standard=protocol.reference_standard.description
         or (f"labels column {protocol.reference_standard.labels_column}"),
         readers=readers,
-        inclusion_criteria=(
-            "Every CT series of the locked test set with a reference standard.",
-        ),
+        inclusion_criteria=("Every CT series of the locked test set with a reference standard.",),
         exclusion_criteria=(
             "No reference labels row or reference segmentation for the series.",
             "Modality other than CT.",
@@ -367,7 +380,9 @@ def _content(
         )
         if ep.operating_threshold is not None:
             thresholds.append(
-                rc.ThresholdSpec(name=f"{ep.id} operating threshold", value=float(ep.operating_threshold))
+                rc.ThresholdSpec(
+                    name=f"{ep.id} operating threshold", value=float(ep.operating_threshold)
+                )
             )
     thresholds.append(
         rc.ThresholdSpec(
@@ -384,7 +399,14 @@ def _content(
             rc.StratumSpec(
                 factor=s.factor,
                 levels=tuple(
-                    sorted({str(r.get("stratum")) for e in evaluation.get("endpoints", []) for r in e.get("strata", []) if r.get("factor") == s.factor})
+                    sorted(
+                        {
+                            str(r.get("stratum"))
+                            for e in evaluation.get("endpoints", [])
+                            for r in e.get("strata", [])
+                            if r.get("factor") == s.factor
+                        }
+                    )
                 ),
                 min_n=s.min_n,
             )
@@ -408,9 +430,13 @@ def _content(
     for e in evaluation.get("endpoints", []):
         info = metric_info(e["metric"])
         threshold, op = _criterion_threshold(protocol, e["endpoint_id"])
-        overall = _estimate(e.get("estimate"), n=int(e.get("n_cases") or 0), reason=e.get("reason", ""))
+        overall = _estimate(
+            e.get("estimate"), n=int(e.get("n_cases") or 0), reason=e.get("reason", "")
+        )
         per_stratum = tuple(
-            rc.StratumEstimate(factor=str(r["factor"]), level=str(r["stratum"]), estimate=_stratum_estimate(r))
+            rc.StratumEstimate(
+                factor=str(r["factor"]), level=str(r["stratum"]), estimate=_stratum_estimate(r)
+            )
             for r in e.get("strata", [])
         )
         digits = 1 if info.unit == "mm" else 3
@@ -470,31 +496,50 @@ def _content(
             tpr_low=tuple(roc_data["lower"]),
             tpr_high=tuple(roc_data["upper"]),
             auc=_estimate(roc_data.get("auc")),
-            band_method=f"{roc_data.get('band', 'pointwise')} bootstrap band ({roc_data.get('level', 0.95):.0%})",
-            operating_point=tuple(roc_data["operating_point"]) if roc_data.get("operating_point") else None,
+            band_method=(
+                f"{roc_data.get('band', 'pointwise')} bootstrap band "
+                f"({roc_data.get('level', 0.95):.0%})"
+            ),
+            operating_point=tuple(roc_data["operating_point"])
+            if roc_data.get("operating_point")
+            else None,
         )
     agreement = []
     for a in supplementary.get("agreement", []):
         est = (
             rc.ReportEstimate(
-                value=float(a["kappa"]), ci_low=float(a["ci_low"]), ci_high=float(a["ci_high"]),
-                method="asymptotic (Fleiss-Cohen-Everitt)", n=int(a.get("n") or 0),
+                value=float(a["kappa"]),
+                ci_low=float(a["ci_low"]),
+                ci_high=float(a["ci_high"]),
+                method="asymptotic (Fleiss-Cohen-Everitt)",
+                n=int(a.get("n") or 0),
             )
             if a.get("status", "ok") == "ok" and a.get("kappa") is not None
-            else rc.ReportEstimate.missing("not_estimable", str(a.get("reason") or "not estimable"), n=int(a.get("n") or 0))
+            else rc.ReportEstimate.missing(
+                "not_estimable", str(a.get("reason") or "not estimable"), n=int(a.get("n") or 0)
+            )
         )
         agreement.append(
             rc.AgreementRow(
-                comparison=f"{a['rater_a']} vs {a['rater_b']}", kind=a["kind"], statistic="Cohen's kappa", estimate=est
+                comparison=f"{a['rater_a']} vs {a['rater_b']}",
+                kind=a["kind"],
+                statistic="Cohen's kappa",
+                estimate=est,
             )
         )
     fk = supplementary.get("fleiss_kappa_readers")
     if fk and "value" in fk:
         agreement.append(
-            rc.AgreementRow(comparison="reader1, reader2, reader3", kind="among readers", statistic="Fleiss' kappa", estimate=_estimate(fk))
+            rc.AgreementRow(
+                comparison="reader1, reader2, reader3",
+                kind="among readers",
+                statistic="Fleiss' kappa",
+                estimate=_estimate(fk),
+            )
         )
     distributions = tuple(
-        rc.DistributionGroup(label=k, values=tuple(v)) for k, v in sorted(supplementary.get("distributions", {}).items())
+        rc.DistributionGroup(label=k, values=tuple(v))
+        for k, v in sorted(supplementary.get("distributions", {}).items())
     )
     results_section = rc.ResultsSection(
         metrics=tuple(metric_results),
@@ -555,7 +600,10 @@ def _content(
             .where(
                 (AuditEntry.record_id == run.run_uid)
                 | (AuditEntry.record_id.like(f"{run.run_uid}/%"))
-                | ((AuditEntry.record_type == "report") & (AuditEntry.record_id == report.report_uid))
+                | (
+                    (AuditEntry.record_type == "report")
+                    & (AuditEntry.record_id == report.report_uid)
+                )
             )
             .order_by(AuditEntry.seq)
         )
@@ -566,17 +614,21 @@ def _content(
         deviations.append(
             rc.Deviation(
                 deviation_id="D1",
-                description=f"{accounting['n_failed']} case(s) failed during inference or analysis.",
+                description=(
+                    f"{accounting['n_failed']} case(s) failed during inference or analysis."
+                ),
                 impact=f"Handled per protocol ('failed_cases: {protocol.failed_cases.value}').",
             )
         )
     limitations = (
-        "Synthetic data: the demo test set consists of generated CT phantoms and simulated readers; "
+        "Synthetic data: the demo test set consists of generated CT phantoms and simulated "
+        "readers; "
         "results do not describe clinical performance."
         if test_set.name.startswith("demo")
         else "Results apply to the population, scanners and protocol of this test set only.",
         "Subgroups below the protocol's minimum n are reported as 'insufficient n' and not judged.",
-        "Confidence intervals quantify sampling uncertainty only, not bias in the reference standard.",
+        "Confidence intervals quantify sampling uncertainty only, not bias in the reference "
+        "standard.",
     )
     return rc.ReportContent(
         report_id=report.report_uid,
@@ -585,12 +637,20 @@ def _content(
         created_at=report.created_at,
         author=author.full_name if author else report.created_by,
         model=rc.ModelInfo(
-            name=model.name, version=model.version, sha256=model.digest, task=model.task,
+            name=model.name,
+            version=model.version,
+            sha256=model.digest,
+            task=model.task,
             description=model.intended_use or "",
         ),
         protocol=rc.ProtocolInfo(
-            protocol_id=pv.protocol_id, version=pv.version, sha256=pv.sha256, title=pv.title,
-            yaml_text=pv.yaml_text, approved_by=pv.approved_by or "", approved_at=pv.approved_at,
+            protocol_id=pv.protocol_id,
+            version=pv.version,
+            sha256=pv.sha256,
+            title=pv.title,
+            yaml_text=pv.yaml_text,
+            approved_by=pv.approved_by or "",
+            approved_at=pv.approved_at,
         ),
         test_set=rc.TestSetInfo(
             name=test_set.name,
@@ -662,15 +722,28 @@ def _per_case_rows(frame: Any) -> list[dict[str, Any]]:
     keep = [
         c
         for c in (
-            "case_id", "status", "reason", "score", "y_true", "dice", "iou", "hd95", "assd",
-            "surface_dice", "segmentation_status", "manufacturer", "manufacturer_model_name",
-            "patient_sex", "patient_age_years", "mask_sha256",
+            "case_id",
+            "status",
+            "reason",
+            "score",
+            "y_true",
+            "dice",
+            "iou",
+            "hd95",
+            "assd",
+            "surface_dice",
+            "segmentation_status",
+            "manufacturer",
+            "manufacturer_model_name",
+            "patient_sex",
+            "patient_age_years",
+            "mask_sha256",
         )
         if c in frame
     ]
     rows = []
     for row in frame[keep].to_dict(orient="records"):
-        clean = {}
+        clean: dict[str, Any] = {}
         for k, v in row.items():
             if v is None or (isinstance(v, float) and v != v):
                 clean[k] = None
@@ -712,7 +785,9 @@ def build_report(wb: Workbench, actor: Actor, run_uid: str) -> ReportInfo:
         user = current_user(session, actor, "report.build")
         run = get_one(session, Run, "run", run_uid=run_uid)
         if run.status != RunStatus.COMPLETED.value:
-            raise WorkflowError(f"Run {run_uid} is {run.status}; only a completed run has a report.")
+            raise WorkflowError(
+                f"Run {run_uid} is {run.status}; only a completed run has a report."
+            )
         number = len(list(session.scalars(select(Report).where(Report.run_id == run.id)))) + 1
         report = Report(
             report_uid=f"VR-{run_uid.removeprefix('RUN-')}-{number}",
@@ -773,7 +848,8 @@ def sign_report(
     permission = _MEANING_PERMISSION.get(meaning)
     if permission is None:
         raise SignatureError(
-            f"Expected a report signature meaning of {sorted(_MEANING_PERMISSION)}; found {meaning!r}."
+            f"Expected a report signature meaning of {sorted(_MEANING_PERMISSION)}; "
+            f"found {meaning!r}."
         )
     with wb.transaction() as session:
         user = current_user(session, actor, permission)
@@ -783,7 +859,9 @@ def sign_report(
         run = session.get(Run, report.run_id)
         assert run is not None
         protocol = _protocol(session, run)
-        required = [r for r in protocol.signatures if r.meaning == meaning and r.role.value == user.role]
+        required = [
+            r for r in protocol.signatures if r.meaning == meaning and r.role.value == user.role
+        ]
         if not required:
             raise WorkflowError(
                 f"The protocol does not ask for a '{meaning}' signature by role '{user.role}'."
@@ -876,7 +954,9 @@ def seal_report(wb: Workbench, actor: Actor, report_uid: str) -> ReportInfo:
         for s in sigs:
             check = signatures.verify(session, s.id, report.content_sha256 or "")
             if not check.valid:
-                raise SignatureError(f"Signature {s.id} on {report_uid} does not verify: {check.message}")
+                raise SignatureError(
+                    f"Signature {s.id} on {report_uid} does not verify: {check.status}"
+                )
         content = _content(session, report, final=True, signatures_list=sigs)
         final_path = wb.workdir.reports_dir / f"{report.report_uid}-final.pdf"
         sealed_path = wb.workdir.reports_dir / f"{report.report_uid}.pdf"
@@ -923,7 +1003,9 @@ class ReportCheck:
 
     def lines(self) -> list[str]:
         """One line per check: OK/FAIL, name, detail."""
-        return [f"  {'OK  ' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in self.checks]
+        return [
+            f"  {'OK  ' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in self.checks
+        ]
 
 
 def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
@@ -934,14 +1016,34 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
     pdf = Path(path)
     checks: list[tuple[str, bool, str]] = []
     if not pdf.is_file():
-        return ReportCheck(str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")])
+        return ReportCheck(
+            str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")]
+        )
     outcome = verify_pdf(pdf, trust_roots=signing_identity(wb).trust_roots)
-    checks.append(("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature"))
-    checks.append(("covers whole file", outcome.covers_whole_file, "no bytes added after sealing" if outcome.covers_whole_file else "modified after sealing"))
-    checks.append(("trusted certificate", outcome.trusted, "chains to the workbench CA" if outcome.trusted else "not trusted"))
+    checks.append(
+        ("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature")
+    )
+    checks.append(
+        (
+            "covers whole file",
+            outcome.covers_whole_file,
+            "no bytes added after sealing"
+            if outcome.covers_whole_file
+            else "modified after sealing",
+        )
+    )
+    checks.append(
+        (
+            "trusted certificate",
+            outcome.trusted,
+            "chains to the workbench CA" if outcome.trusted else "not trusted",
+        )
+    )
     uid = outcome.report_id
     with wb.transaction() as session:
-        report = session.scalars(select(Report).where(Report.report_uid == uid)).first() if uid else None
+        report = (
+            session.scalars(select(Report).where(Report.report_uid == uid)).first() if uid else None
+        )
         if report is None:
             checks.append(("database record", False, f"no report record '{uid}'"))
         else:
@@ -949,7 +1051,12 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
                 (
                     "database record",
                     report.sealed_sha256 == outcome.file_sha256,
-                    f"sealed SHA-256 {'matches' if report.sealed_sha256 == outcome.file_sha256 else 'differs from'} record {report.report_uid}",
+                    (
+                        "sealed SHA-256 matches record "
+                        if report.sealed_sha256 == outcome.file_sha256
+                        else "sealed SHA-256 differs from record "
+                    )
+                    + report.report_uid,
                 )
             )
             checks.append(
@@ -961,7 +1068,9 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
             )
             for s in _signature_rows(session, report):
                 check = signatures.verify(session, s.id, outcome.results_sha256 or "")
-                checks.append((f"e-signature {s.meaning} by {s.printed_name}", check.valid, check.message))
+                checks.append(
+                    (f"e-signature {s.meaning} by {s.printed_name}", check.valid, check.status)
+                )
         valid = all(ok for _, ok, _ in checks) and outcome.valid
         reason = "; ".join([*outcome.problems, *(f"{n}: {d}" for n, ok, d in checks if not ok)])
         audit.append(
@@ -978,7 +1087,9 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
 def list_reports(wb: Workbench) -> list[ReportInfo]:
     """Every report, newest first."""
     with wb.transaction(readonly=True) as session:
-        return [_info(session, r) for r in session.scalars(select(Report).order_by(Report.id.desc()))]
+        return [
+            _info(session, r) for r in session.scalars(select(Report).order_by(Report.id.desc()))
+        ]
 
 
 def latest_report(wb: Workbench, run_uid: str) -> ReportInfo | None:

@@ -65,11 +65,25 @@ from workbench.records.models import (
 )
 from workbench.services import models as model_service
 from workbench.services import protocols as protocol_service
-from workbench.services.context import Actor, Progress, Workbench, current_user, get_one, sha256_json
+from workbench.services.context import (
+    Actor,
+    Progress,
+    Workbench,
+    current_user,
+    get_one,
+    sha256_json,
+)
 from workbench.services.testsets import LABELS_PATH, frozen_manifest, latest_quality, load_index
 from workbench.stats import segmentation_metrics
 
-__all__ = ["RunSummary", "validate", "list_runs", "get_run", "case_frame", "SURFACE_DICE_TOLERANCE_MM"]
+__all__ = [
+    "RunSummary",
+    "validate",
+    "list_runs",
+    "get_run",
+    "case_frame",
+    "SURFACE_DICE_TOLERANCE_MM",
+]
 
 #: Tolerance of the normalized surface Dice, in mm.
 SURFACE_DICE_TOLERANCE_MM = 2.0
@@ -150,7 +164,9 @@ def _cases(root: Path, index_files: pd.DataFrame, protocol: Protocol) -> list[_C
     """One case per CT series, joined with its reference labels and reader SEGs."""
     labels_path = root / LABELS_PATH
     labels = (
-        pd.read_csv(labels_path, dtype={"case_id": str}) if labels_path.is_file() else pd.DataFrame()
+        pd.read_csv(labels_path, dtype={"case_id": str})
+        if labels_path.is_file()
+        else pd.DataFrame()
     )
     by_series = (
         {str(r["series_instance_uid"]): r for r in labels.to_dict(orient="records")}
@@ -207,10 +223,10 @@ def _reference_mask(protocol: Protocol, case: _Case, volume: Any) -> np.ndarray:
     if rule.startswith("reader"):
         return masks[seg_ref.readers.index(rule)]
     if rule == "union":
-        return stack.any(axis=0)
+        return np.asarray(stack.any(axis=0))
     if rule == "intersection":
-        return stack.all(axis=0)
-    return stack.sum(axis=0) * 2 >= len(masks)  # majority: at least half of the readers
+        return np.asarray(stack.all(axis=0))
+    return np.asarray(stack.sum(axis=0) * 2 >= len(masks))  # majority: at least half of readers
 
 
 def _segmentation_metrics(protocol: Protocol, case: _Case, mask_path: str) -> dict[str, Any]:
@@ -243,7 +259,9 @@ def _strata(case: _Case) -> dict[str, Any]:
     return {k: case.labels.get(k) for k in keys if k in case.labels}
 
 
-def _find_unfinished(session: Session, protocol_id: int, model_id: int, test_set_id: int) -> Run | None:
+def _find_unfinished(
+    session: Session, protocol_id: int, model_id: int, test_set_id: int
+) -> Run | None:
     return session.scalars(
         select(Run)
         .where(
@@ -346,7 +364,9 @@ def validate(
 
     diff = verify_manifest(root, manifest)
     if not diff.ok:
-        _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"test set changed: {diff.summary()}")
+        _refuse(
+            wb, actor, "run.refused", ts_name=test_set, detail=f"test set changed: {diff.summary()}"
+        )
         raise IntegrityError(
             f"Test set '{test_set}' no longer matches its locked manifest ({diff.summary()}); "
             "the run is refused."
@@ -511,7 +531,8 @@ def _execute(
     def on_case(output: CaseOutput) -> None:
         case = by_id[output.case_id]
         metrics: dict[str, Any] = {"seconds": output.seconds}
-        status, reason = output.status, output.reason
+        status: str = str(output.status)
+        reason = output.reason
         if status == CaseStatus.COMPLETED.value and spec.segments and output.mask_path:
             try:
                 metrics.update(_segmentation_metrics(proto, case, str(output.mask_path)))
@@ -622,7 +643,9 @@ def _execute(
                 "status": run.status,
                 "verdict": run.verdict,
                 "results_sha256": results_sha,
-                "accounting": {k: v for k, v in results["accounting"].items() if k.startswith("n_")},
+                "accounting": {
+                    k: v for k, v in results["accounting"].items() if k.startswith("n_")
+                },
                 "device": run.device,
             },
         )
@@ -703,16 +726,22 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> dict[str,
             }
         except WorkbenchError as error:
             out["roc"] = {"not_estimable": str(error)}
-    readers = [c for c in ("reader1_malignant", "reader2_malignant", "reader3_malignant") if c in done]
+    readers = [
+        c for c in ("reader1_malignant", "reader2_malignant", "reader3_malignant") if c in done
+    ]
     if readers:
         ratings = done[readers].copy()
         if protocol.task.value == "classification" and "score" in done:
             ratings.insert(0, "model", (done["score"].astype(float) >= threshold).astype(int))
             model_rows = pairwise_kappas(ratings, reference="model", categories=[0, 1])
-            out["agreement"].extend({"kind": "model vs reader", **r} for r in model_rows.to_dict("records"))
+            out["agreement"].extend(
+                {"kind": "model vs reader", **r} for r in model_rows.to_dict("records")
+            )
         among = pairwise_kappas(done[readers], categories=[0, 1])
         out["agreement"].extend({"kind": "reader vs reader", **r} for r in among.to_dict("records"))
-        counts = np.stack([(done[readers] == 0).sum(axis=1), (done[readers] == 1).sum(axis=1)], axis=1)
+        counts = np.stack(
+            [(done[readers] == 0).sum(axis=1), (done[readers] == 1).sum(axis=1)], axis=1
+        )
         try:
             out["fleiss_kappa_readers"] = fleiss_kappa(counts).as_dict()
         except WorkbenchError as error:
@@ -739,7 +768,11 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> dict[str,
                 )
             except WorkbenchError as error:
                 out["heterogeneity"].append(
-                    {"endpoint_id": endpoint.id, "factor": factor.factor, "not_estimable": str(error)}
+                    {
+                        "endpoint_id": endpoint.id,
+                        "factor": factor.factor,
+                        "not_estimable": str(error),
+                    }
                 )
     metric_column = "dice" if "dice" in done else None
     if metric_column and "manufacturer" in done:

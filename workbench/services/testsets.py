@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from workbench.dicom.index import FILE_COLUMNS, DicomIndex, index_folder
@@ -278,9 +278,7 @@ def import_test_set(
         if rows:
             # executemany needs the same keys in every row.
             keys = sorted({key for row in rows for key in row})
-            session.execute(
-                TestSetFile.__table__.insert(), [{k: row.get(k) for k in keys} for row in rows]
-            )
+            session.execute(insert(TestSetFile), [{k: row.get(k) for k in keys} for row in rows])
         audit.append(
             session,
             actor=actor.username,
@@ -362,7 +360,12 @@ def check_quality(
         test_set = get_one(session, TestSet, "test set", name=name)
         index = load_index(session, test_set)
         root = Path(test_set.root_path)
-    result = run_quality_checks(root, index, labels=_labels(root), training_manifest=training_manifest)
+    result = run_quality_checks(
+        root,
+        index,  # type: ignore[arg-type]  # frozen DicomIndex satisfies the read-only use
+        labels=_labels(root),
+        training_manifest=training_manifest,
+    )
     with wb.transaction() as session:
         current_user(session, actor, "testset.import")
         test_set = get_one(session, TestSet, "test set", name=name)

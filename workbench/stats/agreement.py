@@ -229,8 +229,19 @@ def fleiss_kappa(counts: ArrayLike, *, level: float = 0.95) -> Estimate:
     c = _as_counts(counts)
     kappa, _, _ = _fleiss_parts(c)
     n = c.shape[0]
-    keep = ~np.eye(n, dtype=bool)
-    jk = np.array([_fleiss_parts(c[keep[i]])[0] for i in range(n)])
+    r = c[0].sum()
+    # leave-one-subject-out kappas in closed form (agreement and category shares update
+    # by removing one subject's contribution)
+    p_i = (np.sum(c**2, axis=1) - r) / (r * (r - 1.0))
+    p_bar = (p_i.sum() - p_i) / (n - 1)
+    p_j = (c.sum(axis=0)[None, :] - c) / ((n - 1) * r)
+    p_e = np.sum(p_j**2, axis=1)
+    if (p_e >= 1.0 - 1e-15).any():
+        raise NotEstimableError(
+            "The jackknife SE of Fleiss' kappa is not estimable: leaving out one subject "
+            "leaves every rating in a single category."
+        )
+    jk = (p_bar - p_e) / (1.0 - p_e)
     se = math.sqrt((n - 1) / n * float(np.sum((jk - jk.mean()) ** 2)))
     z = z_crit(level)
     return Estimate(kappa, kappa - z * se, kappa + z * se, level, "fleiss (jackknife SE)", n, se)

@@ -171,11 +171,11 @@ def _weighted_auc_batch(
         # no ties: a positive's own weight never counts, so the cumulative negative
         # weight up to and including it is the weight strictly below it
         below = w * (1.0 - ls)
-        pos_total = (w @ ls).astype(np.float64)
+        pos_total = np.einsum("ij,j->i", w, ls, dtype=np.float64)
         neg_total = below.sum(axis=1, dtype=np.float64)
         np.cumsum(below, axis=1, out=below)
         below *= w
-        num = below.astype(np.float64) @ ls.astype(np.float64)
+        num = np.einsum("ij,j->i", below, ls, dtype=np.float64)
     else:  # tied scores: pool each tie group, ties count one half
         w64 = w.astype(np.float64)
         wp = np.add.reduceat(w64 * ls, starts, axis=1)

@@ -1,0 +1,67 @@
+"""Overview: where the workbench stands and what waits for the signed-in user."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from workbench.app import _data, _session
+from workbench.services import adjudication, models, protocols, reports, runs, testsets
+
+me = _session.actor()
+wb = _session.workbench()
+st.title("Validation Workbench")
+st.caption(f"Signed in as {_session.esc(me.full_name)} ({me.role}). Workdir: {_session.esc(wb.workdir.root)}")
+
+if me.role == "admin":
+    st.info("Administrators manage accounts; they cannot sign or alter validation records.")
+    st.page_link("pages/admin.py", label="Manage users", icon=":material/manage_accounts:")
+    st.stop()
+
+all_runs = runs.list_runs(wb)
+cols = st.columns(4)
+cols[0].metric("Test sets", len(testsets.list_test_sets(wb)))
+cols[1].metric("Models", len(models.list_models(wb)))
+cols[2].metric("Protocol versions", len(protocols.list_protocols(wb)))
+cols[3].metric("Runs", len(all_runs))
+
+if _session.can("discrepancy.adjudicate"):
+    st.subheader("Waiting for adjudication")
+    waiting = [(r.run_uid, adjudication.pending_count(wb, r.run_uid)) for r in all_runs if r.n_discrepancies]
+    waiting = [(uid, n) for uid, n in waiting if n]
+    if waiting:
+        st.dataframe(pd.DataFrame(waiting, columns=["run", "open discrepancies"]), hide_index=True)
+        st.page_link("pages/adjudication.py", label="Open the adjudication queue", icon=":material/gavel:")
+    else:
+        st.success("No discrepancies wait for adjudication.")
+
+st.subheader("Recent runs")
+rows = []
+for r in all_runs[:20]:
+    hidden = _data.aggregate_results_refusal(wb, me, r.run_uid) is not None
+    rows.append(
+        {
+            "run": r.run_uid,
+            "protocol": r.protocol,
+            "model": r.model,
+            "test set": r.test_set,
+            "status": r.status,
+            "verdict": "hidden until adjudicated" if hidden else (r.verdict or ""),
+            "discrepancies": r.n_discrepancies,
+        }
+    )
+if rows:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+else:
+    st.info("No validation runs yet.")
+
+if _session.can("report.build"):
+    drafts = [r for r in reports.list_reports(wb) if r.status != "sealed"]
+    if drafts:
+        st.subheader("Reports not yet sealed")
+        st.dataframe(
+            pd.DataFrame(
+                [{"report": r.report_uid, "run": r.run_uid, "status": r.status, "missing": ", ".join(r.missing_signatures)} for r in drafts]
+            ),
+            hide_index=True,
+        )
