@@ -123,10 +123,13 @@ class _Bar:
         if message:
             self.bar.set_postfix_str(message[:40], refresh=False)
         self.bar.refresh()
+        if total and done >= total:
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:

@@ -26,7 +26,12 @@ ACCOUNTS: dict[str, tuple[str, str, str]] = {
 }
 
 #: One user per role, for tests that log in "as every role".
-ROLE_USERS = {"qa": "qa.author", "reviewer": "dr.reviewer", "auditor": "inspector", "admin": "sysadmin"}
+ROLE_USERS = {
+    "qa": "qa.author",
+    "reviewer": "dr.reviewer",
+    "auditor": "inspector",
+    "admin": "sysadmin",
+}
 
 TEST_SET = "demo-phantoms"
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "validation_protocols"
@@ -116,7 +121,11 @@ def seed_workdir(workdir: Path, *, n_cases: int = 6, with_runs: bool = True) -> 
         model_refs = {}
         for protocol_id, spec in specs.items():
             info = models.register_model(
-                wb, qa, model_path, spec, card={"training_data": "none (threshold)", "limitations": "fixture"}
+                wb,
+                qa,
+                model_path,
+                spec,
+                card={"training_data": "none (threshold)", "limitations": "fixture"},
             )
             model_refs[protocol_id] = info.ref
         seeded.model_ref = model_refs["lesion-segmentation"]
@@ -125,6 +134,14 @@ def seed_workdir(workdir: Path, *, n_cases: int = 6, with_runs: bool = True) -> 
             p = protocols.add_protocol_version(wb, qa, path)
             protocols.approve_protocol(wb, approver, p.ref, password=ACCOUNTS["qa.approver"][2])
             refs.append(p.ref)
+        # Version 2 of the segmentation protocol asks for two readers per case (consensus).
+        v1 = (PROTOCOL_DIR / "lesion-segmentation-v1.yaml").read_text(encoding="utf-8")
+        v2_text = v1.replace("version: 1\n", "version: 2\n", 1).replace(
+            "readers_per_case: 1", "readers_per_case: 2"
+        )
+        v2 = protocols.add_protocol_version(
+            wb, qa, v2_text.encode("utf-8"), reason="two readers per case"
+        )
         if with_runs:
             for ref in refs:
                 summary = runs.validate(
@@ -136,6 +153,16 @@ def seed_workdir(workdir: Path, *, n_cases: int = 6, with_runs: bool = True) -> 
                     device="cpu",
                 )
                 seeded.run_uids[ref.split("@")[0]] = summary.run_uid
+            protocols.approve_protocol(wb, approver, v2.ref, password=ACCOUNTS["qa.approver"][2])
+            summary = runs.validate(
+                wb,
+                qa,
+                protocol=v2.ref,
+                model=model_refs["lesion-segmentation"],
+                test_set=TEST_SET,
+                device="cpu",
+            )
+            seeded.run_uids["lesion-segmentation@2"] = summary.run_uid
             seg_run = seeded.run_uids["lesion-segmentation"]
             report = reports.build_report(wb, qa, seg_run)
             reports.sign_report(

@@ -12,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from workbench.errors import PermissionDeniedError
-from workbench.protocols import load_protocol
+from workbench.protocols import Protocol, load_protocol
 from workbench.records.models import (
     CaseResult,
+    Discrepancy,
     ProtocolVersion,
     QualityReport,
     Run,
@@ -39,6 +41,7 @@ __all__ = [
     "file_sha256s",
     "CaseImages",
     "case_images",
+    "open_case",
 ]
 
 
@@ -159,12 +162,16 @@ def series_demographics(wb: Workbench, name: str) -> pd.DataFrame:
         test_set = get_one(session, TestSet, "test set", name=name)
         files = testsets.load_index(session, test_set).files
     if not len(files):
-        return pd.DataFrame(columns=["series_instance_uid", "scanner", "patient_sex", "patient_age"])
+        return pd.DataFrame(
+            columns=["series_instance_uid", "scanner", "patient_sex", "patient_age"]
+        )
     images = files[files["modality"].fillna("") != "SEG"].drop_duplicates("series_instance_uid")
     return pd.DataFrame(
         {
             "series_instance_uid": images["series_instance_uid"],
-            "scanner": images["manufacturer"].fillna("?") + " " + images["manufacturer_model_name"].fillna("?"),
+            "scanner": images["manufacturer"].fillna("?")
+            + " "
+            + images["manufacturer_model_name"].fillna("?"),
             "patient_sex": images["patient_sex"].fillna("?"),
             "patient_age": images["patient_age"].fillna(""),
         }
@@ -198,13 +205,13 @@ def file_sha256s(wb: Workbench, paths: list[str]) -> dict[str, str]:
                     found[str(root / rel)] = sha
         rest = [p for p in wanted if p not in found]
         for start in range(0, len(rest), 500):
-            for mask_path, sha in session.execute(
+            for mask_path, mask_sha in session.execute(
                 select(CaseResult.mask_path, CaseResult.mask_sha256).where(
                     CaseResult.mask_path.in_(rest[start : start + 500])
                 )
             ):
-                if sha:
-                    found[str(mask_path)] = sha
+                if mask_sha:
+                    found[str(mask_path)] = mask_sha
     return found
 
 
@@ -232,6 +239,38 @@ class CaseImages:
     metrics: dict[str, Any]
 
 
+def _case_files(
+    session: Session, run: Run, case_id: str
+) -> tuple[list[str], list[str], str, Protocol]:
+    """CT slices and reference SEGs of one case of a run, the reference rule and the protocol."""
+    pv = session.get(ProtocolVersion, run.protocol_version_id)
+    test_set = session.get(TestSet, run.test_set_id)
+    assert pv is not None and test_set is not None
+    protocol = load_protocol(pv.yaml_text.encode("utf-8"))
+    root = Path(test_set.root_path)
+    labels_path = root / testsets.LABELS_PATH
+    series_uid = None
+    if labels_path.is_file():
+        labels = pd.read_csv(labels_path, dtype={"case_id": str})
+        match = labels.loc[labels["case_id"] == case_id, "series_instance_uid"]
+        series_uid = str(match.iloc[0]) if len(match) else None
+    files = session.scalars(select(TestSetFile).where(TestSetFile.test_set_id == test_set.id)).all()
+    ct = sorted(
+        str(root / f.path)
+        for f in files
+        if f.series_instance_uid == series_uid and f.modality != "SEG"
+    )
+    segs = sorted(
+        str(root / f.path)
+        for f in files
+        if f.modality == "SEG" and (f.header or {}).get("referenced_series_uid") == series_uid
+    )
+    seg_ref = protocol.reference_standard.segmentation
+    if seg_ref is not None:
+        segs = [p for p in segs if Path(p).stem in seg_ref.readers]
+    return ct, segs, (str(seg_ref.rule) if seg_ref else "labels"), protocol
+
+
 def case_images(wb: Workbench, actor: Actor, run_uid: str, case_id: str) -> CaseImages:
     """CT slices, model mask and reference SEGs of one case (``run.view``).
 
@@ -246,30 +285,10 @@ def case_images(wb: Workbench, actor: Actor, run_uid: str, case_id: str) -> Case
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "run.view")
         run: Run = get_one(session, Run, "run", run_uid=run_uid)
-        result: CaseResult = get_one(session, CaseResult, "case result", run_id=run.id, case_id=case_id)
-        pv = session.get(ProtocolVersion, run.protocol_version_id)
-        test_set = session.get(TestSet, run.test_set_id)
-        assert pv is not None and test_set is not None
-        protocol = load_protocol(pv.yaml_text.encode("utf-8"))
-        root = Path(test_set.root_path)
-        labels_path = root / testsets.LABELS_PATH
-        series_uid = None
-        if labels_path.is_file():
-            labels = pd.read_csv(labels_path, dtype={"case_id": str})
-            match = labels.loc[labels["case_id"] == case_id, "series_instance_uid"]
-            series_uid = str(match.iloc[0]) if len(match) else None
-        files = session.scalars(select(TestSetFile).where(TestSetFile.test_set_id == test_set.id)).all()
-        ct = sorted(
-            str(root / f.path) for f in files if f.series_instance_uid == series_uid and f.modality != "SEG"
+        result: CaseResult = get_one(
+            session, CaseResult, "case result", run_id=run.id, case_id=case_id
         )
-        segs = sorted(
-            str(root / f.path)
-            for f in files
-            if f.modality == "SEG" and (f.header or {}).get("referenced_series_uid") == series_uid
-        )
-        seg_ref = protocol.reference_standard.segmentation
-        if seg_ref is not None:
-            segs = [p for p in segs if Path(p).stem in seg_ref.readers]
+        ct, segs, rule, _protocol = _case_files(session, run, case_id)
         return CaseImages(
             run_uid=run_uid,
             case_id=case_id,
@@ -277,6 +296,63 @@ def case_images(wb: Workbench, actor: Actor, run_uid: str, case_id: str) -> Case
             ct_paths=ct,
             model_mask=result.mask_path,
             reference_segs=segs,
-            reference_rule=str(seg_ref.rule) if seg_ref else "labels",
+            reference_rule=rule,
             metrics=dict(result.metrics or {}),
+        )
+
+
+def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> adjudication.AdjudicationCase:
+    """:func:`workbench.services.adjudication.open_case`, tolerating text ``details``.
+
+    The service expects ``Discrepancy.details`` to be a mapping, but
+    :mod:`workbench.protocols` stores the finding as text; until the service
+    handles that, the same blinded case is assembled here from the records.
+    """
+    try:
+        return adjudication.open_case(wb, actor, discrepancy_id)
+    except AttributeError:
+        pass
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "discrepancy.adjudicate")
+        d: Discrepancy = get_one(session, Discrepancy, "discrepancy", id=discrepancy_id)
+        run = d.run
+        ct, segs, rule, protocol = _case_files(session, run, d.case_id)
+        result = session.scalars(
+            select(CaseResult).where(CaseResult.run_id == run.id, CaseResult.case_id == d.case_id)
+        ).first()
+        blinding = d.blinding or {"model": "A", "reference": "B"}
+        model_label, reference_label = blinding["model"], blinding["reference"]
+        overlays: dict[str, list[str]] = {}
+        calls: dict[str, str] = {}
+        if protocol.task.value == "segmentation":
+            overlays[model_label] = [result.mask_path] if result and result.mask_path else []
+            overlays[reference_label] = segs
+        else:
+            threshold = next(
+                (ep.operating_threshold for ep in protocol.endpoints if ep.operating_threshold), 0.5
+            )
+            score = result.score if result else None
+            calls[model_label] = (
+                "no output" if score is None else ("malignant" if score >= threshold else "benign")
+            )
+            column = protocol.reference_standard.labels_column
+            frame = runs.case_frame(session, run.id, protocol)
+            truth = None
+            if column and column in frame and len(frame):
+                values = frame.loc[frame["case_id"] == d.case_id, column]
+                truth = None if values.empty or pd.isna(values.iloc[0]) else int(values.iloc[0])
+            calls[reference_label] = (
+                "unknown" if truth is None else ("malignant" if truth == 1 else "benign")
+            )
+        details = d.details if isinstance(d.details, dict) else {"finding": str(d.details or "")}
+        return adjudication.AdjudicationCase(
+            discrepancy_id=d.id,
+            case_id=d.case_id,
+            task=protocol.task.value,
+            ct_paths=ct,
+            overlays=overlays,
+            calls=calls,
+            reference_rule=rule,
+            unblinded=None if protocol.adjudication.reviewers_blinded else {"model": model_label},
+            details={k: v for k, v in details.items() if k not in ("score", "model")},
         )

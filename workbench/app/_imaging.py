@@ -71,7 +71,9 @@ def load_volume(key: str, _paths: tuple[str, ...]) -> Volume:
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the segmentation ...")
-def load_overlay(key: str, volume_key: str, rule: str, _seg_paths: tuple[str, ...], _volume: Volume) -> np.ndarray:
+def load_overlay(
+    key: str, volume_key: str, rule: str, _seg_paths: tuple[str, ...], _volume: Volume
+) -> np.ndarray:
     """A boolean mask (z, y, x) aligned with the volume, cached by content keys.
 
     Several SEG objects (one per reader) are combined with the reference rule
@@ -85,9 +87,9 @@ def load_overlay(key: str, volume_key: str, rule: str, _seg_paths: tuple[str, ..
         return masks[0]
     stack = np.stack(masks)
     if rule == "union":
-        return stack.any(axis=0)
+        return np.asarray(stack.any(axis=0), dtype=bool)
     if rule == "intersection":
-        return stack.all(axis=0)
+        return np.asarray(stack.all(axis=0), dtype=bool)
     if rule.startswith("reader"):
         stems = [p.rsplit("/", 1)[-1].removesuffix(".dcm") for p in _seg_paths]
         if rule in stems:

@@ -46,12 +46,36 @@ class PageDef:
 
 PAGES: tuple[PageDef, ...] = (
     PageDef("overview", "pages/overview.py", "Overview", ":material/home:", "Workbench"),
-    PageDef("test_sets", "pages/test_sets.py", "Test sets", ":material/folder_zip:", "Inputs", ("run.view",)),
+    PageDef(
+        "test_sets",
+        "pages/test_sets.py",
+        "Test sets",
+        ":material/folder_zip:",
+        "Inputs",
+        ("run.view",),
+    ),
     PageDef("models", "pages/models.py", "Models", ":material/neurology:", "Inputs", ("run.view",)),
-    PageDef("protocols", "pages/protocols.py", "Protocols", ":material/rule:", "Inputs", ("run.view",)),
+    PageDef(
+        "protocols", "pages/protocols.py", "Protocols", ":material/rule:", "Inputs", ("run.view",)
+    ),
     PageDef("runs", "pages/runs.py", "Runs", ":material/play_circle:", "Validation", ("run.view",)),
-    PageDef("results", "pages/results.py", "Results", ":material/monitoring:", "Validation", ("run.view",)),
-    PageDef("case_viewer", "pages/case_viewer.py", "Case viewer", ":material/visibility:", "Validation", ("run.view",), hidden=True),
+    PageDef(
+        "results",
+        "pages/results.py",
+        "Results",
+        ":material/monitoring:",
+        "Validation",
+        ("run.view",),
+    ),
+    PageDef(
+        "case_viewer",
+        "pages/case_viewer.py",
+        "Case viewer",
+        ":material/visibility:",
+        "Validation",
+        ("run.view",),
+        hidden=True,
+    ),
     PageDef(
         "adjudication",
         "pages/adjudication.py",
@@ -60,9 +84,30 @@ PAGES: tuple[PageDef, ...] = (
         "Validation",
         ("discrepancy.adjudicate",),
     ),
-    PageDef("reports", "pages/reports.py", "Reports", ":material/description:", "Evidence", ("run.view", "report.verify")),
-    PageDef("audit", "pages/audit.py", "Audit trail", ":material/receipt_long:", "Evidence", ("audit.view",)),
-    PageDef("admin", "pages/admin.py", "Users", ":material/manage_accounts:", "Administration", ("user.manage",)),
+    PageDef(
+        "reports",
+        "pages/reports.py",
+        "Reports",
+        ":material/description:",
+        "Evidence",
+        ("run.view", "report.verify"),
+    ),
+    PageDef(
+        "audit",
+        "pages/audit.py",
+        "Audit trail",
+        ":material/receipt_long:",
+        "Evidence",
+        ("audit.view",),
+    ),
+    PageDef(
+        "admin",
+        "pages/admin.py",
+        "Users",
+        ":material/manage_accounts:",
+        "Administration",
+        ("user.manage",),
+    ),
     PageDef("account", "pages/account.py", "My account", ":material/person:", "Administration"),
 )
 

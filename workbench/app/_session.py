@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 
@@ -35,6 +36,7 @@ __all__ = [
     "guard",
     "SIGNATURE_MEANINGS",
     "signature_form",
+    "require_page",
 ]
 
 TOKEN_KEY = "auth_token"
@@ -65,7 +67,9 @@ def _open_workbench(home: str, db_url: str) -> Workbench:
 
 def workbench() -> Workbench:
     """The shared :class:`Workbench` of ``$WORKBENCH_HOME`` / ``$WORKBENCH_DB_URL``."""
-    return _open_workbench(os.environ.get("WORKBENCH_HOME", ""), os.environ.get("WORKBENCH_DB_URL", ""))
+    return _open_workbench(
+        os.environ.get("WORKBENCH_HOME", ""), os.environ.get("WORKBENCH_DB_URL", "")
+    )
 
 
 def current_actor() -> Actor | None:
@@ -101,8 +105,8 @@ def actor() -> Actor:
     if found is None or found.username != st.session_state.get(USERNAME_KEY):
         found = current_actor()
         if found is None:
-            st.warning("Please sign in.")
-            st.stop()
+            # Signed out or expired while another page was current: go to sign-in.
+            st.switch_page(str(Path(__file__).resolve().parent / "pages" / "login.py"))
         set_actor(found)
     assert found is not None
     return found
@@ -181,3 +185,19 @@ def signature_form(key: str, meaning: str, record: str) -> str | None:
             return None
         return str(password)
     return None
+
+
+def require_page(key: str) -> Actor:
+    """The signed-in actor, after checking that their role may open page ``key``.
+
+    The navigation lists only permitted pages; this refuses a page reached
+    any other way.
+    """
+    from workbench.app._nav import page_by_key
+
+    who = actor()
+    page = page_by_key(key)
+    if not page.visible_to(who.role):
+        st.error(f"The page '{page.title}' is not available to the role '{who.role}'.")
+        st.stop()
+    return who

@@ -78,8 +78,10 @@ def show_viewer(
             key=f"{key}-preset",
         )
         if preset == "Manual":
-            level = st.number_input("Level (HU)", -2000, 4000, 40, step=10, key=f"{key}-level")
-            width = st.number_input("Width (HU)", 1, 6000, 400, step=10, key=f"{key}-width")
+            level = st.number_input(
+                "Level (HU)", -2000.0, 4000.0, 40.0, step=10.0, key=f"{key}-level"
+            )
+            width = st.number_input("Width (HU)", 1.0, 6000.0, 400.0, step=10.0, key=f"{key}-width")
         else:
             level, width = _imaging.WINDOW_PRESETS[preset]
         zoom = st.select_slider("Zoom", [1.0, 1.5, 2.0, 3.0, 4.0], value=1.0, key=f"{key}-zoom")
@@ -90,7 +92,8 @@ def show_viewer(
                 st.slider("Pan horizontal", 0.0, 1.0, 0.5, key=f"{key}-pan-x"),
             )
         shown = {
-            label: st.checkbox(f"Show {label}", value=True, key=f"{key}-show-{label}") for label in masks
+            label: st.checkbox(f"Show {label}", value=True, key=f"{key}-show-{label}")
+            for label in masks
         }
         st.caption(
             f"{n_slices} slices; spacing {volume.spacing[0]:.2f} x {volume.spacing[1]:.2f} x "
@@ -102,11 +105,20 @@ def show_viewer(
         if shown.get(label)
     ]
     png = _imaging.render_slice(
-        volume.array[index], level=float(level), width=float(width), overlays=layers, zoom=float(zoom), pan=pan
+        volume.array[index],
+        level=float(level),
+        width=float(width),
+        overlays=layers,
+        zoom=float(zoom),
+        pan=pan,
     )
     with picture:
         legend = "   ".join(
             f"{label}: {'orange' if _imaging.OVERLAY_COLOURS.get(label) == (255, 140, 0) else 'blue'}"
             for label in masks
         )
-        st.image(png, caption=f"Slice {index + 1}/{n_slices}" + (f" - {legend}" if legend else ""))
+        st.image(
+            png,
+            caption=f"Slice {index + 1}/{n_slices}" + (f" - {legend}" if legend else ""),
+            output_format="PNG",
+        )

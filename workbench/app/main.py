@@ -15,13 +15,21 @@ from workbench.app._nav import pages_for
 
 _HERE = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="Validation Workbench", page_icon=":material/verified:", layout="wide")
+st.set_page_config(
+    page_title="Validation Workbench", page_icon=":material/verified:", layout="wide"
+)
 
 signed_in = _session.current_actor()
 _session.set_actor(signed_in)
 
+_login_path = str(_HERE / "pages" / "login.py")
 if signed_in is None:
-    login = st.Page(str(_HERE / "pages" / "login.py"), title="Sign in", icon=":material/login:", url_path="login")
+    login = st.Page(
+        str(_HERE / "pages" / "login.py"),
+        title="Sign in",
+        icon=":material/login:",
+        url_path="login",
+    )
     st.navigation([login], position="hidden").run()
 else:
     must_change = _data.must_change_password(_session.workbench(), signed_in.username)
@@ -39,11 +47,16 @@ else:
                 visibility="hidden" if page.hidden else "visible",
             )
         )
+    # Listed (hidden) so that the sign-in page, still current right after signing in,
+    # can hand over to the user's start page.
+    sections.setdefault("Workbench", []).append(
+        st.Page(_login_path, title="Sign in", url_path="login", visibility="hidden")
+    )
     with st.sidebar:
-        st.markdown(f"**{_session.esc(signed_in.full_name)}**  \n{_session.esc(signed_in.username)} · role *{signed_in.role}*")
-        if st.button("Sign out", icon=":material/logout:", key="sign-out"):
-            _session.sign_out()
-            st.rerun()
+        st.markdown(
+            f"**{_session.esc(signed_in.full_name)}**  \n{_session.esc(signed_in.username)} · role *{signed_in.role}*"
+        )
+        st.button("Sign out", icon=":material/logout:", key="sign-out", on_click=_session.sign_out)
     if must_change:
         st.warning("Your password was reset or has expired: change it before you continue.")
     st.navigation(sections).run()

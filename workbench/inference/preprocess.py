@@ -180,7 +180,8 @@ def preprocess_volume(volume: VolumeLike, spec: InputSpec) -> Preprocessed:
     )
     windowed = window(resampled)
     model_affine = resampled.affine if isinstance(resampled, MetaTensor) else image.affine
-    result = MetaTensor(torch.as_tensor(windowed, dtype=torch.float32), affine=model_affine)
+    plain = windowed.as_tensor() if isinstance(windowed, MetaTensor) else torch.as_tensor(windowed)
+    result = MetaTensor(plain.float(), affine=model_affine)
     return Preprocessed(
         image=result,
         original_shape=tuple(int(s) for s in array.shape),  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -37,7 +38,6 @@ import numpy as np
 import pydicom
 import torch
 from monai.inferers import sliding_window_inference
-from pydicom.uid import generate_uid
 
 from workbench.errors import InferenceError, ModelError
 from workbench.inference.environment import deterministic_mode, select_device, snapshot
@@ -213,9 +213,10 @@ def seg_uids(model_digest: str, case_id: str) -> tuple[str, str]:
     tuple of str
         ``(series_instance_uid, sop_instance_uid)``, ``2.25.`` UUID-derived UIDs.
     """
-    series = generate_uid(prefix=None, entropy_srcs=[model_digest, case_id, "seg-series"])
-    sop = generate_uid(prefix=None, entropy_srcs=[model_digest, case_id, "seg-instance"])
-    return str(series), str(sop)
+    # UUID-derived UIDs (PS3.5 B.2): a name-based UUID (RFC 9562 version 5) as an integer.
+    series = uuid.uuid5(uuid.NAMESPACE_OID, f"{model_digest}/{case_id}/seg-series")
+    sop = uuid.uuid5(uuid.NAMESPACE_OID, f"{model_digest}/{case_id}/seg-instance")
+    return f"2.25.{series.int}", f"2.25.{sop.int}"
 
 
 def _sha256_file(path: Path) -> str:

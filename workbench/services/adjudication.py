@@ -152,7 +152,8 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
         result = session.scalars(
             select(CaseResult).where(CaseResult.run_id == run.id, CaseResult.case_id == d.case_id)
         ).first()
-        series_uid = (d.details or {}).get("series_instance_uid")
+        stored = d.details if isinstance(d.details, dict) else {"finding": str(d.details or "")}
+        series_uid = stored.get("series_instance_uid")
         files = session.scalars(
             select(TestSetFile).where(TestSetFile.test_set_id == test_set.id)
         ).all()
@@ -193,11 +194,11 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
             calls[model_label] = (
                 "no output" if score is None else ("malignant" if score >= threshold else "benign")
             )
-            truth = (d.details or {}).get("y_true")
+            truth = stored.get("y_true")
             calls[reference_label] = (
                 "unknown" if truth is None else ("malignant" if int(truth) == 1 else "benign")
             )
-        details = {k: v for k, v in (d.details or {}).items() if k not in ("score", "model")}
+        details = {k: v for k, v in stored.items() if k not in ("score", "model")}
         return AdjudicationCase(
             discrepancy_id=d.id,
             case_id=d.case_id,

@@ -533,7 +533,8 @@ def _execute(
         metrics: dict[str, Any] = {"seconds": output.seconds}
         status: str = str(output.status)
         reason = output.reason
-        if status == CaseStatus.COMPLETED.value and spec.segments and output.mask_path:
+        segmentation_reference = proto.reference_standard.segmentation is not None
+        if status == CaseStatus.COMPLETED.value and segmentation_reference and output.mask_path:
             try:
                 metrics.update(_segmentation_metrics(proto, case, str(output.mask_path)))
             except (WorkbenchError, NotEstimableError) as error:
@@ -600,6 +601,7 @@ def _execute(
         assert run is not None
         rng_seed = int(hashlib.sha256(run_uid.encode()).hexdigest()[:8], 16)
         existing = {d.case_id for d in run.discrepancies}
+        rows = {str(r["case_id"]): r for r in frame.to_dict(orient="records")}
         for candidate in candidates:
             if candidate.case_id in existing:
                 continue
@@ -609,7 +611,7 @@ def _execute(
                 run_id=run_id,
                 case_id=candidate.case_id,
                 rule=candidate.rule,
-                details=audit.to_jsonable(candidate.details),
+                details=_discrepancy_details(candidate.details, rows.get(candidate.case_id, {})),
                 blinding={"model": model_is, "reference": "B" if model_is == "A" else "A"},
                 status=DiscrepancyStatus.OPEN.value,
             )
@@ -650,6 +652,21 @@ def _execute(
             },
         )
         return _summary(session, run)
+
+
+def _discrepancy_details(finding: str, row: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer may see of a discrepant case: the finding and the case's figures.
+
+    The score stays in the record (for the secondary analysis) and is hidden from
+    blinded reviewers by :func:`workbench.services.adjudication.open_case`.
+    """
+    keep = ("series_instance_uid", "dice", "hd95", "surface_dice", "y_true", "score", "status")
+    details: dict[str, Any] = {"finding": finding}
+    for key in keep:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            details[key] = value.item() if hasattr(value, "item") else value
+    return audit.to_jsonable(details)
 
 
 def _heterogeneity_args(metric: str, threshold: float | None) -> tuple[str, dict[str, Any]] | None:

@@ -7,7 +7,7 @@ import streamlit as st
 from workbench.app import _session
 from workbench.services import accounts
 
-me = _session.actor()
+me = _session.require_page("account")
 st.title("My account")
 st.markdown(f"**{_session.esc(me.full_name)}** ({_session.esc(me.username)}), role *{me.role}*")
 
@@ -16,7 +16,9 @@ with st.form("change-password", clear_on_submit=True):
     old = st.text_input("Current password", type="password")
     new = st.text_input("New password", type="password")
     again = st.text_input("New password again", type="password")
-    submitted = st.form_submit_button("Change password", type="primary")
+    submitted = st.form_submit_button(
+        "Change password", type="primary", key="change-password-submit"
+    )
 if submitted:
     if new != again:
         st.error("The new passwords differ.")

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.app import _session
+from workbench.app import _data, _session
 from workbench.errors import AccountLockedError, AuthenticationError, WorkbenchError
 from workbench.services import accounts
 
+if st.session_state.get(_session.TOKEN_KEY):
+    # Signed in already (this page was current when the sign-in succeeded).
+    must_change = _data.must_change_password(_session.workbench(), _session.actor().username)
+    st.switch_page("pages/account.py" if must_change else "pages/overview.py")
+
 st.title("Validation Workbench")
-st.caption("Validation of medical-imaging AI models on locked DICOM test sets (21 CFR Part 11 records).")
+st.caption(
+    "Validation of medical-imaging AI models on locked DICOM test sets (21 CFR Part 11 records)."
+)
 
 notice = st.session_state.pop(_session.NOTICE_KEY, None)
 if notice:

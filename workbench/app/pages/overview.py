@@ -8,10 +8,12 @@ import streamlit as st
 from workbench.app import _data, _session
 from workbench.services import adjudication, models, protocols, reports, runs, testsets
 
-me = _session.actor()
+me = _session.require_page("overview")
 wb = _session.workbench()
 st.title("Validation Workbench")
-st.caption(f"Signed in as {_session.esc(me.full_name)} ({me.role}). Workdir: {_session.esc(wb.workdir.root)}")
+st.caption(
+    f"Signed in as {_session.esc(me.full_name)} ({me.role}). Workdir: {_session.esc(wb.workdir.root)}"
+)
 
 if me.role == "admin":
     st.info("Administrators manage accounts; they cannot sign or alter validation records.")
@@ -27,11 +29,17 @@ cols[3].metric("Runs", len(all_runs))
 
 if _session.can("discrepancy.adjudicate"):
     st.subheader("Waiting for adjudication")
-    waiting = [(r.run_uid, adjudication.pending_count(wb, r.run_uid)) for r in all_runs if r.n_discrepancies]
+    waiting = [
+        (r.run_uid, adjudication.pending_count(wb, r.run_uid))
+        for r in all_runs
+        if r.n_discrepancies
+    ]
     waiting = [(uid, n) for uid, n in waiting if n]
     if waiting:
         st.dataframe(pd.DataFrame(waiting, columns=["run", "open discrepancies"]), hide_index=True)
-        st.page_link("pages/adjudication.py", label="Open the adjudication queue", icon=":material/gavel:")
+        st.page_link(
+            "pages/adjudication.py", label="Open the adjudication queue", icon=":material/gavel:"
+        )
     else:
         st.success("No discrepancies wait for adjudication.")
 
@@ -61,7 +69,15 @@ if _session.can("report.build"):
         st.subheader("Reports not yet sealed")
         st.dataframe(
             pd.DataFrame(
-                [{"report": r.report_uid, "run": r.run_uid, "status": r.status, "missing": ", ".join(r.missing_signatures)} for r in drafts]
+                [
+                    {
+                        "report": r.report_uid,
+                        "run": r.run_uid,
+                        "status": r.status,
+                        "missing": ", ".join(r.missing_signatures),
+                    }
+                    for r in drafts
+                ]
             ),
             hide_index=True,
         )

@@ -11,14 +11,16 @@ import streamlit as st
 from workbench.app import _data, _session
 from workbench.services import testsets
 
-me = _session.actor()
+me = _session.require_page("test_sets")
 wb = _session.workbench()
 st.title("Test sets")
 
 if _session.can("testset.import"):
     with st.expander("Import a test-set folder", icon=":material/upload:"):
         with st.form("import-test-set"):
-            folder = st.text_input("Folder on the workbench server", help="Root of the DICOM test set.")
+            folder = st.text_input(
+                "Folder on the workbench server", help="Root of the DICOM test set."
+            )
             name = st.text_input("Name", help="Unique; a test set is never replaced.")
             submitted = st.form_submit_button("Import and index", type="primary")
         if submitted:
@@ -32,7 +34,9 @@ if _session.can("testset.import"):
 
                 with _session.guard():
                     info = testsets.import_test_set(wb, me, folder, name=name, progress=progress)
-                    st.success(f"Imported {info.n_files} files as draft test set {_session.esc(info.name)}.")
+                    st.success(
+                        f"Imported {info.n_files} files as draft test set {_session.esc(info.name)}."
+                    )
 
 all_sets = testsets.list_test_sets(wb)
 if not all_sets:
@@ -78,19 +82,36 @@ with overview:
     by_scanner = summary.get("series_by_scanner", {})
     if by_scanner:
         left.plotly_chart(
-            px.bar(x=list(by_scanner), y=list(by_scanner.values()), labels={"x": "scanner", "y": "series"}, title="Series by scanner"),
+            px.bar(
+                x=list(by_scanner),
+                y=list(by_scanner.values()),
+                labels={"x": "scanner", "y": "series"},
+                title="Series by scanner",
+            ),
             key="ts-scanner",
         )
     by_sex = summary.get("series_by_sex", {})
     if by_sex:
         middle.plotly_chart(
-            px.bar(x=list(by_sex), y=list(by_sex.values()), labels={"x": "sex", "y": "series"}, title="Series by sex"),
+            px.bar(
+                x=list(by_sex),
+                y=list(by_sex.values()),
+                labels={"x": "sex", "y": "series"},
+                title="Series by sex",
+            ),
             key="ts-sex",
         )
     if len(demo):
-        ages = demo["patient_age"].map(lambda a: int(m.group(1)) if (m := re.match(r"(\d+)", str(a))) else None)
+        ages = demo["patient_age"].map(
+            lambda a: int(m.group(1)) if (m := re.match(r"(\d+)", str(a))) else None
+        )
         right.plotly_chart(
-            px.histogram(x=ages.dropna(), nbins=10, labels={"x": "age (years)"}, title="Series by patient age"),
+            px.histogram(
+                x=ages.dropna(),
+                nbins=10,
+                labels={"x": "age (years)"},
+                title="Series by patient age",
+            ),
             key="ts-age",
         )
     st.caption(f"Root folder: {_session.esc(info.root_path)}")
@@ -108,9 +129,14 @@ with quality:
         frame = pd.DataFrame(findings["findings"])
         if len(frame):
             severities = st.multiselect(
-                "Severity", sorted(frame["severity"].unique()), default=sorted(frame["severity"].unique()), key="q-sev"
+                "Severity",
+                sorted(frame["severity"].unique()),
+                default=sorted(frame["severity"].unique()),
+                key="q-sev",
             )
-            st.dataframe(frame[frame["severity"].isin(severities)], hide_index=True, width="stretch")
+            st.dataframe(
+                frame[frame["severity"].isin(severities)], hide_index=True, width="stretch"
+            )
         else:
             st.success("No findings.")
     if _session.can("testset.import") and info.status == "draft":
@@ -136,7 +162,10 @@ with actions:
                     if diff.ok:
                         st.success("Intact: every file matches the locked manifest.")
                     else:
-                        st.error(f"Changed since locking: {_session.esc(diff.describe())}")
+                        st.error(
+                            f"Changed since locking: {len(diff.added)} added, "
+                            f"{len(diff.removed)} removed, {len(diff.changed)} changed."
+                        )
                         st.dataframe(
                             pd.DataFrame(
                                 [("added", p) for p in diff.added]
