@@ -225,6 +225,8 @@ def app_command(
         "false",
         "--server.maxUploadSize",
         "50",
+        "--client.toolbarMode",
+        "minimal",
     ]
     typer.echo(f"Validation Workbench app on http://{address}:{port} (workdir {paths.root})")
     raise typer.Exit(subprocess.call(command, env=env))
@@ -519,12 +521,15 @@ def protocol_diff_command(old: str, new: str, workdir: WorkdirOpt = None, db: Db
 
 @run_app.command("list")
 @_guarded
-def run_list(workdir: WorkdirOpt = None, db: DbOpt = None) -> None:
+def run_list(
+    workdir: WorkdirOpt = None, db: DbOpt = None, user: UserOpt = None, password: PasswordOpt = None
+) -> None:
     """Runs, newest first."""
     from workbench.services.runs import list_runs
 
     with _workbench(workdir, db) as wb:
-        for s in list_runs(wb):
+        actor, _ = _login(wb, user, password)
+        for s in list_runs(wb, actor):
             typer.echo(
                 "\t".join([s.run_uid, s.status, s.verdict or "-", s.model, s.protocol, s.test_set])
             )
@@ -532,12 +537,19 @@ def run_list(workdir: WorkdirOpt = None, db: DbOpt = None) -> None:
 
 @run_app.command("show")
 @_guarded
-def run_show(run_uid: str, workdir: WorkdirOpt = None, db: DbOpt = None) -> None:
+def run_show(
+    run_uid: str,
+    workdir: WorkdirOpt = None,
+    db: DbOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
+) -> None:
     """The pass/fail table of one run."""
     from workbench.services.runs import get_run
 
     with _workbench(workdir, db) as wb:
-        typer.echo(render_run(get_run(wb, run_uid)))
+        actor, _ = _login(wb, user, password)
+        typer.echo(render_run(get_run(wb, actor, run_uid)))
 
 
 # ---------------------------------------------------------------------------- adjudication

@@ -19,7 +19,7 @@ APP_MAIN = Path(__file__).resolve().parents[2] / "workbench" / "app" / "main.py"
 
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    """A workdir with accounts, a locked test set, models, approved protocols, two runs, a report."""
+    """A workdir with accounts, a locked test set, models, protocols, runs and a report."""
     workdir = tmp_path_factory.mktemp("app-workdir")
     made = seed_workdir(workdir)
     previous = {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "WORKBENCH_DB_URL")}
@@ -51,7 +51,7 @@ def sign_in(at: AppTest, wb: Workbench, username: str) -> AppTest:
 
 @pytest.fixture
 def app(seeded: Seeded, wb: Workbench) -> Callable[[str | None], AppTest]:
-    """Factory: an AppTest of the entry file, signed in as ``username`` (None: signed out), run once."""
+    """Factory: the entry file AppTest signed in as ``username`` (None: out), run once."""
 
     def make(username: str | None = None) -> AppTest:
         at = AppTest.from_file(str(APP_MAIN), default_timeout=60)

@@ -26,27 +26,7 @@ from workbench.services import testsets
 CASES = {c.name: c for c in corpus.DICOM_CASES}
 
 #: Cases whose current behaviour is a product defect (see the xfail reasons).
-DEFECTS = {
-    "truncated_header": (
-        "DEFECT: workbench/dicom/index.py _parse/_index_one accept a file cut inside its File "
-        "Meta Information (180 bytes) as a readable DICOM file; it should be listed as unreadable "
-        "('truncated: ...')"
-    ),
-    "preamble_only": (
-        "DEFECT: workbench/dicom/index.py _index_one accepts a 132-byte file (preamble + 'DICM', "
-        "no elements) as a readable DICOM file; it should be unreadable ('no data elements')"
-    ),
-    "non_utf8_file_name": (
-        "DEFECT: workbench/dicom/index.py index_folder crashes with UnicodeEncodeError "
-        "(pyarrow string column) on a file name that is not valid UTF-8; it should list the file "
-        "(e.g. as unreadable 'file name is not valid UTF-8') and go on"
-    ),
-    "unparseable_geometry": (
-        "DEFECT: workbench/dicom/volume.py _geometry lets a bare ValueError escape for an "
-        "Image Orientation (Patient) that is not numbers; it should raise GeometryError naming "
-        "the file and the attribute"
-    ),
-}
+DEFECTS: dict[str, str] = {}
 
 
 def _mark(name: str) -> object:

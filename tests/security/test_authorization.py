@@ -184,17 +184,16 @@ def test_cli_denies_by_role(built_pipeline: harness.Pipeline, tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: run results are readable without any account: workbench/services/runs.py "
-        "get_run/list_runs take no Actor and never check 'run.view', and the CLI commands "
-        "'workbench run show/list' (workbench/cli.py run_show/run_list) do not log in. They "
-        "should take an actor and call current_user(session, actor, 'run.view') like "
-        "adjudication.queue does; the CLI should log in"
-    ),
-)
 def test_run_results_need_run_view(built_pipeline: harness.Pipeline) -> None:
     import inspect
 
     assert "actor" in inspect.signature(runs.get_run).parameters
+    wb = harness.open_wb(built_pipeline.workdir)
+    admin = harness.login(wb, "admin")
+    with pytest.raises(errors.PermissionDeniedError):
+        runs.list_runs(wb, admin)
+    with pytest.raises(errors.PermissionDeniedError):
+        runs.get_run(wb, admin, built_pipeline.run_uid)
+    auditor = harness.login(wb, "aud")
+    assert runs.get_run(wb, auditor, built_pipeline.run_uid).run_uid == built_pipeline.run_uid
+    wb.close()

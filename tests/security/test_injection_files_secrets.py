@@ -91,15 +91,6 @@ def test_csv_export_neutralizes_formulas(wb_copy: harness.Pipeline, tmp_path: Pa
     assert '\'=HYPERLINK("http://x")' in cells
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: workbench/reports/attachments.py per_case_csv writes cells verbatim; a case id, "
-        "reason or stratum (from labels.csv or DICOM headers) starting with = + - @ becomes a "
-        "spreadsheet formula when the per-case CSV attached to the report is opened. It should "
-        'prefix such cells with "\'" like records/audit.py write_audit_csv does'
-    ),
-)
 def test_report_per_case_csv_neutralizes_formulas() -> None:
     from workbench.reports.attachments import per_case_csv
 

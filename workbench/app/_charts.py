@@ -41,7 +41,8 @@ def roc_figure(roc: Mapping[str, Any]) -> go.Figure:
     auc = roc.get("auc", {})
     label = "ROC"
     if auc.get("value") is not None:
-        label = f"ROC (AUC {auc['value']:.3f}, {level:.0%} CI {auc.get('ci_low', float('nan')):.3f}-{auc.get('ci_high', float('nan')):.3f})"
+        low, high = auc.get("ci_low", float("nan")), auc.get("ci_high", float("nan"))
+        label = f"ROC (AUC {auc['value']:.3f}, {level:.0%} CI {low:.3f}-{high:.3f})"
     figure.add_trace(
         go.Scatter(x=fpr, y=tpr, mode="lines", name=label, line={"color": "#1f77b4", "width": 2})
     )

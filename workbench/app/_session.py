@@ -39,7 +39,7 @@ __all__ = [
     "require_page",
 ]
 
-TOKEN_KEY = "auth_token"
+TOKEN_KEY = "auth_token"  # noqa: S105 - a session-state key, not a secret
 USERNAME_KEY = "auth_username"
 NOTICE_KEY = "auth_notice"
 
@@ -53,7 +53,8 @@ SIGNATURE_MEANINGS: dict[str, str] = {
     "authored": "Authorship: I wrote this report and attest that it reflects the stored results.",
     "reviewed": "Review: I reviewed this report and its clinical content.",
     "adjudicated": (
-        "Adjudication: I reviewed the images of this case and this decision is my clinical judgement."
+        "Adjudication: I reviewed the images of this case and this decision is my "
+        "clinical judgement."
     ),
 }
 

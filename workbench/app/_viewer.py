@@ -114,7 +114,8 @@ def show_viewer(
     )
     with picture:
         legend = "   ".join(
-            f"{label}: {'orange' if _imaging.OVERLAY_COLOURS.get(label) == (255, 140, 0) else 'blue'}"
+            f"{label}: "
+            f"{'orange' if _imaging.OVERLAY_COLOURS.get(label) == (255, 140, 0) else 'blue'}"
             for label in masks
         )
         st.image(

@@ -54,7 +54,8 @@ else:
     )
     with st.sidebar:
         st.markdown(
-            f"**{_session.esc(signed_in.full_name)}**  \n{_session.esc(signed_in.username)} · role *{signed_in.role}*"
+            f"**{_session.esc(signed_in.full_name)}**  \n"
+            f"{_session.esc(signed_in.username)} · role *{signed_in.role}*"
         )
         st.button("Sign out", icon=":material/logout:", key="sign-out", on_click=_session.sign_out)
     if must_change:

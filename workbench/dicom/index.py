@@ -422,11 +422,20 @@ def _plain(ds: Dataset, keyword: str) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+class _Truncated(Exception):
+    """The file ends before its data set begins."""
+
+
 def _parse(data: bytes) -> tuple[Dataset, int, bool]:
     """Parse the header from bytes; fall back to files without File Meta Information."""
     buffer = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+        if len(ds) == 0:
+            # Only a preamble and (part of) the File Meta Information: a file cut short.
+            raise _Truncated(
+                f"truncated: no data elements after the File Meta Information ({len(data)} bytes)"
+            )
         return ds, buffer.tell(), True
     except InvalidDicomError:
         if len(data) < 132 or data[128:132] == b"DICM":
@@ -446,11 +455,25 @@ def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
         with open(os.path.join(root, rel), "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        return "unreadable", {"path": rel, "size": -1, "sha256": None, "reason": str(exc)}
+        return "unreadable", {
+            "path": _printable(rel),
+            "size": -1,
+            "sha256": None,
+            "reason": str(exc),
+        }
     digest = hashlib.sha256(data).hexdigest()
     base = {"path": rel, "size": len(data), "sha256": digest}
+    if _printable(rel) != rel:
+        return "unreadable", {
+            **base,
+            "path": _printable(rel),
+            "reason": "file name is not valid UTF-8 (undecodable bytes shown as \\x escapes); "
+            "rename the file",
+        }
     try:
         ds, position, has_meta = _parse(data)
+    except _Truncated as exc:
+        return "unreadable", {**base, "reason": str(exc)}
     except InvalidDicomError as exc:
         if is_reference_file(rel):
             return "other", base
@@ -465,6 +488,15 @@ def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
         return "dicom", _record(rel, data, digest, ds, has_meta)
     except Exception as exc:  # malformed values (e.g. undecodable strings)
         return "unreadable", {**base, "reason": f"malformed attribute values: {exc}"[:300]}
+
+
+def _printable(rel: str) -> str:
+    """The path as valid UTF-8: undecodable bytes (surrogate escapes) become ``\\xNN``."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return rel
 
 
 def _index_chunk(root: str, rels: list[str]) -> list[tuple[str, dict[str, Any]]]:

@@ -266,18 +266,19 @@ def _plan_case(
 
     malignant = bool(rng.random() < 0.4)
     # Malignant lesions: larger, more lobulated, more enhancing, more heterogeneous.
+    # The distributions overlap, so malignancy can be told from the image only
+    # imperfectly; contrast stays well above the noise of every scanner.
     if malignant:
-        radius = float(np.clip(rng.lognormal(np.log(10.0), 0.3), 5.0, 22.0))
-        lobulation = float(rng.uniform(0.10, 0.35))
-        contrast = float(rng.normal(45.0, 15.0))
-        heterogeneity = float(rng.uniform(0.2, 0.5))
+        radius = float(np.clip(rng.lognormal(np.log(11.0), 0.25), 6.0, 20.0))
+        lobulation = float(rng.uniform(0.08, 0.30))
+        contrast = float(rng.normal(88.0, 16.0))
+        heterogeneity = float(rng.uniform(0.15, 0.4))
     else:
-        radius = float(np.clip(rng.lognormal(np.log(7.0), 0.3), 4.0, 16.0))
+        radius = float(np.clip(rng.lognormal(np.log(9.0), 0.25), 6.0, 16.0))
         lobulation = float(rng.uniform(0.0, 0.15))
-        contrast = float(rng.normal(22.0, 12.0))
-        heterogeneity = float(rng.uniform(0.0, 0.2))
-    if abs(contrast) < 8.0:
-        contrast = 8.0 if contrast >= 0 else -8.0
+        contrast = float(rng.normal(58.0, 13.0))
+        heterogeneity = float(rng.uniform(0.0, 0.15))
+    contrast = float(np.clip(contrast, 35.0, 130.0))
     fov = matrix * pixel_spacing
     length = n_slices * thickness
     ry0, rx0 = 0.31 * fov * habitus, 0.44 * fov * habitus
@@ -306,7 +307,7 @@ def _plan_case(
     )
     # Readers see the lesion's features, not the truth: ambiguous lesions get
     # more disagreement.
-    evidence = (radius - 8.5) / 3.0 + (lobulation - 0.15) / 0.08 + (contrast - 33.0) / 12.0
+    evidence = (radius - 10.0) / 3.0 + (lobulation - 0.15) / 0.08 + (contrast - 73.0) / 15.0
     ambiguity = float(np.exp(-(evidence**2) / 4.0))
     labels = []
     for _ in range(3):

@@ -133,7 +133,7 @@ def _geometry(ds: Dataset, name: str) -> SliceGeometry:
         raise DicomReadError(
             f"{name}: expected the Image Plane attributes, missing {', '.join(missing)}."
         )
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+    iop = _numbers(ds, "ImageOrientationPatient", "Image Orientation (Patient)", name)
     if iop.shape != (6,):
         raise GeometryError(
             f"{name}: Image Orientation (Patient) should have 6 values, found {iop.size}."
@@ -143,8 +143,27 @@ def _geometry(ds: Dataset, name: str) -> SliceGeometry:
     norm = float(np.linalg.norm(normal))
     if norm < 0.5:
         raise GeometryError(f"{name}: Image Orientation (Patient) {list(iop)} is degenerate.")
-    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+    pixel_spacing = _numbers(ds, "PixelSpacing", "Pixel Spacing", name)
+    if pixel_spacing.shape != (2,) or not np.all(pixel_spacing > 0):
+        raise GeometryError(
+            f"{name}: Pixel Spacing should be two positive numbers, found {list(pixel_spacing)}."
+        )
+    _numbers(ds, "ImagePositionPatient", "Image Position (Patient)", name)
+    spacing = (float(pixel_spacing[0]), float(pixel_spacing[1]))
     return SliceGeometry(row, col, normal / norm, spacing, (int(ds.Rows), int(ds.Columns)))
+
+
+def _numbers(ds: Dataset, keyword: str, label: str, name: str) -> np.ndarray:
+    """A multi-valued numeric attribute as floats, or :class:`GeometryError` naming it."""
+    try:
+        values = np.asarray([float(v) for v in ds[keyword].value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise GeometryError(
+            f"{name}: {label} ({keyword}) should be numbers, found {ds[keyword].value!r} ({exc})."
+        ) from None
+    if not np.all(np.isfinite(values)):
+        raise GeometryError(f"{name}: {label} ({keyword}) has non-finite values {list(values)}.")
+    return values
 
 
 def sort_slices(

@@ -103,8 +103,21 @@ def per_case_csv(rows: tuple[dict[str, Any], ...]) -> bytes:
     )
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buffer.getvalue().encode("utf-8")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return (which can
+    come from labels files or DICOM headers) gets a leading ``'``; numbers are kept.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def report_attachments(content: ReportContent) -> list[Attachment]:

@@ -188,8 +188,8 @@ def _ensure_protocols(wb: Workbench, qa: Actor, approver: Actor) -> list[str]:
     return refs
 
 
-def _completed_run(wb: Workbench, protocol_ref: str, model_ref: str) -> str | None:
-    for summary in runs.list_runs(wb):
+def _completed_run(wb: Workbench, qa: Actor, protocol_ref: str, model_ref: str) -> str | None:
+    for summary in runs.list_runs(wb, qa):
         if (
             summary.protocol == protocol_ref
             and summary.model == model_ref
@@ -269,7 +269,7 @@ def run_demo(
     leave_open = None
     for protocol_ref in protocol_refs:
         for model_ref in model_refs:
-            run_uid = _completed_run(wb, protocol_ref, model_ref)
+            run_uid = _completed_run(wb, qa, protocol_ref, model_ref)
             if run_uid is None:
                 echo(f"Validating {model_ref} under {protocol_ref}")
                 result = runs.validate(
@@ -282,7 +282,7 @@ def run_demo(
                     on_step=lambda s: echo(f"   - {s}"),
                 )
                 run_uid = result.run_uid
-            summary.runs.append(runs.get_run(wb, run_uid))
+            summary.runs.append(runs.get_run(wb, qa, run_uid))
     for b in bars:
         if hasattr(b, "close"):
             b.close()

@@ -893,13 +893,15 @@ def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) 
     return frame
 
 
-def list_runs(wb: Workbench) -> list[RunSummary]:
-    """Every run, newest first."""
+def list_runs(wb: Workbench, actor: Actor) -> list[RunSummary]:
+    """Every run, newest first (``run.view``)."""
     with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "run.view")
         return [_summary(session, r) for r in session.scalars(select(Run).order_by(Run.id.desc()))]
 
 
-def get_run(wb: Workbench, run_uid: str) -> RunSummary:
-    """One run by its uid."""
+def get_run(wb: Workbench, actor: Actor, run_uid: str) -> RunSummary:
+    """One run by its uid (``run.view``)."""
     with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "run.view")
         return _summary(session, get_one(session, Run, "run", run_uid=run_uid))

@@ -25,7 +25,7 @@ DECISIONS = {
     "indeterminate": "Indeterminate",
 }
 
-with_items = [r for r in runs.list_runs(wb) if r.n_discrepancies]
+with_items = [r for r in runs.list_runs(wb, me) if r.n_discrepancies]
 if not with_items:
     st.info("No run has discrepancies to adjudicate.")
     st.stop()
@@ -133,7 +133,8 @@ with st.form(f"decide-{discrepancy_id}", clear_on_submit=True):
     comment = st.text_area("Comment (your reasoning)", key=f"comment-{discrepancy_id}")
     st.info(_session.SIGNATURE_MEANINGS["adjudicated"])
     st.caption(
-        f"Signing as {_session.esc(me.full_name)} ({_session.esc(me.username)}). Re-enter your password."
+        f"Signing as {_session.esc(me.full_name)} ({_session.esc(me.username)}). "
+        "Re-enter your password."
     )
     password = st.text_input("Password", type="password", key=f"pw-{discrepancy_id}")
     submitted = st.form_submit_button("Sign and record the decision", type="primary")

@@ -13,7 +13,8 @@ me = _session.require_page("admin")
 wb = _session.workbench()
 st.title("Users")
 st.caption(
-    "Administrators manage accounts; they cannot sign or alter validation records. Accounts are never deleted."
+    "Administrators manage accounts; they cannot sign or alter validation records. "
+    "Accounts are never deleted."
 )
 
 users = accounts.list_users(wb, me)
@@ -57,7 +58,8 @@ with create:
                 must_change_password=True,
             )
             st.success(
-                f"Created {_session.esc(made.username)} ({made.role}); they change the password at first sign-in."
+                f"Created {_session.esc(made.username)} ({made.role}); "
+                "they change the password at first sign-in."
             )
 
 with manage:

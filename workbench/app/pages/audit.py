@@ -112,7 +112,8 @@ with _session.guard():
 if _session.can("audit.export"):
     st.subheader("Export")
     st.caption(
-        "The export is itself recorded in the audit trail. Cells are neutralized against spreadsheet formulas."
+        "The export is itself recorded in the audit trail. "
+        "Cells are neutralized against spreadsheet formulas."
     )
     if st.button("Prepare a CSV export of these filters", key="prepare-export"):
         with _session.guard(), tempfile.TemporaryDirectory(dir=wb.workdir.root) as folder:

@@ -37,7 +37,8 @@ overlays = {
     "Reference": images.reference_segs,
 }
 st.caption(
-    f"Model output in orange, reference ({_session.esc(images.reference_rule)} of the readers) in blue."
+    f"Model output in orange, reference ({_session.esc(images.reference_rule)} "
+    "of the readers) in blue."
 )
 _viewer.show_viewer(
     f"case-{run_uid}-{case_id}", images.ct_paths, overlays, rule=images.reference_rule

@@ -19,7 +19,8 @@ st.title("Models")
 if _session.can("model.register"):
     with st.expander("Register a model", icon=":material/add:"):
         st.caption(
-            "A TorchScript file or MONAI bundle folder on the workbench server, with its specification "
+            "A TorchScript file or MONAI bundle folder on the workbench server, "
+            "with its specification "
             "(JSON of the model spec: name, version, task, format, input, intended_use)."
         )
         with st.form("register-model"):

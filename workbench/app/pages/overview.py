@@ -12,7 +12,8 @@ me = _session.require_page("overview")
 wb = _session.workbench()
 st.title("Validation Workbench")
 st.caption(
-    f"Signed in as {_session.esc(me.full_name)} ({me.role}). Workdir: {_session.esc(wb.workdir.root)}"
+    f"Signed in as {_session.esc(me.full_name)} ({me.role}). "
+    f"Workdir: {_session.esc(wb.workdir.root)}"
 )
 
 if me.role == "admin":
@@ -20,7 +21,7 @@ if me.role == "admin":
     st.page_link("pages/admin.py", label="Manage users", icon=":material/manage_accounts:")
     st.stop()
 
-all_runs = runs.list_runs(wb)
+all_runs = runs.list_runs(wb, me)
 cols = st.columns(4)
 cols[0].metric("Test sets", len(testsets.list_test_sets(wb)))
 cols[1].metric("Models", len(models.list_models(wb)))

@@ -19,7 +19,7 @@ wb = _session.workbench()
 st.title("Reports")
 
 if _session.can("report.build"):
-    completed = [r.run_uid for r in runs.list_runs(wb) if r.status == "completed"]
+    completed = [r.run_uid for r in runs.list_runs(wb, me) if r.status == "completed"]
     with st.expander("Build a report", icon=":material/add:"):
         if not completed:
             st.info("No completed run.")
@@ -87,7 +87,10 @@ if all_reports:
                 ("reviewed", "report.sign.review"),
                 ("approved", "report.sign.approve"),
             )
-            if _session.can(action) and f"{me.role} ({meaning})" in report.missing_signatures
+            if _session.can(action)
+            and f"{me.role} ({meaning})" in report.missing_signatures
+            # Separation of duties (the service refuses it too): the author never approves.
+            and not (meaning == "approved" and report.created_by == me.username)
         ]
         if signable and not refusal:
             meaning = st.radio(
@@ -112,7 +115,8 @@ elif _session.can("run.view"):
 
 st.subheader("Verify a report PDF")
 st.caption(
-    f"Checks the PAdES seal, that no byte was added, the certificate, the database record and every e-signature. Up to {MAX_VERIFY_MB} MB."
+    "Checks the PAdES seal, that no byte was added, the certificate, the database record "
+    f"and every e-signature. Up to {MAX_VERIFY_MB} MB."
 )
 upload = st.file_uploader(
     "Report PDF", type=["pdf"], max_upload_size=MAX_VERIFY_MB, key="verify-upload"
@@ -130,7 +134,8 @@ if upload is not None:
             with _session.guard():
                 check = reports.verify_report_file(wb, uploaded)
                 (st.success if check.valid else st.error)(
-                    f"{'VALID' if check.valid else 'NOT VALID'}: report {_session.esc(check.report_uid or '?')} - {_session.esc(check.reason)}"
+                    f"{'VALID' if check.valid else 'NOT VALID'}: report "
+                    f"{_session.esc(check.report_uid or '?')} - {_session.esc(check.reason)}"
                 )
                 st.dataframe(
                     pd.DataFrame(check.checks, columns=["check", "ok", "detail"]),

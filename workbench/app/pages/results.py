@@ -24,7 +24,7 @@ def case_table(run_uid: str, results_sha256: str, _wb: Workbench, _actor: Actor)
     return _data.run_case_frame(_wb, _actor, run_uid)
 
 
-completed = [r for r in runs.list_runs(wb) if r.status == "completed"]
+completed = [r for r in runs.list_runs(wb, me) if r.status == "completed"]
 if not completed:
     st.info("No completed run yet.")
     st.stop()
@@ -69,7 +69,8 @@ cols[2].metric("Failed", summary.n_failed)
 cols[3].metric("Excluded", summary.n_excluded)
 cols[4].metric("Discrepancies", summary.n_discrepancies)
 st.caption(
-    f"Results SHA-256 {record.results_sha256}; device {record.device}; finished {record.finished_at}"
+    f"Results SHA-256 {record.results_sha256}; device {record.device}; "
+    f"finished {record.finished_at}"
 )
 
 endpoint_rows = []

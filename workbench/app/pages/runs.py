@@ -56,7 +56,7 @@ if _session.can("run.start"):
                         f"{summary.n_excluded} excluded, {summary.n_discrepancies} discrepancies."
                     )
 
-history = runs.list_runs(wb)
+history = runs.list_runs(wb, me)
 st.subheader("History")
 if not history:
     st.info("No runs yet.")

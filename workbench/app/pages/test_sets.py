@@ -35,7 +35,8 @@ if _session.can("testset.import"):
                 with _session.guard():
                     info = testsets.import_test_set(wb, me, folder, name=name, progress=progress)
                     st.success(
-                        f"Imported {info.n_files} files as draft test set {_session.esc(info.name)}."
+                        f"Imported {info.n_files} files as draft test set "
+                        f"{_session.esc(info.name)}."
                     )
 
 all_sets = testsets.list_test_sets(wb)
@@ -123,8 +124,10 @@ with quality:
     else:
         verdict = "passed" if findings["passed"] else "BLOCKED (critical findings)"
         st.markdown(
-            f"Latest check {_session.esc(findings['created_at'])} by {_session.esc(findings['created_by'])}: "
-            f"**{verdict}** - {findings['critical']} critical, {findings['major']} major, {findings['minor']} minor."
+            f"Latest check {_session.esc(findings['created_at'])} by "
+            f"{_session.esc(findings['created_by'])}: **{verdict}** - "
+            f"{findings['critical']} critical, {findings['major']} major, "
+            f"{findings['minor']} minor."
         )
         frame = pd.DataFrame(findings["findings"])
         if len(frame):
