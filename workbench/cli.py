@@ -239,6 +239,12 @@ def validate(
     model: Annotated[str, typer.Option("--model", help="Model name@version.")],
     testset: Annotated[str, typer.Option("--testset", help="Locked test-set name.")],
     device: Annotated[str | None, typer.Option("--device", help="cuda or cpu.")] = None,
+    case_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--case-timeout", help="Seconds per case [env WORKBENCH_CASE_TIMEOUT_S, 900]."
+        ),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
     user: UserOpt = None,
@@ -259,6 +265,7 @@ def validate(
             device=device,
             progress=bar,
             on_step=lambda s: typer.echo(f"-> {s}", err=True),
+            case_timeout_s=case_timeout,
         )
         bar.close()
     typer.echo(render_run(summary))

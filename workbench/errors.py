@@ -38,6 +38,8 @@ __all__ = [
     "NotEstimableError",
     "ReportError",
     "ReportVerificationError",
+    "ReasonRequiredError",
+    "StorageError",
 ]
 
 
@@ -177,3 +179,7 @@ class ReportVerificationError(ReportError):
 
 class ReasonRequiredError(WorkflowError):
     """A modification of a record was asked for without a reason for the change."""
+
+
+class StorageError(WorkbenchError):
+    """The disk is full or the database file cannot be written; nothing was saved."""

@@ -130,18 +130,6 @@ def _validate(workdir: str, protocol: str, model: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: workbench/services/runs.py validate: two processes validating the same protocol, "
-        "model and test set at once both pick up the same unfinished run (_find_unfinished) and "
-        "both store every case; the second insert fails with a raw sqlalchemy IntegrityError "
-        "(UNIQUE case_results.run_id, case_id). validate should claim the run (e.g. a lease "
-        "column updated with a conditional UPDATE, or SELECT ... FOR UPDATE on PostgreSQL) and "
-        "refuse the second caller with WorkflowError('run RUN-... is in progress'), or skip cases "
-        "stored meanwhile"
-    ),
-)
 def test_concurrent_validations_and_writers(wb_copy: harness.Pipeline) -> None:
     args = (str(wb_copy.workdir), wb_copy.protocol_ref, wb_copy.model_ref)
     ctx_results = in_processes(
@@ -215,15 +203,6 @@ def test_disk_full_during_import_leaves_the_database_consistent(wb_copy: harness
     _import(str(wb_copy.workdir), str(wb_copy.test_set_root))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: a full disk surfaces as a raw sqlalchemy OperationalError/OSError instead of a "
-        "WorkbenchError: workbench/records/db.py Database.session (and the CLI's _guarded) should "
-        "translate 'database or disk is full' / ENOSPC / EFBIG into a StorageError('the disk is "
-        "full: free space and retry; nothing was saved') so that users get one clear line"
-    ),
-)
 def test_disk_full_during_import_is_a_clear_error(wb_copy: harness.Pipeline) -> None:
     outcome = _disk_full_outcome(
         wb_copy, _import, str(wb_copy.workdir), str(wb_copy.test_set_root), headroom=4096

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -322,7 +323,7 @@ class CaseProcessor:
             return self._failed(case, prepared.error or "not prepared", prepared.started)
         try:
             self._check_time(prepared.started, "after reading")
-            score, probabilities = self._infer(prepared.data, prepared.started)
+            score, probabilities = self._infer_watched(prepared.data, prepared.started)
             mask_path = mask_hash = seg_hash = None
             voxels = None
             if probabilities is not None:
@@ -363,6 +364,41 @@ class CaseProcessor:
                 f"time limit exceeded {where}: expected at most {self.case_timeout_s:g} s "
                 f"per case, found {elapsed:.1f} s"
             )
+
+    def _infer_watched(
+        self, data: Preprocessed, started: float
+    ) -> tuple[float | None, torch.Tensor | None]:
+        """:meth:`_infer` under a watchdog when a per-case time limit is set.
+
+        The forward pass runs in a daemon thread; if it has not returned when the
+        limit is reached the case fails with "time limit exceeded" and the run goes
+        on. The abandoned thread cannot be killed: it keeps a core busy until it
+        returns or the process ends, which is why such a model's run should be
+        stopped and the model rejected.
+        """
+        if self.case_timeout_s is None:
+            return self._infer(data, started)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["value"] = self._infer(data, started)
+            except BaseException as error:  # handed to the caller's thread
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name="workbench-inference", daemon=True)
+        worker.start()
+        remaining = self.case_timeout_s - (time.perf_counter() - started)
+        worker.join(max(remaining, 0.0))
+        if worker.is_alive():
+            raise _CaseTimeout(
+                f"time limit exceeded: the model did not return within {self.case_timeout_s:g} s "
+                "(the case was abandoned)"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        result: tuple[float | None, torch.Tensor | None] = outcome["value"]
+        return result
 
     def _split_outputs(self, raw: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Segmentation logits and score from whatever the model returned."""

@@ -9,6 +9,7 @@ a UI that forgets to hide a button still cannot do what the role forbids.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from workbench.config import Workdir, resolve_workdir
-from workbench.errors import AuthenticationError, NotFoundError
+from workbench.errors import AuthenticationError, NotFoundError, StorageError
 from workbench.records import audit
 from workbench.records.db import Database, open_database
 from workbench.records.models import User
@@ -82,13 +84,46 @@ class Workbench:
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
-        """A session whose changes and audit entries commit together or not at all."""
-        with self.db.session(readonly=readonly) as session:
-            yield session
+        """A session whose changes and audit entries commit together or not at all.
+
+        Raises
+        ------
+        StorageError
+            The disk is full (or a file-size limit was hit); the transaction was
+            rolled back and nothing was saved.
+        """
+        try:
+            with self.db.session(readonly=readonly) as session:
+                yield session
+        except (OperationalError, OSError) as error:
+            if _is_storage_full(error):
+                raise StorageError(
+                    "The disk is full (or a file-size limit was reached): free space and retry. "
+                    "Nothing was saved."
+                ) from error
+            raise
 
     def close(self) -> None:
         """Release database connections."""
         self.db.dispose()
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _is_storage_full(error: BaseException) -> bool:
+    """Whether an error means the disk (or the file-size limit) is full."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS:
+            return True
+        text = str(current).lower()
+        if "database or disk is full" in text or "disk i/o error" in text or "no space" in text:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
 
 
 def current_user(session: Session, actor: Actor, action: str | None = None) -> User:

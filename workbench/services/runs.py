@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import uuid
 from collections.abc import Callable
@@ -84,6 +85,9 @@ __all__ = [
     "case_frame",
     "SURFACE_DICE_TOLERANCE_MM",
 ]
+
+#: Time limit per case (seconds) unless the caller or ``WORKBENCH_CASE_TIMEOUT_S`` says otherwise.
+DEFAULT_CASE_TIMEOUT_S = 900.0
 
 #: Tolerance of the normalized surface Dice, in mm.
 SURFACE_DICE_TOLERANCE_MM = 2.0
@@ -284,6 +288,7 @@ def validate(
     device: str | None = None,
     progress: Progress = None,
     on_step: Callable[[str], None] | None = None,
+    case_timeout_s: float | None = None,
 ) -> RunSummary:
     """Run a validation: verify inputs, gate on data quality, infer, analyse, judge.
 
@@ -307,6 +312,9 @@ def validate(
         ``progress(done, total, message)`` for the inference loop.
     on_step : callable, optional
         Called with the name of each step as it starts.
+    case_timeout_s : float, optional
+        Time limit per case; a case that exceeds it fails with "time limit exceeded".
+        Default ``$WORKBENCH_CASE_TIMEOUT_S``, else :data:`DEFAULT_CASE_TIMEOUT_S`.
 
     Returns
     -------
@@ -384,6 +392,80 @@ def validate(
         )
 
     cases = _cases(root, index.files, proto)
+    # One validation of a (protocol, model, test set) at a time: a second caller waits
+    # here, then resumes an unfinished run or starts a new one. The OS releases the
+    # lock when a process dies, so a killed run is resumed by the next call.
+    lock = _ValidationLock(wb.workdir.runs_dir / f".validate-{ids[0]}-{ids[1]}-{ids[2]}.lock")
+    with lock:
+        return _claim_and_execute(
+            wb,
+            actor,
+            ids=ids,
+            cases=cases,
+            proto=proto,
+            manifest_digest=manifest.digest,
+            quality_id=quality.id,
+            storage_path=storage_path,
+            model_files=model_files,
+            spec=spec,
+            device=device,
+            progress=progress,
+            step=step,
+            case_timeout_s=case_timeout_s
+            or float(os.environ.get("WORKBENCH_CASE_TIMEOUT_S", DEFAULT_CASE_TIMEOUT_S)),
+            context={
+                "protocol": protocol_ref,
+                "protocol_sha256": protocol_sha,
+                "model": model_ref,
+                "model_digest": model_digest,
+                "test_set": test_set,
+                "manifest_digest": manifest.digest,
+            },
+        )
+
+
+class _ValidationLock:
+    """An exclusive advisory file lock (``flock``) held for the duration of a run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> _ValidationLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
+        fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def _claim_and_execute(
+    wb: Workbench,
+    actor: Actor,
+    *,
+    ids: tuple[int, int, int],
+    cases: list[_Case],
+    proto: Protocol,
+    manifest_digest: str,
+    quality_id: int,
+    storage_path: str,
+    model_files: dict[str, str],
+    spec: ModelSpec,
+    device: str | None,
+    progress: Progress,
+    step: Callable[[str], None],
+    context: dict[str, Any],
+    case_timeout_s: float,
+) -> RunSummary:
     with wb.transaction() as session:
         user = current_user(session, actor, "run.start")
         run = _find_unfinished(session, *ids)
@@ -405,16 +487,7 @@ def validate(
                 action="run.start",
                 record_type="run",
                 record_id=run.run_uid,
-                new={
-                    "protocol": protocol_ref,
-                    "protocol_sha256": protocol_sha,
-                    "model": model_ref,
-                    "model_digest": model_digest,
-                    "test_set": test_set,
-                    "manifest_digest": manifest.digest,
-                    "quality_report_id": quality.id,
-                    "n_cases": len(cases),
-                },
+                new={**context, "quality_report_id": quality_id, "n_cases": len(cases)},
             )
         else:
             audit.append(
@@ -447,14 +520,8 @@ def validate(
             device=device,
             progress=progress,
             step=step,
-            context={
-                "protocol": protocol_ref,
-                "protocol_sha256": protocol_sha,
-                "model": model_ref,
-                "model_digest": model_digest,
-                "test_set": test_set,
-                "manifest_digest": manifest.digest,
-            },
+            context=context,
+            case_timeout_s=case_timeout_s,
         )
     except Exception as error:
         with wb.transaction() as session:
@@ -502,6 +569,7 @@ def _execute(
     progress: Progress,
     step: Callable[[str], None],
     context: dict[str, Any],
+    case_timeout_s: float,
 ) -> RunSummary:
     by_id = {c.case_id: c for c in cases}
     # Exclusions are decided before inference and stored first.
@@ -562,6 +630,7 @@ def _execute(
         completed=frozenset(done),
         on_case=on_case,
         progress=progress,
+        case_timeout_s=case_timeout_s,
     )
 
     step("statistics")
