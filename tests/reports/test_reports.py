@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import INJECTED_FONT, INJECTED_LINK, make_report_content, pdf_text
+from report_fixtures import INJECTED_FONT, INJECTED_LINK, make_report_content, pdf_text
 
 from workbench.errors import ConfigurationError, ReportError, ReportVerificationError
 from workbench.reports import (

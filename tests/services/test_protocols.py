@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Team
+from service_team import Team
 
 from workbench.errors import (
     DuplicateError,

@@ -26,7 +26,6 @@ from workbench.records.models import (
     TestSetFile,
     User,
 )
-from workbench.records.permissions import allowed
 from workbench.services import adjudication, runs, testsets
 from workbench.services.context import Actor, Workbench, current_user, get_one
 
@@ -109,33 +108,17 @@ def run_record(wb: Workbench, run_uid: str) -> RunRecord:
 def aggregate_results_refusal(wb: Workbench, actor: Actor, run_uid: str) -> str | None:
     """Why ``actor`` may not see the aggregate results of a run, or None.
 
-    A clinical reviewer may not see them while the run still has discrepancies
-    to adjudicate when its protocol sets
-    ``adjudication.reviewers_see_aggregate_results: false``.
+    The rule lives in :func:`workbench.services.runs.results_hidden_reason`.
     """
-    if not allowed(actor.role, "discrepancy.adjudicate"):
-        return None
-    record = run_record(wb, run_uid)
-    if record.reviewers_see_aggregate_results:
-        return None
-    pending = adjudication.pending_count(wb, run_uid)
-    if pending:
-        return (
-            f"Run {run_uid} has {pending} discrepanc{'y' if pending == 1 else 'ies'} still to "
-            "adjudicate and its protocol does not let reviewers see aggregate results before "
-            "adjudication is finished."
-        )
-    return None
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor, "run.view")
+        run: Run = get_one(session, Run, "run", run_uid=run_uid)
+        return runs.results_hidden_reason(session, user, run)
 
 
 def run_case_frame(wb: Workbench, actor: Actor, run_uid: str) -> pd.DataFrame:
-    """:func:`workbench.services.runs.case_frame` of a run, for ``run.view`` holders."""
-    with wb.transaction(readonly=True) as session:
-        current_user(session, actor, "run.view")
-        run: Run = get_one(session, Run, "run", run_uid=run_uid)
-        pv = session.get(ProtocolVersion, run.protocol_version_id)
-        assert pv is not None
-        return runs.case_frame(session, run.id, load_protocol(pv.yaml_text.encode("utf-8")))
+    """The per-case frame of a run (:func:`workbench.services.runs.run_results`)."""
+    return runs.run_results(wb, actor, run_uid)[1]
 
 
 def latest_quality_findings(wb: Workbench, name: str) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ import os
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from workbench.dicom.volume import load_series
 from workbench.errors import (
     IntegrityError,
     NotEstimableError,
+    PermissionDeniedError,
     QualityGateError,
     WorkbenchError,
     WorkflowError,
@@ -62,6 +63,7 @@ from workbench.records.models import (
     Run,
     RunStatus,
     TestSet,
+    User,
     utcnow,
 )
 from workbench.services import models as model_service
@@ -962,15 +964,69 @@ def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) 
     return frame
 
 
+def results_hidden_reason(session: Session, user: User, run: Run) -> str | None:
+    """Why ``user`` may not see a run's aggregate results yet, or ``None``.
+
+    A clinical reviewer may not see them while the run still has discrepancies to
+    adjudicate when its protocol sets ``adjudication.reviewers_see_aggregate_results:
+    false``, so that the aggregate numbers cannot sway the adjudication.
+    """
+    if user.role != "reviewer":
+        return None
+    pv = session.get(ProtocolVersion, run.protocol_version_id)
+    assert pv is not None
+    protocol = load_protocol(pv.yaml_text.encode("utf-8"))
+    if protocol.adjudication.reviewers_see_aggregate_results:
+        return None
+    pending = sum(d.status != DiscrepancyStatus.ADJUDICATED.value for d in run.discrepancies)
+    if not pending:
+        return None
+    return (
+        f"Run {run.run_uid} has {pending} discrepanc{'y' if pending == 1 else 'ies'} still to "
+        "adjudicate and its protocol does not let reviewers see aggregate results before "
+        "adjudication is finished."
+    )
+
+
+def _visible_summary(session: Session, user: User, run: Run) -> RunSummary:
+    summary = _summary(session, run)
+    if results_hidden_reason(session, user, run) is None:
+        return summary
+    return replace(summary, verdict=None, endpoints=[], results_sha256=None)
+
+
 def list_runs(wb: Workbench, actor: Actor) -> list[RunSummary]:
-    """Every run, newest first (``run.view``)."""
+    """Every run, newest first (``run.view``; verdicts hidden from blinded reviewers)."""
     with wb.transaction(readonly=True) as session:
-        current_user(session, actor, "run.view")
-        return [_summary(session, r) for r in session.scalars(select(Run).order_by(Run.id.desc()))]
+        user = current_user(session, actor, "run.view")
+        return [
+            _visible_summary(session, user, r)
+            for r in session.scalars(select(Run).order_by(Run.id.desc()))
+        ]
 
 
 def get_run(wb: Workbench, actor: Actor, run_uid: str) -> RunSummary:
-    """One run by its uid (``run.view``)."""
+    """One run by its uid (``run.view``; verdict hidden from blinded reviewers)."""
     with wb.transaction(readonly=True) as session:
-        current_user(session, actor, "run.view")
-        return _summary(session, get_one(session, Run, "run", run_uid=run_uid))
+        user = current_user(session, actor, "run.view")
+        return _visible_summary(session, user, get_one(session, Run, "run", run_uid=run_uid))
+
+
+def run_results(wb: Workbench, actor: Actor, run_uid: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A run's stored results and its per-case frame (``run.view``).
+
+    Raises
+    ------
+    PermissionDeniedError
+        A blinded reviewer asks before the run's adjudication is finished.
+    """
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor, "run.view")
+        run = get_one(session, Run, "run", run_uid=run_uid)
+        reason = results_hidden_reason(session, user, run)
+        if reason is not None:
+            raise PermissionDeniedError(reason)
+        pv = session.get(ProtocolVersion, run.protocol_version_id)
+        assert pv is not None
+        frame = case_frame(session, run.id, load_protocol(pv.yaml_text.encode("utf-8")))
+        return dict(run.results or {}), frame
