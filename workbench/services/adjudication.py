@@ -35,6 +35,7 @@ from workbench.records.models import (
     Run,
     SignatureMeaning,
     TestSet,
+    User,
 )
 from workbench.services.context import Actor, Workbench, current_user, get_one, sha256_json
 from workbench.services.runs import case_frame
@@ -351,6 +352,7 @@ def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
     the model correct. For segmentation it reports, per decision, how many
     discrepant cases the reviewers found acceptable.
     """
+    names = {row[0]: row[1] for row in session.execute(select(User.username, User.full_name))}
     rows = []
     for d in sorted(run.discrepancies, key=lambda d: d.case_id):
         decision = _final_decision(d)
@@ -362,6 +364,7 @@ def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
                 "reads": [
                     {
                         "reviewer": a.reviewer,
+                        "reviewer_name": names.get(a.reviewer, a.reviewer),
                         "decision": a.decision,
                         "kind": a.kind,
                         "comment": a.comment,

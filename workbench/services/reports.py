@@ -59,6 +59,7 @@ from workbench.reports import (
     seal_pdf,
     verify_pdf,
 )
+from workbench.reports.attachments import RESULTS_JSON, report_attachments
 from workbench.reports.keys import SigningIdentity
 from workbench.services.adjudication import adjudication_summary
 from workbench.services.context import Actor, Workbench, current_user, get_one
@@ -564,7 +565,7 @@ def _content(
                 model_output=f"shown as {blinding.get(case['case_id'], {}).get('model', '?')}",
                 reference=f"shown as {blinding.get(case['case_id'], {}).get('reference', '?')}",
                 decision=case["interpretation"] or "pending",
-                adjudicator=last["reviewer"] if last else "",
+                adjudicator=f"{last['reviewer_name']} ({last['reviewer']})" if last else "",
                 decided_at=datetime.fromisoformat(last["at"]) if last else None,
                 rationale=last["comment"] if last else "",
             )
@@ -603,6 +604,10 @@ def _content(
                 | (
                     (AuditEntry.record_type == "report")
                     & (AuditEntry.record_id == report.report_uid)
+                )
+                | (
+                    (AuditEntry.record_type == "discrepancy")
+                    & (AuditEntry.record_id.in_([str(d.id) for d in run.discrepancies]))
                 )
             )
             .order_by(AuditEntry.seq)
@@ -886,6 +891,7 @@ def sign_report(
                     f"(e.g. {', '.join(open_items[:5])})."
                 )
         assert report.content_sha256 is not None
+        _require_current(session, report)
         signature = signatures.sign(
             session,
             username=user.username,
@@ -910,6 +916,27 @@ def sign_report(
             new={"status": report.status, "meaning": meaning, "signature_id": signature.id},
         )
         return _info(session, report)
+
+
+def _current_results_sha256(session: Session, report: Report) -> str:
+    """SHA-256 of the ``results.json`` the report would have if built now."""
+    content = _content(session, report, final=False, signatures_list=[])
+    return next(a.sha256 for a in report_attachments(content) if a.name == RESULTS_JSON)
+
+
+def _require_current(session: Session, report: Report) -> None:
+    """Refuse to sign or seal a draft whose results changed since it was built.
+
+    Adjudication decisions recorded after the draft was built change what the
+    report says, so a signature on the old draft would not cover them.
+    """
+    if _current_results_sha256(session, report) != report.content_sha256:
+        run = session.get(Run, report.run_id)
+        raise WorkflowError(
+            f"Report {report.report_uid} is out of date: the run's results or adjudications "
+            "changed after it was built. Build a new report "
+            f"('workbench report build {run.run_uid if run else ''}') and sign that one."
+        )
 
 
 def ensure_signed(
@@ -951,6 +978,7 @@ def seal_report(wb: Workbench, actor: Actor, report_uid: str) -> ReportInfo:
             d.status != "adjudicated" for d in run.discrepancies
         ):
             raise WorkflowError(f"Report {report_uid} has unadjudicated discrepancies.")
+        _require_current(session, report)
         for s in sigs:
             check = signatures.verify(session, s.id, report.content_sha256 or "")
             if not check.valid:
