@@ -35,7 +35,9 @@ EXPECTED = {
     "reviewer": {
         "run.view", "discrepancy.adjudicate", "report.sign.review", "report.verify", "audit.view",
     },
-    "auditor": {"run.view", "report.verify", "audit.view", "audit.export", "audit.verify"},
+    "auditor": {
+        "run.view", "testset.verify", "report.verify", "audit.view", "audit.export", "audit.verify",
+    },
     "admin": {"user.manage", "audit.view", "audit.verify"},
 }  # fmt: skip
 

@@ -90,7 +90,7 @@ def _register_and_validate(
             )
         except errors.WorkbenchError as error:
             outcome = error
-        return outcome, runs.list_runs(wb)[0]
+        return outcome, runs.list_runs(wb, qa)[0]
     finally:
         wb.close()
 

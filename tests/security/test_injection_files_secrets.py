@@ -117,7 +117,7 @@ def test_sql_goes_through_bound_parameters(wb_copy: harness.Pipeline) -> None:
         testsets.import_test_set(wb, qa, wb_copy.test_set_root / "reference", name=SQLI, workers=1)
         assert testsets.get_test_set(wb, SQLI).name == SQLI
         with pytest.raises(errors.NotFoundError):
-            runs.get_run(wb, "' OR '1'='1")
+            runs.get_run(wb, qa, "' OR '1'='1")
     finally:
         wb.close()
     con = sqlite3.connect(wb_copy.workdir / "workbench.db")

@@ -27,6 +27,8 @@ def test_add_approve_and_supersede(team: Team, tmp_path: Path) -> None:
     assert again.sha256 == info.sha256  # identical text: idempotent
     with pytest.raises(PermissionDeniedError):
         protocols.approve_protocol(team.wb, team["rev1"], info.ref, password=team.password("rev1"))
+    with pytest.raises(PermissionDeniedError, match="separation of duties"):
+        protocols.approve_protocol(team.wb, team["qa1"], info.ref, password=team.password("qa1"))
     approved = protocols.approve_protocol(
         team.wb, team["qa2"], info.ref, password=team.password("qa2")
     )

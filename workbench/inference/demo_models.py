@@ -1,10 +1,13 @@
-"""Demo candidate models, trained locally in about a minute on a CPU.
+"""Demo candidate models, trained locally in a minute or two on a CPU.
 
 Two candidates for the synthetic CT phantoms (:mod:`workbench.dicom.synth`),
-both a small MONAI ``UNet`` that segments the lesion on a downsampled volume
-plus a malignancy head computed from the predicted lesion (soft-mask volume,
-mean and spread of intensity, contrast to the surrounding shell, compactness)
-and trained by logistic regression on the reference labels:
+both a small 3-D U-Net (:class:`SegmentationNet`) that segments the lesion on
+a 2 mm grid, keeps only the most confident lesion region, and a malignancy
+head computed from that lesion (soft-mask volume, contrast to the surrounding
+shell, spread of intensity, surface-to-volume ratio) and trained by logistic
+regression on the training set's consensus labels (:class:`LesionNet`).
+The segmentation network is trained on the readers' consensus masks with
+Dice + cross-entropy on small patches, half of them centred on the lesion:
 
 ``demo-good``
     trained on every simulated scanner;
@@ -25,8 +28,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 from torch import nn
 
 from workbench.errors import ModelError
@@ -54,11 +58,17 @@ __all__ = ["BuiltModel", "LesionNet", "build_demo_models", "demo_input_spec"]
 
 Progress = Callable[[int, int, str], None]
 
-_N_FEATURES = 5
+_N_FEATURES = 4
 _TRAIN_SEED_OFFSET = 104_729  # a prime far from any seed a test set is likely to use
 # Share of training patches drawn anywhere in the volume (the rest centre on the lesion):
 # without enough of them the network marks every bright structure as lesion.
-_BACKGROUND_FRACTION = 0.3
+_BACKGROUND_FRACTION = 0.5
+_GRID_MM = 2.0
+# One window covers a whole phantom (up to 256 x 0.9 mm in-plane, 80 x 5 mm slices).
+_ROI = (120, 120, 200)
+_PATCH = (32, 32, 32)
+_BATCH = 4
+_LEARNING_RATE = 3e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +94,19 @@ class BuiltModel:
 
 
 def demo_input_spec() -> InputSpec:
-    """Input specification shared by the demo models (RAS, 4 mm isotropic, liver window)."""
+    """Input specification shared by the demo models (RAS, 2 mm isotropic, liver window).
+
+    The window ``roi_size`` covers a whole synthetic phantom, so that the
+    model sees the whole volume at once and can keep only the most likely
+    lesion (see :class:`LesionNet`).
+    """
     return InputSpec(
-        target_spacing=(4.0, 4.0, 4.0),
+        target_spacing=(_GRID_MM, _GRID_MM, _GRID_MM),
         orientation="RAS",
         hu_window=(-40.0, 160.0),
-        roi_size=(64, 64, 48),
+        roi_size=_ROI,
         sw_batch_size=1,
-        sw_overlap=0.5,
+        sw_overlap=0.25,
         output_classes=["background", "lesion"],
         segmentation_output="seg",
         score_output="malignancy",
@@ -99,40 +114,126 @@ def demo_input_spec() -> InputSpec:
     )
 
 
+def _conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [
+        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, X, Y, Z) to (B, 8C, X/2, Y/2, Z/2): each 2x2x2 block becomes channels."""
+    b, c, nx, ny, nz = x.shape
+    x = x.reshape(b, c, nx // 2, 2, ny // 2, 2, nz // 2, 2).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * 8, nx // 2, ny // 2, nz // 2)
+
+
+def _depth_to_space(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Inverse of :func:`_space_to_depth` for ``channels`` output channels."""
+    b, _, nx, ny, nz = x.shape
+    x = x.reshape(b, channels, 2, 2, 2, nx, ny, nz).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, channels, nx * 2, ny * 2, nz * 2)
+
+
+class SegmentationNet(nn.Module):
+    """A three-level 3-D U-Net that works at half the input resolution.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first level (doubled at each level down).
+
+    Notes
+    -----
+    Each 2x2x2 block of input voxels is folded into 8 channels
+    (space-to-depth) and the 16 output channels are unfolded into 2 class
+    logits per input voxel (sub-voxel convolution). This keeps the output at
+    the input resolution while the convolutions run on an eighth of the
+    voxels, which makes training on a CPU fast. Spatial sizes must be
+    multiples of 8.
+    """
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.level1 = nn.Sequential(*_conv(8, w), *_conv(w, w))
+        self.level2 = nn.Sequential(*_conv(w, 2 * w), *_conv(2 * w, 2 * w))
+        self.level3 = nn.Sequential(*_conv(2 * w, 4 * w), *_conv(4 * w, 4 * w))
+        self.up3 = nn.ConvTranspose3d(4 * w, 2 * w, 2, 2)
+        self.decode2 = nn.Sequential(*_conv(4 * w, 2 * w))
+        self.up2 = nn.ConvTranspose3d(2 * w, w, 2, 2)
+        self.decode1 = nn.Sequential(*_conv(2 * w, w))
+        self.head = nn.Conv3d(w, 16, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, 2, X, Y, Z) of ``image`` (B, 1, X, Y, Z)."""
+        a = self.level1(_space_to_depth(image))
+        b = self.level2(nn.functional.max_pool3d(a, 2))
+        c = self.level3(nn.functional.max_pool3d(b, 2))
+        b = self.decode2(torch.cat([self.up3(c), b], dim=1))
+        a = self.decode1(torch.cat([self.up2(b), a], dim=1))
+        return _depth_to_space(self.head(a), 2)
+
+
 class LesionNet(nn.Module):
-    """UNet lesion segmentation plus a malignancy head on features of the predicted lesion.
+    """Lesion segmentation, restricted to the most likely lesion, plus a malignancy head.
 
     Parameters
     ----------
     voxel_ml : float
         Volume of one model-grid voxel in ml (from the target spacing).
+    width : int
+        Width of the :class:`SegmentationNet`.
 
     Notes
     -----
     ``forward(image)`` takes ``(B, 1, X, Y, Z)`` windowed intensities and returns
-    ``{"seg": (B, 2, X, Y, Z) logits, "malignancy": (B, 1) probability}``. The
-    probability is multiplied by a presence term so a window without a lesion
-    scores near 0.
+    ``{"seg": (B, 2, X, Y, Z) logits, "malignancy": (B, 1) probability}``.
+
+    Post-processing is part of the model: only the connected lesion region
+    that holds the most confident lesion voxel is kept (found by geodesic
+    dilation on a 2x coarser grid, then widened by one coarse voxel so that
+    the soft boundary is kept); elsewhere the lesion logit is lowered so
+    those voxels are background. The malignancy probability is a logistic
+    regression on features of that lesion (log volume, contrast to the
+    surrounding shell, intensity spread, surface-to-volume ratio), multiplied
+    by a presence term so that a window without a lesion scores near 0.
     """
 
-    def __init__(self, voxel_ml: float) -> None:
+    def __init__(self, voxel_ml: float, width: int = 16) -> None:
         super().__init__()
-        self.unet = UNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=2,
-            channels=(8, 16, 32),
-            strides=(2, 2),
-            num_res_units=0,
-            norm="batch",
-        )
+        self.unet = SegmentationNet(width)
         self.head = nn.Linear(_N_FEATURES, 1)
         self.register_buffer("feature_mean", torch.zeros(_N_FEATURES))
         self.register_buffer("feature_std", torch.ones(_N_FEATURES))
         self.voxel_ml = float(voxel_ml)
+        self.grow_steps = 24
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Raw segmentation logits for any spatial size (padded to multiples of 8)."""
+        nx, ny, nz = image.shape[2], image.shape[3], image.shape[4]
+        pad = [0, (8 - nz % 8) % 8, 0, (8 - ny % 8) % 8, 0, (8 - nx % 8) % 8]
+        logits = self.unet(nn.functional.pad(image, pad))
+        return logits[:, :, :nx, :ny, :nz]
+
+    def keep_main_lesion(self, seg: torch.Tensor) -> torch.Tensor:
+        """Logits with every lesion region but the most confident one turned to background."""
+        nx, ny, nz = seg.shape[2], seg.shape[3], seg.shape[4]
+        margin = seg[:, 1:2] - seg[:, 0:1]
+        fg = nn.functional.max_pool3d((margin > 0).float(), 2, 2, ceil_mode=True)
+        best = nn.functional.max_pool3d(margin, 2, 2, ceil_mode=True)
+        peak = best.amax(dim=(2, 3, 4), keepdim=True)
+        region = ((best >= peak) & (fg > 0)).float()
+        for _ in range(self.grow_steps):
+            region = nn.functional.max_pool3d(region, 3, 1, 1) * fg
+        region = nn.functional.max_pool3d(region, 3, 1, 1)
+        keep = nn.functional.interpolate(region, scale_factor=2.0, mode="nearest")
+        keep = keep[:, :, :nx, :ny, :nz]
+        return torch.cat([seg[:, 0:1], seg[:, 1:2] - 30.0 * (1.0 - keep)], dim=1)
 
     def features(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """Lesion features from the soft foreground mask: (B, 5)."""
+        """Lesion features from the soft foreground mask: (B, 4)."""
         p = torch.softmax(seg, dim=1)[:, 1:2]
         dims = [2, 3, 4]
         mass = p.sum(dim=dims) + 1e-3
@@ -144,16 +245,15 @@ class LesionNet(nn.Module):
         return torch.cat(
             [
                 torch.log(mass * self.voxel_ml + 1e-2),
-                mean_in,
-                torch.sqrt(var_in + 1e-6),
                 mean_in - mean_ring,
+                torch.sqrt(var_in + 1e-6),
                 ring_mass / mass ** (2.0 / 3.0),
             ],
             dim=1,
         )
 
     def score(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """Malignancy probability (B, 1) from the image and segmentation logits."""
+        """Malignancy probability (B, 1) from the image and (post-processed) logits."""
         feats = self.features(image, seg)
         logit = self.head((feats - self.feature_mean) / self.feature_std)  # type: ignore[operator]
         mass = torch.softmax(seg, dim=1)[:, 1:2].sum(dim=[2, 3, 4])
@@ -161,7 +261,7 @@ class LesionNet(nn.Module):
         return torch.sigmoid(logit) * presence
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        seg = self.unet(image)
+        seg = self.keep_main_lesion(self.segment(image))
         return {"seg": seg, "malignancy": self.score(image, seg)}
 
 
@@ -209,7 +309,12 @@ def _load_training_cases(root: Path, spec: InputSpec) -> list[_TrainingCase]:
         case_dir = root / "cases" / case_id
         volume = load_series(sorted((case_dir / "CT").glob("*.dcm")))
         prepared = preprocess_volume(volume, spec)
-        mask = read_seg_mask(case_dir / "SEG" / "reader1.dcm", volume).astype(np.float32)
+        # Consensus as in the shipped protocol: lesion where at least half of the readers marked it.
+        readers = [read_seg_mask(path, volume) for path in sorted((case_dir / "SEG").glob("*.dcm"))]
+        if not readers:
+            raise ModelError(f"Expected reader segmentations in {case_dir / 'SEG'}. Found none.")
+        votes = np.sum(readers, axis=0)
+        mask = (2 * votes >= len(readers)).astype(np.float32)
         mask_volume = SimpleNamespace(
             array=mask, spacing=volume.spacing, origin=volume.origin, direction=volume.direction
         )
@@ -261,31 +366,46 @@ def _train_segmentation(
     generator: torch.Generator,
     on_step: Callable[[int], None] | None = None,
 ) -> float:
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(net.unet.parameters(), lr=3e-3)
+    """Train the segmentation network on random patches (Dice + cross-entropy, one-cycle Adam).
+
+    Half of the patches centre on the lesion (with a jitter of up to a third
+    of the patch), the rest lie anywhere in the volume; patches are flipped
+    along z at random.
+    """
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.Adam(net.unet.parameters(), lr=_LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=_LEARNING_RATE, total_steps=max(steps, 1), pct_start=0.1
+    )
     net.train()
     last = float("nan")
     for step in range(steps):
         images, labels = [], []
         for _ in range(batch):
             case = cases[int(torch.randint(len(cases), (1,), generator=generator))]
-            jitter = torch.randint(-12, 13, (3,), generator=generator).tolist()
             if torch.rand(1, generator=generator).item() < _BACKGROUND_FRACTION:
                 centre = [
                     int(torch.randint(n, (1,), generator=generator)) for n in case.label.shape
                 ]
             else:
-                centre = [
-                    c + j * s // 48 for c, j, s in zip(case.centre, jitter, patch, strict=True)
+                jitter = [
+                    int(torch.randint(-(s // 3), s // 3 + 1, (1,), generator=generator))
+                    for s in patch
                 ]
-            images.append(_crop(case.image, centre, patch))
-            labels.append(_crop(case.label[None].float(), centre, patch))
+                centre = [c + j for c, j in zip(case.centre, jitter, strict=True)]
+            image = _crop(case.image, centre, patch)
+            label = _crop(case.label[None].float(), centre, patch)
+            if torch.rand(1, generator=generator).item() < 0.5:
+                image, label = image.flip(3), label.flip(3)
+            images.append(image)
+            labels.append(label)
         x = torch.stack(images)
         y = torch.stack(labels)
         optimizer.zero_grad()
         loss = loss_fn(net.unet(x), y)
         loss.backward()
         optimizer.step()
+        schedule.step()
         last = float(loss.item())
         if on_step is not None:
             on_step(step)
@@ -293,12 +413,14 @@ def _train_segmentation(
     return last
 
 
-def _train_head(net: LesionNet, cases: list[_TrainingCase], roi: tuple[int, int, int]) -> float:
+def _train_head(net: LesionNet, cases: list[_TrainingCase]) -> float:
+    """Fit the malignancy head on features of the predicted lesion of each whole training volume."""
     with torch.no_grad():
         feats = []
         for case in cases:
-            window = _crop(case.image, case.centre, roi)[None]
-            feats.append(net.features(window, net.unet(window))[0])
+            image = case.image[None]
+            seg = net.keep_main_lesion(net.segment(image))
+            feats.append(net.features(image, seg)[0])
         x = torch.stack(feats)
         y = torch.tensor([float(c.malignant) for c in cases])
         mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-3)
@@ -319,6 +441,14 @@ def _train_head(net: LesionNet, cases: list[_TrainingCase], roi: tuple[int, int,
     optimizer.step(closure)  # type: ignore[no-untyped-call]
     with torch.no_grad():
         return float(nn.functional.binary_cross_entropy_with_logits(head(z)[:, 0], y).item())
+
+
+@contextmanager
+def _restore_threads(saved: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _step_reporter(report: Callable[[str], None], name: str, steps: int) -> Callable[[int], None]:
@@ -350,8 +480,9 @@ def build_demo_models(
     *,
     seed: int = 0,
     progress: Progress | None = None,
-    n_training_cases: int = 24,
-    steps: int = 200,
+    n_training_cases: int = 48,
+    steps: int = 600,
+    threads: int | None = None,
 ) -> list[BuiltModel]:
     """Train the two demo candidates and save them as TorchScript with their specs.
 
@@ -373,6 +504,9 @@ def build_demo_models(
         Size of the synthetic training set.
     steps : int
         Optimiser steps of each segmentation network.
+    threads : int, optional
+        Torch CPU threads while training (restored afterwards); default
+        ``min(2, os.cpu_count())``.
 
     Returns
     -------
@@ -419,7 +553,9 @@ def build_demo_models(
         ("demo-weak", [c for c in cases if c.scanner_id != left_out], f"without {left_out}"),
     ]
     built = []
-    with deterministic_mode():
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or min(2, os.cpu_count() or 1))
+    with deterministic_mode(), _restore_threads(saved_threads):
         for index, (name, subset, description) in enumerate(plans):
             if len({c.malignant for c in subset}) < 2:
                 raise ModelError(
@@ -434,12 +570,12 @@ def build_demo_models(
                 net,
                 subset,
                 steps=steps,
-                patch=(48, 48, 24),
-                batch=2,
+                patch=_PATCH,
+                batch=_BATCH,
                 generator=generator,
                 on_step=_step_reporter(report, name, steps),
             )
-            head_loss = _train_head(net, subset, input_spec.roi_size)
+            head_loss = _train_head(net, subset)
             spec = ModelSpec(
                 name=name,
                 version="1.0.0",
@@ -467,6 +603,9 @@ def build_demo_models(
                 "scanner_left_out": left_out if name == "demo-weak" else None,
                 "cases": [c.case_id for c in subset],
                 "steps": steps,
+                "patch": list(_PATCH),
+                "batch": _BATCH,
+                "threads": torch.get_num_threads(),
                 "segmentation_loss": seg_loss,
                 "head_loss": head_loss,
                 "seconds": time.perf_counter() - t0,

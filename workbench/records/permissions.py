@@ -80,7 +80,14 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
         {A.RUN_VIEW, A.DISCREPANCY_ADJUDICATE, A.REPORT_SIGN_REVIEW, A.REPORT_VERIFY, A.AUDIT_VIEW}
     ),
     Role.AUDITOR: frozenset(
-        {A.RUN_VIEW, A.REPORT_VERIFY, A.AUDIT_VIEW, A.AUDIT_EXPORT, A.AUDIT_VERIFY}
+        {
+            A.RUN_VIEW,
+            A.TESTSET_VERIFY,
+            A.REPORT_VERIFY,
+            A.AUDIT_VIEW,
+            A.AUDIT_EXPORT,
+            A.AUDIT_VERIFY,
+        }
     ),
     Role.ADMIN: frozenset({A.USER_MANAGE, A.AUDIT_VIEW, A.AUDIT_VERIFY}),
 }

@@ -18,6 +18,8 @@ error for callers that prefer exceptions.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -97,6 +99,21 @@ class PdfVerification:
             )
 
 
+def _outside_event_loop(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` where ``asyncio.run`` works.
+
+    pyHanko's synchronous API runs an event loop of its own, which fails in a
+    thread that already runs one (a Jupyter kernel, an async web server). There
+    the call goes to a short-lived worker thread instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return function(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
 def seal_pdf(
     in_path: str | Path,
     out_path: str | Path,
@@ -169,7 +186,7 @@ def seal_pdf(
     output = io.BytesIO()
     try:
         writer = IncrementalPdfFileWriter(io.BytesIO(data), strict=False)
-        signers.sign_pdf(writer, metadata, signer=signer, output=output)
+        _outside_event_loop(signers.sign_pdf, writer, metadata, signer=signer, output=output)
     except Exception as error:  # pyHanko raises many types; the user needs one
         raise ReportError(
             f"Cannot seal {source.name}: {type(error).__name__}: {error}. The input should be "
@@ -287,7 +304,9 @@ def verify_pdf(path: str | Path, *, trust_roots: Sequence[x509.Certificate]) -> 
     for index, signature in enumerate(signatures):
         last = index == len(signatures) - 1
         try:
-            status = validate_pdf_signature(signature, signer_validation_context=context)
+            status = _outside_event_loop(
+                validate_pdf_signature, signature, signer_validation_context=context
+            )
         except Exception as error:
             intact = trusted = False
             problems.append(

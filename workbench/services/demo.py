@@ -301,7 +301,7 @@ def run_demo(
             continue
         if uid != leave_open:
             _simulated_adjudication(wb, reviewer, uid)
-        if report is None:
+        if report is None or not reports.is_current(wb, report.report_uid):
             echo(f"Building the report of {uid}")
             report = reports.build_report(wb, qa, uid)
         report = reports.ensure_signed(

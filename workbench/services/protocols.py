@@ -16,7 +16,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.errors import DuplicateError, NotFoundError, RecordLockedError, WorkflowError
+from workbench.errors import (
+    DuplicateError,
+    NotFoundError,
+    PermissionDeniedError,
+    RecordLockedError,
+    WorkflowError,
+)
 from workbench.protocols import Protocol, diff_protocols, load_protocol
 from workbench.records import audit, signatures
 from workbench.records.models import ProtocolStatus, ProtocolVersion, SignatureMeaning, utcnow
@@ -201,6 +207,11 @@ def approve_protocol(wb: Workbench, actor: Actor, ref: str, *, password: str) ->
     with wb.transaction() as session:
         user = current_user(session, actor, "protocol.approve")
         record = lookup(session, ref)
+        if record.created_by == user.username:
+            raise PermissionDeniedError(
+                f"{user.username} created protocol {record.protocol_id}@{record.version} and "
+                "cannot also approve it; another QA user must approve (separation of duties)."
+            )
         if record.status != ProtocolStatus.DRAFT.value:
             raise RecordLockedError(
                 f"Protocol {record.protocol_id}@{record.version} is {record.status}; only a "

@@ -75,6 +75,7 @@ __all__ = [
     "verify_report_file",
     "list_reports",
     "latest_report",
+    "is_current",
     "signing_identity",
 ]
 
@@ -937,6 +938,13 @@ def _require_current(session: Session, report: Report) -> None:
             "changed after it was built. Build a new report "
             f"('workbench report build {run.run_uid if run else ''}') and sign that one."
         )
+
+
+def is_current(wb: Workbench, report_uid: str) -> bool:
+    """Whether a draft still shows the run's current results and adjudications."""
+    with wb.transaction(readonly=True) as session:
+        report = get_one(session, Report, "report", report_uid=report_uid)
+        return _current_results_sha256(session, report) == report.content_sha256
 
 
 def ensure_signed(

@@ -722,6 +722,7 @@ def _execute(
                 "device": run.device,
             },
         )
+        session.refresh(run)  # the discrepancies added above
         return _summary(session, run)
 
 
