@@ -945,3 +945,7 @@ def main() -> None:
 
 
 _ = json
+
+
+if __name__ == "__main__":
+    main()

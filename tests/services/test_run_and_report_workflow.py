@@ -90,6 +90,7 @@ def test_report_workflow_order_and_seal(pipeline: harness.Pipeline, tmp_path: Pa
     for item in adjudication.queue(wb, rev1, pipe.run_uid):
         case = adjudication.open_case(wb, rev1, item.discrepancy_id)
         assert case.unblinded is None and "score" not in case.details
+        assert "model" not in str(case.details) and "y_true" not in case.details
         assert set(case.calls) == {"A", "B"}
         adjudication.adjudicate(
             wb,

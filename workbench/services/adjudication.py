@@ -199,7 +199,7 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
             calls[reference_label] = (
                 "unknown" if truth is None else ("malignant" if int(truth) == 1 else "benign")
             )
-        details = {k: v for k, v in stored.items() if k not in ("score", "model")}
+        details = _reviewer_details(stored, d.rule, protocol)
         return AdjudicationCase(
             discrepancy_id=d.id,
             case_id=d.case_id,
@@ -211,6 +211,25 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
             unblinded=None if protocol.adjudication.reviewers_blinded else {"model": model_label},
             details=details,
         )
+
+
+def _reviewer_details(stored: dict[str, Any], rule: str, protocol: Protocol) -> dict[str, Any]:
+    """What a reviewer is told about why a case was queued.
+
+    Blinded reviewers never see anything that tells A from B: for classification
+    the finding names the model's call and score, so only the rule is shown; for
+    segmentation the overlap figures are symmetric in A and B and are shown.
+    """
+    if not protocol.adjudication.reviewers_blinded:
+        return dict(stored)
+    shown: dict[str, Any] = {"rule": rule}
+    if protocol.task.value == "segmentation":
+        for key in ("finding", "dice", "hd95", "surface_dice"):
+            if key in stored:
+                shown[key] = stored[key]
+    else:
+        shown["finding"] = "the two calls (A and B) disagree"
+    return shown
 
 
 def adjudicate(
