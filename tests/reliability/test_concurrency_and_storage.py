@@ -61,7 +61,7 @@ def in_processes(target: Any, args_list: list[tuple[Any, ...]], timeout: float =
     return results
 
 
-def _write_entries(workdir: str, db_url: str | None, writer: int) -> int:
+def _write_entries(workdir: str, db_url: str | None, writer: int, token: str = "w") -> int:
     from workbench.services.context import Workbench
 
     wb = Workbench.open(workdir, db_url)
@@ -72,7 +72,7 @@ def _write_entries(workdir: str, db_url: str | None, writer: int) -> int:
                 actor="qa1",
                 action="test.concurrent_write",
                 record_type="probe",
-                record_id=f"w{writer}-{i}",
+                record_id=f"{token}{writer}-{i}",
                 new={"writer": writer, "i": i},
             )
     wb.close()
@@ -98,12 +98,19 @@ def test_concurrent_audit_writers_lose_nothing(tmp_path: Path, db_url: str | Non
     )
     with wb.transaction(readonly=True) as s:
         start = int(s.scalar(select(func.count()).select_from(AuditEntry)))
-    results = in_processes(_write_entries, [(str(workdir), db_url, w) for w in range(WRITERS)])
+    # A token of this test run: a PostgreSQL server may hold entries of earlier runs.
+    token = f"{os.getpid()}-{tmp_path.name}-w"
+    results = in_processes(
+        _write_entries, [(str(workdir), db_url, w, token) for w in range(WRITERS)]
+    )
     errors = [r for r in results if r[0] != "ok"]
     assert not errors, errors  # in particular no "database is locked"
     with wb.transaction(readonly=True) as s:
         ids = s.scalars(
-            select(AuditEntry.record_id).where(AuditEntry.action == "test.concurrent_write")
+            select(AuditEntry.record_id).where(
+                AuditEntry.action == "test.concurrent_write",
+                AuditEntry.record_id.like(f"{token}%"),
+            )
         ).all()
         seqs = s.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq)).all()
     assert len(ids) == len(set(ids)) == WRITERS * WRITES  # none lost, none duplicated

@@ -207,15 +207,15 @@ def approve_protocol(wb: Workbench, actor: Actor, ref: str, *, password: str) ->
     with wb.transaction() as session:
         user = current_user(session, actor, "protocol.approve")
         record = lookup(session, ref)
-        if record.created_by == user.username:
-            raise PermissionDeniedError(
-                f"{user.username} created protocol {record.protocol_id}@{record.version} and "
-                "cannot also approve it; another QA user must approve (separation of duties)."
-            )
         if record.status != ProtocolStatus.DRAFT.value:
             raise RecordLockedError(
                 f"Protocol {record.protocol_id}@{record.version} is {record.status}; only a "
                 "draft can be approved."
+            )
+        if record.created_by == user.username:
+            raise PermissionDeniedError(
+                f"{user.username} created protocol {record.protocol_id}@{record.version} and "
+                "cannot also approve it; another QA user must approve (separation of duties)."
             )
         signature = signatures.sign(
             session,
