@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fixtures():
     spec = importlib.util.spec_from_file_location(
-        "report_fixtures", ROOT / "tests" / "reports" / "conftest.py"
+        "report_fixtures", ROOT / "tests" / "reports" / "report_fixtures.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -188,7 +188,8 @@ def write_seg(
     """
     paths = [Path(p) for p in source_paths]
     try:
-        datasets = [pydicom.dcmread(p) for p in paths]
+        # Only the headers are needed: the SEG references the images, it does not copy them.
+        datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     except Exception as exc:
         raise DicomReadError(f"Cannot read the source series of the SEG: {exc}") from exc
     order, _, _ = sort_slices(datasets, [str(p) for p in paths])

@@ -29,7 +29,9 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -197,6 +199,15 @@ class _Prepared:
     started: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    """A case after its forward pass, before its outputs are written."""
+
+    prepared: _Prepared
+    score: float | None
+    probabilities: torch.Tensor | None
+
+
 class _CaseTimeout(Exception):
     pass
 
@@ -318,16 +329,34 @@ class CaseProcessor:
     # -- stage 2: inference and outputs (runs in the caller's thread) --
     def __call__(self, prepared: _Prepared) -> CaseOutput:
         """Run the model on a prepared case and write its outputs; never raises."""
+        return self.finish(self.compute(prepared))
+
+    def compute(self, prepared: _Prepared) -> _Computed | CaseOutput:
+        """Stage 2: the forward pass. A failed case comes back as its :class:`CaseOutput`."""
         case = prepared.case
         if prepared.error is not None or prepared.data is None:
             return self._failed(case, prepared.error or "not prepared", prepared.started)
         try:
             self._check_time(prepared.started, "after reading")
             score, probabilities = self._infer_watched(prepared.data, prepared.started)
+        except _CaseTimeout as error:
+            return self._failed(case, str(error), prepared.started)
+        except Exception as error:  # every failure becomes a failed case with its reason
+            return self._failed(case, _reason("inference", error), prepared.started)
+        return _Computed(prepared, score, probabilities)
+
+    def finish(self, computed: _Computed | CaseOutput) -> CaseOutput:
+        """Stage 3: mask back on the source grid, DICOM SEG and hashes; never raises."""
+        if isinstance(computed, CaseOutput):
+            return computed
+        prepared = computed.prepared
+        case = prepared.case
+        assert prepared.data is not None
+        try:
             mask_path = mask_hash = seg_hash = None
             voxels = None
-            if probabilities is not None:
-                mask = self._mask_on_source_grid(probabilities, prepared.data)
+            if computed.probabilities is not None:
+                mask = self._mask_on_source_grid(computed.probabilities, prepared.data)
                 self._check_time(prepared.started, "before writing the SEG")
                 mask_path, seg_hash = self._write_seg(mask, prepared)
                 mask_hash = mask_sha256(mask)
@@ -339,7 +368,7 @@ class CaseProcessor:
         return CaseOutput(
             case_id=case.case_id,
             status=CaseStatus.COMPLETED,
-            score=score,
+            score=computed.score,
             mask_path=mask_path,
             mask_sha256=mask_hash,
             seg_sha256=seg_hash,
@@ -648,8 +677,9 @@ def run_inference(
         if progress is not None:
             progress(done, total, f"{len(skipped)} case(s) already completed, {len(todo)} to run")
         outputs: list[CaseOutput] = []
-        results = runner.map_cases(processor, todo, prepare=processor.prepare)
-        for case, output in zip(todo, results, strict=True):
+
+        def emit(case: CaseInput, output: CaseOutput) -> None:
+            nonlocal done
             if output.case_id != case.case_id:
                 raise InferenceError(
                     f"The executor returned case {output.case_id} where {case.case_id} was "
@@ -662,6 +692,27 @@ def run_inference(
             if progress is not None:
                 detail = output.status.value + (f" ({output.reason})" if output.reason else "")
                 progress(done, total, f"{case.case_id}: {detail}")
+
+        if isinstance(runner, InProcessExecutor):
+            # Three stages overlap: reading (the executor's prefetch thread), the forward
+            # pass (this thread) and writing each case's SEG (one writer thread), while
+            # outputs are still handed on in case order.
+            computed = runner.map_cases(processor.compute, todo, prepare=processor.prepare)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seg-writer") as writer:
+                pending: deque[tuple[CaseInput, Future[CaseOutput]]] = deque()
+                for case, item in zip(todo, computed, strict=True):
+                    pending.append((case, writer.submit(processor.finish, item)))
+                    while len(pending) > 1:
+                        head_case, future = pending.popleft()
+                        emit(head_case, future.result())
+                while pending:
+                    head_case, future = pending.popleft()
+                    emit(head_case, future.result())
+        else:
+            for case, output in zip(
+                todo, runner.map_cases(processor, todo, prepare=processor.prepare), strict=True
+            ):
+                emit(case, output)
 
     n_completed = sum(o.status == CaseStatus.COMPLETED for o in outputs)
     return InferenceSummary(
