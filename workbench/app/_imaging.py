@@ -18,6 +18,7 @@ from PIL import Image
 
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import Volume, load_series
+from workbench.services.runs import combine_reader_masks
 
 __all__ = [
     "WINDOW_PRESETS",
@@ -83,19 +84,10 @@ def load_overlay(
     masks = [read_seg_mask(p, _volume) for p in _seg_paths]
     if not masks:
         return np.zeros(_volume.array.shape, dtype=bool)
-    if len(masks) == 1:
-        return masks[0]
-    stack = np.stack(masks)
-    if rule == "union":
-        return np.asarray(stack.any(axis=0), dtype=bool)
-    if rule == "intersection":
-        return np.asarray(stack.all(axis=0), dtype=bool)
-    if rule.startswith("reader"):
-        stems = [p.rsplit("/", 1)[-1].removesuffix(".dcm") for p in _seg_paths]
-        if rule in stems:
-            return masks[stems.index(rule)]
-    counts = stack.sum(axis=0, dtype=np.int16)
-    return counts * 2 >= len(masks)
+    stems = [p.rsplit("/", 1)[-1].removesuffix(".dcm") for p in _seg_paths]
+    if rule.startswith("reader") and rule not in stems:
+        rule = "majority"
+    return combine_reader_masks(masks, stems, rule)
 
 
 def window_level(image: np.ndarray, level: float, width: float) -> np.ndarray:

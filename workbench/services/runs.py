@@ -81,6 +81,7 @@ from workbench.stats import segmentation_metrics
 
 __all__ = [
     "RunSummary",
+    "combine_reader_masks",
     "validate",
     "list_runs",
     "get_run",
@@ -220,19 +221,42 @@ def _cases(root: Path, index_files: pd.DataFrame, protocol: Protocol) -> list[_C
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _reference_mask(protocol: Protocol, case: _Case, volume: Any) -> np.ndarray:
-    seg_ref = protocol.reference_standard.segmentation
-    assert seg_ref is not None
-    masks = [read_seg_mask(case.seg_paths[r], volume) for r in seg_ref.readers]
-    stack = np.stack(masks).astype(np.uint8)
-    rule = str(seg_ref.rule)
+def combine_reader_masks(masks: list[np.ndarray], readers: list[str], rule: str) -> np.ndarray:
+    """The reference mask from the readers' masks by the protocol's rule.
+
+    Parameters
+    ----------
+    masks : list of ndarray of bool
+        One mask per reader, aligned with the same volume.
+    readers : list of str
+        The readers' names (``reader1``...), in the order of ``masks``.
+    rule : str
+        ``majority`` (a voxel is lesion where at least half of the readers marked it;
+        with two readers their union), ``union``, ``intersection`` or a reader's name.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    if not masks:
+        raise ValueError("Expected at least one reader mask; found none.")
     if rule.startswith("reader"):
-        return masks[seg_ref.readers.index(rule)]
+        if rule not in readers:
+            raise ValueError(f"Rule {rule!r} names no listed reader; readers are {readers}.")
+        return np.asarray(masks[readers.index(rule)], dtype=bool)
+    stack = np.stack(masks).astype(np.uint8)
     if rule == "union":
         return np.asarray(stack.any(axis=0))
     if rule == "intersection":
         return np.asarray(stack.all(axis=0))
-    return np.asarray(stack.sum(axis=0) * 2 >= len(masks))  # majority: at least half of readers
+    return np.asarray(stack.sum(axis=0) * 2 >= len(masks))
+
+
+def _reference_mask(protocol: Protocol, case: _Case, volume: Any) -> np.ndarray:
+    seg_ref = protocol.reference_standard.segmentation
+    assert seg_ref is not None
+    masks = [read_seg_mask(case.seg_paths[r], volume) for r in seg_ref.readers]
+    return combine_reader_masks(masks, list(seg_ref.readers), str(seg_ref.rule))
 
 
 def _segmentation_metrics(protocol: Protocol, case: _Case, mask_path: str) -> dict[str, Any]:
