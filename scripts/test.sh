@@ -8,8 +8,11 @@ export PYTHONHASHSEED=0
 export MPLBACKEND=Agg
 
 # PostgreSQL on loopback for the records tests (skipped with a notice when not available).
-if [ -z "${WORKBENCH_TEST_PG_URL:-}" ] && url=$(bash scripts/pg_test_server.sh 2>/dev/null); then
-  export WORKBENCH_TEST_PG_URL="$url"
+if [ -z "${WORKBENCH_TEST_PG_URL:-}" ] && url=$(bash scripts/pg_test_server.sh 2>/dev/null | tail -n 1); then
+  case "$url" in
+    postgresql+psycopg://*) export WORKBENCH_TEST_PG_URL="$url" ;;
+    *) echo "PostgreSQL test server gave no usable URL: '$url'" >&2 ;;
+  esac
 fi
 echo "PostgreSQL for tests: ${WORKBENCH_TEST_PG_URL:-none (PostgreSQL tests will be skipped)}"
 
