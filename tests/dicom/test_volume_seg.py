@@ -149,10 +149,15 @@ def test_write_seg_round_trip_automatic(synthetic_test_set: SynthSummary, tmp_pa
     assert ds.StudyInstanceUID == pydicom.dcmread(paths[0]).StudyInstanceUID
 
 
-def test_write_seg_empty_mask_and_errors(synthetic_test_set: SynthSummary, tmp_path: Path) -> None:
+def test_write_seg_empty_mask_and_errors(
+    synthetic_test_set: SynthSummary, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     paths = _ct(synthetic_test_set, "case0002")
     vol = load_series(paths)
-    out = write_seg(np.zeros(vol.shape, bool), paths, tmp_path / "empty.dcm")
+    with caplog.at_level("WARNING"):
+        out = write_seg(np.zeros(vol.shape, bool), paths, tmp_path / "empty.dcm")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert int(pydicom.dcmread(out).NumberOfFrames) == vol.shape[0]
     assert not read_seg_mask(out, vol).any()
     assert pydicom.dcmread(out).SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
     with pytest.raises(SegmentationError, match=r"Mask shape \(3, 3, 3\)"):

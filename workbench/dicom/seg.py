@@ -286,6 +286,8 @@ sop_instance_uid, content_creator_name, content_datetime
             source_images=list(sources),
             pixel_array=array.astype(bool),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            # An all-empty mask keeps every frame (highdicom would do so too, with a warning).
+            omit_empty_frames=bool(array.any()),
             segment_descriptions=[description],
             series_instance_uid=series_instance_uid or hd.UID(),
             series_number=series_number,

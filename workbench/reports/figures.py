@@ -214,7 +214,7 @@ def forest_plot(metric: MetricResult, *, width: float = 480, row_height: float =
     rows: list[tuple[str, ReportEstimate, bool]] = [("Overall", metric.overall, True)]
     for stratum in metric.per_stratum:
         rows.append((f"{stratum.factor}: {stratum.level}", stratum.estimate, False))
-    label_w, value_w = 150.0, 150.0
+    label_w, value_w = 185.0, 125.0
     top, bottom = 22.0, 30.0
     height = top + bottom + row_height * len(rows)
     drawing = _drawing(width, height)
@@ -305,9 +305,8 @@ def forest_plot(metric: MetricResult, *, width: float = 480, row_height: float =
         y = height - top - row_height * (index + 0.5) - 2
         font = SANS_BOLD if overall else SANS
         suffix = f" (n={estimate.n})" if estimate.n else ""
-        drawing.add(
-            String(2, y - 2.5, _clip(label + suffix, 34), fontName=font, fontSize=_TICK_FONT)
-        )
+        text = _fit_width(label, suffix, label_w - 6, font, _TICK_FONT)
+        drawing.add(String(2, y - 2.5, text, fontName=font, fontSize=_TICK_FONT))
         value_text = format_estimate(estimate, metric.digits)
         if estimate.ok:
             value_text += f"  [{format_ci(estimate, metric.digits)}]"
@@ -366,6 +365,15 @@ def _fails(metric: MetricResult, estimate: ReportEstimate) -> bool:
     if metric.direction == ">=":
         return estimate.ci_low < metric.threshold
     return estimate.ci_high > metric.threshold
+
+
+def _fit_width(label: str, suffix: str, max_width: float, font: str, size: float) -> str:
+    """``label + suffix`` shortened in ``label`` only, so the suffix (the n) is always shown."""
+    if stringWidth(label + suffix, font, size) <= max_width:
+        return label + suffix
+    while label and stringWidth(label + "\u2026" + suffix, font, size) > max_width:
+        label = label[:-1]
+    return label.rstrip() + "\u2026" + suffix
 
 
 def _clip(value: str, length: int) -> str:
