@@ -19,4 +19,4 @@ echo "PostgreSQL for tests: ${WORKBENCH_TEST_PG_URL:-none (PostgreSQL tests will
 "$VENV/bin/ruff" check workbench tests benchmarks
 "$VENV/bin/ruff" format --check workbench tests benchmarks
 "$VENV/bin/mypy"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@"

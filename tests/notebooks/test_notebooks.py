@@ -3,7 +3,10 @@
 The notebooks are committed without outputs; this test runs each one in a fresh
 kernel (the interpreter running the tests) with ``notebooks/`` as the working folder
 and fails on the first cell that raises. Notebooks that need a workdir create their
-own under a temporary folder given in ``WORKBENCH_NOTEBOOK_TMP``.
+own under a temporary folder given in ``WORKBENCH_NOTEBOOK_TMP``. That folder is shared
+by the notebooks of one test session, as ``var/`` is shared when a person runs them one
+after another: the quickstart builds the demo workdir and the auditor walkthrough finds it
+built (``run_demo`` is idempotent; run alone, each notebook builds it itself).
 """
 
 from __future__ import annotations
@@ -38,10 +41,18 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name} cell {index} has a count"
 
 
+@pytest.fixture(scope="session")
+def notebook_scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One scratch folder for all notebooks of the session (see the module docstring)."""
+    return tmp_path_factory.mktemp("notebooks")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_executes(
+    path: Path, notebook_scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
@@ -56,7 +67,7 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
                 language="python",
             )
 
-    monkeypatch.setenv("WORKBENCH_NOTEBOOK_TMP", str(tmp_path))
+    monkeypatch.setenv("WORKBENCH_NOTEBOOK_TMP", str(notebook_scratch))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
     monkeypatch.delenv("WORKBENCH_HOME", raising=False)
