@@ -1,4 +1,4 @@
-"""Demo candidate models, trained locally in a minute or two on a CPU.
+"""Demo candidate models, trained locally in a few minutes on a CPU.
 
 Two candidates for the synthetic CT phantoms (:mod:`workbench.dicom.synth`),
 both a small 3-D U-Net (:class:`SegmentationNet`) that segments the lesion on
@@ -480,7 +480,7 @@ def build_demo_models(
     seed: int = 0,
     progress: Progress | None = None,
     n_training_cases: int = 48,
-    steps: int = 1200,
+    steps: int = 2000,
     threads: int = 1,
 ) -> list[BuiltModel]:
     """Train the two demo candidates and save them as TorchScript with their specs.
@@ -502,7 +502,12 @@ def build_demo_models(
     n_training_cases : int
         Size of the synthetic training set.
     steps : int
-        Optimiser steps of each segmentation network.
+        Optimiser steps of each segmentation network. With 1,200 steps the
+        candidate trained on every scanner sometimes ended far from
+        converged (depending on the CPU's floating-point kernels), so that
+        its Dice on the scanner subgroups fell below the demo protocol's
+        criterion; 2,000 steps gave per-scanner mean Dice of 0.83 to 0.89 on
+        the model grid in every trial.
     threads : int
         Torch CPU threads while training (restored afterwards). One thread
         trained three to four times faster than two on a shared two-core

@@ -147,7 +147,13 @@ def _ensure_test_set(
     return info
 
 
-def _ensure_models(wb: Workbench, qa: Actor, root: Path, echo: Callable[[str], None]) -> list[str]:
+def _ensure_models(
+    wb: Workbench,
+    qa: Actor,
+    root: Path,
+    echo: Callable[[str], None],
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[str]:
     from workbench.inference.demo_models import build_demo_models
 
     registered = {m.ref: m for m in models.list_models(wb)}
@@ -160,7 +166,7 @@ def _ensure_models(wb: Workbench, qa: Actor, root: Path, echo: Callable[[str], N
     if refs and all(ref in registered for ref in refs):
         return refs
     echo("Training the demo candidate models (a few minutes on a CPU)")
-    built = build_demo_models(root, out_dir, seed=_SEED)
+    built = build_demo_models(root, out_dir, seed=_SEED, progress=progress)
     refs = []
     for candidate in built:
         ref = f"{candidate.spec.name}@{candidate.spec.version}"
@@ -264,7 +270,7 @@ def run_demo(
     reviewer = _actor(wb, "dr.reviewer")
     info = _ensure_test_set(wb, qa, n_cases, echo, bar)
     summary.test_set, summary.manifest_digest = info.name, info.manifest_digest or ""
-    model_refs = _ensure_models(wb, qa, Path(info.root_path), echo)
+    model_refs = _ensure_models(wb, qa, Path(info.root_path), echo, bar("training"))
     protocol_refs = _ensure_protocols(wb, qa, approver)
     leave_open = None
     for protocol_ref in protocol_refs:
