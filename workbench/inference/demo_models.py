@@ -507,7 +507,7 @@ def build_demo_models(
         converged (depending on the CPU's floating-point kernels), so that
         its Dice on the scanner subgroups fell below the demo protocol's
         criterion; 2,000 steps gave per-scanner mean Dice of 0.83 to 0.89 on
-        the model grid in every trial.
+        the model grid in each of three trials (two seeds, two CPU kernel sets).
     threads : int
         Torch CPU threads while training (restored afterwards). One thread
         trained three to four times faster than two on a shared two-core
