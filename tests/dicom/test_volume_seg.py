@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,34 @@ def test_write_seg_round_trip_automatic(synthetic_test_set: SynthSummary, tmp_pa
     assert algo.AlgorithmName == "demo-unet" and algo.AlgorithmVersion == "1.2.0"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_instance_uid
     assert ds.StudyInstanceUID == pydicom.dcmread(paths[0]).StudyInstanceUID
+
+
+def test_volume_headers_are_the_files_headers_in_z_order(
+    synthetic_test_set: SynthSummary, tmp_path: Path
+) -> None:
+    paths = _ct(synthetic_test_set, "case0002")
+    vol = load_series(reversed(paths))
+    assert len(vol.headers) == vol.shape[0]
+    for header, path in zip(vol.headers, vol.paths, strict=True):
+        assert "PixelData" not in header
+        assert header == pydicom.dcmread(path, stop_before_pixels=True)
+        syntax = pydicom.dcmread(path).file_meta.TransferSyntaxUID
+        assert header.file_meta.TransferSyntaxUID == syntax
+    # A SEG built from the kept headers is the file built by reading them again.
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[10:14, 40:60, 50:70] = True
+    options = {
+        "algorithm_name": "demo-unet",
+        "algorithm_version": "1",
+        "series_instance_uid": "1.2.826.0.1.3680043.10.1",
+        "sop_instance_uid": "1.2.826.0.1.3680043.10.2",
+        "content_datetime": dt.datetime(2026, 1, 2, 3, 4, 5),
+    }
+    reread = write_seg(mask, paths, tmp_path / "reread.dcm", **options)
+    kept = write_seg(mask, vol.paths, tmp_path / "kept.dcm", source_headers=vol.headers, **options)
+    assert kept.read_bytes() == reread.read_bytes()
+    with pytest.raises(SegmentationError, match="one header per source file"):
+        write_seg(mask, paths, tmp_path / "bad.dcm", source_headers=vol.headers[:-1])
 
 
 def test_write_seg_empty_mask_and_errors(

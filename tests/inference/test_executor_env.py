@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -12,7 +14,12 @@ from workbench.inference.environment import (
     select_device,
     snapshot,
 )
-from workbench.inference.executor import InferenceExecutor, InProcessExecutor, SerialExecutor
+from workbench.inference.executor import (
+    InferenceExecutor,
+    InProcessExecutor,
+    SerialExecutor,
+    lower_thread_priority,
+)
 
 
 @pytest.mark.parametrize("executor", [SerialExecutor(), InProcessExecutor(prefetch=2)])
@@ -63,6 +70,47 @@ def test_prepare_error_is_raised_at_its_case() -> None:
 def test_executor_options_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         InProcessExecutor(prefetch=0)
+    with pytest.raises(ValueError, match="background_niceness should be 0 to 19"):
+        InProcessExecutor(background_niceness=20)
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is a Linux feature")
+def test_loader_threads_run_below_the_callers_priority() -> None:
+    caller = _niceness()
+    seen: list[int] = []
+
+    def prepare(i: int) -> int:
+        seen.append(_niceness())
+        return i
+
+    executor = InProcessExecutor(background_niceness=5)
+    assert list(executor.map_cases(lambda p: p, range(4), prepare=prepare)) == [0, 1, 2, 3]
+    assert seen == [min(caller + 5, 19)] * 4
+    assert _niceness() == caller  # the caller's thread keeps its priority
+    seen.clear()
+    list(InProcessExecutor(background_niceness=0).map_cases(lambda p: p, range(2), prepare=prepare))
+    assert seen == [caller] * 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is a Linux feature")
+def test_lower_thread_priority_changes_only_the_calling_thread() -> None:
+    caller = _niceness()
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        outcome["changed"] = lower_thread_priority(3)
+        outcome["niceness"] = _niceness()
+        outcome["unchanged"] = lower_thread_priority(0)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert outcome == {"changed": True, "niceness": min(caller + 3, 19), "unchanged": False}
+    assert _niceness() == caller
 
 
 def test_device_and_snapshot() -> None:

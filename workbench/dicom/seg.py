@@ -135,6 +135,7 @@ def write_seg(
     source_paths: Sequence[str | Path],
     out_path: str | Path,
     *,
+    source_headers: Sequence[Dataset] | None = None,
     algorithm_name: str | None = None,
     algorithm_version: str | None = None,
     segment_label: str = "Lesion",
@@ -158,6 +159,10 @@ def write_seg(
         The CT files of the source series, in any order.
     out_path : str or Path
         Where to write the SEG; parent folders are created.
+    source_headers : sequence of pydicom.Dataset, optional
+        The headers of the same files, already read and in z order
+        (:attr:`Volume.headers <workbench.dicom.volume.Volume.headers>`), so
+        that the files are not read again; the SEG is the same either way.
     algorithm_name, algorithm_version : str, optional
         When ``algorithm_name`` is given the segment is AUTOMATIC and the SEG
         carries an Algorithm Identification Sequence (family: Artificial
@@ -187,15 +192,23 @@ def write_seg(
         The mask does not match the source series in shape, or writing fails.
     """
     paths = [Path(p) for p in source_paths]
-    try:
-        # Only the headers are needed: the SEG references the images, it does not copy them.
-        datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-    except Exception as exc:
-        raise DicomReadError(f"Cannot read the source series of the SEG: {exc}") from exc
-    order, _, _ = sort_slices(datasets, [str(p) for p in paths])
+    if source_headers is not None:
+        if len(source_headers) != len(paths):
+            raise SegmentationError(
+                f"Expected one header per source file ({len(paths)}). Found {len(source_headers)}."
+            )
+        sources = list(source_headers)
+    else:
+        try:
+            # Only the headers are needed: the SEG references the images, it does not copy them.
+            datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+        except Exception as exc:
+            raise DicomReadError(f"Cannot read the source series of the SEG: {exc}") from exc
+        order, _, _ = sort_slices(datasets, [str(p) for p in paths])
+        sources = [datasets[i] for i in order]
     seg = build_seg_dataset(
         mask,
-        [datasets[i] for i in order],
+        sources,
         algorithm_name=algorithm_name,
         algorithm_version=algorithm_version,
         segment_label=segment_label,

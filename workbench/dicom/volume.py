@@ -28,6 +28,7 @@ __all__ = ["SliceGeometry", "Volume", "load_series", "sort_slices"]
 _SPACING_RTOL = 0.05
 _ORIENTATION_ATOL = 1e-4
 _PIXEL_SPACING_ATOL = 1e-4
+_PIXEL_DATA = 0x7FE00010
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,6 +55,10 @@ class Volume:
         Series Instance UID shared by every slice.
     paths : tuple of Path
         The file of each slice, in z order.
+    headers : tuple of pydicom.Dataset
+        The data elements of each slice that precede Pixel Data (what
+        ``dcmread(..., stop_before_pixels=True)`` reads), in z order: what a
+        DICOM SEG over the series needs without reading the files again.
     """
 
     array: np.ndarray
@@ -63,6 +68,7 @@ class Volume:
     sop_instance_uids: tuple[str, ...]
     series_instance_uid: str
     paths: tuple[Path, ...] = ()
+    headers: tuple[Dataset, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -255,6 +261,13 @@ def sort_slices(
     return order, spacing, first
 
 
+def _header(ds: Dataset) -> Dataset:
+    """The elements of ``ds`` before Pixel Data, with its file meta, without decoding any."""
+    header = ds[:_PIXEL_DATA]  # keeps the dataset's encoding and character set
+    header.file_meta = ds.file_meta
+    return header
+
+
 def _rescaled(ds: Dataset, name: str) -> np.ndarray:
     try:
         pixels = ds.pixel_array
@@ -315,4 +328,5 @@ def load_series(paths: Iterable[str | Path]) -> Volume:
         sop_instance_uids=tuple(str(datasets[i].SOPInstanceUID) for i in order),
         series_instance_uid=str(first.SeriesInstanceUID),
         paths=tuple(files[i] for i in order),
+        headers=tuple(_header(datasets[i]) for i in order),
     )

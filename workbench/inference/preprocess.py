@@ -9,9 +9,10 @@ The steps follow the model's :class:`~workbench.inference.registry.InputSpec`:
 3. ``monai.transforms.Spacing`` resamples it to ``spec.target_spacing``;
 4. ``monai.transforms.ScaleIntensityRange`` maps the HU window to [0, 1].
 
-:func:`restore_original_grid` undoes 3 (with the inverse recorded by MONAI)
-and 2 (exactly) for a model output, so that a predicted mask lies on the
-original slices and can be written as DICOM SEG over the source images.
+:func:`restore_original_grid` undoes 3 (linear interpolation at the source
+voxel centres, the same values as MONAI's ``SpatialResample`` with border
+padding) and 2 (exactly) for a model output, so that a predicted mask lies on
+the original slices and can be written as DICOM SEG over the source images.
 """
 
 from __future__ import annotations
@@ -191,18 +192,25 @@ def preprocess_volume(volume: VolumeLike, spec: InputSpec) -> Preprocessed:
     )
 
 
-def _linear_along(data: torch.Tensor, dim: int, positions: np.ndarray) -> torch.Tensor:
-    """Sample ``data`` along ``dim`` at fractional ``positions`` (clamped to the border)."""
-    size = data.shape[dim]
-    pos = torch.as_tensor(np.clip(positions, 0.0, size - 1), dtype=torch.float32)
-    lower = pos.floor().long().clamp(0, size - 1)
-    upper = (lower + 1).clamp(max=size - 1)
-    weight_shape = [1] * data.dim()
-    weight_shape[dim] = -1
-    weight = (pos - lower.float()).reshape(weight_shape)
-    low = data.index_select(dim, lower)
-    high = data.index_select(dim, upper)
-    return low + (high - low) * weight
+def _interpolation_matrix(positions: np.ndarray, size: int) -> torch.Tensor:
+    """(len(positions), size) weights of linear interpolation at fractional ``positions``.
+
+    Row ``i`` holds ``1 - w`` at ``floor(p_i)`` and ``w`` at the next index, with
+    positions clamped to ``[0, size - 1]`` (values beyond the border repeat it).
+    """
+    pos = np.clip(np.asarray(positions, dtype=np.float64), 0.0, size - 1)
+    lower = np.floor(pos).astype(np.int64)
+    upper = np.minimum(lower + 1, size - 1)
+    weight = pos - lower
+    rows = np.arange(pos.size)
+    matrix = np.zeros((pos.size, size), dtype=np.float64)
+    np.add.at(matrix, (rows, lower), 1.0 - weight)
+    np.add.at(matrix, (rows, upper), weight)
+    return torch.from_numpy(matrix.astype(np.float32))
+
+
+def _is_identity(scale: float, shift: float, size: int, out_size: int) -> bool:
+    return out_size == size and abs(scale - 1.0) < 1e-9 and abs(shift) < 1e-6
 
 
 def restore_original_grid(output: torch.Tensor, prepared: Preprocessed) -> torch.Tensor:
@@ -234,12 +242,20 @@ def restore_original_grid(output: torch.Tensor, prepared: Preprocessed) -> torch
     off_diagonal = index_map[:3, :3] - np.diag(np.diag(index_map[:3, :3]))
     if np.abs(off_diagonal).max() < 1e-6:
         data = output.detach().float().cpu()
-        for axis in range(3):
-            data = _linear_along(
-                data,
-                axis + 1,
-                index_map[axis, axis] * np.arange(reoriented_shape[axis]) + index_map[axis, 3],
+        # Separable: one small matrix product per axis. Axes that shrink or keep
+        # their size go first, so the products on the full-size grid are as few as
+        # possible; an axis the resampling left unchanged is skipped.
+        sizes = [int(s) for s in data.shape[1:]]
+        growth = [reoriented_shape[axis] / sizes[axis] for axis in range(3)]
+        for axis in sorted(range(3), key=lambda a: growth[a]):
+            scale, shift = index_map[axis, axis], index_map[axis, 3]
+            if _is_identity(scale, shift, sizes[axis], reoriented_shape[axis]):
+                continue
+            weights = _interpolation_matrix(
+                scale * np.arange(reoriented_shape[axis]) + shift, sizes[axis]
             )
+            moved = data.movedim(axis + 1, -1)
+            data = torch.matmul(moved, weights.T).movedim(-1, axis + 1)
     else:  # pragma: no cover - not produced by preprocess_volume
         resample = SpatialResample(mode="bilinear", padding_mode="border", dtype=np.float32)
         restored = resample(

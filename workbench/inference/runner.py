@@ -44,7 +44,11 @@ from monai.inferers import sliding_window_inference
 
 from workbench.errors import InferenceError, ModelError
 from workbench.inference.environment import deterministic_mode, select_device, snapshot
-from workbench.inference.executor import InferenceExecutor, InProcessExecutor
+from workbench.inference.executor import (
+    InferenceExecutor,
+    InProcessExecutor,
+    lower_thread_priority,
+)
 from workbench.inference.loading import LoadedModel, load_model
 from workbench.inference.preprocess import Preprocessed, preprocess_volume, restore_original_grid
 from workbench.inference.registry import ModelSpec, ModelTask, ScoreActivation
@@ -194,6 +198,7 @@ class _Prepared:
     case: CaseInput
     data: Preprocessed | None
     source_paths: tuple[Path, ...]
+    source_headers: tuple[pydicom.Dataset, ...]
     content_datetime: dt.datetime | None
     error: str | None
     started: float
@@ -239,9 +244,8 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source_datetime(path: Path) -> dt.datetime | None:
+def _source_datetime(header: pydicom.Dataset) -> dt.datetime | None:
     """Study date/time of the source series: the reproducible default SEG content time."""
-    header = pydicom.dcmread(path, stop_before_pixels=True)
     date = str(header.get("StudyDate", "") or header.get("SeriesDate", "") or "")
     time_ = str(header.get("StudyTime", "") or "000000").split(".")[0].ljust(6, "0")[:6]
     if len(date) != 8:
@@ -321,10 +325,10 @@ class CaseProcessor:
                 raise InferenceError(f"Case {case.case_id}: expected CT files. Found none.")
             volume = load_series(case.ct_paths)
             data = preprocess_volume(volume, self.spec.input)
-            when = self.content_datetime or _source_datetime(volume.paths[0])
-            return _Prepared(case, data, volume.paths, when, None, started)
+            when = self.content_datetime or _source_datetime(volume.headers[0])
+            return _Prepared(case, data, volume.paths, volume.headers, when, None, started)
         except Exception as error:  # every failure becomes a failed case with its reason
-            return _Prepared(case, None, (), None, _reason("reading", error), started)
+            return _Prepared(case, None, (), (), None, _reason("reading", error), started)
 
     # -- stage 2: inference and outputs (runs in the caller's thread) --
     def __call__(self, prepared: _Prepared) -> CaseOutput:
@@ -546,6 +550,7 @@ class CaseProcessor:
             mask,
             prepared.source_paths,
             partial,
+            source_headers=prepared.source_headers,
             algorithm_name=self.spec.name,
             algorithm_version=self.spec.version,
             segment_label="Lesion",
@@ -695,10 +700,16 @@ def run_inference(
 
         if isinstance(runner, InProcessExecutor):
             # Three stages overlap: reading (the executor's prefetch thread), the forward
-            # pass (this thread) and writing each case's SEG (one writer thread), while
-            # outputs are still handed on in case order.
+            # pass (this thread) and writing each case's SEG (one writer thread, at the
+            # executor's background priority), while outputs are still handed on in
+            # case order.
             computed = runner.map_cases(processor.compute, todo, prepare=processor.prepare)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seg-writer") as writer:
+            with ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="seg-writer",
+                initializer=lower_thread_priority,
+                initargs=(runner.background_niceness,),
+            ) as writer:
                 pending: deque[tuple[CaseInput, Future[CaseOutput]]] = deque()
                 for case, item in zip(todo, computed, strict=True):
                     pending.append((case, writer.submit(processor.finish, item)))
