@@ -120,3 +120,35 @@ def test_build_demo_models_trains_two_candidates(tiny_test_set: Path, tmp_path: 
         )
         assert summary.completed == 1, summary.outputs[0].reason
         assert 0.0 <= summary.outputs[0].score <= 1.0
+
+
+def _parameters(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in torch.jit.load(str(path)).state_dict().items()}
+
+
+@pytest.mark.slow
+def test_demo_models_are_the_same_trained_in_workers_or_in_process(
+    tiny_test_set: Path, tmp_path: Path
+) -> None:
+    options = {"seed": 2, "n_training_cases": 6, "steps": 4}
+    messages: list[tuple[int, int, str]] = []
+    in_workers = build_demo_models(
+        tiny_test_set,
+        tmp_path / "workers",
+        workers=2,
+        progress=lambda d, t, m: messages.append((d, t, m)),
+        **options,
+    )
+    in_process = build_demo_models(tiny_test_set, tmp_path / "in-process", workers=1, **options)
+    for a, b in zip(in_workers, in_process, strict=True):
+        assert a.spec == b.spec
+        assert a.training["cases"] == b.training["cases"]
+        assert a.training["segmentation_loss"] == b.training["segmentation_loss"]
+        assert a.training["head_loss"] == b.training["head_loss"]
+        first, second = _parameters(a.path), _parameters(b.path)
+        assert first.keys() == second.keys()
+        for name in first:
+            assert torch.equal(first[name], second[name]), name
+    done = [d for d, _, _ in messages]
+    assert done == sorted(done) and done[-1] == messages[-1][1] == 3 + 2 * options["steps"]
+    assert any("demo-weak: step 4/4" in m for _, _, m in messages)

@@ -28,8 +28,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
+import os
+import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,7 +397,7 @@ def _train_segmentation(
                 ]
                 centre = [c + j for c, j in zip(case.centre, jitter, strict=True)]
             image = _crop(case.image, centre, patch)
-            label = _crop(case.label[None].float(), centre, patch)
+            label = _crop(case.label[None], centre, patch).float()
             if torch.rand(1, generator=generator).item() < 0.5:
                 image, label = image.flip(3), label.flip(3)
             images.append(image)
@@ -473,6 +477,161 @@ def _training_manifest(root: Path) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _CandidateJob:
+    """Everything needed to train one candidate, in this process or in a worker."""
+
+    name: str
+    index: int
+    description: str
+    case_ids: tuple[str, ...]
+    seed: int
+    steps: int
+    threads: int
+    train_root: Path
+    out_dir: Path
+    training_info: dict[str, Any]
+
+
+def _train_candidate(
+    job: _CandidateJob,
+    cases: list[_TrainingCase] | None,
+    on_message: Callable[[str, int], None],
+) -> BuiltModel:
+    """Train, save and describe one candidate; the same bits wherever it runs.
+
+    Parameters
+    ----------
+    job : _CandidateJob
+    cases : list of _TrainingCase, optional
+        The prepared training set; read from ``job.train_root`` when ``None``.
+    on_message : callable
+        ``on_message("prepared", 0)`` once the training volumes are ready, then
+        ``on_message("step", i)`` after each optimiser step.
+    """
+    input_spec = demo_input_spec()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, job.threads))
+    with deterministic_mode(), _restore_threads(saved_threads):
+        if cases is None:
+            cases = _load_training_cases(job.train_root, input_spec)
+        on_message("prepared", 0)
+        wanted = set(job.case_ids)
+        subset = [c for c in cases if c.case_id in wanted]
+        voxel_ml = float(np.prod(input_spec.target_spacing)) / 1000.0
+        torch.manual_seed(job.seed + job.index)
+        generator = torch.Generator().manual_seed(job.seed * 1000 + job.index)
+        net = LesionNet(voxel_ml)
+        t0 = time.perf_counter()
+        seg_loss = _train_segmentation(
+            net,
+            subset,
+            steps=job.steps,
+            patch=_PATCH,
+            batch=_BATCH,
+            generator=generator,
+            on_step=lambda step: on_message("step", step),
+        )
+        head_loss = _train_head(net, subset)
+        threads = torch.get_num_threads()
+        spec = ModelSpec(
+            name=job.name,
+            version="1.0.0",
+            task=ModelTask.BOTH,
+            format=ModelFormat.TORCHSCRIPT,
+            input=input_spec,
+            intended_use=(
+                "Demonstration only, not for clinical use: segments the liver lesion in "
+                "synthetic abdominal CT phantoms and scores its malignancy "
+                f"(trained on synthetic data from {job.description})."
+            ),
+        )
+        path = job.out_dir / f"{job.name}.ts"
+        torch.jit.save(torch.jit.script(net), str(path))
+    (job.out_dir / f"{job.name}.spec.json").write_text(spec.to_json(), encoding="utf-8")
+    training = {
+        **job.training_info,
+        "cases": [c.case_id for c in subset],
+        "steps": job.steps,
+        "patch": list(_PATCH),
+        "batch": _BATCH,
+        "threads": threads,
+        "segmentation_loss": seg_loss,
+        "head_loss": head_loss,
+        "seconds": time.perf_counter() - t0,
+    }
+    (job.out_dir / f"{job.name}.training.json").write_text(
+        json.dumps(training, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    return BuiltModel(path, spec, hash_model_files(path), training)
+
+
+_worker_messages: Any = None  # the queue of a training worker process
+
+
+def _init_worker(messages: Any) -> None:
+    global _worker_messages
+    _worker_messages = messages
+
+
+def _train_candidate_in_worker(job: _CandidateJob) -> BuiltModel:
+    def on_message(kind: str, value: int) -> None:
+        if kind == "prepared" or value % 10 == 9 or value == job.steps - 1:
+            _worker_messages.put((job.name, kind, value))
+
+    return _train_candidate(job, None, on_message)
+
+
+def _default_workers(threads: int) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus // max(1, threads)))
+
+
+def _train_in_workers(
+    jobs: list[_CandidateJob], report: Callable[[str, int], None], workers: int
+) -> list[BuiltModel]:
+    """Train the candidates in separate processes (spawned: a clean torch in each)."""
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    steps_seen = {job.name: -1 for job in jobs}
+    prepared = False
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(messages,)
+    ) as pool:
+        futures = [pool.submit(_train_candidate_in_worker, job) for job in jobs]
+
+        def drain(timeout: float) -> None:
+            nonlocal prepared
+            try:
+                name, kind, value = messages.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if kind == "prepared":
+                if not prepared:
+                    prepared = True
+                    report("training volumes prepared", 1)
+                return
+            total = next(job.steps for job in jobs if job.name == name)
+            report(f"{name}: step {value + 1}/{total}", value - steps_seen[name])
+            steps_seen[name] = value
+
+        while not all(f.done() for f in futures):
+            drain(0.2)
+        while not messages.empty():
+            drain(0.0)
+        built = []
+        for job, future in zip(jobs, futures, strict=True):
+            try:
+                built.append(future.result())
+            except Exception as error:
+                raise ModelError(f"Training {job.name} failed: {error}") from error
+    messages.close()
+    return built
+
+
 def build_demo_models(
     test_set_root: str | Path,
     out_dir: str | Path,
@@ -482,6 +641,7 @@ def build_demo_models(
     n_training_cases: int = 48,
     steps: int = 2000,
     threads: int = 1,
+    workers: int | None = None,
 ) -> list[BuiltModel]:
     """Train the two demo candidates and save them as TorchScript with their specs.
 
@@ -509,9 +669,14 @@ def build_demo_models(
         criterion; 2,000 steps gave per-scanner mean Dice of 0.83 to 0.89 on
         the model grid in each of three trials (two seeds, two CPU kernel sets).
     threads : int
-        Torch CPU threads while training (restored afterwards). One thread
+        Torch CPU threads of each training (restored afterwards). One thread
         trained three to four times faster than two on a shared two-core
         machine (the small convolutions gain little from a second thread).
+    workers : int, optional
+        Candidates trained at once, each in its own process. By default 2
+        when the process may use at least ``2 * threads`` CPUs, else 1 (in
+        this process). Each candidate has its own seeds and thread count, so
+        the models are the same either way.
 
     Returns
     -------
@@ -548,76 +713,61 @@ def build_demo_models(
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     report(f"training set of {n_training_cases} cases (seed {train_seed})")
 
-    input_spec = demo_input_spec()
-    cases = _load_training_cases(train_root, input_spec)
-    report("training volumes prepared")
-    voxel_ml = float(np.prod(input_spec.target_spacing)) / 1000.0
-    scanners = sorted({c.scanner_id for c in cases})
+    labels = _read_labels(train_root)
+    scanners = sorted({row["scanner_id"] for row in labels.values()})
     plans = [
-        ("demo-good", cases, "every scanner"),
-        ("demo-weak", [c for c in cases if c.scanner_id != left_out], f"without {left_out}"),
+        ("demo-good", sorted(labels), "every scanner"),
+        (
+            "demo-weak",
+            [cid for cid in sorted(labels) if labels[cid]["scanner_id"] != left_out],
+            f"without {left_out}",
+        ),
     ]
-    built = []
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    with deterministic_mode(), _restore_threads(saved_threads):
-        for index, (name, subset, description) in enumerate(plans):
-            if len({c.malignant for c in subset}) < 2:
-                raise ModelError(
-                    f"Expected benign and malignant training cases for {name}. Found only "
-                    f"{sorted({c.malignant for c in subset})}; use more training cases."
-                )
-            torch.manual_seed(seed + index)
-            generator = torch.Generator().manual_seed(seed * 1000 + index)
-            net = LesionNet(voxel_ml)
-            t0 = time.perf_counter()
-            seg_loss = _train_segmentation(
-                net,
-                subset,
-                steps=steps,
-                patch=_PATCH,
-                batch=_BATCH,
-                generator=generator,
-                on_step=_step_reporter(report, name, steps),
+    jobs = []
+    for index, (name, case_ids, description) in enumerate(plans):
+        classes = {int(labels[cid]["consensus_malignant"]) for cid in case_ids}
+        if len(classes) < 2:
+            raise ModelError(
+                f"Expected benign and malignant training cases for {name}. Found only "
+                f"{sorted(classes)}; use more training cases."
             )
-            head_loss = _train_head(net, subset)
-            spec = ModelSpec(
+        jobs.append(
+            _CandidateJob(
                 name=name,
-                version="1.0.0",
-                task=ModelTask.BOTH,
-                format=ModelFormat.TORCHSCRIPT,
-                input=input_spec,
-                intended_use=(
-                    "Demonstration only, not for clinical use: segments the liver lesion in "
-                    "synthetic abdominal CT phantoms and scores its malignancy "
-                    f"(trained on synthetic data from {description})."
-                ),
+                index=index,
+                description=description,
+                case_ids=tuple(case_ids),
+                seed=seed,
+                steps=steps,
+                threads=threads,
+                train_root=train_root,
+                out_dir=out,
+                training_info={
+                    "training_set_root": str(train_root),
+                    "training_seed": train_seed,
+                    "training_manifest": str(manifest_path),
+                    "training_manifest_digest": manifest["digest"],
+                    "seed": seed,
+                    "scanners_used": sorted({labels[cid]["scanner_id"] for cid in case_ids}),
+                    "scanners_available": scanners,
+                    "scanner_left_out": left_out if name == "demo-weak" else None,
+                },
             )
-            path = out / f"{name}.ts"
-            scripted = torch.jit.script(net)
-            torch.jit.save(scripted, str(path))
-            (out / f"{name}.spec.json").write_text(spec.to_json(), encoding="utf-8")
-            training = {
-                "training_set_root": str(train_root),
-                "training_seed": train_seed,
-                "training_manifest": str(manifest_path),
-                "training_manifest_digest": manifest["digest"],
-                "seed": seed,
-                "scanners_used": sorted({c.scanner_id for c in subset}),
-                "scanners_available": scanners,
-                "scanner_left_out": left_out if name == "demo-weak" else None,
-                "cases": [c.case_id for c in subset],
-                "steps": steps,
-                "patch": list(_PATCH),
-                "batch": _BATCH,
-                "threads": torch.get_num_threads(),
-                "segmentation_loss": seg_loss,
-                "head_loss": head_loss,
-                "seconds": time.perf_counter() - t0,
-            }
-            (out / f"{name}.training.json").write_text(
-                json.dumps(training, indent=2, sort_keys=True), encoding="utf-8"
-            )
-            built.append(BuiltModel(path, spec, hash_model_files(path), training))
+        )
+    n_workers = _default_workers(threads) if workers is None else max(1, workers)
+    if n_workers > 1:
+        built = _train_in_workers(jobs, report, n_workers)
+    else:
+        cases = _load_training_cases(train_root, demo_input_spec())
+        report("training volumes prepared")
+        built = []
+        for job in jobs:
+            on_step = _step_reporter(report, job.name, steps)
+
+            def on_message(kind: str, value: int, on_step: Callable[[int], None] = on_step) -> None:
+                if kind == "step":
+                    on_step(value)
+
+            built.append(_train_candidate(job, cases, on_message))
     report(f"built {len(built)} models in {time.perf_counter() - started:.0f} s")
     return built
