@@ -11,6 +11,7 @@ two steps on the seeded 6-case run. Budget: about one second per interaction.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -28,6 +29,11 @@ os.environ.setdefault("WORKBENCH_ARGON2_PROFILE", "fast")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+# Streamlit warns about cached calls outside a script run (the seeding below); not a result.
+logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(
+    lambda record: "missing ScriptRunContext" not in record.getMessage()
+)
 
 from tests.app._seed import ACCOUNTS, seed_workdir  # noqa: E402
 from workbench.app import _session  # noqa: E402
