@@ -620,8 +620,15 @@ def _train_in_workers(
 
         while not all(f.done() for f in futures):
             drain(0.2)
-        while not messages.empty():
-            drain(0.0)
+        # A finished worker's last messages may still be in flight: wait for the final step
+        # of every candidate that trained (a bounded wait; a failed one sends no more).
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(
+            steps_seen[job.name] < job.steps - 1
+            for job, future in zip(jobs, futures, strict=True)
+            if future.exception() is None
+        ):
+            drain(0.2)
         built = []
         for job, future in zip(jobs, futures, strict=True):
             try:

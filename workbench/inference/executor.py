@@ -22,8 +22,8 @@ On Linux the background threads run at a lower scheduling priority
 (:func:`lower_thread_priority`). On a CPU the forward pass keeps every core
 busy with one OpenMP team; a reader that preempted one of its threads would
 stall the whole team at its next barrier, so the reader and the writer take
-the moments the team leaves free instead. On a GPU the thread that feeds the
-device keeps its priority for the same reason.
+the moments the team leaves free instead. On a GPU it keeps the thread that
+feeds the device from waiting behind them.
 
 Scaling out needs no change to the runner; a Ray executor is a class with the
 same method::
