@@ -16,6 +16,21 @@ if [ -z "${WORKBENCH_TEST_PG_URL:-}" ] && url=$(bash scripts/pg_test_server.sh 2
 fi
 echo "PostgreSQL for tests: ${WORKBENCH_TEST_PG_URL:-none (PostgreSQL tests will be skipped)}"
 
+# A local Ray cluster (head, two CPU slots) for the Ray executor tests, stopped on exit;
+# the stop is chained in front of any EXIT trap set above.
+if [ -z "${WORKBENCH_TEST_RAY_ADDRESS:-}" ] && [ -x "$VENV/bin/ray" ]; then
+  if ray_out=$(VENV="$VENV" bash scripts/ray_test_cluster.sh start 2>/dev/null); then
+    export WORKBENCH_TEST_RAY_ADDRESS=$(echo "$ray_out" | sed -n 1p)
+    ray_dir=$(echo "$ray_out" | sed -n 2p)
+    ray_prev_trap=""
+    if [ -n "$(trap -p EXIT)" ]; then eval "set -- $(trap -p EXIT)"; ray_prev_trap=$3; set --; fi
+    trap "VENV='$VENV' bash scripts/ray_test_cluster.sh stop '$ray_dir' >/dev/null 2>&1 || true; ${ray_prev_trap}" EXIT
+  else
+    echo "Ray test cluster did not start" >&2
+  fi
+fi
+echo "Ray cluster for tests: ${WORKBENCH_TEST_RAY_ADDRESS:-none (Ray executor tests will be skipped)}"
+
 "$VENV/bin/ruff" check workbench tests benchmarks
 "$VENV/bin/ruff" format --check workbench tests benchmarks
 "$VENV/bin/mypy"

@@ -40,6 +40,7 @@ __all__ = [
     "ReportVerificationError",
     "ReasonRequiredError",
     "StorageError",
+    "DicomWebError",
 ]
 
 
@@ -183,3 +184,7 @@ class ReasonRequiredError(WorkflowError):
 
 class StorageError(WorkbenchError):
     """The disk is full or the database file cannot be written; nothing was saved."""
+
+
+class DicomWebError(WorkbenchError):
+    """A DICOMweb server (PS3.18) is unreachable, refuses, or sends incomplete or invalid data."""

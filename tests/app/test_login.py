@@ -66,8 +66,13 @@ def test_lockout_message(app: Callable[..., AppTest], wb: Workbench) -> None:
     for _ in range(6):
         at = _login(at, "locked.user", "wrong-password-123")
     at = _login(at, "locked.user", "Lockme-test-2026!")
-    assert "locked" in _texts(at).lower()
+    # The right password is refused with the one message that does not tell a caller
+    # whether the account exists or is locked; the record says why.
+    assert "invalid username or password" in _texts(at).lower()
     assert _session.TOKEN_KEY not in at.session_state
+    with wb.transaction(readonly=True) as session:
+        user = session.scalars(select(User).where(User.username == "locked.user")).one()
+        assert user.locked
 
 
 def test_expired_session_returns_to_sign_in(app: Callable[..., AppTest], wb: Workbench) -> None:

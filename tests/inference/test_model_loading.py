@@ -128,3 +128,79 @@ def test_tampered_model_is_refused(tmp_path: Path, model_dir: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ModelIntegrityError, match="changed: m.ts"):
         load_model(path, tiny_spec(), "cpu", expected_hashes=registered)
+
+
+# ------------------------------------------------------------ registration test-load
+
+
+def test_check_model_runs_accepts_a_model_that_fits_its_spec(model_dir: Path) -> None:
+    from workbench.inference.loading import check_model_runs
+
+    check = check_model_runs(load_model(model_dir / "threshold.ts", tiny_spec(), "cpu"))
+    assert check.input_shape == (1, 1, 16, 16, 8)
+    assert check.outputs == {"segmentation": (1, 2, 16, 16, 8), "score": (1, 1)}
+
+
+def test_check_model_runs_names_expected_and_found_shapes(model_dir: Path) -> None:
+    from workbench.inference.loading import check_model_runs
+
+    wrong = load_model(model_dir / "wrong_shape.ts", tiny_spec(), "cpu")
+    with pytest.raises(
+        ModelError, match=r"expected shape \(1, 2, 16, 16, 8\).* Found \(1, 2, 8, 16, 8\)"
+    ):
+        check_model_runs(wrong)
+    three = tiny_spec().model_copy(
+        update={"input": tiny_spec().input.model_copy(update={"output_classes": ["b", "x", "y"]})}
+    )
+    with pytest.raises(
+        ModelError, match=r"3 classes \['b', 'x', 'y'\].* Found \(1, 2, 16, 16, 8\)"
+    ):
+        check_model_runs(load_model(model_dir / "threshold.ts", three, "cpu"))
+    with pytest.raises(ModelError, match="failed on a dummy input.*simulated model failure"):
+        check_model_runs(load_model(model_dir / "raising.ts", tiny_spec(), "cpu"))
+
+
+def test_check_model_runs_refuses_a_model_that_does_not_return(model_dir: Path) -> None:
+    import dataclasses
+    import time
+
+    from workbench.inference.loading import check_model_runs
+
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(2.0)
+            return x
+
+    loaded = load_model(model_dir / "threshold.ts", tiny_spec(), "cpu")
+    slow = dataclasses.replace(loaded, module=Slow())
+    with pytest.raises(ModelError, match="did not return within 0.2 s"):
+        check_model_runs(slow, timeout_s=0.2)
+
+
+def test_multilabel_scores_select_the_positive_logit(model_dir: Path) -> None:
+    from workbench.inference.loading import ScoreSelector, check_model_runs
+    from workbench.inference.registry import ScoreActivation
+
+    class TwoLabels(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            mean = x.mean(dim=[1, 2, 3, 4]).unsqueeze(1)
+            return {"seg": torch.cat([-x, x], dim=1), "malignancy": torch.cat([mean, -mean], 1)}
+
+    path = model_dir.parent / "two_labels.ts"
+    torch.jit.script(TwoLabels()).save(str(path))
+    spec = tiny_spec().model_copy(
+        update={
+            "input": tiny_spec().input.model_copy(
+                update={
+                    "score_classes": ["benign", "malignant"],
+                    "positive_class": "malignant",
+                    "score_activation": ScoreActivation.SIGMOID,
+                }
+            )
+        }
+    )
+    loaded = load_model(path, spec, "cpu")
+    assert isinstance(loaded.module, ScoreSelector)
+    x = torch.rand(1, 1, 16, 16, 8)
+    assert torch.equal(loaded.module(x)["malignancy"], -x.mean().reshape(1, 1))
+    assert check_model_runs(loaded).outputs["score"] == (1, 1)

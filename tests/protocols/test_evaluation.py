@@ -92,8 +92,8 @@ def test_classification_known_auc_and_sensitivity() -> None:
     assert kappa is not None and kappa.value == pytest.approx(0.6)
     assert ev.n_analysed == 20 and ev.failed_case_ids == ()
     # each scanner has the same cases, so the same AUC
-    rows = {r["stratum"]: r for r in auc.strata if r["factor"] == "manufacturer"}
-    assert rows["A"]["value"] == pytest.approx(0.96)
+    rows = {r.stratum: r for r in auc.strata if r.factor == "manufacturer"}
+    assert rows["A"].estimate.value == pytest.approx(0.96)
     json.dumps(ev.to_dict())
 
 
@@ -158,22 +158,22 @@ def test_segmentation_protocol_passes_good_model_and_fails_weak_scanner() -> Non
     good = evaluate_endpoints(p, _frame(8, {"Acme": 0.86, "Bolt": 0.85, "Cyan": 0.84}))
     assert good.verdict is Verdict.PASS
     dice = good.endpoint("dice-mean")
-    rows = [r for r in dice.strata if r["factor"] == "manufacturer"]
-    assert [r["verdict"] for r in rows] == ["PASS"] * 3
+    rows = [r for r in dice.strata if r.factor == "manufacturer"]
+    assert [r.verdict for r in rows] == [Verdict.PASS] * 3
     # Holm: the first step uses 1 - 0.05/3, all pass at once
-    assert rows[0]["level"] == pytest.approx(1 - 0.05 / 3)
-    sex = [r for r in dice.strata if r["factor"] == "patient_sex"]
-    assert {r["verdict"] for r in sex} == {"NOT_ASSESSED"}
+    assert rows[0].level == pytest.approx(1 - 0.05 / 3)
+    sex = [r for r in dice.strata if r.factor == "patient_sex"]
+    assert {r.verdict for r in sex} == {Verdict.NOT_ASSESSED}
 
     weak = evaluate_endpoints(p, _frame(8, {"Acme": 0.88, "Bolt": 0.87, "Cyan": 0.55}))
     dice = weak.endpoint("dice-mean")
     assert dice.overall_verdict is Verdict.PASS  # overall mean still above 0.70
     assert dice.verdict is Verdict.FAIL and weak.verdict is Verdict.FAIL
     assert "manufacturer=Cyan" in dice.reason
-    rows = {r["stratum"]: r for r in dice.strata if r["factor"] == "manufacturer"}
-    assert rows["Cyan"]["verdict"] == "FAIL" and rows["Acme"]["verdict"] == "PASS"
+    rows = {r.stratum: r for r in dice.strata if r.factor == "manufacturer"}
+    assert rows["Cyan"].verdict is Verdict.FAIL and rows["Acme"].verdict is Verdict.PASS
     # after two strata pass at 1 - 0.05/3, the last is judged at 1 - 0.05/1
-    assert rows["Cyan"]["level"] == pytest.approx(0.95)
+    assert rows["Cyan"].level == pytest.approx(0.95)
 
 
 def test_holm_is_less_strict_than_bonferroni() -> None:
@@ -197,14 +197,14 @@ subgroup_acceptance:
     results = {}
     for mult in ("holm", "bonferroni", "none"):
         ev = evaluate_endpoints(_seg_protocol(body.replace("MULT", mult)), frame)
-        rows = {r["stratum"]: r for r in ev.endpoint("dice").strata}
-        results[mult] = (rows["Bolt"]["verdict"], rows["Bolt"]["level"])
+        rows = {r.stratum: r for r in ev.endpoint("dice").strata}
+        results[mult] = (rows["Bolt"].verdict, rows["Bolt"].level)
     assert results["bonferroni"][1] == pytest.approx(0.975)
     assert results["none"][1] == pytest.approx(0.95)
     # Holm judges Bolt at 0.95 once Acme has passed at 0.975
     assert results["holm"][1] == pytest.approx(0.95)
     assert results["holm"][0] == results["none"][0]
-    order = {"PASS": 1, "FAIL": 0}
+    order = {Verdict.PASS: 1, Verdict.FAIL: 0}
     assert order[results["holm"][0]] >= order[results["bonferroni"][0]]
 
 
@@ -213,11 +213,9 @@ def test_stratum_below_min_n_is_not_assessed() -> None:
     frame = _frame(8, {"Acme": 0.86, "Bolt": 0.85})
     frame = pd.concat([frame, _frame(3, {"Tiny": 0.3})], ignore_index=True)
     ev = evaluate_endpoints(p, frame)
-    rows = {
-        r["stratum"]: r for r in ev.endpoint("dice-mean").strata if r["factor"] == "manufacturer"
-    }
-    assert rows["Tiny"]["verdict"] == "NOT_ASSESSED"
-    assert "n=3 < min_n=5" in rows["Tiny"]["reason"]
+    rows = {r.stratum: r for r in ev.endpoint("dice-mean").strata if r.factor == "manufacturer"}
+    assert rows["Tiny"].verdict is Verdict.NOT_ASSESSED
+    assert "n=3 < min_n=5" in rows["Tiny"].reason
 
 
 def test_not_estimable_auc_with_one_class() -> None:
@@ -235,10 +233,21 @@ def test_not_estimable_auc_with_one_class() -> None:
     )
     ev = evaluate_endpoints(p, frame)
     auc = ev.endpoint("auc")
-    assert auc.verdict is Verdict.NOT_ESTIMABLE and auc.estimate is None and auc.reason
-    assert ev.verdict is Verdict.NOT_ESTIMABLE
-    assert ev.endpoint("specificity").verdict is Verdict.NOT_ESTIMABLE
+    assert auc.verdict is Verdict.NOT_EVALUABLE and auc.estimate is None and auc.reason
+    # The protocol's default counts a not-evaluable primary endpoint as a failure, and says so.
+    assert ev.verdict is Verdict.FAIL
+    assert ev.verdict_reason.startswith("auc NOT EVALUABLE (")
+    assert "counted as FAIL" in ev.verdict_reason
+    assert ev.endpoint("specificity").verdict is Verdict.NOT_EVALUABLE
     assert ev.to_dict()["endpoints"][0]["estimate"] is None
+    # A protocol may keep the verdict NOT EVALUABLE instead.
+    text = CLASSIFICATION.read_text().replace(
+        "\nfailed_cases:", "\nnot_evaluable_counts_as: not_evaluable\nfailed_cases:"
+    )
+    kept = load_protocol(text.encode("utf-8"))
+    ev_kept = evaluate_endpoints(kept, frame)
+    assert ev_kept.verdict is Verdict.NOT_EVALUABLE
+    assert ev_kept.verdict_reason == ev.verdict_reason.split("; counted")[0]
 
 
 def test_age_bands() -> None:

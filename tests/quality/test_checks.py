@@ -126,7 +126,15 @@ def test_report_serialisation(defect_set: CheckedSet) -> None:
     json.dumps(data)
     assert data["blocking"] == len(defect_set.report.blocking) > 0
     frame = defect_set.report.to_frame()
-    assert list(frame.columns) == ["check", "severity", "path", "attribute", "message"]
+    assert list(frame.columns) == [
+        "check",
+        "severity",
+        "path",
+        "attribute",
+        "expected",
+        "found",
+        "message",
+    ]
     severities = frame["severity"].tolist()
     order = [s.value for s in Severity]
     assert severities == sorted(severities, key=order.index)
@@ -161,14 +169,19 @@ def test_burned_in_annotation_private_tags_and_missing_reference(
     report = run_quality_checks(root, index_folder(root, workers=1), labels=labels)
     rel = path.relative_to(root).as_posix()
     assert [f.path for f in _critical(report, "burned_in_annotation")] == [rel]
-    private = [f for f in report.by_check("phi") if "Private" in f.attribute]
-    assert private and private[0].severity is Severity.MAJOR
+    private = [f for f in report.by_check("phi") if f.attribute.startswith("private attributes")]
+    assert [(f.attribute, f.severity) for f in private] == [
+        ("private attributes (0011,xxxx)", Severity.MAJOR)
+    ]
     removed = [
         f for f in report.by_check("phi") if f.attribute.startswith("PatientIdentityRemoved")
     ]
     assert removed and "found NO" in removed[0].message
     ref = _critical(report, "reference_standard")
-    assert {f.attribute for f in ref} == {"ReferencedSeriesSequence", "reference/labels.csv"}
+    assert {f.attribute for f in ref} == {
+        "ReferencedSeriesSequence (0008,1115)",
+        "reference/labels.csv",
+    }
     assert {f.path for f in ref} == {f"cases/{case.name}/CT"}
 
 

@@ -223,7 +223,8 @@ def test_truncated_tail_detected_by_checkpoint(db, drop_guards, tmp_path):
     checkpoint = json.loads(json.dumps(checkpoint))  # as kept outside the database
     _fill(db, 2)
     with db.session() as s:
-        assert audit.verify_checkpoint(s, checkpoint, key).count == 8  # growth is fine
+        # 6 entries, the audited checkpoint itself (#7), 2 more: growth is fine
+        assert audit.verify_checkpoint(s, checkpoint, key).count == 9
     drop_guards(db)
     _tamper(db, "DELETE FROM audit_log WHERE seq > 4")
     with db.session() as s:
@@ -262,8 +263,9 @@ def test_forged_checkpoint_refused(db, tmp_path):
         with pytest.raises(AuditChainError, match="signature does not verify"):
             audit.verify_checkpoint(s, checkpoint, other)
         public_pem = (tmp_path / "ck.pem.pub").read_bytes()
-        assert audit.verify_checkpoint(s, checkpoint, public_pem).count == 2
-        assert audit.verify_checkpoint(s, checkpoint, checkpoint["public_key"]).count == 2
+        # the chain now also holds the checkpoint's own audit entry (#3)
+        assert audit.verify_checkpoint(s, checkpoint, public_pem).count == 3
+        assert audit.verify_checkpoint(s, checkpoint, checkpoint["public_key"]).count == 3
 
 
 def test_checkpoint_key_is_private(tmp_path):

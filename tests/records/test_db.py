@@ -18,7 +18,7 @@ def test_schema_created_and_at_head(db):
     tables = set(inspect(db.engine).get_table_names())
     assert {"users", "audit_log", "signatures", "test_sets", "runs", "reports"} <= tables
     with db.session() as s:
-        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_reopen_is_idempotent(db_url):

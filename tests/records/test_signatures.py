@@ -10,7 +10,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from workbench.errors import (
-    AccountLockedError,
     AuthenticationError,
     PasswordChangeRequiredError,
     PermissionDeniedError,
@@ -97,22 +96,27 @@ def test_failed_signings_lock_the_account(db, make_user):
     for _ in range(5):
         with pytest.raises(AuthenticationError):
             _sign(db, password="Wrong-Password-1")
-    with pytest.raises(AccountLockedError):
+    with pytest.raises(AuthenticationError) as refused:  # locked: the same answer
         _sign(db)
+    assert str(refused.value) == users.INVALID_CREDENTIALS
 
 
 def test_reset_password_cannot_sign_until_changed(db, make_user):
     make_user(db, "quinn", "qa")
     make_user(db, "admin1", "admin")
     with db.session() as s:
-        users.reset_password(
+        code = users.reset_password(
             s, actor="admin1", username="quinn", new_password="Temporary-Pass-1", reason="forgot"
-        )
+        ).one_time_code
     with pytest.raises(PasswordChangeRequiredError, match="change their password"):
         _sign(db, password="Temporary-Pass-1")
     with db.session() as s:
         users.change_password(
-            s, username="quinn", old_password="Temporary-Pass-1", new_password=OTHER_PASSWORD
+            s,
+            username="quinn",
+            old_password="Temporary-Pass-1",
+            new_password=OTHER_PASSWORD,
+            reset_code=code,
         )
     assert _sign(db, password=OTHER_PASSWORD).meaning == "authored"
 

@@ -101,10 +101,15 @@ def test_lockout_after_five_failures_is_a_security_event(db, make_user):
     [locked] = _events(db, "security.account_locked")
     assert locked["new_value"]["username"] == "frank"
     assert len(_events(db, "security.login_failed")) == 5
-    # Even the right password is refused now; a wrong one still says nothing.
-    with pytest.raises(AccountLockedError, match="unlock"):
+    # Even the right password is refused now, with the same answer as a wrong one
+    # (a sign-in must not reveal that the account is locked); the trail has the cause.
+    with pytest.raises(AuthenticationError) as right:
         with db.session() as s:
             users.authenticate(s, "frank", PASSWORD)
+    assert str(right.value) == users.INVALID_CREDENTIALS
+    assert not isinstance(right.value, AccountLockedError)
+    [refused] = _events(db, "security.login_refused")
+    assert refused["new_value"]["state"] == "locked"
     with pytest.raises(AuthenticationError) as info:
         with db.session() as s:
             users.authenticate(s, "frank", "Wrong-Password-1")
@@ -147,18 +152,37 @@ def test_reset_sets_must_change_and_change_clears_it(db, make_user):
     make_user(db, "ivy", "reviewer")
     make_user(db, "admin1", "admin")
     with db.session() as s:
-        users.reset_password(
+        code = users.reset_password(
             s, actor="admin1", username="ivy", new_password="Temporary-Pass-1", reason="forgotten"
-        )
+        ).one_time_code
     with db.session() as s:
         assert users.authenticate(s, "ivy", "Temporary-Pass-1").must_change_password
+    # Knowing the temporary password is not enough: the one-time code is needed too.
+    for wrong in (None, "0" * len(code)):
+        with pytest.raises(AuthenticationError, match="one-time code"), db.session() as s:
+            users.change_password(
+                s,
+                username="ivy",
+                old_password="Temporary-Pass-1",
+                new_password=OTHER_PASSWORD,
+                reset_code=wrong,
+            )
     with db.session() as s:
+        assert users.get_user(s, "ivy").failed_attempts == 2  # wrong codes count
         user = users.change_password(
-            s, username="ivy", old_password="Temporary-Pass-1", new_password=OTHER_PASSWORD
+            s,
+            username="ivy",
+            old_password="Temporary-Pass-1",
+            new_password=OTHER_PASSWORD,
+            reset_code=code,
         )
-        assert not user.must_change_password
+        assert not user.must_change_password and user.reset_code_sha256 is None
     [entry] = _events(db, "user.reset_password")
     assert entry["reason"] == "forgotten" and entry["new_value"]["must_change_password"] is True
+    assert code not in str(entry)
+    [done] = _events(db, "user.change_password")
+    assert done["actor"] == "ivy" and done["new_value"]["reset_by"] == "admin1"
+    assert "admin1" in done["reason"]
     with pytest.raises(WorkflowError, match="own password"), db.session() as s:
         users.reset_password(
             s, actor="admin1", username="admin1", new_password="Another-Pass-11", reason="x"
@@ -199,8 +223,10 @@ def test_disabled_account_cannot_log_in(db, make_user):
     make_user(db, "admin1", "admin")
     with db.session() as s:
         users.disable_user(s, actor="admin1", username="mia", reason="contract ended")
-    with pytest.raises(AccountLockedError, match="disabled"), db.session() as s:
+    with pytest.raises(AuthenticationError) as refused, db.session() as s:
         users.authenticate(s, "mia", PASSWORD)
+    assert str(refused.value) == users.INVALID_CREDENTIALS
+    assert _events(db, "security.login_refused")[-1]["new_value"]["state"] == "disabled"
     with pytest.raises(WorkflowError, match="own account"), db.session() as s:
         users.disable_user(s, actor="admin1", username="admin1", reason="x")
 

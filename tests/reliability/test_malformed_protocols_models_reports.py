@@ -242,11 +242,13 @@ def test_hanging_model_is_stopped_by_the_case_time_limit(
             [sys.executable, "-c", script],
             capture_output=True,
             text=True,
-            timeout=25,
+            # Generous outer limit: the assertion is on the recorded reason, never on speed;
+            # a loaded machine may take long to start torch in the subprocess.
+            timeout=300,
             env=harness.env(),
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("a hanging model was not stopped by case_timeout_s=2 within 25 s")
+        pytest.fail("a hanging model was not stopped by case_timeout_s=2 within 300 s")
     assert "STATUS failed time limit exceeded" in done.stdout, done.stdout + done.stderr
 
 

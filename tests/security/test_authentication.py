@@ -23,7 +23,7 @@ def wb(tmp_path):  # type: ignore[no-untyped-def]
     made.close()
 
 
-def test_lockout_after_five_failures_and_only_revealed_with_the_right_password(wb) -> None:  # type: ignore[no-untyped-def]
+def test_lockout_after_five_failures_is_never_revealed_to_the_caller(wb) -> None:  # type: ignore[no-untyped-def]
     for _ in range(5):
         with pytest.raises(errors.AuthenticationError) as caught:
             accounts.login(wb, "qa1", WRONG)
@@ -31,8 +31,13 @@ def test_lockout_after_five_failures_and_only_revealed_with_the_right_password(w
     with pytest.raises(errors.AuthenticationError) as caught:  # still the generic message
         accounts.login(wb, "qa1", WRONG)
     assert str(caught.value) == users.INVALID_CREDENTIALS
-    with pytest.raises(errors.AccountLockedError):
+    # The right password on a locked account gets the same answer (no oracle).
+    with pytest.raises(errors.AuthenticationError) as caught:
         accounts.login(wb, "qa1", harness.ACCOUNTS["qa1"][2])
+    assert str(caught.value) == users.INVALID_CREDENTIALS
+    assert type(caught.value) is errors.AuthenticationError
+    with wb.transaction(readonly=True) as session:
+        assert users.get_user(session, "qa1").locked
     admin = harness.login(wb, "admin")
     accounts.unlock_user(wb, admin, "qa1", reason="verified identity by phone")
     assert harness.login(wb, "qa1").username == "qa1"
@@ -49,8 +54,10 @@ def test_failed_signatures_count_towards_lockout(wb) -> None:  # type: ignore[no
     for _ in range(5):
         with pytest.raises(errors.AuthenticationError):
             protocols.approve_protocol(wb, qa2, ref, password=WRONG)
-    with pytest.raises(errors.AccountLockedError):
+    with pytest.raises(errors.AuthenticationError, match="Invalid username or password"):
         accounts.login(wb, "qa2", harness.ACCOUNTS["qa2"][2])
+    with wb.transaction(readonly=True) as session:
+        assert users.get_user(session, "qa2").locked
 
 
 @pytest.mark.parametrize(
@@ -103,3 +110,86 @@ def test_cli_does_not_reveal_whether_a_user_exists(wb) -> None:  # type: ignore[
     assert outputs[0] == outputs[1], outputs
     assert WRONG not in outputs[0][2]
     assert "Invalid username or password." in outputs[0][2]
+
+
+def test_disabled_locked_unknown_and_wrong_password_say_the_same(wb) -> None:  # type: ignore[no-untyped-def]
+    admin = harness.login(wb, "admin")
+    accounts.disable_user(wb, admin, "qa2", reason="left the company")
+    for _ in range(5):
+        with pytest.raises(errors.AuthenticationError):
+            accounts.login(wb, "rev1", WRONG)
+    answers = set()
+    for username, password in [
+        ("nobody", WRONG),  # unknown
+        ("qa1", WRONG),  # wrong password
+        ("qa2", harness.ACCOUNTS["qa2"][2]),  # disabled, right password
+        ("rev1", harness.ACCOUNTS["rev1"][2]),  # locked, right password
+    ]:
+        with pytest.raises(errors.AuthenticationError) as caught:
+            accounts.login(wb, username, password)
+        answers.add((type(caught.value).__name__, str(caught.value)))
+    assert answers == {("AuthenticationError", users.INVALID_CREDENTIALS)}
+
+
+def test_bare_actor_without_a_sign_in_is_refused(wb) -> None:  # type: ignore[no-untyped-def]
+    from workbench.services import runs
+    from workbench.services.context import Actor
+
+    real = harness.login(wb, "qa2")
+    assert runs.list_runs(wb, real) == []
+    for forged in (
+        Actor("qa2", real.full_name, real.role),  # an existing account, no password given
+        Actor("qa2", real.full_name, real.role, credential="0" * 16 + "." + "0" * 64),
+        Actor("qa2", real.full_name, "admin", credential=real.credential),  # role changed
+    ):
+        with pytest.raises(errors.AuthenticationError, match="sign-in"):
+            runs.list_runs(wb, forged)
+
+
+def test_password_policy_cannot_be_weakened_by_the_caller(wb) -> None:  # type: ignore[no-untyped-def]
+    weak = users.PasswordPolicy(min_length=1, min_character_classes=1, history=0)
+    with wb.transaction() as session, pytest.raises(errors.PasswordPolicyError, match="12"):
+        users.create_user(
+            session,
+            actor="system",
+            username="tiny",
+            full_name="Tiny Password",
+            role="qa",
+            password="x",
+            policy=weak,
+        )
+    with wb.transaction(readonly=True) as session:
+        assert all(u.username != "tiny" for u in users.list_users(session))
+
+
+def test_admin_reset_cannot_be_completed_by_the_admin_as_the_owner(wb) -> None:  # type: ignore[no-untyped-def]
+    from workbench.records import audit
+
+    admin = harness.login(wb, "admin")
+    temporary = "Temporary-Pass-2026!"
+    info = accounts.reset_password(
+        wb, admin, "qa2", new_password=temporary, reason="forgotten password"
+    )
+    assert info.one_time_code and info.one_time_code not in repr(info)
+    # The administrator knows the temporary password but not (necessarily) the code.
+    with pytest.raises(errors.AuthenticationError, match="one-time code"):
+        accounts.change_password(wb, "qa2", temporary, "Chosen-By-Admin-2026!")
+    from workbench.services import protocols
+
+    path = wb.workdir.root / "p.yaml"
+    path.write_text(harness.protocol_text())
+    ref = protocols.add_protocol_version(wb, harness.login(wb, "qa1"), path).ref
+    with pytest.raises(errors.PasswordChangeRequiredError):  # the temporary one cannot sign
+        protocols.approve_protocol(
+            wb, accounts.login(wb, "qa2", temporary), ref, password=temporary
+        )
+    accounts.change_password(
+        wb, "qa2", temporary, "Owner-Chosen-2026!", reset_code=info.one_time_code
+    )
+    assert accounts.login(wb, "qa2", "Owner-Chosen-2026!").username == "qa2"
+    with wb.transaction(readonly=True) as session:
+        reset = audit.export_audit(session, action="user.reset_password")[-1]
+        changed = audit.export_audit(session, action="user.change_password")[-1]
+    assert reset["actor"] == "admin"
+    assert changed["actor"] == "qa2" and changed["new_value"]["reset_by"] == "admin"
+    assert info.one_time_code not in str(reset) + str(changed)

@@ -73,12 +73,26 @@ def test_markup_in_report_data_is_printed_literally(wb_copy: harness.Pipeline) -
 def test_csv_export_neutralizes_formulas(wb_copy: harness.Pipeline, tmp_path: Path) -> None:
     wb = harness.open_wb(wb_copy.workdir)
     try:
+        from workbench.naming import InvalidNameError
+        from workbench.records import audit
+
         qa = harness.login(wb, "qa1")
         evil = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", SQLI]
-        for name in evil:
-            testsets.import_test_set(
-                wb, qa, wb_copy.test_set_root / "reference", name=name, workers=1
-            )
+        for name in evil:  # such names no longer become test sets at all
+            with pytest.raises(InvalidNameError):
+                testsets.import_test_set(
+                    wb, qa, wb_copy.test_set_root / "reference", name=name, workers=1
+                )
+        with wb.transaction() as session:  # but values in the trail can still hold them
+            for name in evil:
+                audit.append(
+                    session,
+                    actor="qa1",
+                    action="testset.note",
+                    record_type="test_set",
+                    record_id=name,
+                    new={"name": name},
+                )
         out = tmp_path / "audit.csv"
         audit_trail.write_export(wb, harness.login(wb, "aud"), out, fmt="csv")
     finally:
@@ -114,8 +128,12 @@ def test_sql_goes_through_bound_parameters(wb_copy: harness.Pipeline) -> None:
                 password="Valid-Password-2026!",
             )
         qa = harness.login(wb, "qa1")
-        testsets.import_test_set(wb, qa, wb_copy.test_set_root / "reference", name=SQLI, workers=1)
-        assert testsets.get_test_set(wb, SQLI).name == SQLI
+        with pytest.raises(errors.NotFoundError):  # looked up as a value, not run as SQL
+            testsets.get_test_set(wb, SQLI)
+        with pytest.raises(ValueError, match="test-set name"):  # and never made into a name
+            testsets.import_test_set(
+                wb, qa, wb_copy.test_set_root / "reference", name=SQLI, workers=1
+            )
         with pytest.raises(errors.NotFoundError):
             runs.get_run(wb, qa, "' OR '1'='1")
     finally:

@@ -68,7 +68,7 @@ def test_every_case_is_accounted_for_and_queued(pipeline: harness.Pipeline) -> N
     assert summary.results_sha256 and len(summary.results_sha256) == 64
     # A blinded reviewer sees neither verdict nor numbers until adjudication is finished.
     reviewer_view = runs.get_run(wb, harness.login(wb, "rev1"), pipeline.run_uid)
-    assert reviewer_view.verdict is None and reviewer_view.endpoints == []
+    assert reviewer_view.verdict is None and reviewer_view.endpoints == ()
     with pytest.raises(errors.PermissionDeniedError, match="adjudicate"):
         runs.run_results(wb, harness.login(wb, "rev1"), pipeline.run_uid)
     wb.close()
@@ -119,7 +119,7 @@ def test_report_workflow_order_and_seal(pipeline: harness.Pipeline, tmp_path: Pa
     assert check.valid, check.lines()
     # Key numbers in the PDF are the stored results.
     results, _ = runs.run_results(wb, qa1, pipe.run_uid)
-    estimated = [e["estimate"] for e in results["evaluation"]["endpoints"] if e["estimate"]]
+    estimated = [e.estimate for e in results.endpoints if e.estimate is not None]
     assert estimated, "no endpoint was estimable on the tiny run"
     text = (
         subprocess.run(
@@ -130,7 +130,7 @@ def test_report_workflow_order_and_seal(pipeline: harness.Pipeline, tmp_path: Pa
     )
     if text:
         for estimate in estimated:
-            assert f"{estimate['value']:.3f}" in text
+            assert f"{estimate.value:.3f}" in text
         assert report.report_uid in text and "Page 1 of" in text
     # One changed byte breaks the seal.
     tampered = tmp_path / "tampered.pdf"

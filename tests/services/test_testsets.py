@@ -101,3 +101,62 @@ def test_frozen_manifest_refuses_unlocked_sets(team: Team, test_set_copy: Path) 
     testsets.import_test_set(team.wb, team["qa1"], test_set_copy, name="ts", workers=1)
     with pytest.raises(WorkflowError, match="not locked"):
         testsets.verify_test_set(team.wb, team["qa1"], "ts")
+
+
+def test_stored_counts_audit_and_lock_refusal_match_the_findings(
+    team: Team, tmp_path: Path
+) -> None:
+    from workbench.records.models import QualityReport
+
+    root = tmp_path / "counted"
+    generate_test_set(
+        root,
+        n_cases=3,
+        seed=9,
+        matrix=128,
+        slices=(40, 40),
+        workers=1,
+        defects=("phi_in_header", "wrong_modality", "non_dicom_file"),
+    )
+    qa = team["qa1"]
+    info = testsets.import_test_set(team.wb, qa, root, name="counted", workers=1)
+    assert info.n_unreadable == len(info.unreadable) == 1
+    (path, reason) = info.unreadable[0]
+    assert path.endswith(".dcm") and reason.startswith("not DICOM")
+    report = testsets.check_quality(team.wb, qa, "counted", suite="ct-test-set-v1")
+    truth = {s: sum(1 for f in report.findings if f.severity.value == s) for s in report.counts}
+    assert report.counts == truth and truth["critical"] > 0
+    with team.wb.transaction(readonly=True) as session:
+        stored = session.scalars(select(QualityReport)).one()
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "testset.quality_check")
+        ).one()
+        new = entry.new_value
+    assert (stored.n_critical, stored.n_major, stored.n_minor) == (
+        truth["critical"],
+        truth["major"],
+        truth["minor"],
+    )
+    assert stored.passed is False
+    assert (new["critical"], new["major"], new["minor"]) == (
+        truth["critical"],
+        truth["major"],
+        truth["minor"],
+    )
+    with pytest.raises(QualityGateError, match=f"has {truth['critical']} critical"):
+        testsets.lock_test_set(team.wb, qa, "counted", password=team.password("qa1"))
+
+
+def test_classification_set_locks_without_segmentations(team: Team, tmp_path: Path) -> None:
+    root = tmp_path / "labels-only"
+    generate_test_set(root, n_cases=3, seed=4, matrix=96, slices=(24, 24), workers=1)
+    for seg in root.rglob("SEG/*.dcm"):
+        seg.unlink()
+    qa = team["qa1"]
+    testsets.import_test_set(team.wb, qa, root, name="cls", workers=1)
+    seg_task = testsets.check_quality(team.wb, qa, "cls", task="segmentation")
+    assert {f.check for f in seg_task.blocking} == {"reference_standard"}
+    report = testsets.check_quality(team.wb, qa, "cls", task="classification")
+    assert not report.blocking, report.to_frame().to_string()
+    info = testsets.lock_test_set(team.wb, qa, "cls", password=team.password("qa1"))
+    assert info.status == "locked"

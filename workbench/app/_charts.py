@@ -1,26 +1,44 @@
-"""Plotly figures of stored results. They draw numbers; they compute none."""
+"""Plotly figures of stored results. They draw the typed results; they compute nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from workbench.protocols.results import EndpointResult, RocSummary, StratumResult
+from workbench.stats import Estimate
+from workbench.vocabulary import Verdict
+
 __all__ = ["roc_figure", "forest_figure", "distribution_figure"]
 
-_VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "NOT_ASSESSED": "#8c959f"}
+_VERDICT_COLOURS = {
+    Verdict.PASS: "#1a7f37",
+    Verdict.FAIL: "#cf222e",
+    Verdict.NOT_EVALUABLE: "#bf8700",
+    Verdict.NOT_ASSESSED: "#8c959f",
+}
 
 
-def roc_figure(roc: Mapping[str, Any]) -> go.Figure:
-    """ROC curve with its stored confidence band and operating point."""
-    fpr, tpr = list(roc["fpr"]), list(roc["tpr"])
-    level = float(roc.get("level", 0.95))
+def roc_figure(roc: RocSummary) -> go.Figure:
+    """ROC curve with its stored confidence band, AUC and operating point.
+
+    Parameters
+    ----------
+    roc : RocSummary
+        From ``RunResults.supplementary.roc``.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    fpr, tpr = list(roc.fpr), list(roc.tpr)
+    level = roc.level
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
             x=fpr,
-            y=list(roc["upper"]),
+            y=list(roc.upper),
             mode="lines",
             line={"width": 0},
             showlegend=False,
@@ -30,19 +48,16 @@ def roc_figure(roc: Mapping[str, Any]) -> go.Figure:
     figure.add_trace(
         go.Scatter(
             x=fpr,
-            y=list(roc["lower"]),
+            y=list(roc.lower),
             mode="lines",
             line={"width": 0},
             fill="tonexty",
             fillcolor="rgba(31, 119, 180, 0.2)",
-            name=f"{level:.0%} {roc.get('band', 'confidence')} band",
+            name=f"{level:.0%} {roc.band} band",
         )
     )
-    auc = roc.get("auc", {})
-    label = "ROC"
-    if auc.get("value") is not None:
-        low, high = auc.get("ci_low", float("nan")), auc.get("ci_high", float("nan"))
-        label = f"ROC (AUC {auc['value']:.3f}, {level:.0%} CI {low:.3f}-{high:.3f})"
+    auc = roc.auc
+    label = f"ROC (AUC {auc.value:.3f}, {auc.level:.0%} CI {auc.ci_low:.3f}-{auc.ci_high:.3f})"
     figure.add_trace(
         go.Scatter(x=fpr, y=tpr, mode="lines", name=label, line={"color": "#1f77b4", "width": 2})
     )
@@ -55,15 +70,15 @@ def roc_figure(roc: Mapping[str, Any]) -> go.Figure:
             line={"dash": "dot", "color": "#8c959f"},
         )
     )
-    point = roc.get("operating_point")
-    if point:
+    point = roc.operating_point
+    if point is not None:
         figure.add_trace(
             go.Scatter(
                 x=[point[0]],
                 y=[point[1]],
                 mode="markers",
                 marker={"size": 12, "color": "#cf222e", "symbol": "x"},
-                name=f"operating point (threshold {roc.get('threshold', '')})",
+                name=f"operating point (threshold {roc.threshold:g})",
             )
         )
     figure.update_layout(
@@ -78,40 +93,62 @@ def roc_figure(roc: Mapping[str, Any]) -> go.Figure:
     return figure
 
 
+def _row(
+    label: str, estimate: Estimate | None, verdict: Verdict, reason: str
+) -> tuple[str, float | None, float | None, float | None, Verdict, str]:
+    if estimate is None:
+        return label, None, None, None, verdict, reason
+    return label, estimate.value, estimate.ci_low, estimate.ci_high, verdict, reason
+
+
 def forest_figure(
-    endpoint: Mapping[str, Any],
-    strata: Sequence[Mapping[str, Any]],
+    endpoint: EndpointResult,
+    strata: Sequence[StratumResult],
     *,
     threshold: float | None,
     title: str,
 ) -> go.Figure:
-    """Forest plot: overall estimate and each stratum with its CI and the acceptance line."""
-    labels, values, lows, highs, colours, texts = [], [], [], [], [], []
-    estimate = endpoint.get("estimate") or {}
+    """Forest plot: the overall estimate and each stratum with its CI and the acceptance line.
+
+    Parameters
+    ----------
+    endpoint : EndpointResult
+        Its overall estimate is the first row.
+    strata : sequence of StratumResult
+        The strata to draw (usually those of one factor).
+    threshold : float or None
+        The acceptance criterion's threshold, drawn as a dashed line.
+    title : str
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Markers coloured by verdict; a stratum without an estimate is listed with
+        its status and reason in the hover text.
+    """
     rows = [
-        {
-            "factor": "overall",
-            "stratum": "all cases",
-            "n": estimate.get("n"),
-            "value": estimate.get("value"),
-            "ci_low": estimate.get("ci_low"),
-            "ci_high": estimate.get("ci_high"),
-            "verdict": endpoint.get("overall_verdict") or endpoint.get("verdict"),
-            "reason": endpoint.get("reason", ""),
-        },
-        *strata,
+        _row(
+            f"overall: all cases (n={endpoint.n_cases})",
+            endpoint.estimate,
+            endpoint.overall_verdict,
+            endpoint.reason,
+        ),
+        *(
+            _row(
+                f"{s.factor}: {s.stratum} (n={s.n})",
+                s.estimate,
+                s.verdict,
+                s.reason or ("" if s.estimate is not None else s.status.value.replace("_", " ")),
+            )
+            for s in strata
+        ),
     ]
-    for row in rows:
-        labels.append(f"{row['factor']}: {row['stratum']} (n={row.get('n')})")
-        value = row.get("value")
-        values.append(value)
-        lows.append(None if value is None or row.get("ci_low") is None else value - row["ci_low"])
-        highs.append(
-            None if value is None or row.get("ci_high") is None else row["ci_high"] - value
-        )
-        verdict = str(row.get("verdict") or "NOT_ASSESSED")
-        colours.append(_VERDICT_COLOURS.get(verdict, "#8c959f"))
-        texts.append(f"{verdict}" + (f" - {row['reason']}" if row.get("reason") else ""))
+    labels = [r[0] for r in rows]
+    values = [r[1] for r in rows]
+    lows = [None if v is None or lo is None else v - lo for _, v, lo, _, _, _ in rows]
+    highs = [None if v is None or hi is None else hi - v for _, v, _, hi, _, _ in rows]
+    colours = [_VERDICT_COLOURS[r[4]] for r in rows]
+    texts = [r[4].label + (f" - {r[5]}" if r[5] else "") for r in rows]
     figure = go.Figure(
         go.Scatter(
             x=values,
@@ -141,16 +178,30 @@ def forest_figure(
     figure.update_layout(
         title=title,
         height=140 + 36 * len(rows),
-        xaxis_title=str(endpoint.get("metric", "")),
+        xaxis_title=endpoint.metric,
         margin={"l": 10, "t": 60},
     )
     return figure
 
 
-def distribution_figure(distributions: Mapping[str, Sequence[float]], *, metric: str) -> go.Figure:
-    """Box plots of the per-case metric by scanner (points shown for small groups)."""
+def distribution_figure(
+    distributions: Sequence[tuple[str, Sequence[float]]], *, metric: str
+) -> go.Figure:
+    """Box plots of the per-case metric by scanner (points shown for small groups).
+
+    Parameters
+    ----------
+    distributions : sequence of (str, sequence of float)
+        ``RunResults.supplementary.distributions``: per scanner, the per-case values.
+    metric : str
+        The metric's name, for the axis.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
     figure = go.Figure()
-    for level, values in distributions.items():
+    for level, values in distributions:
         figure.add_trace(
             go.Box(
                 y=list(values),

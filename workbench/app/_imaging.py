@@ -16,9 +16,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from workbench.dicom.reference import combine_reader_masks
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import Volume, load_series
-from workbench.services.runs import combine_reader_masks
 
 __all__ = [
     "WINDOW_PRESETS",

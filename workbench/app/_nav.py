@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workbench.records.permissions import allowed
+from workbench.services.accounts import allowed
 
 __all__ = ["PageDef", "PAGES", "pages_for", "page_by_key"]
 

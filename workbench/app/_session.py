@@ -18,7 +18,6 @@ from pathlib import Path
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.records.permissions import allowed
 from workbench.services import accounts
 from workbench.services.context import Actor, Workbench
 
@@ -128,7 +127,7 @@ def sign_out() -> None:
 def can(action: str, who: Actor | None = None) -> bool:
     """Whether the signed-in role may perform ``action`` (the services check again)."""
     who = who or actor()
-    return allowed(who.role, action)
+    return accounts.allowed(who.role, action)
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")

@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import streamlit as st
 
-from workbench.app import _data, _imaging, _session
+from workbench.app import _imaging, _session
 from workbench.errors import WorkbenchError
+from workbench.services import views
 
 __all__ = ["show_viewer"]
 
@@ -43,7 +44,7 @@ def show_viewer(
         return
     wb = _session.workbench()
     every_path = [*ct_paths, *(p for paths in overlays.values() for p in paths)]
-    recorded = _data.file_sha256s(wb, list(every_path))
+    recorded = views.file_sha256s(wb, _session.actor(), every_path)
     volume_key = _imaging.content_key(_imaging.hashes_for(list(ct_paths), recorded))
     try:
         volume = _imaging.load_volume(volume_key, tuple(ct_paths))

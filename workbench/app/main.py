@@ -10,8 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.app import _data, _session
+from workbench.app import _session
 from workbench.app._nav import pages_for
+from workbench.services import views
 
 _HERE = Path(__file__).resolve().parent
 
@@ -32,7 +33,7 @@ if signed_in is None:
     )
     st.navigation([login], position="hidden").run()
 else:
-    must_change = _data.must_change_password(_session.workbench(), signed_in.username)
+    must_change = views.account_must_change_password(_session.workbench(), signed_in)
     sections: dict[str, list[st.Page]] = {}
     for page in pages_for(signed_in.role):
         if must_change and page.key != "account":

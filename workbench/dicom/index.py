@@ -33,7 +33,14 @@ from pydicom.uid import UID
 from workbench.dicom._walk import chunked, walk_files
 from workbench.errors import DicomReadError
 
-__all__ = ["FILE_COLUMNS", "DicomIndex", "index_folder", "is_reference_file"]
+__all__ = [
+    "FILE_COLUMNS",
+    "KINDS",
+    "DicomIndex",
+    "index_folder",
+    "is_reference_file",
+    "sniff_file_type",
+]
 
 Progress = Callable[[int, int, str], None]
 
@@ -75,7 +82,11 @@ _TAGS = [
     "BitsStored",
     "PixelRepresentation",
     "NumberOfFrames",
+    "PhotometricInterpretation",
     "PixelSpacing",
+    "ImagerPixelSpacing",
+    "BurnedInAnnotation",
+    "WindowCenter",
     "SliceThickness",
     "SpacingBetweenSlices",
     "ImagePositionPatient",
@@ -123,8 +134,15 @@ FILE_COLUMNS: dict[str, str] = {
     "columns": "Int64",
     "number_of_frames": "Int64",
     "bits_allocated": "Int64",
+    "samples_per_pixel": "Int64",
+    "photometric_interpretation": "str",
     "pixel_spacing_row": "float64",
     "pixel_spacing_col": "float64",
+    "imager_pixel_spacing_row": "float64",
+    "imager_pixel_spacing_col": "float64",
+    "burned_in_annotation": "str",
+    "voi": "str",
+    "us_regions": "Int64",
     "slice_thickness": "float64",
     "spacing_between_slices": "float64",
     "image_position_x": "float64",
@@ -302,21 +320,82 @@ class _Header:
         return None if number is None else int(number)
 
 
+KINDS = {
+    "image": "image",
+    "segmentation": "DICOM SEG (segmentation)",
+    "directory": "DICOMDIR (media storage directory)",
+    "structured_report": "structured report (SR)",
+    "key_object": "key object selection (KOS)",
+    "presentation_state": "presentation state (PR)",
+    "radiotherapy": "radiotherapy object (RT)",
+    "encapsulated_document": "encapsulated document (PDF, CDA, STL...)",
+    "waveform": "waveform (ECG, audio...)",
+    "raw_data": "raw data",
+    "other": "DICOM object that is not an image",
+}
+"""Values of the index's ``kind`` column and how reports name them."""
+
+
 def _kind(sop_class: str | None, ds: Dataset) -> str:
     if sop_class == SEG_STORAGE:
         return "segmentation"
-    if sop_class == _DIRECTORY_STORAGE:
+    if sop_class == _DIRECTORY_STORAGE or 0x00041220 in ds._dict:  # DirectoryRecordSequence
         return "directory"
     name = UID(sop_class).name if sop_class else ""
+    if "Key Object Selection" in name:
+        return "key_object"
     if "SR Storage" in name or "Structured Report" in name:
         return "structured_report"
     if "Presentation State" in name:
         return "presentation_state"
-    if name.startswith("RT "):
+    if name.startswith("RT ") and "Image" not in name:
         return "radiotherapy"
+    if "Encapsulated" in name:
+        return "encapsulated_document"
+    if "Waveform" in name or "ECG" in name:
+        return "waveform"
+    if name.startswith("Raw Data"):
+        return "raw_data"
     if "Image Storage" in name or 0x00280010 in ds._dict:  # Rows
         return "image"
     return "other"
+
+
+def _first(ds: Dataset, *path: str) -> Any:
+    """The value at ``Seq[0].Seq[0]...Keyword`` or None."""
+    node: Any = ds
+    for keyword in path[:-1]:
+        seq = node.get(keyword) if node is not None else None
+        if not seq:
+            return None
+        node = seq[0]
+    return node.get(path[-1]) if node is not None else None
+
+
+def _functional(ds: Dataset, macro: str, keyword: str) -> Any:
+    """A value of a functional group macro: shared groups first, then the first frame's.
+
+    Enhanced multi-frame objects (PS3.3 C.7.6.16) keep Pixel Measures, Plane
+    Orientation and Plane Position in functional groups instead of the top level.
+    """
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        value = _first(ds, groups, macro, keyword)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _numbers(value: Any) -> list[float]:
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    out: list[float] = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            return []
+    return out
 
 
 def _pixel_data_problem(data: bytes, position: int, ds: Dataset) -> str | None:
@@ -361,6 +440,28 @@ def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> 
     meta = ds.get("file_meta") or Dataset()
     sop_class = h.text("SOPClassUID") or _plain(meta, "MediaStorageSOPClassUID")
     iop = h.text("ImageOrientationPatient")
+    spacing = [h.number("PixelSpacing", 0), h.number("PixelSpacing", 1)]
+    thickness = h.number("SliceThickness")
+    position = [h.number("ImagePositionPatient", i) for i in range(3)]
+    if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+        if iop is None:
+            found = _numbers(_functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient"))
+            iop = "\\".join(str(v) for v in found) if len(found) == 6 else None
+        if spacing[0] is None:
+            found = _numbers(_functional(ds, "PixelMeasuresSequence", "PixelSpacing"))
+            spacing = found[:2] if len(found) >= 2 else spacing
+        if thickness is None:
+            found = _numbers(_functional(ds, "PixelMeasuresSequence", "SliceThickness"))
+            thickness = found[0] if found else None
+        if position[2] is None:
+            found = _numbers(_functional(ds, "PlanePositionSequence", "ImagePositionPatient"))
+            position = found[:3] if len(found) == 3 else position
+    voi = None
+    if 0x00281050 in ds._dict or _functional(ds, "FrameVOILUTSequence", "WindowCenter"):
+        voi = "window"
+    if "VOILUTSequence" in ds:
+        voi = "lut" if voi is None else "window+lut"
+    regions = ds.get("SequenceOfUltrasoundRegions")
     ref_series = None
     refs = ds.get("ReferencedSeriesSequence")
     if refs:
@@ -403,13 +504,20 @@ def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> 
         "columns": h.integer("Columns"),
         "number_of_frames": h.integer("NumberOfFrames"),
         "bits_allocated": h.integer("BitsAllocated"),
-        "pixel_spacing_row": h.number("PixelSpacing", 0),
-        "pixel_spacing_col": h.number("PixelSpacing", 1),
-        "slice_thickness": h.number("SliceThickness"),
+        "samples_per_pixel": h.integer("SamplesPerPixel"),
+        "photometric_interpretation": h.text("PhotometricInterpretation"),
+        "pixel_spacing_row": spacing[0],
+        "pixel_spacing_col": spacing[1],
+        "imager_pixel_spacing_row": h.number("ImagerPixelSpacing", 0),
+        "imager_pixel_spacing_col": h.number("ImagerPixelSpacing", 1),
+        "burned_in_annotation": h.text("BurnedInAnnotation"),
+        "voi": voi,
+        "us_regions": len(regions) if regions is not None else None,
+        "slice_thickness": thickness,
         "spacing_between_slices": h.number("SpacingBetweenSlices"),
-        "image_position_x": h.number("ImagePositionPatient", 0),
-        "image_position_y": h.number("ImagePositionPatient", 1),
-        "image_position_z": h.number("ImagePositionPatient", 2),
+        "image_position_x": position[0],
+        "image_position_y": position[1],
+        "image_position_z": position[2],
         "image_orientation": (",".join(f"{float(v):g}" for v in iop.split("\\")) if iop else None),
         "rescale_slope": h.number("RescaleSlope"),
         "rescale_intercept": h.number("RescaleIntercept"),
@@ -477,7 +585,9 @@ def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
     except InvalidDicomError as exc:
         if is_reference_file(rel):
             return "other", base
-        return "unreadable", {**base, "reason": f"not DICOM: {exc}".splitlines()[0][:300]}
+        what = sniff_file_type(data)
+        reason = f"not DICOM ({what})" if what else f"not DICOM: {exc}".splitlines()[0][:300]
+        return "unreadable", {**base, "reason": reason}
     except Exception as exc:  # pydicom raises many types on corrupt input
         reason = f"unreadable DICOM header: {type(exc).__name__}: {exc}".splitlines()[0][:300]
         return "unreadable", {**base, "reason": reason}
@@ -488,6 +598,61 @@ def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
         return "dicom", _record(rel, data, digest, ds, has_meta)
     except Exception as exc:  # malformed values (e.g. undecodable strings)
         return "unreadable", {**base, "reason": f"malformed attribute values: {exc}"[:300]}
+
+
+_MAGIC = (
+    (b"PK\x03\x04", "ZIP archive"),
+    (b"PK\x05\x06", "empty ZIP archive"),
+    (b"\x1f\x8b", "gzip archive"),
+    (b"%PDF", "PDF document"),
+    (b"\x89PNG", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
+    (b"BZh", "bzip2 archive"),
+    (b"7z\xbc\xaf", "7-Zip archive"),
+    (b"\xfd7zXZ", "xz archive"),
+    (b"\x93NUMPY", "NumPy array"),
+    (b"\x89HDF", "HDF5 file"),
+)
+
+
+def sniff_file_type(data: bytes) -> str | None:
+    """What a file that is not DICOM looks like: ``"ZIP archive"``, ``"text file"``...
+
+    Parameters
+    ----------
+    data : bytes
+        The file's content (its first few kilobytes suffice).
+
+    Returns
+    -------
+    str or None
+        A short description, or None when the content is not recognised.
+    """
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 40 and data[36:40] == b"acsp":
+        return "ICC colour profile"
+    if len(data) >= 348 and data[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "NIfTI image"
+    head = data[:4096]
+    if not head:
+        return "empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 9 for c in text):
+        return None
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "JSON or text file"
+    if stripped.startswith("<"):
+        return "XML or HTML file"
+    return "text file"
 
 
 def _printable(rel: str) -> str:

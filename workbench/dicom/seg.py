@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -24,7 +25,7 @@ from workbench import __version__
 from workbench.dicom.volume import Volume, sort_slices
 from workbench.errors import DicomReadError, SegmentationError
 
-__all__ = ["build_seg_dataset", "read_seg_mask", "write_seg"]
+__all__ = ["SegIdentity", "build_seg_dataset", "identify_seg", "read_seg_mask", "write_seg"]
 
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -340,3 +341,122 @@ def _pin_generated_values(seg: Dataset, sop_uid: str, when: dt.datetime) -> None
     for item in seg.get("DimensionIndexSequence", []):
         if "DimensionOrganizationUID" in item:
             item.DimensionOrganizationUID = dim_uid
+
+
+@dataclass(frozen=True, slots=True)
+class SegIdentity:
+    """What a DICOM SEG says about itself: what it segments, which segments, by whom.
+
+    Attributes
+    ----------
+    sop_instance_uid, series_instance_uid : str
+        Of the SEG itself.
+    referenced_series_uids : tuple of str
+        Series Instance UIDs of the source images it references (Referenced
+        Series Sequence, PS3.3 C.7.6.16.2.10, and Studies Containing Other
+        Referenced Instances), sorted.
+    frame_of_reference_uid : str or None
+    segment_labels : dict of int to str
+        Segment Number -> Segment Label (Segment Sequence, PS3.3 C.8.20.2).
+    algorithm_types : dict of int to str
+        Segment Number -> Segment Algorithm Type (``MANUAL``, ``SEMIAUTOMATIC``,
+        ``AUTOMATIC``).
+    reader : str or None
+        Content Creator's Name (PS3.3 C.10.9), the person who drew a manual
+        segmentation, as written (``Family^Given``); ``None`` when absent.
+    algorithm_names : tuple of str
+        Algorithm Names of automatic segments (Segmentation Algorithm
+        Identification Sequence), sorted.
+    content_label : str or None
+    """
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    referenced_series_uids: tuple[str, ...]
+    frame_of_reference_uid: str | None
+    segment_labels: dict[int, str]
+    algorithm_types: dict[int, str]
+    reader: str | None
+    algorithm_names: tuple[str, ...]
+    content_label: str | None
+
+    @property
+    def referenced_series_uid(self) -> str:
+        """The one source series the SEG references.
+
+        Raises
+        ------
+        SegmentationError
+            The SEG references no series or more than one.
+        """
+        if len(self.referenced_series_uids) != 1:
+            raise SegmentationError(
+                f"SEG {self.sop_instance_uid}: expected one referenced source series. Found "
+                f"{len(self.referenced_series_uids)}: {list(self.referenced_series_uids)}."
+            )
+        return self.referenced_series_uids[0]
+
+
+def identify_seg(seg: Dataset | str | Path) -> SegIdentity:
+    """Identify a DICOM SEG by its content, not by its file name.
+
+    Parameters
+    ----------
+    seg : pydicom.Dataset or str or Path
+        A Segmentation Storage dataset, or the path of one (read without its
+        pixel data).
+
+    Returns
+    -------
+    SegIdentity
+        Referenced series, segment labels, the reader (Content Creator's Name)
+        and, for automatic segments, the algorithm names.
+
+    Raises
+    ------
+    SegmentationError
+        Not readable, or not Segmentation Storage (expected and found SOP Class).
+
+    Examples
+    --------
+    >>> identity = identify_seg("cases/case0001/SEG/reader1.dcm")  # doctest: +SKIP
+    >>> identity.reader, identity.segment_labels  # doctest: +SKIP
+    ('Reader1^Synthetic', {1: 'Lesion'})
+    """
+    if isinstance(seg, Dataset):
+        ds = seg
+    else:
+        try:
+            ds = pydicom.dcmread(seg, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for bad files
+            raise SegmentationError(f"Cannot read {seg} as DICOM: {exc}") from exc
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class != _SEG_SOP_CLASS:
+        raise SegmentationError(
+            f"Expected SOP Class Segmentation Storage ({_SEG_SOP_CLASS}). "
+            f"Found {sop_class or 'none'} (Modality {ds.get('Modality', 'none')})."
+        )
+    labels: dict[int, str] = {}
+    types: dict[int, str] = {}
+    algorithms: set[str] = set()
+    for item in ds.get("SegmentSequence", []):
+        number = int(item.SegmentNumber)
+        labels[number] = str(item.get("SegmentLabel", ""))
+        types[number] = str(item.get("SegmentAlgorithmType", ""))
+        for algorithm in item.get("SegmentationAlgorithmIdentificationSequence", []):
+            if "AlgorithmName" in algorithm:
+                algorithms.add(str(algorithm.AlgorithmName))
+        if "SegmentAlgorithmName" in item:
+            algorithms.add(str(item.SegmentAlgorithmName))
+    creator = ds.get("ContentCreatorName")
+    return SegIdentity(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        referenced_series_uids=tuple(sorted(_referenced_series(ds))),
+        frame_of_reference_uid=str(ds.FrameOfReferenceUID) if "FrameOfReferenceUID" in ds else None,
+        segment_labels=dict(sorted(labels.items())),
+        algorithm_types=dict(sorted(types.items())),
+        reader=str(creator) if creator else None,
+        algorithm_names=tuple(sorted(algorithms)),
+        content_label=str(ds.ContentLabel) if "ContentLabel" in ds else None,
+    )

@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["select_device", "snapshot", "deterministic_settings", "deterministic_mode"]
+__all__ = [
+    "select_device",
+    "snapshot",
+    "ray_cluster",
+    "deterministic_settings",
+    "deterministic_mode",
+]
 
 _PACKAGES = ("torch", "monai", "numpy", "pydicom", "highdicom", "scipy", "pydantic")
 _CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -100,7 +106,9 @@ def snapshot(device: str | torch.device | None = None) -> dict[str, Any]:
         ``python``, ``platform``, ``packages`` (name -> version),
         ``device`` (type, name, CUDA/cuDNN/driver versions when CUDA),
         ``cpu_model``, ``cpu_count``, ``torch_threads``, ``torch_interop_threads``,
-        ``deterministic`` (see :func:`deterministic_settings`). JSON-serialisable.
+        ``deterministic`` (see :func:`deterministic_settings`); ``ray`` (see
+        :func:`ray_cluster`) when this process is connected to a Ray cluster.
+        JSON-serialisable.
     """
     chosen = select_device(device)
     info: dict[str, Any] = {"type": chosen.type, "name": "cpu"}
@@ -116,7 +124,7 @@ def snapshot(device: str | torch.device | None = None) -> dict[str, Any]:
             cudnn_version=torch.backends.cudnn.version(),
             driver_version=_driver_version(),
         )
-    return {
+    result: dict[str, Any] = {
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -128,6 +136,75 @@ def snapshot(device: str | torch.device | None = None) -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "deterministic": deterministic_settings(),
     }
+    cluster = ray_cluster()
+    if cluster is not None:
+        result["ray"] = cluster
+    return result
+
+
+def ray_cluster(*, timeout_s: float = 60.0) -> dict[str, Any] | None:
+    """The Ray cluster this process is connected to, if any: version, nodes, GPUs, drivers.
+
+    Parameters
+    ----------
+    timeout_s : float
+        How long to wait for the GPU driver query of each GPU node.
+
+    Returns
+    -------
+    dict or None
+        ``None`` when Ray is not in use in this process (not imported or not
+        connected). Otherwise ``version`` and ``nodes``: for each node its id,
+        host name, address, whether alive, CPUs, GPUs, memory, accelerator type
+        and, for alive GPU nodes, the GPU names and driver version reported by
+        ``nvidia-smi`` on that node.
+    """
+    ray = sys.modules.get("ray")
+    if (
+        ray is None
+        or not callable(getattr(ray, "is_initialized", None))
+        or not ray.is_initialized()
+    ):
+        return None
+    nodes: list[dict[str, Any]] = []
+    for node in ray.nodes():
+        resources = node.get("Resources", {}) or {}
+        accelerators = sorted(
+            key.removeprefix("accelerator_type:")
+            for key in resources
+            if key.startswith("accelerator_type:")
+        )
+        nodes.append(
+            {
+                "node_id": node.get("NodeID"),
+                "hostname": node.get("NodeManagerHostname"),
+                "address": node.get("NodeManagerAddress"),
+                "alive": bool(node.get("Alive")),
+                "cpus": float(resources.get("CPU", 0)),
+                "gpus": float(resources.get("GPU", 0)),
+                "memory_bytes": int(resources.get("memory", 0)),
+                "accelerator_type": accelerators[0] if accelerators else None,
+            }
+        )
+    gpu_nodes = [n for n in nodes if n["alive"] and n["gpus"] > 0]
+    if gpu_nodes:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from workbench.inference.ray_executor import _gpu_details
+
+        query = ray.remote(num_cpus=0)(_gpu_details)
+        pending = {
+            n["node_id"]: query.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["node_id"], soft=False)
+            ).remote()
+            for n in gpu_nodes
+        }
+        for node in gpu_nodes:
+            try:
+                node.update(ray.get(pending[node["node_id"]], timeout=timeout_s))
+            except Exception as error:  # a node that cannot answer is recorded as such
+                node["gpu_query_error"] = f"{type(error).__name__}: {error}"[:300]
+    return {"version": ray.__version__, "nodes": nodes}
 
 
 def deterministic_settings() -> dict[str, Any]:

@@ -25,43 +25,33 @@ stall the whole team at its next barrier, so the reader and the writer take
 the moments the team leaves free instead. On a GPU it keeps the thread that
 feeds the device from waiting behind them.
 
-Scaling out needs no change to the runner; a Ray executor is a class with the
-same method::
+Scaling out needs no change to the runner:
+:class:`~workbench.inference.ray_executor.RayExecutor` has the same method and
+sends the cases to Ray actors. Executors that run ``process`` in other
+processes use these optional methods of the object they are given (the
+runner's :class:`~workbench.inference.runner.CaseProcessor` has them all):
 
-    import ray
+``warm_up()``
+    Called once per worker before its first case: load the model and verify
+    its registered SHA-256 hashes, so that a changed model stops the run.
+``failed(case, reason) -> result``
+    The result recorded for a case that could not be processed at all (its
+    worker was lost more often than the retry limit allows).
+``pack_case(case)``, ``run_packed(packed)``, ``unpack_output(packed_output)``
+    For workers that cannot see the driver's storage: the driver reads the
+    case's files, the worker processes them in a scratch folder and returns
+    the output files, the driver stores them.
 
-    class RayExecutor:
-        '''Fan cases out over a Ray cluster; results still come back in case order.'''
+:func:`make_executor` builds an executor by name (``local`` or ``ray``), as the
+``workbench validate --executor`` option and ``$WORKBENCH_EXECUTOR`` do.
 
-        def __init__(self, *, num_gpus: float = 0.25, max_in_flight: int = 64) -> None:
-            self.num_gpus = num_gpus
-            self.max_in_flight = max_in_flight
-
-        def map_cases(self, process, cases, *, prepare=None):
-            @ray.remote(num_gpus=self.num_gpus)
-            def one(case):
-                # ``process`` pickles without its torch module; on first use on a
-                # worker it reloads the model from its path and re-verifies the
-                # registered SHA-256 of every file (CaseProcessor.__setstate__).
-                return process(prepare(case) if prepare is not None else case)
-
-            cases = list(cases)
-            refs = [one.remote(c) for c in cases[: self.max_in_flight]]
-            for i in range(len(cases)):
-                result = ray.get(refs[i])                 # wait in case order
-                if i + self.max_in_flight < len(cases):   # keep the pipeline full
-                    refs.append(one.remote(cases[i + self.max_in_flight]))
-                yield result
-
-    run_inference(cases, model, spec, out_dir=..., executor=RayExecutor())
-
-The output folder must then be on storage the workers share; every output's
-file name and DICOM UIDs depend only on the model digest and the case id, so
-retries and resumes on other nodes write identical files.
+Every output's file name and DICOM UIDs depend only on the model digest and
+the case id, so retries and resumes on other nodes write identical files.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import threading
@@ -72,10 +62,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "BACKGROUND_NICENESS",
+    "EXECUTOR_KINDS",
     "InferenceExecutor",
     "InProcessExecutor",
     "SerialExecutor",
     "lower_thread_priority",
+    "make_executor",
 ]
 
 #: Niceness of the reader and writer threads of a run (0 = same as the caller).
@@ -231,3 +223,93 @@ class InProcessExecutor:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: Executor names accepted by :func:`make_executor` (``workbench validate --executor``).
+EXECUTOR_KINDS = ("local", "ray")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${name} should be an integer. Found {value!r}.") from None
+
+
+def make_executor(
+    kind: str | None = None,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    num_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    max_retries: int | None = None,
+    connect: bool = True,
+) -> InferenceExecutor | None:
+    """The executor of a run, by name.
+
+    Parameters
+    ----------
+    kind : str, optional
+        ``"local"`` (this process: the runner's default
+        :class:`InProcessExecutor`) or ``"ray"`` (a Ray cluster). Default
+        ``$WORKBENCH_EXECUTOR``, else ``"local"``.
+    address : str, optional
+        Ray cluster address: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+        Default ``$WORKBENCH_RAY_ADDRESS``, else ``$RAY_ADDRESS`` or a new
+        local Ray instance.
+    storage : str, optional
+        ``"shared"`` or ``"object_store"``; default ``$WORKBENCH_RAY_STORAGE``,
+        else ``"shared"`` (see :mod:`workbench.inference.ray_executor`).
+    num_workers, threads_per_worker, max_retries : int, optional
+        Default ``$WORKBENCH_RAY_WORKERS`` (one per GPU or per
+        ``threads_per_worker`` CPUs), ``$WORKBENCH_RAY_THREADS`` (1) and
+        ``$WORKBENCH_RAY_MAX_RETRIES`` (2).
+    connect : bool
+        Connect to the cluster now, so that a wrong address fails before the
+        run starts and the run's environment snapshot lists the cluster.
+
+    Returns
+    -------
+    InferenceExecutor or None
+        ``None`` for ``local`` (the runner's default).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind (with a did-you-mean hint) or a bad setting.
+    InferenceError
+        Ray is not installed or the cluster cannot be reached.
+    """
+    name = (kind or os.environ.get("WORKBENCH_EXECUTOR") or "local").strip().lower()
+    if name not in EXECUTOR_KINDS:
+        close = difflib.get_close_matches(name, EXECUTOR_KINDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"executor should be one of {list(EXECUTOR_KINDS)}. Found {kind!r}.{hint}")
+    if name == "local":
+        return None
+    from workbench.inference.ray_executor import RayExecutor
+
+    options: dict[str, Any] = {}
+    workers = num_workers if num_workers is not None else _env_int("WORKBENCH_RAY_WORKERS")
+    threads = (
+        threads_per_worker if threads_per_worker is not None else _env_int("WORKBENCH_RAY_THREADS")
+    )
+    retries = max_retries if max_retries is not None else _env_int("WORKBENCH_RAY_MAX_RETRIES")
+    if workers is not None:
+        options["num_workers"] = workers
+    if threads is not None:
+        options["threads_per_worker"] = threads
+    if retries is not None:
+        options["max_retries"] = retries
+    executor = RayExecutor(
+        address=address or os.environ.get("WORKBENCH_RAY_ADDRESS") or None,
+        storage=storage or os.environ.get("WORKBENCH_RAY_STORAGE") or "shared",
+        **options,
+    )
+    if connect:
+        executor.connect()
+    return executor

@@ -21,11 +21,14 @@ was interrupted is resumed.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +36,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from workbench.inference.executor import (
 from workbench.inference.loading import LoadedModel, load_model
 from workbench.inference.preprocess import Preprocessed, preprocess_volume, restore_original_grid
 from workbench.inference.registry import ModelSpec, ModelTask, ScoreActivation
+from workbench.vocabulary import CaseStatus
 
 __all__ = [
     "CaseInput",
@@ -59,6 +62,8 @@ __all__ = [
     "CaseStatus",
     "InferenceSummary",
     "CaseProcessor",
+    "PackedCase",
+    "PackedOutput",
     "run_inference",
     "mask_sha256",
     "seg_uids",
@@ -69,13 +74,6 @@ Progress = Callable[[int, int, str], None]
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEG_FILENAME = "prediction_seg.dcm"
 ENVIRONMENT_FILENAME = "environment.json"
-
-
-class CaseStatus(StrEnum):
-    """Outcome of one case."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +211,40 @@ class _Computed:
     probabilities: torch.Tensor | None
 
 
+@dataclass(frozen=True, slots=True)
+class PackedCase:
+    """A case's files, read by the driver for a worker that cannot see them.
+
+    Attributes
+    ----------
+    case_id : str
+    files : tuple of (str, bytes)
+        File name and content of each CT file.
+    error : str or None
+        Why the files could not be read (the case then fails on the worker).
+    """
+
+    case_id: str
+    files: tuple[tuple[str, bytes], ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PackedOutput:
+    """A case's output as a worker without the output storage returns it.
+
+    Attributes
+    ----------
+    output : CaseOutput
+        With ``mask_path=None``.
+    seg : bytes or None
+        The DICOM SEG file.
+    """
+
+    output: CaseOutput
+    seg: bytes | None
+
+
 class _CaseTimeout(Exception):
     pass
 
@@ -314,16 +346,96 @@ class CaseProcessor:
             )
         return self.model.module
 
+    # -- hooks for executors that run cases in other processes (see executor.py) --
+    def warm_up(self) -> None:
+        """Load the model now, verifying its files against the registered SHA-256 hashes.
+
+        A processor that was pickled to another process has no model; executors
+        call this once per worker before its first case, so that a changed or
+        unreadable model stops the run instead of failing its cases one by one.
+
+        Raises
+        ------
+        ModelIntegrityError
+            The model files differ from the hashes recorded when it was loaded.
+        ModelError
+            The files cannot be loaded.
+        """
+        self._module()
+
+    def failed(self, case: CaseInput, reason: str) -> CaseOutput:
+        """The output of a case that could not be processed at all (e.g. its worker was lost)."""
+        return self._failed(case, reason, time.perf_counter())
+
+    def pack_case(self, case: CaseInput) -> PackedCase:
+        """Read a case's files so that a worker without access to them can process it.
+
+        Never raises: a file that cannot be read makes the packed case fail on the worker.
+        """
+        try:
+            files = tuple((Path(p).name, Path(p).read_bytes()) for p in case.ct_paths)
+        except OSError as error:
+            return PackedCase(case.case_id, (), _reason("reading", error))
+        return PackedCase(case.case_id, files, None)
+
+    def run_packed(self, packed: PackedCase) -> PackedOutput:
+        """Process a packed case in a private scratch folder; the SEG comes back as bytes.
+
+        The files are written under fresh names in a temporary folder and read
+        from there; the SEG is written there too and returned with the output,
+        whose ``mask_path`` is ``None`` until :meth:`unpack_output` stores it.
+        The outputs are the same as those of ``self(self.prepare(case))``: the
+        SEG depends on the source headers and the (model digest, case id) only.
+        """
+        started = time.perf_counter()
+        if packed.error is not None:
+            case = CaseInput(packed.case_id, ())
+            return PackedOutput(self._failed(case, packed.error, started), None)
+        with tempfile.TemporaryDirectory(prefix="workbench-case-") as scratch:
+            root = Path(scratch)
+            (root / "in").mkdir()
+            paths = []
+            for index, (name, data) in enumerate(packed.files):
+                path = root / "in" / f"{index:05d}-{Path(name).name}"
+                path.write_bytes(data)
+                paths.append(path)
+            local = copy.copy(self)  # shares the loaded model; only the output folder differs
+            local.out_dir = root / "out"
+            output = local(local.prepare(CaseInput(packed.case_id, tuple(paths))))
+            seg = output.mask_path.read_bytes() if output.mask_path is not None else None
+        return PackedOutput(dataclasses.replace(output, mask_path=None), seg)
+
+    def unpack_output(self, packed: PackedOutput) -> CaseOutput:
+        """Store the SEG of a packed output in this processor's output folder (driver side)."""
+        output = packed.output
+        if packed.seg is None:
+            return output
+        if hashlib.sha256(packed.seg).hexdigest() != output.seg_sha256:
+            return self.failed(
+                CaseInput(output.case_id, ()),
+                "transfer failed: the SEG received from the worker does not match its SHA-256",
+            )
+        case_dir = self.out_dir / "cases" / output.case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        target = case_dir / SEG_FILENAME
+        partial = case_dir / (SEG_FILENAME + ".partial")
+        with partial.open("wb") as handle:
+            handle.write(packed.seg)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        return dataclasses.replace(output, mask_path=target)
+
     # -- stage 1: reading and preprocessing (runs ahead, in a background thread) --
     def prepare(self, case: CaseInput) -> _Prepared:
         """Read and preprocess one case; never raises (errors travel in the result)."""
-        from workbench.dicom.volume import load_series
+        from workbench.inference.preprocess import load_case_image
 
         started = time.perf_counter()
         try:
             if not case.ct_paths:
                 raise InferenceError(f"Case {case.case_id}: expected CT files. Found none.")
-            volume = load_series(case.ct_paths)
+            volume = load_case_image(case.ct_paths, self.spec.input)  # a series, or one 2D image
             data = preprocess_volume(volume, self.spec.input)
             when = self.content_datetime or _source_datetime(volume.headers[0])
             return _Prepared(case, data, volume.paths, volume.headers, when, None, started)
@@ -518,7 +630,10 @@ class CaseProcessor:
                 probabilities: torch.Tensor | None = torch.softmax(logits[0], dim=0)
             else:
                 resized = torch.nn.functional.interpolate(
-                    image, size=spec.roi_size, mode="trilinear", align_corners=False
+                    image,
+                    size=spec.roi_size,
+                    mode="trilinear" if image.ndim == 5 else "bilinear",  # 3D or 2D input
+                    align_corners=False,
                 )
                 _, score = self._split_outputs(module(resized))
                 assert score is not None
@@ -658,6 +773,11 @@ def run_inference(
     amp = bool(mixed_precision and target.type == "cuda")
 
     with deterministic_mode() as settings:
+        runner = executor if executor is not None else InProcessExecutor()
+        describe = getattr(runner, "describe", None)
+        # Executors that run elsewhere say where (Ray: connects first, so that the
+        # snapshot below lists the cluster's nodes).
+        executor_info = describe() if callable(describe) else None
         environment = snapshot(target)
         environment["mixed_precision"] = amp
         environment["model"] = {
@@ -666,6 +786,8 @@ def run_inference(
             "digest": loaded_model.digest,
             "files": loaded_model.file_hashes,
         }
+        if executor_info is not None:
+            environment["executor"] = executor_info
         environment_path = out / ENVIRONMENT_FILENAME
         _write_json_atomic(environment_path, environment)
         processor = CaseProcessor(
@@ -677,7 +799,6 @@ def run_inference(
             case_timeout_s=case_timeout_s,
             content_datetime=content_datetime,
         )
-        runner = executor if executor is not None else InProcessExecutor()
         done = len(skipped)
         if progress is not None:
             progress(done, total, f"{len(skipped)} case(s) already completed, {len(todo)} to run")
@@ -724,6 +845,9 @@ def run_inference(
                 todo, runner.map_cases(processor, todo, prepare=processor.prepare), strict=True
             ):
                 emit(case, output)
+            if callable(describe):  # now with the workers that ran the cases
+                environment["executor"] = describe()
+                _write_json_atomic(environment_path, environment)
 
     n_completed = sum(o.status == CaseStatus.COMPLETED for o in outputs)
     return InferenceSummary(

@@ -6,16 +6,23 @@ per case and :func:`find_discrepancies` selects the cases for adjudication.
 """
 
 from workbench.protocols.discrepancies import Discrepancy, DiscrepancyCandidate, find_discrepancies
-from workbench.protocols.evaluation import (
-    CaseStatus,
-    EndpointResult,
-    ProtocolEvaluation,
-    Verdict,
-    evaluate_endpoints,
-    stratum_labels,
-)
+from workbench.protocols.evaluation import evaluate_endpoints, stratum_labels
 from workbench.protocols.loading import diff_protocols, load_protocol, protocol_sha256
 from workbench.protocols.metrics import METRICS, Metric, MetricInfo, Task, metric_info
+from workbench.protocols.results import (
+    SCHEMA_VERSION,
+    AgreementResult,
+    CaseAccounting,
+    CaseNote,
+    EndpointResult,
+    HeterogeneityResult,
+    ProtocolEvaluation,
+    RocSummary,
+    RunContext,
+    RunResults,
+    StratumResult,
+    SupplementaryAnalyses,
+)
 from workbench.protocols.schema import (
     Adjudication,
     CIMethodSpec,
@@ -26,6 +33,7 @@ from workbench.protocols.schema import (
     FailedCasePolicy,
     Multiplicity,
     MultiplicityFamily,
+    NotEvaluablePolicy,
     Operator,
     Protocol,
     ReferenceStandard,
@@ -39,9 +47,22 @@ from workbench.protocols.schema import (
     TestSetRef,
     render_criterion,
 )
+from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
 __all__ = [
     "METRICS",
+    "SCHEMA_VERSION",
+    "AgreementResult",
+    "CaseAccounting",
+    "CaseNote",
+    "EstimateStatus",
+    "HeterogeneityResult",
+    "NotEvaluablePolicy",
+    "RocSummary",
+    "RunContext",
+    "RunResults",
+    "StratumResult",
+    "SupplementaryAnalyses",
     "Adjudication",
     "CIMethodSpec",
     "CaseStatus",

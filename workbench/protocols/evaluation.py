@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,209 +35,29 @@ import pandas as pd
 from workbench import stats as wstats
 from workbench.errors import NotEstimableError, ProtocolError, StatisticsError
 from workbench.protocols.metrics import Metric, Task, metric_info
+from workbench.protocols.results import (
+    EndpointResult,
+    ProtocolEvaluation,
+    StratumResult,
+    _verdict_reason,
+)
 from workbench.protocols.schema import (
     Criterion,
     Endpoint,
     FailedCasePolicy,
     Multiplicity,
     MultiplicityFamily,
+    NotEvaluablePolicy,
     Protocol,
     StratumFactor,
     SubgroupRule,
 )
+from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
 __all__ = [
-    "CaseStatus",
-    "EndpointResult",
-    "ProtocolEvaluation",
-    "Verdict",
     "evaluate_endpoints",
     "stratum_labels",
 ]
-
-
-class Verdict(StrEnum):
-    """Outcome of an acceptance criterion."""
-
-    PASS = "PASS"  # noqa: S105 - a verdict, not a password
-    FAIL = "FAIL"
-    NOT_ESTIMABLE = "NOT_ESTIMABLE"
-    NOT_ASSESSED = "NOT_ASSESSED"
-    """Strata only: reported, not judged (n below min_n, or a report-only factor)."""
-
-
-class CaseStatus(StrEnum):
-    """Status of a case in the cases frame."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"
-    EXCLUDED = "excluded"
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointResult:
-    """One endpoint evaluated overall and per stratum.
-
-    Parameters
-    ----------
-    endpoint_id, metric : str
-        From the protocol.
-    primary : bool
-        Whether the endpoint decides the protocol's verdict.
-    estimate : Estimate or None
-        Overall estimate with its CI (None when not estimable).
-    criterion_text : str
-        The criterion in words.
-    overall_verdict : Verdict
-        The criterion applied to ``estimate``.
-    subgroup_rule_text : str or None
-        The subgroup rule in words, when the rule applies to this endpoint.
-    strata : tuple of dict
-        Records ``factor, stratum, n, value, ci_low, ci_high, level, method,
-        verdict, reason`` (``level`` is the multiplicity-adjusted level used).
-    verdict : Verdict
-        Overall and subgroup verdicts combined: FAIL if either fails,
-        NOT_ESTIMABLE if the overall estimate or an assessed stratum is not estimable.
-    reason : str
-        Why the endpoint is not estimable or failed ('' when it passed).
-    n_cases : int
-        Cases in the overall analysis.
-    operating_threshold : float or None
-        Score threshold of threshold metrics.
-    """
-
-    endpoint_id: str
-    metric: str
-    primary: bool
-    estimate: wstats.Estimate | None
-    criterion_text: str
-    overall_verdict: Verdict
-    subgroup_rule_text: str | None
-    strata: tuple[dict[str, Any], ...]
-    verdict: Verdict
-    reason: str
-    n_cases: int
-    operating_threshold: float | None = None
-
-    def strata_frame(self) -> pd.DataFrame:
-        """The strata records as a DataFrame."""
-        return pd.DataFrame.from_records(list(self.strata), columns=list(_STRATUM_COLUMNS))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN and infinities become None)."""
-        return _jsonable(
-            {
-                "endpoint_id": self.endpoint_id,
-                "metric": self.metric,
-                "primary": self.primary,
-                "estimate": None if self.estimate is None else self.estimate.as_dict(),
-                "criterion_text": self.criterion_text,
-                "overall_verdict": self.overall_verdict.value,
-                "subgroup_rule_text": self.subgroup_rule_text,
-                "strata": [dict(r) for r in self.strata],
-                "verdict": self.verdict.value,
-                "reason": self.reason,
-                "n_cases": self.n_cases,
-                "operating_threshold": self.operating_threshold,
-            }
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolEvaluation:
-    """Result of :func:`evaluate_endpoints`.
-
-    Parameters
-    ----------
-    protocol_id, protocol_version, protocol_sha256 : str, int, str
-        Which protocol was applied.
-    task : str
-        ``segmentation`` or ``classification``.
-    verdict : Verdict
-        PASS when every primary endpoint passes; FAIL when one fails;
-        NOT_ESTIMABLE otherwise.
-    endpoints : tuple of EndpointResult
-        In protocol order.
-    n_cases_total, n_analysed : int
-        Rows in the cases frame; cases in the overall analysis.
-    failed_case_ids, excluded_case_ids : tuple of str
-        Cases the model failed on; cases excluded from the analysis.
-    failed_cases_policy : str
-        The protocol's ``failed_cases`` setting.
-    notes : tuple of str
-        How individual cases were handled (missing values counted as worst...).
-    """
-
-    protocol_id: str
-    protocol_version: int
-    protocol_sha256: str
-    task: str
-    verdict: Verdict
-    endpoints: tuple[EndpointResult, ...]
-    n_cases_total: int
-    n_analysed: int
-    failed_case_ids: tuple[str, ...]
-    excluded_case_ids: tuple[str, ...]
-    failed_cases_policy: str
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def __iter__(self) -> Any:
-        return iter(self.endpoints)
-
-    def endpoint(self, endpoint_id: str) -> EndpointResult:
-        """Return the result of one endpoint by id."""
-        for res in self.endpoints:
-            if res.endpoint_id == endpoint_id:
-                return res
-        known = [r.endpoint_id for r in self.endpoints]
-        raise KeyError(f"no endpoint {endpoint_id!r}; expected one of {known}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form for storage and the report."""
-        return _jsonable(
-            {
-                "protocol_id": self.protocol_id,
-                "protocol_version": self.protocol_version,
-                "protocol_sha256": self.protocol_sha256,
-                "task": self.task,
-                "verdict": self.verdict.value,
-                "endpoints": [e.to_dict() for e in self.endpoints],
-                "n_cases_total": self.n_cases_total,
-                "n_analysed": self.n_analysed,
-                "failed_case_ids": list(self.failed_case_ids),
-                "excluded_case_ids": list(self.excluded_case_ids),
-                "failed_cases_policy": self.failed_cases_policy,
-                "notes": list(self.notes),
-            }
-        )
-
-
-_STRATUM_COLUMNS = (
-    "factor",
-    "stratum",
-    "n",
-    "value",
-    "ci_low",
-    "ci_high",
-    "level",
-    "method",
-    "verdict",
-    "reason",
-)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, StrEnum):
-        return obj.value
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # -- preparing the analysis frame ------------------------------------------------------------
@@ -452,20 +270,24 @@ class _StratumWork:
     level: float = 0.0
     verdict: Verdict = Verdict.NOT_ASSESSED
 
-    def record(self) -> dict[str, Any]:
-        est = self.estimate
-        return {
-            "factor": self.factor.factor,
-            "stratum": self.label,
-            "n": len(self.frame),
-            "value": None if est is None else est.value,
-            "ci_low": None if est is None else est.ci_low,
-            "ci_high": None if est is None else est.ci_high,
-            "level": self.level,
-            "method": None if est is None else est.method,
-            "verdict": self.verdict.value,
-            "reason": self.reason,
-        }
+    def result(self) -> StratumResult:
+        n = len(self.frame)
+        if self.estimate is not None:
+            status = EstimateStatus.OK
+        elif n < self.factor.min_n:
+            status = EstimateStatus.INSUFFICIENT_N
+        else:
+            status = EstimateStatus.NOT_ESTIMABLE
+        return StratumResult(
+            factor=self.factor.factor,
+            stratum=self.label,
+            n=n,
+            estimate=self.estimate,
+            level=self.level,
+            verdict=self.verdict,
+            reason=self.reason,
+            status=status,
+        )
 
 
 def _judge_adjusted(
@@ -502,7 +324,7 @@ def _judge_adjusted(
             work.estimate, work.reason = _estimate(endpoint, work.frame, level)
             work.level = level
             if work.estimate is None:
-                work.verdict = Verdict.NOT_ESTIMABLE
+                work.verdict = Verdict.NOT_EVALUABLE
             elif endpoint.criterion.holds(
                 work.estimate.value, work.estimate.ci_low, work.estimate.ci_high
             ):
@@ -523,7 +345,7 @@ def _judge_fixed(endpoint: Endpoint, work: _StratumWork, criteria: list[Criterio
     work.level = endpoint.ci.level
     work.estimate, work.reason = _estimate(endpoint, work.frame, work.level)
     if work.estimate is None:
-        work.verdict = Verdict.NOT_ESTIMABLE
+        work.verdict = Verdict.NOT_EVALUABLE
         return
     est = work.estimate
     failing = [c for c in criteria if not c.holds(est.value, est.ci_low, est.ci_high)]
@@ -603,7 +425,7 @@ def evaluate_endpoints(
     for i, ep in enumerate(protocol.endpoints):
         est, reason = _estimate(ep, frame, ep.ci.level)
         if est is None:
-            overall = Verdict.NOT_ESTIMABLE
+            overall = Verdict.NOT_EVALUABLE
         elif ep.criterion.holds(est.value, est.ci_low, est.ci_high):
             overall = Verdict.PASS
         else:
@@ -643,14 +465,14 @@ def evaluate_endpoints(
         assessed_works = [w for w in works if w.assessed]
         if overall is Verdict.PASS and assessed_works:
             failing = [w for w in assessed_works if w.verdict is Verdict.FAIL]
-            unknown = [w for w in assessed_works if w.verdict is Verdict.NOT_ESTIMABLE]
+            unknown = [w for w in assessed_works if w.verdict is Verdict.NOT_EVALUABLE]
             if failing:
                 verdict = Verdict.FAIL
                 reason = "subgroup criterion not met for " + ", ".join(
                     f"{w.factor.factor}={w.label}" for w in failing
                 )
             elif unknown:
-                verdict = Verdict.NOT_ESTIMABLE
+                verdict = Verdict.NOT_EVALUABLE
                 reason = "subgroup not estimable for " + ", ".join(
                     f"{w.factor.factor}={w.label}" for w in unknown
                 )
@@ -663,7 +485,7 @@ def evaluate_endpoints(
                 criterion_text=ep.criterion_text(),
                 overall_verdict=overall,
                 subgroup_rule_text=_subgroup_rule_text(protocol, ep) if judged else None,
-                strata=tuple(w.record() for w in works),
+                strata=tuple(w.result() for w in works),
                 verdict=verdict,
                 reason=reason if verdict is not Verdict.PASS else "",
                 n_cases=len(frame),
@@ -678,7 +500,14 @@ def evaluate_endpoints(
     elif all(v is Verdict.PASS for v in primary):
         overall_verdict = Verdict.PASS
     else:
-        overall_verdict = Verdict.NOT_ESTIMABLE
+        overall_verdict = Verdict.NOT_EVALUABLE
+    verdict_reason = _verdict_reason(tuple(results))
+    if (
+        overall_verdict is Verdict.NOT_EVALUABLE
+        and protocol.not_evaluable_counts_as is NotEvaluablePolicy.FAIL
+    ):
+        overall_verdict = Verdict.FAIL
+        verdict_reason += "; counted as FAIL (protocol: not_evaluable_counts_as: fail)"
     return ProtocolEvaluation(
         protocol_id=protocol.id,
         protocol_version=protocol.version,
@@ -692,4 +521,5 @@ def evaluate_endpoints(
         excluded_case_ids=prepared.excluded,
         failed_cases_policy=protocol.failed_cases.value,
         notes=prepared.notes,
+        verdict_reason=verdict_reason,
     )

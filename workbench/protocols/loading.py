@@ -3,6 +3,13 @@
 Errors name the YAML line: the text is composed into a node tree first (which
 keeps every node's position), duplicate keys are rejected there, and each
 pydantic error location is walked down that tree to the line it refers to.
+
+Protocols come from users, so the text is bounded before it is composed: at
+most :data:`MAX_PROTOCOL_BYTES` bytes, nesting at most :data:`MAX_DEPTH` deep,
+at most :data:`MAX_ALIASES` aliases and :data:`MAX_NODES` nodes once aliases
+are expanded (a few hundred bytes of nested aliases can otherwise stand for
+billions of nodes). The limits are checked on the parser's event stream, which
+uses neither recursion nor memory proportional to the expansion.
 """
 
 from __future__ import annotations
@@ -18,9 +25,71 @@ from pydantic import ValidationError
 from workbench.errors import ProtocolError
 from workbench.protocols.schema import LocatedValueError, Protocol
 
-__all__ = ["load_protocol", "diff_protocols", "protocol_sha256"]
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_PROTOCOL_BYTES",
+    "load_protocol",
+    "diff_protocols",
+    "protocol_sha256",
+]
 
 _MAX_ERRORS = 20
+
+#: Largest protocol file accepted (the shipped ones are a few kilobytes).
+MAX_PROTOCOL_BYTES = 1 << 20
+#: Deepest nesting of mappings and lists accepted.
+MAX_DEPTH = 32
+#: Most aliases (``*name``) accepted in one protocol.
+MAX_ALIASES = 64
+#: Most nodes accepted with every alias expanded.
+MAX_NODES = 100_000
+
+
+def _check_limits(text: str, name: str) -> None:
+    """Refuse oversized, too deeply nested or alias-exploding YAML before composing it."""
+    sizes: dict[str, int] = {}
+    stack: list[list[Any]] = [[0, None]]  # [nodes so far, anchor] per open collection
+    aliases = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([1, event.anchor])
+                if len(stack) - 1 > MAX_DEPTH:
+                    raise ProtocolError(
+                        f"{name}: line {line}: nesting deeper than {MAX_DEPTH} levels; expected "
+                        "a protocol of a few levels of mappings and lists."
+                    )
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                count, anchor = stack.pop()
+                if anchor:
+                    sizes[anchor] = count
+                stack[-1][0] += count
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+                stack[-1][0] += 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise ProtocolError(
+                        f"{name}: line {line}: more than {MAX_ALIASES} aliases (*name); write "
+                        "the values out instead."
+                    )
+                stack[-1][0] += sizes.get(str(event.anchor), 1)
+            else:
+                continue
+            if sum(frame[0] for frame in stack) > MAX_NODES:
+                raise ProtocolError(
+                    f"{name}: line {line}: the protocol expands to more than {MAX_NODES:,} "
+                    "values (aliases repeat whole subtrees); expected a protocol of a few "
+                    "hundred values."
+                )
+    except yaml.YAMLError:
+        return  # composing reports the syntax error with its line
 
 
 def protocol_sha256(data: bytes | str) -> str:
@@ -32,7 +101,7 @@ def protocol_sha256(data: bytes | str) -> str:
 def _read_source(path_or_text: str | Path | bytes) -> tuple[bytes, str]:
     """Return (raw bytes, name for messages)."""
     if isinstance(path_or_text, bytes):
-        return path_or_text, "<protocol>"
+        return _bounded(path_or_text, "<protocol>"), "<protocol>"
     if isinstance(path_or_text, Path):
         path = path_or_text
     elif "\n" not in path_or_text and (
@@ -40,14 +109,27 @@ def _read_source(path_or_text: str | Path | bytes) -> tuple[bytes, str]:
     ):
         path = Path(path_or_text)
     else:
-        return path_or_text.encode("utf-8"), "<protocol>"
+        return _bounded(path_or_text.encode("utf-8"), "<protocol>"), "<protocol>"
     try:
-        return path.read_bytes(), str(path)
+        if path.stat().st_size > MAX_PROTOCOL_BYTES:
+            _bounded(b"", str(path), size=path.stat().st_size)
+        with path.open("rb") as handle:
+            return _bounded(handle.read(MAX_PROTOCOL_BYTES + 1), str(path)), str(path)
     except OSError as exc:
         raise ProtocolError(
             f"Cannot read protocol file {path}: {exc.strerror or exc}. "
             "Pass an existing .yaml path or the YAML text itself."
         ) from None
+
+
+def _bounded(raw: bytes, name: str, *, size: int | None = None) -> bytes:
+    size = len(raw) if size is None else size
+    if size > MAX_PROTOCOL_BYTES:
+        raise ProtocolError(
+            f"{name}: the protocol is {size:,} bytes; expected at most {MAX_PROTOCOL_BYTES:,} "
+            "(a protocol is a few kilobytes of YAML)."
+        )
+    return raw
 
 
 def load_protocol(path_or_text: str | Path | bytes) -> Protocol:
@@ -68,9 +150,12 @@ def load_protocol(path_or_text: str | Path | bytes) -> Protocol:
     Raises
     ------
     ProtocolError
-        If the file cannot be read, the YAML is malformed, a mapping repeats a
-        key, or the content violates the schema. The message lists every
-        problem with its line number, what was expected and what was found.
+        If the file cannot be read, is larger than :data:`MAX_PROTOCOL_BYTES`,
+        nests deeper than :data:`MAX_DEPTH`, holds more than :data:`MAX_ALIASES`
+        aliases or expands to more than :data:`MAX_NODES` values, the YAML is
+        malformed, a mapping repeats a key, or the content violates the schema.
+        The message lists every problem with its line number, what was expected
+        and what was found.
 
     Examples
     --------
@@ -85,6 +170,7 @@ def load_protocol(path_or_text: str | Path | bytes) -> Protocol:
         raise ProtocolError(
             f"{name}: protocol must be UTF-8 text; byte {exc.start} is not valid UTF-8."
         ) from None
+    _check_limits(text, name)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:

@@ -185,6 +185,18 @@ class SegmentationReference(_Strict):
         return self
 
 
+class ReaderDescription(_Strict):
+    """Who produced part of the reference standard, as the report names them."""
+
+    id: str = Field(min_length=1, max_length=64)
+    role: str = Field(default="reader", max_length=200)
+    qualification: str = Field(
+        default="",
+        max_length=500,
+        description="e.g. 'board-certified radiologist, 12 years of chest CT'.",
+    )
+
+
 class ReferenceStandard(_Strict):
     """The reference standard the model is compared with."""
 
@@ -193,6 +205,17 @@ class ReferenceStandard(_Strict):
         default=None, description="Column of reference/labels.csv with the binary truth."
     )
     segmentation: SegmentationReference | None = None
+    reader_label_columns: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Columns of reference/labels.csv with each reader's own binary call, for the "
+            "agreement analyses (model vs each reader, among readers)."
+        ),
+    )
+    readers: list[ReaderDescription] = Field(
+        default_factory=list,
+        description="The readers behind the reference standard, with role and qualification.",
+    )
 
 
 class FailedCasePolicy(StrEnum):
@@ -208,6 +231,18 @@ class FailedCasePolicy(StrEnum):
 
     COUNT_AS_ERROR = "count_as_error"
     EXCLUDE = "exclude"
+
+
+class NotEvaluablePolicy(StrEnum):
+    """How a primary endpoint that cannot be evaluated counts towards the run's verdict.
+
+    ``fail`` (default, conservative): the run FAILS, and its stored verdict
+    reason names the endpoint and why it was not evaluable. ``not_evaluable``:
+    the run's verdict is NOT EVALUABLE, with the same reason.
+    """
+
+    FAIL = "fail"
+    NOT_EVALUABLE = "not_evaluable"
 
 
 class Endpoint(_Strict):
@@ -506,6 +541,7 @@ class Protocol(_Strict):
     reference_standard: ReferenceStandard
     failed_cases: FailedCasePolicy = FailedCasePolicy.COUNT_AS_ERROR
     failed_case_distance_mm: float = Field(default=100.0, gt=0)
+    not_evaluable_counts_as: NotEvaluablePolicy = NotEvaluablePolicy.FAIL
     endpoints: list[Endpoint] = Field(min_length=1)
     strata: list[StratumFactor] = Field(default_factory=list)
     subgroup_acceptance: SubgroupAcceptance | None = None
@@ -513,6 +549,10 @@ class Protocol(_Strict):
     adjudication: Adjudication = Field(default_factory=Adjudication)
     data_quality_suite: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
     signatures: list[SignatureRequirement] = Field(min_length=1)
+    limitations: list[str] = Field(
+        default_factory=list,
+        description="Known limitations of this validation, printed in the report.",
+    )
 
     _sha256: str = PrivateAttr(default="")
     _source_text: str = PrivateAttr(default="")

@@ -17,9 +17,18 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.quality.findings import Finding, Severity
+from workbench.quality.findings import Finding, Severity, attribute
 
-__all__ = ["ExpectationSpec", "case_suite", "file_suite", "run_suite", "series_suite"]
+__all__ = [
+    "CATEGORIES",
+    "COLUMN_ATTRIBUTES",
+    "ExpectationSpec",
+    "case_suite",
+    "file_suite",
+    "image_suite",
+    "run_suite",
+    "series_suite",
+]
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -72,14 +81,55 @@ def _meta(check: str, severity: Severity, attribute: str, message: str) -> dict[
     return {"check": check, "severity": severity.value, "attribute": attribute, "message": message}
 
 
-def file_suite(expected_modality: str) -> list[ExpectationSpec]:
-    """Expectations on every readable DICOM file (one row of ``DicomIndex.files``).
+COLUMN_ATTRIBUTES: dict[str, str] = {
+    "path": "file",
+    "sop_instance_uid": attribute("SOPInstanceUID"),
+    "sop_class_uid": attribute("SOPClassUID"),
+    "series_instance_uid": attribute("SeriesInstanceUID"),
+    "study_instance_uid": attribute("StudyInstanceUID"),
+    "modality": attribute("Modality"),
+    "rows": attribute("Rows"),
+    "columns": attribute("Columns"),
+    "pixel_spacing_row": attribute("PixelSpacing"),
+    "pixel_spacing_col": attribute("PixelSpacing"),
+    "any_pixel_spacing": f"{attribute('PixelSpacing')} or {attribute('ImagerPixelSpacing')}",
+    "slice_thickness": attribute("SliceThickness"),
+    "image_position_z": attribute("ImagePositionPatient"),
+    "image_orientation": attribute("ImageOrientationPatient"),
+    "patient_sex": attribute("PatientSex"),
+    "patient_age": attribute("PatientAge"),
+    "manufacturer": attribute("Manufacturer"),
+    "photometric_interpretation": attribute("PhotometricInterpretation"),
+    "voi": f"{attribute('WindowCenter')} or {attribute('VOILUTSequence')}",
+    "us_regions": attribute("SequenceOfUltrasoundRegions"),
+}
+"""How findings name the DICOM attribute behind each index column."""
 
-    Parameters
-    ----------
-    expected_modality : str
-        Modality the image files must have (``"CT"``); SEG files are checked by
-        :func:`case_suite` instead.
+CATEGORIES = ("cross_sectional", "projection", "ultrasound", "other")
+"""Image categories with their own expectations (see :func:`image_suite`)."""
+
+
+def _attr(column: str) -> str:
+    return COLUMN_ATTRIBUTES.get(column, column)
+
+
+def _meta(
+    check: str, severity: Severity, attribute: str, message: str, expected: str = ""
+) -> dict[str, str]:
+    return {
+        "check": check,
+        "severity": severity.value,
+        "attribute": attribute,
+        "message": message,
+        "expected": expected,
+    }
+
+
+def file_suite() -> list[ExpectationSpec]:
+    """Expectations on every image and SEG file (rows of ``DicomIndex.files``).
+
+    Objects that are not images (DICOMDIR, SR, RT...) are reported by
+    :func:`workbench.quality.checks.run_quality_checks` as what they are instead.
     """
     crit = Severity.CRITICAL
     specs: list[ExpectationSpec] = []
@@ -88,7 +138,13 @@ def file_suite(expected_modality: str) -> list[ExpectationSpec]:
             (
                 "ExpectColumnValuesToNotBeNull",
                 {"column": col},
-                _meta("required_tags", crit, col, f"required attribute {col} is missing or empty"),
+                _meta(
+                    "required_tags",
+                    crit,
+                    _attr(col),
+                    f"required attribute {_attr(col)} is missing or empty",
+                    "present",
+                ),
             )
         )
     specs.append(
@@ -98,70 +154,156 @@ def file_suite(expected_modality: str) -> list[ExpectationSpec]:
             _meta(
                 "uid_uniqueness",
                 crit,
-                "sop_instance_uid",
+                _attr("sop_instance_uid"),
                 "SOPInstanceUID is shared with another file of the test set; expected unique",
+                "unique",
             ),
         )
     )
     return specs
 
 
-def image_suite(expected_modality: str) -> list[ExpectationSpec]:
-    """Expectations on image files (every file that is not a SEG)."""
-    crit, major = Severity.CRITICAL, Severity.MAJOR
-    specs: list[ExpectationSpec] = [
-        (
-            "ExpectColumnValuesToBeInSet",
-            {"column": "modality", "value_set": [expected_modality]},
-            _meta(
-                "modality",
-                crit,
-                "modality",
-                f"expected Modality {expected_modality}, found {{value}}",
-            ),
+def _not_null(col: str, severity: Severity, why: str = "") -> ExpectationSpec:
+    return (
+        "ExpectColumnValuesToNotBeNull",
+        {"column": col},
+        _meta(
+            "required_tags",
+            severity,
+            _attr(col),
+            f"required image attribute {_attr(col)} is missing{why}",
+            "present",
+        ),
+    )
+
+
+def _between(
+    col: str, lo: float, hi: float | None, check: str, severity: Severity, message: str
+) -> ExpectationSpec:
+    expected = f"{lo:g} to {hi:g}" if hi is not None else f">= {lo:g}"
+    return (
+        "ExpectColumnValuesToBeBetween",
+        {"column": col, "min_value": lo, "max_value": hi},
+        _meta(check, severity, _attr(col), message, expected),
+    )
+
+
+def image_suite(category: str) -> list[ExpectationSpec]:
+    """Expectations on image files of one category.
+
+    Parameters
+    ----------
+    category : str
+        ``cross_sectional`` (CT, MR, PT: Image Plane module, slice thickness),
+        ``projection`` (CR, DX, MG: Pixel Spacing or Imager Pixel Spacing,
+        MONOCHROME1/2, a VOI window or LUT), ``ultrasound`` (US: colour or grey,
+        calibrated regions) or ``other`` (NM, secondary capture: matrix only).
+    """
+    crit, major, minor = Severity.CRITICAL, Severity.MAJOR, Severity.MINOR
+    specs: list[ExpectationSpec] = [_not_null("rows", crit), _not_null("columns", crit)]
+    specs.append(
+        _between("rows", 32, 8192, "geometry_range", major, "Rows {value} outside 32 to 8192")
+    )
+    if category == "cross_sectional":
+        for col in (
+            "pixel_spacing_row",
+            "pixel_spacing_col",
+            "slice_thickness",
+            "image_position_z",
+            "image_orientation",
+        ):
+            specs.append(_not_null(col, crit))
+        for col in ("pixel_spacing_row", "pixel_spacing_col"):
+            specs.append(
+                _between(
+                    col,
+                    0.1,
+                    5.0,
+                    "geometry_range",
+                    major,
+                    "pixel spacing {value} mm outside 0.1 to 5 mm",
+                )
+            )
+        specs.append(
+            _between(
+                "slice_thickness",
+                0.3,
+                10.0,
+                "geometry_range",
+                major,
+                "slice thickness {value} mm outside 0.3 to 10 mm",
+            )
         )
-    ]
-    for col in IMAGE_COLUMNS:
+    elif category == "projection":
+        specs.append(_not_null("any_pixel_spacing", major, "; measurements in mm are not possible"))
+        specs.append(
+            (
+                "ExpectColumnValuesToBeInSet",
+                {
+                    "column": "photometric_interpretation",
+                    "value_set": ["MONOCHROME1", "MONOCHROME2"],
+                },
+                _meta(
+                    "photometric",
+                    major,
+                    _attr("photometric_interpretation"),
+                    "expected MONOCHROME1 or MONOCHROME2 for a projection image, found {value}",
+                    "MONOCHROME1 or MONOCHROME2",
+                ),
+            )
+        )
+        specs.append(
+            (
+                "ExpectColumnValuesToNotBeInSet",
+                {"column": "photometric_interpretation", "value_set": ["MONOCHROME1"]},
+                _meta(
+                    "photometric",
+                    Severity.INFO,
+                    _attr("photometric_interpretation"),
+                    "MONOCHROME1: low values are bright; model preprocessing must invert",
+                    "MONOCHROME2",
+                ),
+            )
+        )
         specs.append(
             (
                 "ExpectColumnValuesToNotBeNull",
-                {"column": col},
-                _meta("required_tags", crit, col, f"required image attribute {col} is missing"),
+                {"column": "voi"},
+                _meta(
+                    "voi_lut",
+                    minor,
+                    _attr("voi"),
+                    "no VOI window or LUT: the display window is not defined by the modality",
+                    "present",
+                ),
             )
         )
-    for col in ("pixel_spacing_row", "pixel_spacing_col"):
+    elif category == "ultrasound":
         specs.append(
             (
-                "ExpectColumnValuesToBeBetween",
-                {"column": col, "min_value": 0.1, "max_value": 5.0},
-                _meta("geometry_range", major, col, "pixel spacing {value} mm outside 0.1 to 5 mm"),
+                "ExpectColumnValuesToNotBeNull",
+                {"column": "us_regions"},
+                _meta(
+                    "geometry_range",
+                    minor,
+                    _attr("us_regions"),
+                    "no calibrated ultrasound regions: distances in mm cannot be measured",
+                    "present",
+                ),
             )
         )
-    specs.append(
-        (
-            "ExpectColumnValuesToBeBetween",
-            {"column": "slice_thickness", "min_value": 0.3, "max_value": 10.0},
-            _meta(
-                "geometry_range",
-                major,
-                "slice_thickness",
-                "slice thickness {value} mm outside 0.3 to 10 mm",
-            ),
-        )
-    )
-    specs.append(
-        (
-            "ExpectColumnValuesToBeBetween",
-            {"column": "rows", "min_value": 32, "max_value": 4096},
-            _meta("geometry_range", major, "rows", "Rows {value} outside 32 to 4096"),
-        )
-    )
     for col, attr in (("patient_sex", "PatientSex"), ("patient_age", "PatientAge")):
         specs.append(
             (
                 "ExpectColumnValuesToNotBeNull",
                 {"column": col},
-                _meta("demographics", major, attr, f"{attr} is missing; strata need it"),
+                _meta(
+                    "demographics",
+                    major,
+                    _attr(col),
+                    f"{attr} is missing; strata need it",
+                    "present",
+                ),
             )
         )
     specs.append(
@@ -169,7 +311,11 @@ def image_suite(expected_modality: str) -> list[ExpectationSpec]:
             "ExpectColumnValuesToBeInSet",
             {"column": "patient_sex", "value_set": ["M", "F", "O"]},
             _meta(
-                "demographics", major, "PatientSex", "expected PatientSex M, F or O, found {value}"
+                "demographics",
+                major,
+                _attr("patient_sex"),
+                "expected PatientSex M, F or O, found {value}",
+                "M, F or O",
             ),
         )
     )
@@ -180,8 +326,9 @@ def image_suite(expected_modality: str) -> list[ExpectationSpec]:
             _meta(
                 "demographics",
                 major,
-                "PatientAge",
+                _attr("patient_age"),
                 "expected PatientAge like 063Y (PS3.5 AS), found {value}",
+                "nnnD/W/M/Y",
             ),
         )
     )
@@ -189,7 +336,13 @@ def image_suite(expected_modality: str) -> list[ExpectationSpec]:
         (
             "ExpectColumnValuesToNotBeNull",
             {"column": "manufacturer"},
-            _meta("demographics", major, "Manufacturer", "Manufacturer is missing; strata need it"),
+            _meta(
+                "demographics",
+                major,
+                _attr("manufacturer"),
+                "Manufacturer is missing; strata need it",
+                "present",
+            ),
         )
     )
     return specs
@@ -205,8 +358,9 @@ def series_suite() -> list[ExpectationSpec]:
             _meta(
                 "orientation_consistency",
                 crit,
-                "ImageOrientationPatient",
+                attribute("ImageOrientationPatient"),
                 "slices of the series have {value} different orientations; expected 1",
+                "1",
             ),
         ),
         (
@@ -215,8 +369,9 @@ def series_suite() -> list[ExpectationSpec]:
             _meta(
                 "series_completeness",
                 crit,
-                "ImagePositionPatient",
+                attribute("ImagePositionPatient"),
                 "{value} slice(s) missing: gaps in slice positions; expected none",
+                "0",
             ),
         ),
         (
@@ -225,8 +380,9 @@ def series_suite() -> list[ExpectationSpec]:
             _meta(
                 "series_completeness",
                 crit,
-                "ImagePositionPatient",
+                attribute("ImagePositionPatient"),
                 "{value} slice position(s) occur more than once; expected one slice per position",
+                "0",
             ),
         ),
         (
@@ -235,47 +391,74 @@ def series_suite() -> list[ExpectationSpec]:
             _meta(
                 "series_completeness",
                 crit,
-                "ImagePositionPatient",
+                attribute("ImagePositionPatient"),
                 "slice spacing not uniform: largest relative deviation {value}; expected <= 0.01",
+                "<= 0.01",
             ),
         ),
         (
             "ExpectColumnValuesToBeBetween",
             {"column": "n_slices", "min_value": 3, "max_value": None},
-            _meta("series_completeness", crit, "", "series has {value} slice(s); expected >= 3"),
+            _meta(
+                "series_completeness",
+                crit,
+                attribute("SeriesInstanceUID"),
+                "series has {value} slice(s); expected >= 3",
+                ">= 3",
+            ),
         ),
     ]
 
 
-def case_suite() -> list[ExpectationSpec]:
-    """Expectations on the per-case table: every CT series has its reference standard."""
+def case_suite(task: str | None = None) -> list[ExpectationSpec]:
+    """Expectations on the per-case table: every case has the reference its task needs.
+
+    Parameters
+    ----------
+    task : str or None
+        ``segmentation`` needs a DICOM SEG per case, ``classification`` and
+        ``detection`` one row of ``reference/labels.csv``; None (no protocol
+        named) needs both.
+    """
     crit = Severity.CRITICAL
-    return [
-        (
-            "ExpectColumnValuesToBeBetween",
-            {"column": "n_seg", "min_value": 1, "max_value": None},
-            _meta(
-                "reference_standard",
-                crit,
-                "ReferencedSeriesSequence",
-                "no DICOM SEG references this series; expected at least one reader SEG",
-            ),
-        ),
-        (
-            "ExpectColumnValuesToBeBetween",
-            {"column": "n_label_rows", "min_value": 1, "max_value": 1},
-            _meta(
-                "reference_standard",
-                crit,
-                "reference/labels.csv",
-                "{value} row(s) in reference/labels.csv for this series; expected exactly 1",
-            ),
-        ),
-    ]
+    specs: list[ExpectationSpec] = []
+    if task in (None, "segmentation"):
+        specs.append(
+            (
+                "ExpectColumnValuesToBeBetween",
+                {"column": "n_seg", "min_value": 1, "max_value": None},
+                _meta(
+                    "reference_standard",
+                    crit,
+                    attribute("ReferencedSeriesSequence"),
+                    "no DICOM SEG references this series; expected at least one reader SEG",
+                    ">= 1 SEG",
+                ),
+            )
+        )
+    if task in (None, "classification", "detection"):
+        specs.append(
+            (
+                "ExpectColumnValuesToBeBetween",
+                {"column": "n_label_rows", "min_value": 1, "max_value": 1},
+                _meta(
+                    "reference_standard",
+                    crit,
+                    "reference/labels.csv",
+                    "{value} row(s) in reference/labels.csv for this case; expected exactly 1",
+                    "1 row",
+                ),
+            )
+        )
+    return specs
 
 
 def _show(value: Any) -> str:
-    if value is None or value != value:  # None or NaN
+    try:
+        missing = bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-like values
+        missing = False
+    if value is None or missing:
         return "no value"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -379,6 +562,8 @@ def run_suite(
                     path_of(rows[int(i)]),
                     meta.get("attribute", ""),
                     meta.get("message", "expectation failed").replace("{value}", shown),
+                    meta.get("expected", ""),
+                    shown,
                 )
             )
     return findings

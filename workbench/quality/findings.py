@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydicom.datadict import tag_for_keyword
 
 from workbench.errors import QualityGateError
 
-__all__ = ["Finding", "QualityReport", "Severity"]
+__all__ = ["FINDING_COLUMNS", "Finding", "FindingGroup", "QualityReport", "Severity", "attribute"]
+
+FINDING_COLUMNS = ("check", "severity", "path", "attribute", "expected", "found", "message")
+"""Columns of :meth:`QualityReport.to_frame` and of the CSV export."""
+
+
+def attribute(keyword: str) -> str:
+    """A DICOM keyword with its tag as findings name it: ``"PatientName (0010,0010)"``.
+
+    Parameters
+    ----------
+    keyword : str
+        DICOM keyword from the data dictionary (PS3.6); anything else is returned
+        unchanged.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return keyword
+    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 class Severity(StrEnum):
@@ -29,6 +53,7 @@ class Severity(StrEnum):
 
 
 _ORDER = {s: i for i, s in enumerate(Severity)}
+_ITEM = re.compile(r"\[\d+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +76,11 @@ class Finding:
     message : str
         What was expected and what was found. Never contains the value of an
         identifying attribute.
+    expected : str
+        What the check expected, short (``"absent or empty"``, ``"CT"``).
+    found : str
+        What it found, short; for identifying attributes a description of the
+        value (``"a value that looks like a person name"``), never the value.
     """
 
     check: str
@@ -58,6 +88,8 @@ class Finding:
     path: str
     attribute: str
     message: str
+    expected: str = ""
+    found: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", Severity(self.severity))
@@ -69,8 +101,47 @@ class Finding:
             "severity": self.severity.value,
             "path": self.path,
             "attribute": self.attribute,
+            "expected": self.expected,
+            "found": self.found,
             "message": self.message,
         }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Finding:
+        """Inverse of :meth:`to_dict` (stored findings without expected/found load too)."""
+        return Finding(
+            str(data.get("check", "")),
+            Severity(str(data.get("severity", "info"))),
+            str(data.get("path", "")),
+            str(data.get("attribute", "")),
+            str(data.get("message", "")),
+            str(data.get("expected", "") or ""),
+            str(data.get("found", "") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FindingGroup:
+    """Findings of one check, severity and attribute, counted.
+
+    Parameters
+    ----------
+    check, severity, attribute : str
+        What the findings share.
+    count : int
+        How many findings.
+    n_paths : int
+        How many distinct files or folders they are about.
+    example : str
+        The message of the first finding of the group.
+    """
+
+    check: str
+    severity: Severity
+    attribute: str
+    count: int
+    n_paths: int
+    example: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +177,32 @@ class QualityReport:
         counts = Counter(f.severity.value for f in ordered)
         summary = {s.value: counts.get(s.value, 0) for s in Severity}
         return QualityReport(ordered, tuple(checks_run), n_files, suite, summary)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Findings by severity, every severity present (zero when none)."""
+        counts = Counter(f.severity.value for f in self.findings)
+        return {s.value: counts.get(s.value, 0) for s in Severity}
+
+    def grouped(self) -> tuple[FindingGroup, ...]:
+        """Findings grouped by check, severity and attribute, most severe first.
+
+        Returns
+        -------
+        tuple of FindingGroup
+            Sorted by severity, then count (largest first), check and attribute.
+        """
+        groups: dict[tuple[str, Severity, str], list[Finding]] = {}
+        for f in self.findings:
+            # items of a sequence are one attribute: Seq[3].X and Seq[7].X group together
+            key = _ITEM.sub("[*]", f.attribute)
+            groups.setdefault((f.check, f.severity, key), []).append(f)
+        out = [
+            FindingGroup(c, s, a, len(items), len({f.path for f in items}), items[0].message)
+            for (c, s, a), items in groups.items()
+        ]
+        out.sort(key=lambda g: (_ORDER[g.severity], -g.count, g.check, g.attribute))
+        return tuple(out)
 
     @property
     def blocking(self) -> tuple[Finding, ...]:
@@ -148,10 +245,45 @@ class QualityReport:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """Findings as a DataFrame with columns check, severity, path, attribute, message."""
+        """Findings as a DataFrame with the columns :data:`FINDING_COLUMNS`."""
         return pd.DataFrame.from_records(
-            [f.to_dict() for f in self.findings],
-            columns=["check", "severity", "path", "attribute", "message"],
+            [f.to_dict() for f in self.findings], columns=list(FINDING_COLUMNS)
+        )
+
+    def export(self, path: str | Path) -> Path:
+        """Write the findings to ``path``: CSV for ``.csv``, else JSON (:meth:`to_dict`).
+
+        Parameters
+        ----------
+        path : str or Path
+            Target file; its suffix chooses the format.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        target = Path(path)
+        if target.suffix.lower() == ".csv":
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(FINDING_COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            for f in self.findings:
+                writer.writerow(f.to_dict())
+            target.write_text(buffer.getvalue(), encoding="utf-8")
+        else:
+            target.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        return target
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> QualityReport:
+        """Rebuild a report stored with :meth:`to_dict`."""
+        findings = [Finding.from_dict(f) for f in data.get("findings", [])]
+        return QualityReport.build(
+            findings,
+            checks_run=list(data.get("checks_run", [])),
+            n_files=int(data.get("n_files", 0)),
+            suite=str(data.get("suite", "")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +293,7 @@ class QualityReport:
             "n_files": self.n_files,
             "checks_run": list(self.checks_run),
             "summary": dict(self.summary),
+            "counts": self.counts,
             "blocking": len(self.blocking),
             "findings": [f.to_dict() for f in self.findings],
         }

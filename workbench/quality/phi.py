@@ -282,8 +282,14 @@ def check_phi(ds: Dataset, path: str, *, inherited_options: Iterable[str] = ()) 
     options = _declared_options(ds) | set(inherited_options)
     pseudonyms = {str(ds.get("PatientID", "") or "").strip()} - {""}
 
-    def add(severity: Severity, attribute: str, message: str) -> None:
-        findings.append(Finding(CHECK, severity, path, attribute, message))
+    def add(
+        severity: Severity,
+        attribute: str,
+        message: str,
+        expected: str = "absent or empty",
+        found: str = "a value",
+    ) -> None:
+        findings.append(Finding(CHECK, severity, path, attribute, message, expected, found))
 
     removed = str(ds.get("PatientIdentityRemoved", "") or "").upper()
     if removed != "YES":
@@ -291,25 +297,29 @@ def check_phi(ds: Dataset, path: str, *, inherited_options: Iterable[str] = ()) 
             Severity.MAJOR,
             "PatientIdentityRemoved (0012,0062)",
             f"expected YES for a de-identified test set, found {removed or 'no value'}",
+            "YES",
+            removed or "no value",
         )
     reported: set[str] = set()
+    private_groups: dict[int, int] = {}
     for attr, elem in _walk(ds):
         if elem.tag.is_private:
             if elem.VR != "SQ" and elem.tag.element > 0x00FF and _has_value(elem):
                 if RETAIN_SAFE_PRIVATE not in options:
-                    add(
-                        Severity.MAJOR,
-                        attr,
-                        "private attribute present; the Basic Profile removes private "
-                        "attributes unless the Retain Safe Private Option is declared",
-                    )
+                    private_groups[elem.tag.group] = private_groups.get(elem.tag.group, 0) + 1
             continue
         entry = PROFILE.get(elem.tag)
         if entry is not None and _has_value(elem):
             retained = entry.retained_by is not None and entry.retained_by in options
             if elem.VR == "PN":
                 if any(looks_like_person_name(v, pseudonyms=pseudonyms) for v in _strings(elem)):
-                    add(Severity.CRITICAL, attr, "contains a value that looks like a person name")
+                    add(
+                        Severity.CRITICAL,
+                        attr,
+                        "contains a value that looks like a person name",
+                        "empty or a pseudonym",
+                        "a value that looks like a person name",
+                    )
                 reported.add(attr)
                 continue
             if entry.keyword == "PatientBirthDate":
@@ -317,6 +327,8 @@ def check_phi(ds: Dataset, path: str, *, inherited_options: Iterable[str] = ()) 
                     Severity.CRITICAL,
                     attr,
                     "contains a date of birth; the Basic Profile requires it empty",
+                    "empty",
+                    "a date",
                 )
                 reported.add(attr)
                 continue
@@ -328,6 +340,8 @@ def check_phi(ds: Dataset, path: str, *, inherited_options: Iterable[str] = ()) 
                     attr,
                     "contains a date although no Retain Longitudinal Temporal Information "
                     "option is declared in DeidentificationMethodCodeSequence (PS3.15 E.3.6)",
+                    "absent or empty",
+                    "a date",
                 )
                 reported.add(attr)
                 continue
@@ -338,13 +352,37 @@ def check_phi(ds: Dataset, path: str, *, inherited_options: Iterable[str] = ()) 
                 attr,
                 f"identifying attribute (PS3.15 Table E.1-1, action {entry.action}) contains "
                 f"{what}; expected absent or empty{option}",
+                "absent or empty",
+                what,
             )
             reported.add(attr)
         if attr in reported or elem.VR not in _TEXT_VRS or not _has_value(elem):
             continue
         if elem.VR == "PN":
             if any(looks_like_person_name(v, pseudonyms=pseudonyms) for v in _strings(elem)):
-                add(Severity.CRITICAL, attr, "contains a value that looks like a person name")
+                add(
+                    Severity.CRITICAL,
+                    attr,
+                    "contains a value that looks like a person name",
+                    "empty or a pseudonym",
+                    "a value that looks like a person name",
+                )
         elif any(_free_text_has_name(v) for v in _strings(elem)):
-            add(Severity.CRITICAL, attr, "free text contains a value that looks like a person name")
+            add(
+                Severity.CRITICAL,
+                attr,
+                "free text contains a value that looks like a person name",
+                "no person names",
+                "a value that looks like a person name",
+            )
+    # one finding per private group, not one per private attribute
+    for group, count in sorted(private_groups.items()):
+        add(
+            Severity.MAJOR,
+            f"private attributes ({group:04X},xxxx)",
+            f"{count} private attribute(s) with values in group {group:04X}; the Basic Profile "
+            "removes private attributes unless the Retain Safe Private Option is declared",
+            "absent (or Retain Safe Private Option declared)",
+            f"{count} with values",
+        )
     return findings

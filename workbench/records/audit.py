@@ -84,6 +84,15 @@ __all__ = [
     "write_audit_json",
     "audit_csv_text",
     "count_entries",
+    "CHECKPOINT_ACTION",
+    "CHECKPOINT_EVERY",
+    "ANCHORING_ACTIONS",
+    "needs_checkpoint",
+    "record_checkpoint",
+    "verify_stored_checkpoints",
+    "bounded_text",
+    "REDACTED",
+    "redact_for_blinded_reviewer",
 ]
 
 #: ``prev_hash`` of the first entry.
@@ -120,6 +129,26 @@ SECURITY_PREFIX = "security."
 #: File name of the checkpoint signing key inside the workdir's ``keys`` folder.
 CHECKPOINT_KEY_NAME = "audit_checkpoint_ed25519.pem"
 
+#: Action of the audit entry written for every stored checkpoint.
+CHECKPOINT_ACTION = "audit.checkpoint"
+
+#: A checkpoint is signed automatically at least every this many entries.
+CHECKPOINT_EVERY = 200
+
+#: Steps after which the chain head is signed automatically (see :func:`needs_checkpoint`).
+ANCHORING_ACTIONS: frozenset[str] = frozenset(
+    {
+        "testset.lock",
+        "protocol.approve",
+        "run.complete",
+        "report.sign",
+        "report.seal",
+        "signature.sign",
+        "user.reset_password",
+    }
+)
+
+_APPENDED = "workbench.audit.appended"
 _CHECKPOINT_FORMAT = "workbench-audit-checkpoint/1"
 _PG_APPEND_LOCK = 0x57420002  # advisory lock key that serializes appends
 _CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -158,6 +187,8 @@ class ChainStatus:
     head_seq: int
     head_hash: str
     verified_at: datetime
+    checkpoints: int = 0
+    covered: int = 0
 
 
 def to_jsonable(value: Any) -> Any:
@@ -222,6 +253,29 @@ def canonical_json(value: Any) -> bytes:
 
 def _format_ts(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def bounded_text(value: Any, *, limit: int = 128) -> str:
+    """Printable, bounded form of text that may come from outside (a PDF, a file name).
+
+    Control, line-separator and bidirectional-formatting characters (e.g. a
+    right-to-left override) become ``?``; text longer than ``limit`` is cut and
+    ends with ``...``.
+
+    Parameters
+    ----------
+    value : Any
+        Converted with ``str``.
+    limit : int, default 128
+        Maximum length of the result.
+    """
+    import unicodedata
+
+    text_value = "".join(
+        ch if ch.isprintable() and unicodedata.category(ch) not in {"Cf", "Zl", "Zp"} else "?"
+        for ch in str(value)[: limit + 1]
+    )
+    return text_value if len(text_value) <= limit else text_value[: limit - 3] + "..."
 
 
 def is_modification(action: str) -> bool:
@@ -326,6 +380,9 @@ def append(
         )
     old_value = to_jsonable(old)
     new_value = to_jsonable(new)
+    if record_id is not None:
+        # Ids can come from untrusted input (a PDF handed in for verification).
+        record_id = bounded_text(record_id)
     _lock_chain(session)
     last = head(session)
     now = utcnow()
@@ -346,6 +403,7 @@ def append(
     entry.entry_hash = entry_hash(entry)
     session.add(entry)
     session.flush()
+    session.info.setdefault(_APPENDED, []).append((entry.seq, entry.action))
     return entry
 
 
@@ -375,8 +433,10 @@ def append_security_event(
     )
 
 
-def _iter_entries(session: Session, batch_size: int) -> Iterator[AuditEntry]:
-    last_seq: int | None = None
+def _iter_entries(
+    session: Session, batch_size: int, after_seq: int | None = None
+) -> Iterator[AuditEntry]:
+    last_seq: int | None = after_seq
     while True:
         query = select(AuditEntry).order_by(AuditEntry.seq).limit(batch_size)
         if last_seq is not None:
@@ -390,7 +450,9 @@ def _iter_entries(session: Session, batch_size: int) -> Iterator[AuditEntry]:
             session.expunge(entry)
 
 
-def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainStatus:
+def verify_chain(
+    session: Session, *, batch_size: int = 2000, after: tuple[int, str] | None = None
+) -> ChainStatus:
     """Walk the audit trail and check every link.
 
     Parameters
@@ -399,6 +461,10 @@ def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainStatus:
         Any session on the database.
     batch_size : int, default 2000
         Entries read per query.
+    after : (int, str), optional
+        ``(seq, entry_hash)`` of an entry already verified (e.g. the head of a
+        signed checkpoint): only the entries after it are walked, and the
+        first of them must link to that hash.
 
     Returns
     -------
@@ -414,10 +480,10 @@ def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainStatus:
         ``entry_hash`` that does not match the content (edited entry).
     """
     session.flush()
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    count = 0
-    for entry in _iter_entries(session, batch_size):
+    expected_seq = 1 if after is None else after[0] + 1
+    prev_hash = GENESIS_HASH if after is None else after[1]
+    count = expected_seq - 1
+    for entry in _iter_entries(session, batch_size, None if after is None else after[0]):
         if entry.seq != expected_seq:
             raise AuditChainError(
                 f"Audit trail broken at entry {expected_seq}: expected entry {expected_seq} "
@@ -551,12 +617,54 @@ def _raw_public(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def export_checkpoint(session: Session, key_path: str | Path) -> dict[str, Any]:
+def _store_checkpoint(
+    session: Session, key: Ed25519PrivateKey, status: ChainStatus, *, actor: str, trigger: str
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "format": _CHECKPOINT_FORMAT,
+        "entry_count": status.count,
+        "head_seq": status.head_seq,
+        "head_hash": status.head_hash,
+        "created_at": _format_ts(utcnow()),
+        "algorithm": "Ed25519",
+        "public_key": _raw_public(key.public_key()),
+    }
+    signature = base64.b64encode(key.sign(canonical_json(payload))).decode("ascii")
+    row = AuditCheckpoint(
+        entry_count=status.count,
+        head_hash=status.head_hash,
+        public_key=payload["public_key"],
+        signature=signature,
+        payload=payload,
+    )
+    session.add(row)
+    session.flush()
+    append(
+        session,
+        actor=actor,
+        action=CHECKPOINT_ACTION,
+        record_type="audit_checkpoint",
+        record_id=row.id,
+        new={
+            "entry_count": status.count,
+            "head_hash": status.head_hash,
+            "signature": signature,
+            "trigger": trigger,
+        },
+    )
+    session.info[_APPENDED] = []  # this checkpoint covers what the transaction appended
+    return {**payload, "signature": signature}
+
+
+def export_checkpoint(
+    session: Session, key_path: str | Path, *, actor: str = "system"
+) -> dict[str, Any]:
     """Verify the chain and return a signed statement of its head.
 
-    The checkpoint is also stored in ``audit_checkpoints``; keep the returned
-    dict (or its JSON) outside the database as well, so that removing the
-    newest entries, checkpoints included, stays detectable.
+    The checkpoint is also stored in ``audit_checkpoints`` and its creation is
+    an audit entry (``audit.checkpoint``, right after the head it signs); keep
+    the returned dict (or its JSON) outside the database as well, so that
+    removing the newest entries, checkpoints included, stays detectable.
 
     Parameters
     ----------
@@ -564,6 +672,8 @@ def export_checkpoint(session: Session, key_path: str | Path) -> dict[str, Any]:
         A write session.
     key_path : str or Path
         Ed25519 private key (created on first use, see :func:`load_or_create_signing_key`).
+    actor : str, default "system"
+        Who asked for the checkpoint (recorded in its audit entry).
 
     Returns
     -------
@@ -578,28 +688,182 @@ def export_checkpoint(session: Session, key_path: str | Path) -> dict[str, Any]:
         The chain is already broken; no checkpoint is made.
     """
     status = verify_chain(session)
-    key = load_or_create_signing_key(key_path)
-    payload: dict[str, Any] = {
-        "format": _CHECKPOINT_FORMAT,
-        "entry_count": status.count,
-        "head_seq": status.head_seq,
-        "head_hash": status.head_hash,
-        "created_at": _format_ts(utcnow()),
-        "algorithm": "Ed25519",
-        "public_key": _raw_public(key.public_key()),
-    }
-    signature = base64.b64encode(key.sign(canonical_json(payload))).decode("ascii")
-    session.add(
-        AuditCheckpoint(
-            entry_count=status.count,
-            head_hash=status.head_hash,
-            public_key=payload["public_key"],
-            signature=signature,
-            payload=payload,
+    key = _checkpoint_key(session, Path(key_path))
+    return _store_checkpoint(session, key, status, actor=actor, trigger="requested")
+
+
+def _checkpoint_key(session: Session, path: Path) -> Ed25519PrivateKey:
+    stored = session.scalar(select(func.count()).select_from(AuditCheckpoint)) or 0
+    if stored and not path.exists():
+        raise ConfigurationError(
+            f"The audit checkpoint key {path} is missing, but {stored} checkpoint(s) signed with "
+            "it are stored. Restore the keys folder from backup; a new key is not created, "
+            "because it could not vouch for the existing checkpoints."
+        )
+    return load_or_create_signing_key(path)
+
+
+def needs_checkpoint(session: Session, *, every: int = CHECKPOINT_EVERY) -> bool:
+    """Whether this transaction should end with a signed checkpoint.
+
+    True when it appended an entry of :data:`ANCHORING_ACTIONS` (a lock,
+    approval, signature, completed run or seal), or when ``every`` entries or
+    more have been appended since the newest stored checkpoint.
+    """
+    appended = session.info.get(_APPENDED) or []
+    if not appended:
+        return False
+    if any(action in ANCHORING_ACTIONS for _, action in appended):
+        return True
+    covered = session.scalar(select(func.max(AuditCheckpoint.entry_count))) or 0
+    return max(seq for seq, _ in appended) - int(covered) >= every
+
+
+def record_checkpoint(
+    session: Session, key_path: str | Path, *, actor: str = "system", trigger: str = "automatic"
+) -> dict[str, Any]:
+    """Sign the chain head into a stored, audited checkpoint (incremental).
+
+    Only the entries after the newest stored checkpoint are walked, after that
+    checkpoint's own signature has been checked, so the cost does not grow
+    with the length of the trail.
+
+    Parameters
+    ----------
+    session : Session
+        The write session of the transaction that is about to commit.
+    key_path : str or Path
+        The workbench's checkpoint key (created on first use only while no
+        checkpoint is stored).
+    actor : str, default "system"
+    trigger : str
+        Why the checkpoint was made (recorded in its audit entry).
+
+    Raises
+    ------
+    AuditChainError
+        The newest stored checkpoint does not verify, or the entries after it
+        do not link.
+    ConfigurationError
+        The key is missing while checkpoints signed with it are stored.
+    """
+    key = _checkpoint_key(session, Path(key_path))
+    last = session.scalars(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
+    ).first()
+    if last is None or not last.entry_count:
+        status = verify_chain(session)
+    else:
+        _check_checkpoint_row(session, last, key.public_key())
+        status = verify_chain(session, after=(last.entry_count, last.head_hash))
+    return _store_checkpoint(session, key, status, actor=actor, trigger=trigger)
+
+
+def _check_checkpoint_row(
+    session: Session, row: AuditCheckpoint, trusted: Ed25519PublicKey
+) -> None:
+    payload = dict(row.payload or {})
+    try:
+        if payload.get("public_key") != _raw_public(trusted) or row.public_key != payload.get(
+            "public_key"
+        ):
+            raise InvalidSignature
+        if payload.get("entry_count") != row.entry_count or payload.get("head_hash") != (
+            row.head_hash
+        ):
+            raise InvalidSignature
+        trusted.verify(base64.b64decode(row.signature), canonical_json(payload))
+    except (InvalidSignature, ValueError):
+        raise AuditChainError(
+            f"Stored audit checkpoint {row.id} (covering {row.entry_count} entries) is not signed "
+            "by the workbench's checkpoint key: it was forged or altered."
+        ) from None
+    if row.entry_count:
+        at = session.get(AuditEntry, int(row.entry_count))
+        if at is None or at.entry_hash != row.head_hash:
+            raise AuditChainError(
+                f"Audit trail differs from the signed checkpoint {row.id} of "
+                f"{payload.get('created_at')}: entry {row.entry_count} "
+                + ("is missing" if at is None else "does not have the hash it signed")
+                + " (entries were removed, inserted or rewritten).",
+                sequence=int(row.entry_count),
+            )
+
+
+def verify_stored_checkpoints(
+    session: Session,
+    public_key: Ed25519PublicKey | Ed25519PrivateKey | bytes | str | Path | None,
+    status: ChainStatus,
+) -> ChainStatus:
+    """Check every checkpoint stored in the database against an intact chain.
+
+    Parameters
+    ----------
+    session : Session
+    public_key : key, bytes, str, Path or None
+        The workbench's checkpoint key (see :func:`load_public_key`); ``None``
+        when there is none, which is an error only if checkpoints are stored.
+    status : ChainStatus
+        Result of :func:`verify_chain` on the same session.
+
+    Returns
+    -------
+    ChainStatus
+        ``status`` with ``checkpoints`` (how many verified) and ``covered``
+        (entries covered by the newest one).
+
+    Raises
+    ------
+    AuditChainError
+        A checkpoint's signature does not verify; the chain no longer holds
+        the head a checkpoint signed (inserted, removed or rewritten entries);
+        a checkpoint recorded in the trail is missing from ``audit_checkpoints``.
+    """
+    rows = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)))
+    recorded = list(
+        session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.action == CHECKPOINT_ACTION)
+            .order_by(AuditEntry.seq)
         )
     )
-    session.flush()
-    return {**payload, "signature": signature}
+    if not rows and not recorded:
+        return status
+    if public_key is None:
+        raise AuditChainError(
+            f"{len(rows)} signed checkpoint(s) are stored, but the checkpoint key "
+            f"({CHECKPOINT_KEY_NAME}.pub) is missing from the keys folder, so they cannot be "
+            "checked. Restore the keys folder."
+        )
+    trusted = load_public_key(public_key)
+    covered = 0
+    for row in rows:
+        _check_checkpoint_row(session, row, trusted)
+        if row.entry_count > status.count:
+            raise AuditChainError(
+                f"Audit trail truncated: the signed checkpoint {row.id} covers {row.entry_count} "
+                f"entries, but only {status.count} remain; entry {status.count + 1} onwards was "
+                "removed.",
+                sequence=status.count + 1,
+            )
+        covered = max(covered, row.entry_count)
+    signatures = {row.signature for row in rows}
+    for entry in recorded:
+        value = entry.new_value if isinstance(entry.new_value, dict) else {}
+        if value.get("signature") not in signatures:
+            raise AuditChainError(
+                f"The checkpoint recorded at audit entry {entry.seq} is missing from "
+                "audit_checkpoints (it was deleted).",
+                sequence=entry.seq,
+            )
+    return ChainStatus(
+        count=status.count,
+        head_seq=status.head_seq,
+        head_hash=status.head_hash,
+        verified_at=status.verified_at,
+        checkpoints=len(rows),
+        covered=covered,
+    )
 
 
 def verify_checkpoint(
@@ -711,6 +975,81 @@ def export_audit(
     if until is not None:
         query = query.where(AuditEntry.ts < until)
     return [_entry_dict(entry) for entry in session.scalars(query)]
+
+
+#: What a blinded reviewer sees instead of a redacted value.
+REDACTED = "[hidden until adjudication is finished]"
+
+#: Fields that would tell a blinded reviewer which of A and B is the model.
+_BLINDED_FIELDS: dict[str, tuple[str, ...]] = {
+    "run.complete": ("verdict", "results_sha256"),
+    "case.record": ("score", "mask_sha256"),
+    "discrepancy.adjudicate": ("decision", "comment"),
+}
+
+
+def redact_for_blinded_reviewer(
+    session: Session, entries: list[dict[str, Any]], username: str
+) -> list[dict[str, Any]]:
+    """Hide from a reviewer what would unblind the adjudication still open to them.
+
+    While a run has a discrepancy that is not adjudicated, a clinical reviewer
+    sees neither the run's verdict and results hash (``run.complete``) nor any
+    case's score or mask hash (``case.record``) of that run, nor the decision
+    and comment other reviewers gave on a discrepancy still open. The values
+    are shown again once every discrepancy of the run is adjudicated. Redacted
+    entries name the hidden fields under ``"redacted"``; their ``entry_hash``
+    covers the stored values, so check the chain with ``audit verify``, not on
+    a redacted listing.
+
+    Parameters
+    ----------
+    session : Session
+    entries : list of dict
+        As returned by :func:`export_audit`.
+    username : str
+        The reviewer who will see the entries.
+
+    Returns
+    -------
+    list of dict
+        New dicts; entries with nothing to hide are returned unchanged.
+    """
+    from workbench.records.models import Discrepancy, Run
+
+    open_rows = session.execute(
+        select(Run.run_uid, Discrepancy.id)
+        .join(Discrepancy, Discrepancy.run_id == Run.id)
+        .where(Discrepancy.status != "adjudicated")
+    ).all()
+    if not open_rows:
+        return entries
+    blinded_runs = {run_uid for run_uid, _ in open_rows}
+    open_discrepancies = {str(d_id) for _, d_id in open_rows}
+    out = []
+    for entry in entries:
+        action = str(entry.get("action"))
+        record_id = str(entry.get("record_id") or "")
+        hide = False
+        if action == "run.complete":
+            hide = record_id in blinded_runs
+        elif action == "case.record":
+            hide = record_id.split("/", 1)[0] in blinded_runs
+        elif action == "discrepancy.adjudicate":
+            hide = record_id in open_discrepancies and entry.get("actor") != username
+        value = entry.get("new_value")
+        if not hide or not isinstance(value, dict):
+            out.append(entry)
+            continue
+        fields = [f for f in _BLINDED_FIELDS[action] if f in value]
+        out.append(
+            {
+                **entry,
+                "new_value": {**value, **{f: REDACTED for f in fields}},
+                "redacted": fields,
+            }
+        )
+    return out
 
 
 def count_entries(session: Session) -> int:

@@ -297,6 +297,26 @@ def upgrade(db: Database, revision: str = "head") -> None:
         Target revision.
     """
     config = alembic_config()
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    if db.engine.dialect.name != "sqlite":
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+        return
+    # SQLite changes a constraint by rebuilding the table; its documented procedure turns
+    # foreign-key enforcement off outside the transaction and checks every key before commit.
+    with db.engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise ConfigurationError(
+                        f"Upgrading the database would break {len(broken)} foreign key(s) "
+                        f"(first: {tuple(broken[0])}); nothing was changed."
+                    )
+        finally:
+            raw.execute("PRAGMA foreign_keys = ON")

@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from workbench.vocabulary import CaseStatus, Verdict
+
 __all__ = [
     "Base",
     "UTCDateTime",
@@ -166,21 +168,6 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
-class Verdict(StrEnum):
-    """Overall verdict of a completed run (``None`` while unknown)."""
-
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    FAIL = "fail"
-
-
-class CaseStatus(StrEnum):
-    """Outcome of one case in a run."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"
-    EXCLUDED = "excluded"
-
-
 class DiscrepancyStatus(StrEnum):
     """State of a discrepancy in the adjudication queue."""
 
@@ -265,6 +252,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_activity_at: Mapped[datetime | None]
+    reset_code_sha256: Mapped[str | None] = mapped_column(_SHA256)
+    reset_by: Mapped[str | None] = mapped_column(_USERNAME)
+    reset_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"User(id={self.id!r}, username={self.username!r}, role={self.role!r})"
@@ -508,7 +498,7 @@ class Run(Base):
     environment: Mapped[dict[str, Any] | None]
     results: Mapped[dict[str, Any] | None]
     results_sha256: Mapped[str | None] = mapped_column(_SHA256)
-    verdict: Mapped[str | None] = mapped_column(String(8))
+    verdict: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
 
     case_results: Mapped[list[CaseResult]] = relationship(back_populates="run")

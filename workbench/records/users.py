@@ -13,18 +13,28 @@ parameters with ``WORKBENCH_ARGON2_PROFILE=fast`` or
 parameters (RFC 9106).
 
 Authentication failures say the same thing, ``"Invalid username or password."``,
-whether or not the username exists, and take a similar time (an unknown
-username is checked against a dummy hash). A locked or disabled account is
-only reported as such when the right password was given.
+whether the username is unknown, the password wrong, or the account locked or
+disabled, and take a similar time (an unknown username is checked against a
+dummy hash), so a sign-in reveals neither which accounts exist nor which are
+locked. The audit trail records the real cause as a security event.
+
+The password policy is a floor: a caller may pass a stricter
+:class:`PasswordPolicy`, never a weaker one (:func:`effective_policy`).
+
+After an administrator resets a password (:func:`reset_password`), the account
+can only get a new password from the holder of the one-time code issued with
+the reset (:func:`change_password` with ``reset_code``); the audit trail
+records who reset the account and that the owner completed it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -47,7 +57,9 @@ from workbench.records.models import PasswordHistory, Role, User, UserSession, u
 
 __all__ = [
     "PasswordPolicy",
+    "PasswordReset",
     "DEFAULT_POLICY",
+    "effective_policy",
     "INVALID_CREDENTIALS",
     "password_hasher",
     "set_password_hasher",
@@ -104,6 +116,43 @@ class PasswordPolicy:
 
 
 DEFAULT_POLICY = PasswordPolicy()
+
+
+def effective_policy(policy: PasswordPolicy = DEFAULT_POLICY) -> PasswordPolicy:
+    """``policy``, with its password rules raised to at least :data:`DEFAULT_POLICY`'s.
+
+    Length, character classes, history and lockout threshold can be made
+    stricter by a caller, never weaker; aging and the session timeout are the
+    caller's (tests shorten them).
+    """
+    return replace(
+        policy,
+        min_length=max(policy.min_length, DEFAULT_POLICY.min_length),
+        min_character_classes=max(
+            policy.min_character_classes, DEFAULT_POLICY.min_character_classes
+        ),
+        history=max(policy.history, DEFAULT_POLICY.history),
+        lockout_threshold=min(policy.lockout_threshold, DEFAULT_POLICY.lockout_threshold),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordReset:
+    """Outcome of :func:`reset_password`.
+
+    Attributes
+    ----------
+    user : User
+        The account, now with a temporary password that must be changed.
+    one_time_code : str
+        Give it to the account's owner only (not through the administrator
+        who reset the account, where the organisation can arrange that); the
+        owner needs it to set their new password. Only its SHA-256 is stored.
+    """
+
+    user: User
+    one_time_code: str
+
 
 _hasher: PasswordHasher | None = None
 _dummy_hash: tuple[PasswordHasher, str] | None = None
@@ -167,6 +216,7 @@ def validate_password(
     PasswordPolicyError
         Naming every rule that is broken.
     """
+    policy = effective_policy(policy)
     problems = []
     if len(password) < policy.min_length:
         problems.append(
@@ -392,10 +442,10 @@ def authenticate(
     Raises
     ------
     AuthenticationError
-        Wrong username or password (the same message for both).
-    AccountLockedError
-        The password is right but the account is locked or disabled.
+        Wrong username or password, or a locked or disabled account (the same
+        message for all of them).
     """
+    policy = effective_policy(policy)
     now = now or utcnow()
     name = _normalize_username(username)
     user = session.scalars(select(User).where(User.username == name).with_for_update()).first()
@@ -407,7 +457,7 @@ def authenticate(
         run_durably(session, _record_failure(name, context=context, policy=policy))
         raise AuthenticationError(INVALID_CREDENTIALS)
     if user.locked or user.disabled:
-        state = "disabled" if user.disabled else "locked after too many failed attempts"
+        state = "disabled" if user.disabled else "locked"
         user_id = user.id
 
         def refuse(s: Session) -> None:
@@ -420,10 +470,9 @@ def authenticate(
             )
 
         run_durably(session, refuse)
-        raise AccountLockedError(
-            f"This account is {state}. Ask an administrator to "
-            f"{'enable' if user.disabled else 'unlock'} it."
-        )
+        # The same answer as for a wrong password, so that a sign-in cannot tell
+        # which accounts are locked or disabled; the audit trail has the cause.
+        raise AuthenticationError(INVALID_CREDENTIALS)
     if password_hasher().check_needs_rehash(user.password_hash):
         user.password_hash = password_hasher().hash(password)
     if user.failed_attempts:
@@ -471,22 +520,47 @@ def change_password(
     username: str,
     old_password: str,
     new_password: str,
+    reset_code: str | None = None,
     policy: PasswordPolicy = DEFAULT_POLICY,
     now: datetime | None = None,
 ) -> User:
     """Let an account's owner change their password (clears ``must_change_password``).
 
+    Parameters
+    ----------
+    session : Session
+    username, old_password, new_password : str
+    reset_code : str, optional
+        Required after an administrator reset the password: the one-time code
+        issued with the reset (:class:`PasswordReset`). A wrong code counts as
+        a failed attempt.
+    policy : PasswordPolicy
+    now : datetime, optional
+
     Raises
     ------
-    AuthenticationError, AccountLockedError
-        ``old_password`` is wrong (counted as a failed attempt) or the account is locked.
+    AuthenticationError
+        ``old_password`` or ``reset_code`` is wrong (counted as a failed
+        attempt), or the account is locked or disabled.
     PasswordPolicyError
         The new password is too weak or one of the last ``policy.history``.
     """
+    policy = effective_policy(policy)
     now = now or utcnow()
     user = authenticate(
         session, username, old_password, policy=policy, context="password_change", now=now
     )
+    reset_by = user.reset_by
+    if user.reset_code_sha256 is not None:
+        given = hashlib.sha256((reset_code or "").strip().encode("utf-8")).hexdigest()
+        if not hmac.compare_digest(given, user.reset_code_sha256):
+            run_durably(
+                session, _record_failure(user.username, context="reset_code", policy=policy)
+            )
+            raise AuthenticationError(
+                "This password was reset by an administrator: enter the one-time code issued "
+                "with the reset to set your new password."
+            )
     validate_password(new_password, username=user.username, policy=policy)
     _check_reuse(session, user, new_password, policy)
     old = {
@@ -495,6 +569,14 @@ def change_password(
     }
     _set_password(session, user, new_password, now)
     user.must_change_password = False
+    new: dict[str, object] = {"password_changed_at": now, "must_change_password": False}
+    reason = "password changed by the account owner"
+    if user.reset_code_sha256 is not None:
+        new.update(reset_by=reset_by, reset_at=user.reset_at, one_time_code="verified")
+        reason = f"password reset by {reset_by} completed with the one-time code"
+        user.reset_code_sha256 = None
+        user.reset_by = None
+        user.reset_at = None
     audit.append(
         session,
         actor=user.username,
@@ -502,8 +584,8 @@ def change_password(
         record_type="user",
         record_id=user.id,
         old=old,
-        new={"password_changed_at": now, "must_change_password": False},
-        reason="password changed by the account owner",
+        new=new,
+        reason=reason,
     )
     return user
 
@@ -517,15 +599,25 @@ def reset_password(
     reason: str,
     policy: PasswordPolicy = DEFAULT_POLICY,
     now: datetime | None = None,
-) -> User:
-    """Set a temporary password (administrator). The owner must change it before signing.
+) -> PasswordReset:
+    """Set a temporary password (administrator) and issue a one-time code for the owner.
 
-    Also clears a lockout. The caller has checked ``user.manage``.
+    The temporary password lets the owner sign in only to change it; setting
+    the new password also needs the one-time code (see :func:`change_password`),
+    so the administrator who knows the temporary password cannot finish the
+    reset "as the owner" without that code. Also clears a lockout. The caller
+    has checked ``user.manage``.
+
+    Returns
+    -------
+    PasswordReset
+        The account and the one-time code (shown once; only its hash is kept).
 
     Raises
     ------
     NotFoundError, PasswordPolicyError, ReasonRequiredError
     """
+    policy = effective_policy(policy)
     now = now or utcnow()
     user = get_user(session, username)
     if user.username == _normalize_username(actor):
@@ -536,6 +628,10 @@ def reset_password(
     _check_reuse(session, user, new_password, policy)
     old = _public_state(user)
     _set_password(session, user, new_password, now)
+    code = secrets.token_hex(8)
+    user.reset_code_sha256 = hashlib.sha256(code.encode("utf-8")).hexdigest()
+    user.reset_by = _normalize_username(actor)
+    user.reset_at = now
     user.must_change_password = True
     user.failed_attempts = 0
     user.locked = False
@@ -546,11 +642,11 @@ def reset_password(
         record_type="user",
         record_id=user.id,
         old=old,
-        new=_public_state(user),
+        new={**_public_state(user), "one_time_code_issued": True},
         reason=reason,
     )
     _end_user_sessions(session, user, now=now, reason="password_reset")
-    return user
+    return PasswordReset(user=user, one_time_code=code)
 
 
 def disable_user(session: Session, *, actor: str, username: str, reason: str) -> User:

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from workbench.errors import ReportError
+from workbench.vocabulary import EstimateStatus, Verdict
 
 __all__ = [
     "AcceptanceRow",
@@ -92,22 +93,6 @@ class ReportStatus(StrEnum):
 
     DRAFT = "draft"
     FINAL = "final"
-
-
-class EstimateStatus(StrEnum):
-    """Whether an estimate could be computed."""
-
-    OK = "ok"
-    INSUFFICIENT_N = "insufficient_n"
-    NOT_ESTIMABLE = "not_estimable"
-
-
-class Verdict(StrEnum):
-    """Outcome of one acceptance criterion."""
-
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    FAIL = "fail"
-    NOT_EVALUABLE = "not_evaluable"
 
 
 class _Converting:

@@ -129,7 +129,7 @@ class SigningIdentity:
 
 
 def ensure_signing_identity(
-    keys_dir: str | Path, *, common_name: str = "Validation Workbench"
+    keys_dir: str | Path, *, common_name: str = "Validation Workbench", create: bool = True
 ) -> SigningIdentity:
     """Return the workbench's local signing identity, creating it on first use.
 
@@ -139,6 +139,10 @@ def ensure_signing_identity(
         Folder for the CA and signing key material (created with mode 0700).
     common_name : str
         Common name of the signing certificate; the CA is ``"<common_name> CA"``.
+    create : bool, default True
+        Create the identity when the folder holds none. Verification passes
+        False: new keys could only vouch for documents sealed from now on, so a
+        missing identity is an error there, never silently replaced.
 
     Returns
     -------
@@ -148,8 +152,9 @@ def ensure_signing_identity(
     Raises
     ------
     ConfigurationError
-        When only part of the key material exists (refusing to overwrite it)
-        or the files cannot be read or written.
+        When only part of the key material exists (refusing to overwrite it),
+        none exists and ``create`` is False, or the files cannot be read or
+        written.
     """
     folder = Path(keys_dir)
     names = (CA_CERT, CA_KEY, SIGNING_CERT, SIGNING_KEY)
@@ -164,6 +169,12 @@ def ensure_signing_identity(
             f"Found only {', '.join(present)}; restore the missing files from backup or move "
             "the folder aside to create a new identity (reports sealed with the old one then "
             "verify only against the old CA)."
+        )
+    if not create:
+        raise ConfigurationError(
+            f"The keys folder {folder} holds no workbench signing identity ({', '.join(names)}), "
+            "so sealed reports cannot be checked against it. Restore the folder from backup "
+            "(new keys are not created for a verification)."
         )
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from workbench.errors import ReportError, ReportVerificationError
-from workbench.reports.attachments import RESULTS_JSON, _read_name_tree
+from workbench.reports.attachments import REPORT_CONTENT_JSON, RESULTS_JSON, _read_name_tree
 from workbench.reports.keys import SigningIdentity
 
 __all__ = ["SEAL_FIELD", "PdfVerification", "seal_pdf", "verify_pdf"]
@@ -75,6 +75,9 @@ class PdfVerification:
         SHA-256 of the embedded ``results.json``.
     attachments : dict of str to str
         Embedded file name -> SHA-256.
+    embedded_signatures : tuple of dict or None
+        The e-signature records printed in the report, as embedded in its
+        ``report-content.json`` (``None`` when it embeds none).
     """
 
     path: Path
@@ -90,6 +93,7 @@ class PdfVerification:
     report_id: str | None = None
     results_sha256: str | None = None
     attachments: dict[str, str] = field(default_factory=dict)
+    embedded_signatures: tuple[dict[str, Any], ...] | None = None
 
     def raise_if_invalid(self) -> None:
         """Raise :class:`ReportVerificationError` listing the problems, if any."""
@@ -205,6 +209,24 @@ def seal_pdf(
     return hashlib.sha256(sealed).hexdigest()
 
 
+def _embedded_signatures(blob: bytes | None) -> tuple[dict[str, Any], ...] | None:
+    """The signature records of an embedded ``report-content.json`` (bounded, plain values)."""
+    if blob is None or len(blob) > 64 << 20:
+        return None
+    try:
+        listed = json.loads(blob).get("signatures")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(listed, list):
+        return None
+    keys = ("signature_id", "username", "printed_name", "role", "meaning", "signed_at")
+    return tuple(
+        {k: str(item.get(k, ""))[:200] for k in (*keys, "content_sha256")}
+        for item in listed[:50]
+        if isinstance(item, dict)
+    )
+
+
 def verify_pdf(path: str | Path, *, trust_roots: Sequence[x509.Certificate]) -> PdfVerification:
     """Verify a sealed report PDF.
 
@@ -282,7 +304,12 @@ def verify_pdf(path: str | Path, *, trust_roots: Sequence[x509.Certificate]) -> 
             "The PDF should embed results.json. Found no such attachment; it is not "
             "a workbench report."
         )
-    found = {"attachments": attachments, "report_id": report_id, "results_sha256": results_sha256}
+    found: dict[str, Any] = {
+        "attachments": attachments,
+        "report_id": report_id,
+        "results_sha256": results_sha256,
+        "embedded_signatures": _embedded_signatures(embedded.get(REPORT_CONTENT_JSON)),
+    }
 
     if not signatures:
         problems.insert(

@@ -10,11 +10,12 @@ validation records (see the permission matrix).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from workbench.records import users
 from workbench.records.models import Role
-from workbench.services.context import Actor, Workbench, current_user
+from workbench.records.permissions import allowed
+from workbench.services.context import Actor, Workbench, current_user, issue_actor
 
 __all__ = [
     "UserInfo",
@@ -29,12 +30,18 @@ __all__ = [
     "reset_password",
     "list_users",
     "bootstrap_admin",
+    "Role",
+    "allowed",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
-    """An account as shown to administrators (never the password hash)."""
+    """An account as shown to administrators (never the password hash).
+
+    ``one_time_code`` is set only in the answer to :func:`reset_password`: the
+    code the owner needs to set their new password (shown once, never stored).
+    """
 
     username: str
     full_name: str
@@ -44,10 +51,11 @@ class UserInfo:
     must_change_password: bool
     failed_attempts: int
     created_at: str
+    one_time_code: str | None = field(default=None, repr=False)
 
 
 def _actor(user: users.User) -> Actor:
-    return Actor(username=user.username, full_name=user.full_name, role=user.role)
+    return issue_actor(user.username, user.full_name, user.role)
 
 
 def login(wb: Workbench, username: str, password: str) -> Actor:
@@ -88,11 +96,26 @@ def close_session(wb: Workbench, token: str) -> None:
         users.end_session(session, token)
 
 
-def change_password(wb: Workbench, username: str, old_password: str, new_password: str) -> None:
-    """The account owner changes their password (policy and history enforced)."""
+def change_password(
+    wb: Workbench,
+    username: str,
+    old_password: str,
+    new_password: str,
+    *,
+    reset_code: str | None = None,
+) -> None:
+    """The account owner changes their password (policy and history enforced).
+
+    After an administrator reset the password, ``reset_code`` (the one-time code
+    issued with the reset) is required as well.
+    """
     with wb.transaction() as session:
         users.change_password(
-            session, username=username, old_password=old_password, new_password=new_password
+            session,
+            username=username,
+            old_password=old_password,
+            new_password=new_password,
+            reset_code=reset_code,
         )
 
 
@@ -155,18 +178,24 @@ def unlock_user(wb: Workbench, actor: Actor, username: str, *, reason: str) -> U
 def reset_password(
     wb: Workbench, actor: Actor, username: str, *, new_password: str, reason: str
 ) -> UserInfo:
-    """Set a temporary password; its owner must change it before signing anything."""
+    """Set a temporary password; its owner must change it before signing anything.
+
+    Returns
+    -------
+    UserInfo
+        With ``one_time_code``: the owner needs it, with the temporary password,
+        to set their new password. Hand it to the owner only.
+    """
     with wb.transaction() as session:
         admin = current_user(session, actor, "user.manage")
-        return _info(
-            users.reset_password(
-                session,
-                actor=admin.username,
-                username=username,
-                new_password=new_password,
-                reason=reason,
-            )
+        done = users.reset_password(
+            session,
+            actor=admin.username,
+            username=username,
+            new_password=new_password,
+            reason=reason,
         )
+        return replace(_info(done.user), one_time_code=done.one_time_code)
 
 
 def list_users(wb: Workbench, actor: Actor) -> list[UserInfo]:

@@ -15,15 +15,15 @@ labelled as such; the primary analysis is never changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.errors import PermissionDeniedError, WorkflowError
-from workbench.protocols import Protocol, evaluate_endpoints, load_protocol
+from workbench.protocols import Protocol, ProtocolEvaluation, evaluate_endpoints
 from workbench.records import audit, signatures
 from workbench.records.models import (
     Adjudication,
@@ -38,6 +38,7 @@ from workbench.records.models import (
     User,
 )
 from workbench.services.context import Actor, Workbench, current_user, get_one, sha256_json
+from workbench.services.protocols import parsed_protocol
 from workbench.services.runs import case_frame
 
 __all__ = [
@@ -48,6 +49,10 @@ __all__ = [
     "adjudicate",
     "adjudication_summary",
     "pending_count",
+    "AdjudicationRead",
+    "CaseAdjudication",
+    "RunAdjudication",
+    "SecondaryAnalysis",
 ]
 
 
@@ -107,7 +112,7 @@ def _run(session: Session, run_uid: str) -> Run:
 def _protocol(session: Session, run: Run) -> Protocol:
     pv = session.get(ProtocolVersion, run.protocol_version_id)
     assert pv is not None
-    return load_protocol(pv.yaml_text.encode("utf-8"))
+    return parsed_protocol(pv)
 
 
 def queue(wb: Workbench, actor: Actor, run_uid: str) -> list[QueueItem]:
@@ -158,14 +163,9 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
         files = session.scalars(
             select(TestSetFile).where(TestSetFile.test_set_id == test_set.id)
         ).all()
-        # Find the case's CT series through its reader SEGs or the labels' series UID.
-        from workbench.services.testsets import LABELS_PATH
-
-        labels_path = root / LABELS_PATH
-        if series_uid is None and labels_path.is_file():
-            labels = pd.read_csv(labels_path, dtype={"case_id": str})
-            match = labels.loc[labels["case_id"] == d.case_id, "series_instance_uid"]
-            series_uid = str(match.iloc[0]) if len(match) else None
+        # The case's series: from the discrepancy, else from the attributes stored with the case.
+        if series_uid is None and result is not None:
+            series_uid = (result.strata or {}).get("series_instance_uid")
         ct = sorted(
             str(root / f.path)
             for f in files
@@ -363,7 +363,60 @@ def _model_verdict(d: Discrepancy, decision: str | None) -> str | None:
     }[decision]
 
 
-def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class AdjudicationRead:
+    """One reviewer's read of a discrepancy."""
+
+    reviewer: str
+    reviewer_name: str
+    decision: str
+    kind: str
+    comment: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseAdjudication:
+    """A discrepancy with its reads and what they mean for the model.
+
+    ``interpretation`` is ``"model correct"``, ``"reference correct"``... or ``None``
+    while pending.
+    """
+
+    case_id: str
+    rule: str
+    status: str
+    reads: tuple[AdjudicationRead, ...]
+    final_decision: str | None
+    interpretation: str | None
+
+    @property
+    def last_read(self) -> AdjudicationRead | None:
+        """The latest read, if any."""
+        return self.reads[-1] if self.reads else None
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryAnalysis:
+    """The endpoints re-evaluated with the adjudicated labels (SECONDARY, never judged)."""
+
+    label: str
+    relabelled_cases: tuple[str, ...]
+    evaluation: ProtocolEvaluation
+
+
+@dataclass(frozen=True, slots=True)
+class RunAdjudication:
+    """Decisions per discrepancy of a run and the secondary (post-adjudication) analysis."""
+
+    n_discrepancies: int
+    n_adjudicated: int
+    counts: dict[str, int]
+    cases: tuple[CaseAdjudication, ...]
+    secondary: SecondaryAnalysis | None = None
+
+
+def adjudication_summary(session: Session, run: Run) -> RunAdjudication:
     """Decisions per discrepancy and the secondary (post-adjudication) analysis.
 
     For classification the secondary analysis re-evaluates the endpoints with
@@ -372,51 +425,50 @@ def adjudication_summary(session: Session, run: Run) -> dict[str, Any]:
     discrepant cases the reviewers found acceptable.
     """
     names = {row[0]: row[1] for row in session.execute(select(User.username, User.full_name))}
-    rows = []
+    cases = []
     for d in sorted(run.discrepancies, key=lambda d: d.case_id):
         decision = _final_decision(d)
-        rows.append(
-            {
-                "case_id": d.case_id,
-                "rule": d.rule,
-                "status": d.status,
-                "reads": [
-                    {
-                        "reviewer": a.reviewer,
-                        "reviewer_name": names.get(a.reviewer, a.reviewer),
-                        "decision": a.decision,
-                        "kind": a.kind,
-                        "comment": a.comment,
-                        "at": a.created_at.isoformat(),
-                    }
+        cases.append(
+            CaseAdjudication(
+                case_id=d.case_id,
+                rule=d.rule,
+                status=d.status,
+                reads=tuple(
+                    AdjudicationRead(
+                        reviewer=a.reviewer,
+                        reviewer_name=names.get(a.reviewer, a.reviewer),
+                        decision=a.decision,
+                        kind=a.kind,
+                        comment=a.comment or "",
+                        at=a.created_at,
+                    )
                     for a in d.adjudications
-                ],
-                "final_decision": decision,
-                "interpretation": _model_verdict(d, decision),
-            }
+                ),
+                final_decision=decision,
+                interpretation=_model_verdict(d, decision),
+            )
         )
     counts: dict[str, int] = {}
-    for row in rows:
-        key = str(row["interpretation"] or "pending")
+    for case in cases:
+        key = str(case.interpretation or "pending")
         counts[key] = counts.get(key, 0) + 1
-    summary: dict[str, Any] = {
-        "n_discrepancies": len(rows),
-        "n_adjudicated": sum(r["status"] == "adjudicated" for r in rows),
-        "counts": counts,
-        "cases": rows,
-        "secondary": None,
-    }
+    secondary = None
     protocol = _protocol(session, run)
-    if protocol.task.value == "classification" and rows:
+    if protocol.task.value == "classification" and cases:
         frame = case_frame(session, run.id, protocol)
-        flipped = [r["case_id"] for r in rows if r["interpretation"] == "model correct"]
+        flipped = [c.case_id for c in cases if c.interpretation == "model correct"]
         if flipped and "y_true" in frame:
             mask = frame["case_id"].isin(flipped)
             frame.loc[mask, "y_true"] = 1 - frame.loc[mask, "y_true"].astype(int)
-            secondary = evaluate_endpoints(protocol, frame)
-            summary["secondary"] = {
-                "label": "SECONDARY (post-adjudication) analysis",
-                "relabelled_cases": flipped,
-                "evaluation": audit.to_jsonable(secondary.to_dict()),
-            }
-    return summary
+            secondary = SecondaryAnalysis(
+                label="SECONDARY (post-adjudication) analysis",
+                relabelled_cases=tuple(flipped),
+                evaluation=evaluate_endpoints(protocol, frame),
+            )
+    return RunAdjudication(
+        n_discrepancies=len(cases),
+        n_adjudicated=sum(c.status == "adjudicated" for c in cases),
+        counts=counts,
+        cases=tuple(cases),
+        secondary=secondary,
+    )

@@ -2,18 +2,29 @@
 
 Services are plain functions ``service(wb, actor, ...)``. ``wb`` is a
 :class:`Workbench`; ``actor`` is the :class:`Actor` returned by
-:func:`workbench.services.auth.login`. Every service re-reads the actor's
-account inside its own transaction and checks the permission matrix there, so
-a UI that forgets to hide a button still cannot do what the role forbids.
+:func:`workbench.services.accounts.login` (or ``open_session`` /
+``resume_session``). An actor carries a credential that only a sign-in issues,
+so a hand-made ``Actor("qa.approver", ...)`` is refused. Every service re-reads
+the actor's account inside its own transaction and checks the permission matrix
+there, so a UI that forgets to hide a button still cannot do what the role
+forbids.
+
+Every write transaction that records a lock, an approval, a signature, a
+completed run or a seal, or that brings the trail :data:`audit.CHECKPOINT_EVERY`
+entries past the newest checkpoint, ends by signing the chain head with the
+workbench's checkpoint key into a stored, audited checkpoint
+(:func:`workbench.records.audit.record_checkpoint`).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import hmac
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +39,7 @@ from workbench.records.db import Database, open_database
 from workbench.records.models import User
 from workbench.records.permissions import require
 
-__all__ = ["Workbench", "Actor", "Progress", "sha256_json", "sha256_file"]
+__all__ = ["Workbench", "Actor", "Progress", "issue_actor", "sha256_json", "sha256_file"]
 
 #: Progress callback: ``progress(done, total, message)``.
 Progress = Any
@@ -42,11 +53,46 @@ class Actor:
     ----------
     username, full_name, role : str
         Account fields at login time; services re-check them in the database.
+    credential : str
+        Proof that a sign-in in this process issued the actor
+        (:func:`issue_actor`); services refuse an actor without a valid one.
     """
 
     username: str
     full_name: str
     role: str
+    credential: str = field(default="", repr=False, compare=False)
+
+
+#: Key of the actor credentials issued by this process; never stored or shown.
+_ACTOR_KEY = secrets.token_bytes(32)
+
+
+def _credential_mac(nonce: str, username: str, role: str) -> str:
+    message = f"{nonce}\n{username}\n{role}".encode()
+    return hmac.new(_ACTOR_KEY, message, hashlib.sha256).hexdigest()
+
+
+def issue_actor(username: str, full_name: str, role: str) -> Actor:
+    """The :class:`Actor` of a user who has just authenticated (sign-in helpers only).
+
+    Call it only after checking the password (``users.authenticate``) or a live
+    login session (``users.check_session``).
+    """
+    nonce = secrets.token_hex(16)
+    return Actor(
+        username=username,
+        full_name=full_name,
+        role=role,
+        credential=f"{nonce}.{_credential_mac(nonce, username, role)}",
+    )
+
+
+def _issued_by_sign_in(actor: Actor) -> bool:
+    nonce, _, mac = str(getattr(actor, "credential", "")).partition(".")
+    if not nonce or not mac:
+        return False
+    return hmac.compare_digest(mac, _credential_mac(nonce, actor.username, actor.role))
 
 
 @dataclass(slots=True)
@@ -95,6 +141,10 @@ class Workbench:
         try:
             with self.db.session(readonly=readonly) as session:
                 yield session
+                if not readonly and audit.needs_checkpoint(session):
+                    audit.record_checkpoint(
+                        session, self.workdir.keys_dir / audit.CHECKPOINT_KEY_NAME
+                    )
         except (OperationalError, OSError) as error:
             if _is_storage_full(error):
                 raise StorageError(
@@ -143,10 +193,16 @@ def current_user(session: Session, actor: Actor, action: str | None = None) -> U
     Raises
     ------
     AuthenticationError
-        The account no longer exists, is disabled or locked.
+        The actor was not issued by a sign-in, or the account no longer
+        exists, is disabled or locked.
     PermissionDeniedError
         The role does not allow ``action``; the refusal is written to the audit trail.
     """
+    if not isinstance(actor, Actor) or not _issued_by_sign_in(actor):
+        raise AuthenticationError(
+            "Expected an actor returned by a sign-in (accounts.login, open_session or "
+            "resume_session); found one that no sign-in issued. Sign in."
+        )
     user = session.scalars(select(User).where(User.username == actor.username)).first()
     if user is None:
         raise AuthenticationError("This account no longer exists; sign in again.")

@@ -63,27 +63,6 @@ class DemoSummary:
     notes: list[str] = field(default_factory=list)
     ok: bool = True
 
-    def render(self) -> str:
-        """Plain-text summary: one pass/fail table per run, then the report paths."""
-        from workbench.cli import render_run
-
-        lines = [
-            "",
-            "=" * 78,
-            f"Validation Workbench demo - workdir {self.workdir}",
-            f"Test set {self.test_set} locked, manifest {self.manifest_digest}",
-            "=" * 78,
-        ]
-        for summary in self.runs:
-            lines.append(render_run(summary))
-            lines.append("")
-        lines.append("Reports:")
-        for report in self.reports:
-            path = report.sealed_path or report.pdf_path
-            lines.append(f"  {report.report_uid} [{report.status}] {report.run_uid}: {path}")
-        lines.extend(f"Note: {note}" for note in self.notes)
-        return "\n".join(lines)
-
 
 def _actor(wb: Workbench, username: str) -> Actor:
     return accounts.login(wb, username, DEMO_ACCOUNTS[username][2])

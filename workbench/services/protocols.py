@@ -10,6 +10,8 @@ same protocol becomes ``superseded``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from workbench.errors import (
     DuplicateError,
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     RecordLockedError,
@@ -34,6 +37,7 @@ __all__ = [
     "approve_protocol",
     "list_protocols",
     "get_protocol",
+    "parsed_protocol",
     "protocol_diff",
 ]
 
@@ -70,7 +74,42 @@ class ProtocolInfo:
 
     def load(self) -> Protocol:
         """The validated :class:`~workbench.protocols.Protocol`."""
-        return load_protocol(self.yaml_text.encode("utf-8"))
+        return _checked_parse(self.protocol_id, self.version, self.sha256, self.yaml_text)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(sha256: str, yaml_text: str) -> Protocol:
+    """Parse a protocol text once; later calls with the same hash and text reuse the object."""
+    return load_protocol(yaml_text.encode("utf-8"))
+
+
+def _checked_parse(protocol_id: str, version: str, sha256: str, yaml_text: str) -> Protocol:
+    actual = hashlib.sha256(yaml_text.encode("utf-8")).hexdigest()
+    if actual != sha256:
+        raise IntegrityError(
+            f"Protocol {protocol_id}@{version}: the stored text no longer matches its recorded "
+            f"SHA-256 (recorded {sha256[:12]}..., the text hashes to {actual[:12]}...)."
+        )
+    return _parse(actual, yaml_text)
+
+
+def parsed_protocol(pv: ProtocolVersion) -> Protocol:
+    """The validated protocol of a stored version, parsed once per text and cached by its hash.
+
+    Raises
+    ------
+    IntegrityError
+        The stored text no longer hashes to the recorded SHA-256, or to the one
+        audited when the version was created (:mod:`workbench.records.anchors`).
+    """
+    from sqlalchemy.orm import object_session
+
+    from workbench.records import anchors
+
+    session = object_session(pv)
+    if session is not None:
+        anchors.require_equal(anchors.check_protocol(session, pv))
+    return _checked_parse(pv.protocol_id, pv.version, pv.sha256, pv.yaml_text)
 
 
 def _info(p: ProtocolVersion) -> ProtocolInfo:

@@ -16,17 +16,13 @@ cannot approve it.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench import __version__
 from workbench.errors import (
     PermissionDeniedError,
     RecordLockedError,
@@ -34,20 +30,16 @@ from workbench.errors import (
     SignatureError,
     WorkflowError,
 )
-from workbench.protocols import Protocol, load_protocol, metric_info
+from workbench.protocols import Protocol
 from workbench.records import audit, signatures
 from workbench.records.models import (
-    AuditEntry,
     ProtocolVersion,
-    QualityReport,
     RegisteredModel,
     Report,
     ReportStatus,
     Run,
     RunStatus,
     Signature,
-    TestSet,
-    User,
     utcnow,
 )
 from workbench.reports import (
@@ -61,9 +53,9 @@ from workbench.reports import (
 )
 from workbench.reports.attachments import RESULTS_JSON, report_attachments
 from workbench.reports.keys import SigningIdentity
-from workbench.services.adjudication import adjudication_summary
 from workbench.services.context import Actor, Workbench, current_user, get_one
-from workbench.services.runs import case_frame
+from workbench.services.protocols import parsed_protocol
+from workbench.services.report_content import gather_report_inputs, report_content
 
 __all__ = [
     "ReportInfo",
@@ -122,7 +114,7 @@ class ReportInfo:
 def _protocol(session: Session, run: Run) -> Protocol:
     pv = session.get(ProtocolVersion, run.protocol_version_id)
     assert pv is not None
-    return load_protocol(pv.yaml_text.encode("utf-8"))
+    return parsed_protocol(pv)
 
 
 def _signature_rows(session: Session, report: Report) -> list[Signature]:
@@ -174,591 +166,12 @@ def _info(session: Session, report: Report) -> ReportInfo:
     )
 
 
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return os.environ.get("WORKBENCH_COMMIT", "unknown")
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _estimate(data: dict[str, Any] | None, *, n: int = 0, reason: str = "") -> rc.ReportEstimate:
-    if not data or any(data.get(k) is None for k in ("value", "ci_low", "ci_high")):
-        return rc.ReportEstimate.missing("not_estimable", reason or "not estimable", n=n)
-    return rc.ReportEstimate(
-        value=float(data["value"]),
-        ci_low=float(data["ci_low"]),
-        ci_high=float(data["ci_high"]),
-        level=float(data.get("level", 0.95)),
-        method=str(data.get("method", "")),
-        n=int(data.get("n", n) or n),
-    )
-
-
-def _stratum_estimate(row: dict[str, Any]) -> rc.ReportEstimate:
-    n = int(row.get("n") or 0)
-    if row.get("value") is None or row.get("ci_low") is None or row.get("ci_high") is None:
-        status = (
-            "insufficient_n"
-            if "insufficient" in str(row.get("reason", "")).lower()
-            or (str(row.get("verdict")) == "NOT_ASSESSED" and row.get("value") is None)
-            else "not_estimable"
-        )
-        return rc.ReportEstimate.missing(status, str(row.get("reason") or status), n=n)
-    return rc.ReportEstimate(
-        value=float(row["value"]),
-        ci_low=float(row["ci_low"]),
-        ci_high=float(row["ci_high"]),
-        level=float(row.get("level") or 0.95),
-        method=str(row.get("method", "")),
-        n=n,
-    )
-
-
-def _verdict(value: Any) -> rc.Verdict:
-    text = str(value or "").lower()
-    if text == "pass":
-        return rc.Verdict.PASS
-    if text == "fail":
-        return rc.Verdict.FAIL
-    return rc.Verdict.NOT_EVALUABLE
-
-
-def _direction(text: str) -> str:
-    for op in ("<=", ">=", "<", ">"):
-        if op in text:
-            return op
-    return ">="
-
-
-def _criterion_threshold(protocol: Protocol, endpoint_id: str) -> tuple[float | None, str]:
-    for ep in protocol.endpoints:
-        if ep.id == endpoint_id:
-            return float(ep.criterion.threshold), str(ep.criterion.operator.value)
-    return None, ">="
-
-
 def _content(
     session: Session, report: Report, *, final: bool, signatures_list: list[Signature]
 ) -> rc.ReportContent:
-    run = session.get(Run, report.run_id)
-    assert run is not None
-    pv = session.get(ProtocolVersion, run.protocol_version_id)
-    model = session.get(RegisteredModel, run.model_id)
-    test_set = session.get(TestSet, run.test_set_id)
-    assert pv is not None and model is not None and test_set is not None
-    protocol = load_protocol(pv.yaml_text.encode("utf-8"))
-    results = run.results or {}
-    evaluation = results.get("evaluation", {})
-    supplementary = results.get("supplementary", {})
-    accounting = results.get("accounting", {})
-    frame = case_frame(session, run.id, protocol)
-    author = session.scalars(select(User).where(User.username == report.created_by)).first()
-    env = run.environment or {}
-
-    # Dataset.
-    counts = []
-    for column, label in (
-        ("manufacturer", "Scanner manufacturer"),
-        ("manufacturer_model_name", "Scanner model"),
-        ("patient_sex", "Sex"),
-    ):
-        if column in frame:
-            tally = Counter(str(v) for v in frame[column].fillna("unknown"))
-            counts.append(
-                rc.FactorCounts(
-                    factor=label,
-                    levels=tuple(
-                        rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())
-                    ),
-                )
-            )
-    for factor in protocol.strata:
-        if factor.edges and factor.source_column in frame:
-            from workbench.protocols import stratum_labels
-
-            tally = Counter(stratum_labels(frame, factor))
-            counts.append(
-                rc.FactorCounts(
-                    factor=f"{factor.factor} (years)",
-                    levels=tuple(
-                        rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items())
-                    ),
-                )
-            )
-    quality = session.scalars(
-        select(QualityReport)
-        .where(QualityReport.test_set_id == test_set.id)
-        .order_by(QualityReport.id.desc())
-        .limit(1)
-    ).first()
-    q_payload = (quality.findings if quality else None) or {}
-    findings = list(q_payload.get("findings", []))
-    by_check: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for f in findings:
-        by_check.setdefault((str(f.get("check")), str(f.get("severity"))), []).append(f)
-    quality_summary = rc.DataQualitySummary(
-        passed=bool(quality.passed) if quality else False,
-        findings=tuple(
-            rc.QualityFinding(
-                check=c, severity=s, count=len(items), message=str(items[0].get("message", ""))
-            )
-            for (c, s), items in sorted(by_check.items())
-        ),
-        suite=protocol.data_quality_suite,
+    return report_content(
+        gather_report_inputs(session, report, final=final, signatures_list=signatures_list)
     )
-    phi_findings = [f for f in findings if str(f.get("check", "")).startswith("phi")]
-    summary = test_set.summary or {}
-    phi = rc.PhiCheck(
-        passed=not any(f.get("severity") == "critical" for f in phi_findings),
-        files_checked=int(summary.get("n_dicom", 0)),
-        findings=len(phi_findings),
-        summary=(
-            "PS3.15 Basic Application Level Confidentiality Profile attributes, sequences, "
-            "private tags, dates and PatientIdentityRemoved checked in every file."
-        ),
-    )
-    seg_ref = protocol.reference_standard.segmentation
-    readers = tuple(
-        rc.ReaderInfo(
-            reader_id=r,
-            role="segmentation reader",
-            qualification="simulated reader (synthetic data)",
-        )
-        for r in (seg_ref.readers if seg_ref else [])
-    ) + tuple(
-        rc.ReaderInfo(
-            reader_id=f"reader{k}", role="malignancy rating", qualification="simulated reader"
-        )
-        for k in (1, 2, 3)
-        if f"reader{k}_malignant" in frame
-    )
-    dataset = rc.DatasetSummary(
-        n_cases=int(accounting.get("n_cases", len(frame))),
-        n_series=int(summary.get("n_series", 0)),
-        n_files=int(summary.get("n_files", 0)),
-        counts=tuple(counts),
-        reference_standard=protocol.reference_standard.description
-        or (f"labels column {protocol.reference_standard.labels_column}"),
-        readers=readers,
-        inclusion_criteria=("Every CT series of the locked test set with a reference standard.",),
-        exclusion_criteria=(
-            "No reference labels row or reference segmentation for the series.",
-            "Modality other than CT.",
-        ),
-        n_included=int(accounting.get("n_cases", 0)) - int(accounting.get("n_excluded", 0)),
-        excluded_cases=tuple(
-            rc.CaseNote(case_id=str(c["case_id"]), reason=str(c.get("reason") or ""))
-            for c in accounting.get("excluded", [])
-        ),
-        failed_cases=tuple(
-            rc.CaseNote(case_id=str(c["case_id"]), reason=str(c.get("reason") or ""))
-            for c in accounting.get("failed", [])
-        ),
-        quality=quality_summary,
-        phi_check=phi,
-    )
-
-    # Methods.
-    metric_methods = []
-    thresholds = []
-    for ep in protocol.endpoints:
-        info = metric_info(ep.metric)
-        metric_methods.append(
-            rc.MetricMethod(
-                metric=f"{ep.id}: {info.label}",
-                definition=ep.description or info.label,
-                ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})",
-            )
-        )
-        if ep.operating_threshold is not None:
-            thresholds.append(
-                rc.ThresholdSpec(
-                    name=f"{ep.id} operating threshold", value=float(ep.operating_threshold)
-                )
-            )
-    thresholds.append(
-        rc.ThresholdSpec(
-            name="surface Dice tolerance (mm)",
-            value=float(results.get("surface_dice_tolerance_mm", 2.0)),
-        )
-    )
-    sub = protocol.subgroup_acceptance
-    methods = rc.MethodsSummary(
-        metrics=tuple(metric_methods),
-        ci_level=float(protocol.endpoints[0].ci.level),
-        thresholds=tuple(thresholds),
-        strata=tuple(
-            rc.StratumSpec(
-                factor=s.factor,
-                levels=tuple(
-                    sorted(
-                        {
-                            str(r.get("stratum"))
-                            for e in evaluation.get("endpoints", [])
-                            for r in e.get("strata", [])
-                            if r.get("factor") == s.factor
-                        }
-                    )
-                ),
-                min_n=s.min_n,
-            )
-            for s in protocol.strata
-        ),
-        multiplicity=(
-            f"{sub.rule.value} with {sub.multiplicity.value} adjustment ({sub.family.value})"
-            if sub
-            else "none (no subgroup acceptance rule)"
-        ),
-        primary_analysis=(
-            f"Failed cases: {protocol.failed_cases.value}. Excluded cases are listed. "
-            "Primary analysis on the reference standard before adjudication."
-        ),
-        software=f"Validation Workbench {__version__} (workbench.stats: numpy/scipy/statsmodels)",
-    )
-
-    # Results.
-    metric_results = []
-    acceptance = []
-    for e in evaluation.get("endpoints", []):
-        info = metric_info(e["metric"])
-        threshold, op = _criterion_threshold(protocol, e["endpoint_id"])
-        overall = _estimate(
-            e.get("estimate"), n=int(e.get("n_cases") or 0), reason=e.get("reason", "")
-        )
-        per_stratum = tuple(
-            rc.StratumEstimate(
-                factor=str(r["factor"]), level=str(r["stratum"]), estimate=_stratum_estimate(r)
-            )
-            for r in e.get("strata", [])
-        )
-        digits = 1 if info.unit == "mm" else 3
-        metric_results.append(
-            rc.MetricResult(
-                key=e["endpoint_id"],
-                label=info.label,
-                overall=overall,
-                per_stratum=per_stratum,
-                threshold=threshold,
-                direction=op,
-                digits=digits,
-                unit=info.unit,
-            )
-        )
-        acceptance.append(
-            rc.AcceptanceRow(
-                endpoint=e["endpoint_id"],
-                criterion=e.get("criterion_text", ""),
-                estimate=overall,
-                verdict=_verdict(e.get("overall_verdict")),
-                primary=bool(e.get("primary", True)),
-                digits=digits,
-            )
-        )
-        for r in e.get("strata", []):
-            if str(r.get("verdict")) in ("PASS", "FAIL", "NOT_ESTIMABLE"):
-                acceptance.append(
-                    rc.AcceptanceRow(
-                        endpoint=e["endpoint_id"],
-                        criterion=e.get("subgroup_rule_text") or e.get("criterion_text", ""),
-                        estimate=_stratum_estimate(r),
-                        verdict=_verdict(r.get("verdict")),
-                        primary=bool(e.get("primary", True)),
-                        stratum=f"{r['factor']} = {r['stratum']}",
-                        digits=digits,
-                    )
-                )
-    heterogeneity = tuple(
-        rc.HeterogeneityTest(
-            metric=h["endpoint_id"],
-            factor=h["factor"],
-            statistic=float(h["statistic"]),
-            df=int(h.get("df") or 0),
-            p_value=float(h["p_value"]),
-            method=str(h.get("method", "")),
-        )
-        for h in supplementary.get("heterogeneity", [])
-        if "statistic" in h
-    )
-    roc = None
-    roc_data = supplementary.get("roc")
-    if roc_data and "fpr" in roc_data:
-        roc = rc.RocCurve(
-            fpr=tuple(roc_data["fpr"]),
-            tpr=tuple(roc_data["tpr"]),
-            tpr_low=tuple(roc_data["lower"]),
-            tpr_high=tuple(roc_data["upper"]),
-            auc=_estimate(roc_data.get("auc")),
-            band_method=(
-                f"{roc_data.get('band', 'pointwise')} bootstrap band "
-                f"({roc_data.get('level', 0.95):.0%})"
-            ),
-            operating_point=tuple(roc_data["operating_point"])
-            if roc_data.get("operating_point")
-            else None,
-        )
-    agreement = []
-    for a in supplementary.get("agreement", []):
-        est = (
-            rc.ReportEstimate(
-                value=float(a["kappa"]),
-                ci_low=float(a["ci_low"]),
-                ci_high=float(a["ci_high"]),
-                method="asymptotic (Fleiss-Cohen-Everitt)",
-                n=int(a.get("n") or 0),
-            )
-            if a.get("status", "ok") == "ok" and a.get("kappa") is not None
-            else rc.ReportEstimate.missing(
-                "not_estimable", str(a.get("reason") or "not estimable"), n=int(a.get("n") or 0)
-            )
-        )
-        agreement.append(
-            rc.AgreementRow(
-                comparison=f"{a['rater_a']} vs {a['rater_b']}",
-                kind=a["kind"],
-                statistic="Cohen's kappa",
-                estimate=est,
-            )
-        )
-    fk = supplementary.get("fleiss_kappa_readers")
-    if fk and "value" in fk:
-        agreement.append(
-            rc.AgreementRow(
-                comparison="reader1, reader2, reader3",
-                kind="among readers",
-                statistic="Fleiss' kappa",
-                estimate=_estimate(fk),
-            )
-        )
-    distributions = tuple(
-        rc.DistributionGroup(label=k, values=tuple(v))
-        for k, v in sorted(supplementary.get("distributions", {}).items())
-    )
-    results_section = rc.ResultsSection(
-        metrics=tuple(metric_results),
-        heterogeneity=heterogeneity,
-        roc=roc,
-        distribution_metric="Dice" if distributions else "",
-        distributions=distributions,
-        agreement=tuple(agreement),
-    )
-
-    # Adjudication.
-    adj = adjudication_summary(session, run)
-    decisions = []
-    blinding = {d.case_id: d.blinding or {} for d in run.discrepancies}
-    for case in adj["cases"]:
-        reads = case["reads"]
-        last = reads[-1] if reads else None
-        decisions.append(
-            rc.AdjudicationDecision(
-                case_id=case["case_id"],
-                kind=case["rule"],
-                model_output=f"shown as {blinding.get(case['case_id'], {}).get('model', '?')}",
-                reference=f"shown as {blinding.get(case['case_id'], {}).get('reference', '?')}",
-                decision=case["interpretation"] or "pending",
-                adjudicator=f"{last['reviewer_name']} ({last['reviewer']})" if last else "",
-                decided_at=datetime.fromisoformat(last["at"]) if last else None,
-                rationale=last["comment"] if last else "",
-            )
-        )
-    post = []
-    secondary = adj.get("secondary")
-    if secondary:
-        for e in secondary["evaluation"].get("endpoints", []):
-            info = metric_info(e["metric"])
-            post.append(
-                rc.MetricResult(
-                    key=f"{e['endpoint_id']} (secondary)",
-                    label=f"{info.label}, post-adjudication",
-                    overall=_estimate(e.get("estimate"), reason=e.get("reason", "")),
-                )
-            )
-    adjudication = rc.AdjudicationSummary(
-        n_discrepancies=adj["n_discrepancies"],
-        n_adjudicated=adj["n_adjudicated"],
-        decisions=tuple(decisions),
-        outcome_counts=dict(adj["counts"]),
-        post_adjudication=tuple(post),
-        note=(
-            "Reviewers saw the model and reference outputs as A and B in a random order per case. "
-            "The post-adjudication analysis is SECONDARY; acceptance uses the primary analysis."
-        ),
-    )
-
-    # Signatures and audit.
-    entries = list(
-        session.scalars(
-            select(AuditEntry)
-            .where(
-                (AuditEntry.record_id == run.run_uid)
-                | (AuditEntry.record_id.like(f"{run.run_uid}/%"))
-                | (
-                    (AuditEntry.record_type == "report")
-                    & (AuditEntry.record_id == report.report_uid)
-                )
-                | (
-                    (AuditEntry.record_type == "discrepancy")
-                    & (AuditEntry.record_id.in_([str(d.id) for d in run.discrepancies]))
-                )
-            )
-            .order_by(AuditEntry.seq)
-        )
-    )
-    head = audit.head(session)
-    deviations = []
-    if accounting.get("n_failed"):
-        deviations.append(
-            rc.Deviation(
-                deviation_id="D1",
-                description=(
-                    f"{accounting['n_failed']} case(s) failed during inference or analysis."
-                ),
-                impact=f"Handled per protocol ('failed_cases: {protocol.failed_cases.value}').",
-            )
-        )
-    limitations = (
-        "Synthetic data: the demo test set consists of generated CT phantoms and simulated "
-        "readers; "
-        "results do not describe clinical performance."
-        if test_set.name.startswith("demo")
-        else "Results apply to the population, scanners and protocol of this test set only.",
-        "Subgroups below the protocol's minimum n are reported as 'insufficient n' and not judged.",
-        "Confidence intervals quantify sampling uncertainty only, not bias in the reference "
-        "standard.",
-    )
-    return rc.ReportContent(
-        report_id=report.report_uid,
-        title=f"Validation report: {model.name} {model.version} - {pv.title}",
-        status=rc.ReportStatus.FINAL if final else rc.ReportStatus.DRAFT,
-        created_at=report.created_at,
-        author=author.full_name if author else report.created_by,
-        model=rc.ModelInfo(
-            name=model.name,
-            version=model.version,
-            sha256=model.digest,
-            task=model.task,
-            description=model.intended_use or "",
-        ),
-        protocol=rc.ProtocolInfo(
-            protocol_id=pv.protocol_id,
-            version=pv.version,
-            sha256=pv.sha256,
-            title=pv.title,
-            yaml_text=pv.yaml_text,
-            approved_by=pv.approved_by or "",
-            approved_at=pv.approved_at,
-        ),
-        test_set=rc.TestSetInfo(
-            name=test_set.name,
-            manifest_digest=test_set.manifest_digest or "",
-            locked_at=test_set.locked_at,
-            locked_by=test_set.locked_by or "",
-            manifest_entries=_manifest_entries(test_set),
-        ),
-        software=rc.SoftwareInfo(workbench_version=__version__, workbench_commit=_git_commit()),
-        environment=rc.RunEnvironment(
-            run_id=run.run_uid,
-            device=run.device or "",
-            platform=str(env.get("platform", "")),
-            python=str(env.get("python", "")),
-            packages={str(k): str(v) for k, v in (env.get("packages") or {}).items()},
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-        ),
-        intended_use=protocol.intended_use,
-        dataset=dataset,
-        methods=methods,
-        results=results_section,
-        acceptance=tuple(acceptance),
-        deviations=tuple(deviations),
-        adjudication=adjudication,
-        limitations=limitations,
-        required_signatures=tuple(
-            rc.RequiredSignature(role=r.role.value, meaning=r.meaning) for r in protocol.signatures
-        ),
-        signatures=tuple(
-            rc.SignatureEntry(
-                printed_name=s.printed_name,
-                username=s.username,
-                role=s.role,
-                meaning=s.meaning,
-                signed_at=s.signed_at,
-                signature_id=str(s.id),
-                content_sha256=s.content_sha256,
-            )
-            for s in signatures_list
-        ),
-        audit_trail=tuple(
-            rc.AuditEntry(
-                sequence=e.seq,
-                timestamp=e.ts,
-                actor=e.actor,
-                action=e.action,
-                record_type=e.record_type,
-                record_id=e.record_id or "",
-                entry_hash=e.entry_hash,
-                previous_hash=e.prev_hash,
-            )
-            for e in entries
-        ),
-        audit_chain_head=head.entry_hash if head else "",
-        per_case=tuple(_per_case_rows(frame)),
-    )
-
-
-def _manifest_entries(test_set: TestSet) -> dict[str, str]:
-    if not test_set.manifest_json:
-        return {}
-    from workbench.dicom.manifest import Manifest
-
-    return dict(Manifest.from_json(test_set.manifest_json).entries)
-
-
-def _per_case_rows(frame: Any) -> list[dict[str, Any]]:
-    keep = [
-        c
-        for c in (
-            "case_id",
-            "status",
-            "reason",
-            "score",
-            "y_true",
-            "dice",
-            "iou",
-            "hd95",
-            "assd",
-            "surface_dice",
-            "segmentation_status",
-            "manufacturer",
-            "manufacturer_model_name",
-            "patient_sex",
-            "patient_age_years",
-            "mask_sha256",
-        )
-        if c in frame
-    ]
-    rows = []
-    for row in frame[keep].to_dict(orient="records"):
-        clean: dict[str, Any] = {}
-        for k, v in row.items():
-            if v is None or (isinstance(v, float) and v != v):
-                clean[k] = None
-            elif hasattr(v, "item"):
-                clean[k] = v.item()
-            else:
-                clean[k] = v
-        rows.append(clean)
-    return rows
 
 
 def signing_identity(wb: Workbench) -> SigningIdentity:
@@ -1055,6 +468,10 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
         return ReportCheck(
             str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")]
         )
+    if not (os.environ.get("WORKBENCH_SIGNING_KEY") and os.environ.get("WORKBENCH_SIGNING_CERT")):
+        from workbench.reports.keys import ensure_signing_identity
+
+        ensure_signing_identity(wb.workdir.keys_dir, create=False)  # never new keys to verify
     outcome = verify_pdf(pdf, trust_roots=signing_identity(wb).trust_roots)
     checks.append(
         ("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature")
@@ -1102,11 +519,33 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
                     f"results.json {str(outcome.results_sha256)[:16]}",
                 )
             )
-            for s in _signature_rows(session, report):
-                check = signatures.verify(session, s.id, outcome.results_sha256 or "")
-                checks.append(
-                    (f"e-signature {s.meaning} by {s.printed_name}", check.valid, check.status)
+            from workbench.records import anchors
+
+            differs = anchors.check_report(session, report, outcome.file_sha256)
+            checks.append(
+                (
+                    "audited hashes",
+                    not differs,
+                    "; ".join(d.describe() for d in differs)
+                    or "file and results match the audited build and seal",
                 )
+            )
+            run = session.get(Run, report.run_id)
+            assert run is not None
+            checks += anchors.check_signature_set(
+                session,
+                "report",
+                report.report_uid,
+                required=[
+                    (r.role.value, r.meaning, r.distinct_from)
+                    for r in _protocol(session, run).signatures
+                ],
+                content_sha256=outcome.results_sha256 or "",
+                embedded=None
+                if outcome.embedded_signatures is None
+                else list(outcome.embedded_signatures),
+                excluded_from={"approved": report.created_by},
+            )
         valid = all(ok for _, ok, _ in checks) and outcome.valid
         reason = "; ".join([*outcome.problems, *(f"{n}: {d}" for n, ok, d in checks if not ok)])
         audit.append(

@@ -20,12 +20,13 @@ reason) or excluded (with the reason).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from workbench import __version__
 from workbench.dicom.manifest import verify_manifest
+from workbench.dicom.reference import combine_reader_masks
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import load_series
 from workbench.errors import (
@@ -47,14 +49,23 @@ from workbench.errors import (
     WorkflowError,
 )
 from workbench.inference.environment import snapshot
+from workbench.inference.executor import InferenceExecutor
 from workbench.inference.loading import load_model
 from workbench.inference.registry import ModelSpec, verify_model_files
 from workbench.inference.runner import CaseInput, CaseOutput, run_inference
-from workbench.protocols import Protocol, evaluate_endpoints, find_discrepancies, load_protocol
+from workbench.protocols import (
+    CaseAccounting,
+    EndpointResult,
+    Protocol,
+    RunContext,
+    RunResults,
+    evaluate_endpoints,
+    find_discrepancies,
+)
+from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
 from workbench.records.models import (
     CaseResult,
-    CaseStatus,
     Discrepancy,
     DiscrepancyStatus,
     ProtocolStatus,
@@ -78,9 +89,14 @@ from workbench.services.context import (
 )
 from workbench.services.testsets import LABELS_PATH, frozen_manifest, latest_quality, load_index
 from workbench.stats import segmentation_metrics
+from workbench.vocabulary import CaseStatus, Verdict
 
 __all__ = [
+    "RunPlan",
     "RunSummary",
+    "plan_run",
+    "stored_results",
+    "run_results",
     "combine_reader_masks",
     "validate",
     "list_runs",
@@ -98,26 +114,31 @@ SURFACE_DICE_TOLERANCE_MM = 2.0
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """Outcome of a validation run.
+    """A validation run as its readers see it.
 
     Parameters
     ----------
     run_uid : str
     status : str
-    verdict : str or None
-        ``"pass"`` or ``"fail"`` once completed.
+        ``created``, ``running``, ``completed`` or ``failed``.
+    verdict : Verdict or None
+        Once completed: PASS, FAIL or NOT_EVALUABLE (see ``results`` for the reason);
+        ``None`` while running, or when hidden from a blinded reviewer.
     protocol, model, test_set : str
         ``id@version``, ``name@version`` and the test-set name.
     n_cases, n_completed, n_failed, n_excluded : int
-    endpoints : list of dict
-        Per endpoint: id, metric, criterion text, estimate, CI, verdict and subgroup verdicts.
     n_discrepancies : int
     results_sha256 : str or None
+    error : str or None
+        Why a failed run failed.
+    results : RunResults or None
+        The typed results of a completed run (``None`` while running, or when
+        hidden from a blinded reviewer).
     """
 
     run_uid: str
     status: str
-    verdict: str | None
+    verdict: Verdict | None
     protocol: str
     model: str
     test_set: str
@@ -125,10 +146,25 @@ class RunSummary:
     n_completed: int
     n_failed: int
     n_excluded: int
-    endpoints: list[dict[str, Any]] = field(default_factory=list)
     n_discrepancies: int = 0
     results_sha256: str | None = None
     error: str | None = None
+    results: RunResults | None = None
+
+    @property
+    def endpoints(self) -> tuple[EndpointResult, ...]:
+        """The evaluated endpoints (empty while running or hidden)."""
+        return () if self.results is None else self.results.endpoints
+
+    @property
+    def verdict_reason(self) -> str:
+        """Why the verdict is not PASS ('' when it is, or unknown)."""
+        return "" if self.results is None else self.results.verdict_reason
+
+
+def stored_results(run: Run) -> RunResults | None:
+    """A run's typed results, read (and migrated) from the stored form; None until completed."""
+    return RunResults.from_dict(run.results) if run.results else None
 
 
 def _summary(session: Session, run: Run) -> RunSummary:
@@ -136,24 +172,27 @@ def _summary(session: Session, run: Run) -> RunSummary:
     model = session.get(RegisteredModel, run.model_id)
     test_set = session.get(TestSet, run.test_set_id)
     assert protocol is not None and model is not None and test_set is not None
-    results = run.results or {}
-    accounting = results.get("accounting", {})
-    n_disc = len(run.discrepancies)
+    from workbench.records import anchors
+
+    # The verdict and results shown must be the ones audited when the run completed.
+    anchors.require_equal(anchors.check_run(session, run))
+    results = stored_results(run)
+    accounting = results.accounting if results is not None else None
     return RunSummary(
         run_uid=run.run_uid,
         status=run.status,
-        verdict=run.verdict,
+        verdict=None if run.verdict is None else Verdict.parse(run.verdict),
         protocol=f"{protocol.protocol_id}@{protocol.version}",
         model=f"{model.name}@{model.version}",
         test_set=test_set.name,
-        n_cases=int(accounting.get("n_cases", 0)),
-        n_completed=int(accounting.get("n_completed", 0)),
-        n_failed=int(accounting.get("n_failed", 0)),
-        n_excluded=int(accounting.get("n_excluded", 0)),
-        endpoints=list(results.get("evaluation", {}).get("endpoints", [])),
-        n_discrepancies=n_disc,
+        n_cases=accounting.n_cases if accounting else 0,
+        n_completed=accounting.n_completed if accounting else 0,
+        n_failed=accounting.n_failed if accounting else 0,
+        n_excluded=accounting.n_excluded if accounting else 0,
+        n_discrepancies=len(run.discrepancies),
         results_sha256=run.results_sha256,
         error=run.error,
+        results=results,
     )
 
 
@@ -221,37 +260,6 @@ def _cases(root: Path, index_files: pd.DataFrame, protocol: Protocol) -> list[_C
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def combine_reader_masks(masks: list[np.ndarray], readers: list[str], rule: str) -> np.ndarray:
-    """The reference mask from the readers' masks by the protocol's rule.
-
-    Parameters
-    ----------
-    masks : list of ndarray of bool
-        One mask per reader, aligned with the same volume.
-    readers : list of str
-        The readers' names (``reader1``...), in the order of ``masks``.
-    rule : str
-        ``majority`` (a voxel is lesion where at least half of the readers marked it;
-        with two readers their union), ``union``, ``intersection`` or a reader's name.
-
-    Returns
-    -------
-    ndarray of bool
-    """
-    if not masks:
-        raise ValueError("Expected at least one reader mask; found none.")
-    if rule.startswith("reader"):
-        if rule not in readers:
-            raise ValueError(f"Rule {rule!r} names no listed reader; readers are {readers}.")
-        return np.asarray(masks[readers.index(rule)], dtype=bool)
-    stack = np.stack(masks).astype(np.uint8)
-    if rule == "union":
-        return np.asarray(stack.any(axis=0))
-    if rule == "intersection":
-        return np.asarray(stack.all(axis=0))
-    return np.asarray(stack.sum(axis=0) * 2 >= len(masks))
-
-
 def _reference_mask(protocol: Protocol, case: _Case, volume: Any) -> np.ndarray:
     seg_ref = protocol.reference_standard.segmentation
     assert seg_ref is not None
@@ -277,16 +285,15 @@ def _segmentation_metrics(protocol: Protocol, case: _Case, mask_path: str) -> di
     return values
 
 
-def _strata(case: _Case) -> dict[str, Any]:
-    keys = (
-        "scanner_id",
-        "manufacturer",
-        "manufacturer_model_name",
-        "institution_name",
-        "patient_sex",
-        "patient_age_years",
-    )
-    return {k: case.labels.get(k) for k in keys if k in case.labels}
+def _case_attributes(case: _Case) -> dict[str, Any]:
+    """What a case brings into the analysis besides the model's output, frozen with the run.
+
+    Every column of its ``reference/labels.csv`` row (reference labels, readers' calls,
+    strata such as scanner and demographics) and its series UID, read once from the
+    verified, locked test set when the run starts; later readers of the run (statistics,
+    report, adjudication) use these stored values, never the file.
+    """
+    return {"series_instance_uid": case.series_uid, **case.labels}
 
 
 def _find_unfinished(
@@ -304,6 +311,55 @@ def _find_unfinished(
     ).first()
 
 
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """Everything a run needs, verified before inference starts.
+
+    Built by :func:`plan_run` inside one read-only transaction and checked against
+    the files on disk (manifest, model hashes); the run then only executes it.
+
+    Parameters
+    ----------
+    protocol_version_id, model_id, test_set_id : int
+        Database ids of the three inputs (the key of a resumable run).
+    protocol : Protocol
+        The approved protocol, parsed once from its verified text.
+    context : RunContext
+        The inputs' names and hashes, as stored with the results.
+    quality_report_id : int
+        The passing data-quality report the run relies on.
+    model_storage_path : str
+    model_files : Mapping of str to str
+        ``{relative path: sha256}`` of the registered model files.
+    model_spec : ModelSpec
+    cases : tuple of _Case
+        Every case of the test set, with its exclusion reason where it has one.
+    device : str or None
+    case_timeout_s : float
+    executor : InferenceExecutor or None
+        Where inference runs; ``None`` for the local default.
+    """
+
+    protocol_version_id: int
+    model_id: int
+    test_set_id: int
+    protocol: Protocol
+    context: RunContext
+    quality_report_id: int
+    model_storage_path: str
+    model_files: dict[str, str]
+    model_spec: ModelSpec
+    cases: tuple[_Case, ...]
+    device: str | None
+    case_timeout_s: float
+    executor: InferenceExecutor | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """``(protocol version, model, test set)`` ids: one unfinished run per key."""
+        return (self.protocol_version_id, self.model_id, self.test_set_id)
+
+
 def validate(
     wb: Workbench,
     actor: Actor,
@@ -315,6 +371,7 @@ def validate(
     progress: Progress = None,
     on_step: Callable[[str], None] | None = None,
     case_timeout_s: float | None = None,
+    executor: InferenceExecutor | None = None,
 ) -> RunSummary:
     """Run a validation: verify inputs, gate on data quality, infer, analyse, judge.
 
@@ -341,6 +398,8 @@ def validate(
     case_timeout_s : float, optional
         Time limit per case; a case that exceeds it fails with "time limit exceeded".
         Default ``$WORKBENCH_CASE_TIMEOUT_S``, else :data:`DEFAULT_CASE_TIMEOUT_S`.
+    executor : InferenceExecutor, optional
+        Where inference runs (e.g. a Ray cluster); default the local executor.
 
     Returns
     -------
@@ -357,6 +416,44 @@ def validate(
     """
     step = on_step or (lambda _name: None)
     step("verify inputs")
+    plan = plan_run(
+        wb,
+        actor,
+        protocol=protocol,
+        model=model,
+        test_set=test_set,
+        device=device,
+        case_timeout_s=case_timeout_s,
+        executor=executor,
+        step=step,
+    )
+    # One validation of a (protocol, model, test set) at a time: a second caller waits
+    # here, then resumes an unfinished run or starts a new one. The OS releases the
+    # lock when a process dies, so a killed run is resumed by the next call.
+    p_id, m_id, t_id = plan.key
+    lock = _ValidationLock(wb.workdir.runs_dir / f".validate-{p_id}-{m_id}-{t_id}.lock")
+    with lock:
+        return _claim_and_execute(wb, actor, plan, progress=progress, step=step)
+
+
+def plan_run(
+    wb: Workbench,
+    actor: Actor,
+    *,
+    protocol: str,
+    model: str,
+    test_set: str,
+    device: str | None = None,
+    case_timeout_s: float | None = None,
+    executor: InferenceExecutor | None = None,
+    step: Callable[[str], None] | None = None,
+) -> RunPlan:
+    """Verify a run's inputs and return its plan (see :func:`validate` for the checks).
+
+    Refusals (changed test set or model files, no passing data-quality report) are
+    written to the audit trail before the error is raised.
+    """
+    step = step or (lambda _name: None)
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "run.start")
         pv = protocol_service.lookup(session, protocol, approved_only=True)
@@ -365,12 +462,7 @@ def validate(
                 f"Protocol {pv.protocol_id}@{pv.version} is {pv.status}; only an approved "
                 "protocol version can be run."
             )
-        if hashlib.sha256(pv.yaml_text.encode("utf-8")).hexdigest() != pv.sha256:
-            raise IntegrityError(
-                f"Protocol {pv.protocol_id}@{pv.version}: the stored text no longer matches its "
-                "recorded SHA-256."
-            )
-        proto = load_protocol(pv.yaml_text.encode("utf-8"))
+        proto = protocol_service.parsed_protocol(pv)
         reg = model_service._lookup(session, model)
         ts = get_one(session, TestSet, "test set", name=test_set)
         manifest = frozen_manifest(ts)
@@ -391,10 +483,14 @@ def validate(
         model_files = dict(reg.files or {})
         storage_path = reg.storage_path
         spec = ModelSpec.model_validate(reg.spec)
-        model_ref = f"{reg.name}@{reg.version}"
-        model_digest = reg.digest
-        protocol_ref = f"{pv.protocol_id}@{pv.version}"
-        protocol_sha = pv.sha256
+        context = RunContext(
+            protocol=f"{pv.protocol_id}@{pv.version}",
+            protocol_sha256=pv.sha256,
+            model=f"{reg.name}@{reg.version}",
+            model_digest=reg.digest,
+            test_set=test_set,
+            manifest_digest=manifest.digest,
+        )
 
     diff = verify_manifest(root, manifest)
     if not diff.ok:
@@ -416,37 +512,22 @@ def validate(
         raise QualityGateError(
             f"Test set '{test_set}' has no passing data-quality report; the run is refused."
         )
-
-    cases = _cases(root, index.files, proto)
-    # One validation of a (protocol, model, test set) at a time: a second caller waits
-    # here, then resumes an unfinished run or starts a new one. The OS releases the
-    # lock when a process dies, so a killed run is resumed by the next call.
-    lock = _ValidationLock(wb.workdir.runs_dir / f".validate-{ids[0]}-{ids[1]}-{ids[2]}.lock")
-    with lock:
-        return _claim_and_execute(
-            wb,
-            actor,
-            ids=ids,
-            cases=cases,
-            proto=proto,
-            quality_id=quality.id,
-            storage_path=storage_path,
-            model_files=model_files,
-            spec=spec,
-            device=device,
-            progress=progress,
-            step=step,
-            case_timeout_s=case_timeout_s
-            or float(os.environ.get("WORKBENCH_CASE_TIMEOUT_S", DEFAULT_CASE_TIMEOUT_S)),
-            context={
-                "protocol": protocol_ref,
-                "protocol_sha256": protocol_sha,
-                "model": model_ref,
-                "model_digest": model_digest,
-                "test_set": test_set,
-                "manifest_digest": manifest.digest,
-            },
-        )
+    return RunPlan(
+        protocol_version_id=ids[0],
+        model_id=ids[1],
+        test_set_id=ids[2],
+        protocol=proto,
+        context=context,
+        quality_report_id=quality.id,
+        model_storage_path=storage_path,
+        model_files=model_files,
+        model_spec=spec,
+        cases=tuple(_cases(root, index.files, proto)),
+        device=device,
+        case_timeout_s=case_timeout_s
+        or float(os.environ.get("WORKBENCH_CASE_TIMEOUT_S", DEFAULT_CASE_TIMEOUT_S)),
+        executor=executor,
+    )
 
 
 class _ValidationLock:
@@ -476,29 +557,20 @@ class _ValidationLock:
 def _claim_and_execute(
     wb: Workbench,
     actor: Actor,
+    plan: RunPlan,
     *,
-    ids: tuple[int, int, int],
-    cases: list[_Case],
-    proto: Protocol,
-    quality_id: int,
-    storage_path: str,
-    model_files: dict[str, str],
-    spec: ModelSpec,
-    device: str | None,
     progress: Progress,
     step: Callable[[str], None],
-    context: dict[str, Any],
-    case_timeout_s: float,
 ) -> RunSummary:
     with wb.transaction() as session:
         user = current_user(session, actor, "run.start")
-        run = _find_unfinished(session, *ids)
+        run = _find_unfinished(session, *plan.key)
         if run is None:
             run = Run(
                 run_uid=f"RUN-{uuid.uuid4().hex[:12].upper()}",
-                protocol_version_id=ids[0],
-                model_id=ids[1],
-                test_set_id=ids[2],
+                protocol_version_id=plan.protocol_version_id,
+                model_id=plan.model_id,
+                test_set_id=plan.test_set_id,
                 status=RunStatus.RUNNING.value,
                 started_by=user.username,
                 started_at=utcnow(),
@@ -511,7 +583,11 @@ def _claim_and_execute(
                 action="run.start",
                 record_type="run",
                 record_id=run.run_uid,
-                new={**context, "quality_report_id": quality_id, "n_cases": len(cases)},
+                new={
+                    **plan.context.to_dict(),
+                    "quality_report_id": plan.quality_report_id,
+                    "n_cases": len(plan.cases),
+                },
             )
         else:
             audit.append(
@@ -533,19 +609,12 @@ def _claim_and_execute(
         return _execute(
             wb,
             actor,
+            plan,
             run_id=run_id,
             run_uid=run_uid,
-            proto=proto,
-            cases=cases,
             done=done_ids,
-            storage_path=storage_path,
-            model_files=model_files,
-            spec=spec,
-            device=device,
             progress=progress,
             step=step,
-            context=context,
-            case_timeout_s=case_timeout_s,
         )
     except Exception as error:
         with wb.transaction() as session:
@@ -580,25 +649,19 @@ def _refuse(wb: Workbench, actor: Actor, action: str, *, ts_name: str, detail: s
 def _execute(
     wb: Workbench,
     actor: Actor,
+    plan: RunPlan,
     *,
     run_id: int,
     run_uid: str,
-    proto: Protocol,
-    cases: list[_Case],
     done: dict[str, str],
-    storage_path: str,
-    model_files: dict[str, str],
-    spec: ModelSpec,
-    device: str | None,
     progress: Progress,
     step: Callable[[str], None],
-    context: dict[str, Any],
-    case_timeout_s: float,
 ) -> RunSummary:
-    by_id = {c.case_id: c for c in cases}
+    proto = plan.protocol
+    by_id = {c.case_id: c for c in plan.cases}
     # Exclusions are decided before inference and stored first.
     with wb.transaction() as session:
-        for case in cases:
+        for case in plan.cases:
             if case.exclusion and case.case_id not in done:
                 _store_case(
                     session,
@@ -612,10 +675,12 @@ def _execute(
                 done[case.case_id] = CaseStatus.EXCLUDED.value
 
     step("inference")
-    loaded = load_model(storage_path, spec, device, expected_hashes=model_files)
+    loaded = load_model(
+        plan.model_storage_path, plan.model_spec, plan.device, expected_hashes=plan.model_files
+    )
     environment = snapshot()
     to_run = [
-        CaseInput(case_id=c.case_id, ct_paths=c.ct_paths) for c in cases if c.exclusion is None
+        CaseInput(case_id=c.case_id, ct_paths=c.ct_paths) for c in plan.cases if c.exclusion is None
     ]
     out_dir = wb.workdir.runs_dir / run_uid / "seg"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -649,12 +714,13 @@ def _execute(
     run_inference(
         to_run,
         loaded,
-        spec,
+        plan.model_spec,
         out_dir=out_dir,
+        executor=plan.executor,
         completed=frozenset(done),
         on_case=on_case,
         progress=progress,
-        case_timeout_s=case_timeout_s,
+        case_timeout_s=plan.case_timeout_s,
     )
 
     step("statistics")
@@ -665,29 +731,17 @@ def _execute(
         raise WorkflowError(f"Run {run_uid}: cases {missing[:10]} have no stored outcome.")
     evaluation = evaluate_endpoints(proto, frame)
     candidates = find_discrepancies(proto, frame)
-    counts = frame["status"].value_counts().to_dict()
-    results = {
-        "run_uid": run_uid,
-        **context,
-        "workbench_version": __version__,
-        "surface_dice_tolerance_mm": SURFACE_DICE_TOLERANCE_MM,
-        "accounting": {
-            "n_cases": len(cases),
-            "n_completed": int(counts.get("completed", 0)),
-            "n_failed": int(counts.get("failed", 0)),
-            "n_excluded": int(counts.get("excluded", 0)),
-            "failed": frame.loc[frame["status"] == "failed", ["case_id", "reason"]].to_dict(
-                orient="records"
-            ),
-            "excluded": frame.loc[frame["status"] == "excluded", ["case_id", "reason"]].to_dict(
-                orient="records"
-            ),
-        },
-        "evaluation": evaluation.to_dict(),
-    }
-    results["supplementary"] = supplementary_analysis(proto, frame)
-    results = audit.to_jsonable(results)
-    results_sha = sha256_json(results)
+    results = RunResults(
+        run_uid=run_uid,
+        context=plan.context,
+        workbench_version=__version__,
+        surface_dice_tolerance_mm=SURFACE_DICE_TOLERANCE_MM,
+        accounting=CaseAccounting.from_frame(frame, n_cases=len(plan.cases)),
+        evaluation=evaluation,
+        supplementary=supplementary_analysis(proto, frame),
+    )
+    stored = results.to_dict()
+    results_sha = sha256_json(stored)
     step("acceptance and discrepancies")
     with wb.transaction() as session:
         run = session.get(Run, run_id)
@@ -722,12 +776,11 @@ def _execute(
         run.finished_at = utcnow()
         run.device = str(loaded.device)
         run.environment = audit.to_jsonable(environment)
-        run.results = results
+        run.results = stored
         run.results_sha256 = results_sha
-        run.verdict = str(evaluation.verdict).lower() if evaluation.verdict else None
-        if run.verdict not in ("pass", "fail"):
-            run.verdict = "fail"
+        run.verdict = results.verdict.value
         session.flush()
+        accounting = results.accounting
         audit.append(
             session,
             actor=actor.username,
@@ -737,9 +790,13 @@ def _execute(
             new={
                 "status": run.status,
                 "verdict": run.verdict,
+                "verdict_reason": results.verdict_reason,
                 "results_sha256": results_sha,
                 "accounting": {
-                    k: v for k, v in results["accounting"].items() if k.startswith("n_")
+                    "n_cases": accounting.n_cases,
+                    "n_completed": accounting.n_completed,
+                    "n_failed": accounting.n_failed,
+                    "n_excluded": accounting.n_excluded,
                 },
                 "device": run.device,
             },
@@ -761,137 +818,6 @@ def _discrepancy_details(finding: str, row: dict[str, Any]) -> dict[str, Any]:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             details[key] = value.item() if hasattr(value, "item") else value
     return audit.to_jsonable(details)
-
-
-def _heterogeneity_args(metric: str, threshold: float | None) -> tuple[str, dict[str, Any]] | None:
-    """The ``workbench.stats.stratified`` metric name and columns behind an endpoint metric."""
-    if metric == "auc":
-        return "auc", {"y_true": "y_true", "y_score": "score"}
-    if metric in ("sensitivity", "specificity", "ppv", "npv", "accuracy") and threshold is not None:
-        return metric, {"y_true": "y_true", "y_score": "score", "threshold": threshold}
-    for column in ("dice", "surface_dice", "hd95", "assd"):
-        for summary in ("mean", "median"):
-            if metric == f"{column}_{summary}":
-                return summary, {"value": column}
-    return None
-
-
-def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> dict[str, Any]:
-    """Figures' data and secondary statistics stored with the results.
-
-    ROC curve with a pointwise bootstrap band (classification), Cohen's kappa of
-    the model against each reader and among readers, Fleiss' kappa of the
-    readers, heterogeneity tests across the strata of every endpoint, and the
-    per-scanner distribution of the primary per-case metric. Only completed
-    cases enter these descriptive analyses.
-
-    Parameters
-    ----------
-    protocol : Protocol
-    frame : pandas.DataFrame
-        :func:`case_frame` of the run.
-
-    Returns
-    -------
-    dict
-        JSON-ready; a part that cannot be estimated carries its reason instead.
-    """
-    from workbench.protocols import stratum_labels
-    from workbench.stats import (
-        fleiss_kappa,
-        heterogeneity_test,
-        pairwise_kappas,
-        roc_curve_with_band,
-    )
-
-    out: dict[str, Any] = {"heterogeneity": [], "agreement": [], "distributions": {}}
-    done = frame[frame["status"] == "completed"].copy()
-    if not len(done):
-        return out
-    for factor in protocol.strata:
-        done[factor.factor] = stratum_labels(done, factor)
-    threshold = next(
-        (ep.operating_threshold for ep in protocol.endpoints if ep.operating_threshold is not None),
-        0.5,
-    )
-    if protocol.task.value == "classification" and "y_true" in done:
-        try:
-            curve = roc_curve_with_band(
-                done["y_true"].astype(int), done["score"].astype(float), n_boot=500, seed=0
-            )
-            y = done["y_true"].astype(int)
-            called = done["score"].astype(float) >= threshold
-            out["roc"] = {
-                "fpr": curve.fpr.tolist(),
-                "tpr": curve.tpr.tolist(),
-                "lower": curve.lower.tolist(),
-                "upper": curve.upper.tolist(),
-                "band": curve.band,
-                "level": curve.level,
-                "auc": curve.auc.as_dict(),
-                "operating_point": [
-                    float((called & (y == 0)).sum() / max(int((y == 0).sum()), 1)),
-                    float((called & (y == 1)).sum() / max(int((y == 1).sum()), 1)),
-                ],
-                "threshold": threshold,
-            }
-        except WorkbenchError as error:
-            out["roc"] = {"not_estimable": str(error)}
-    readers = [
-        c for c in ("reader1_malignant", "reader2_malignant", "reader3_malignant") if c in done
-    ]
-    if readers:
-        ratings = done[readers].copy()
-        if protocol.task.value == "classification" and "score" in done:
-            ratings.insert(0, "model", (done["score"].astype(float) >= threshold).astype(int))
-            model_rows = pairwise_kappas(ratings, reference="model", categories=[0, 1])
-            out["agreement"].extend(
-                {"kind": "model vs reader", **r} for r in model_rows.to_dict("records")
-            )
-        among = pairwise_kappas(done[readers], categories=[0, 1])
-        out["agreement"].extend({"kind": "reader vs reader", **r} for r in among.to_dict("records"))
-        counts = np.stack(
-            [(done[readers] == 0).sum(axis=1), (done[readers] == 1).sum(axis=1)], axis=1
-        )
-        try:
-            out["fleiss_kappa_readers"] = fleiss_kappa(counts).as_dict()
-        except WorkbenchError as error:
-            out["fleiss_kappa_readers"] = {"not_estimable": str(error)}
-    for endpoint in protocol.endpoints:
-        args = _heterogeneity_args(endpoint.metric.value, endpoint.operating_threshold)
-        if args is None:
-            continue
-        name, options = args
-        for factor in protocol.strata:
-            try:
-                test = heterogeneity_test(
-                    done, name, by=factor.factor, min_n=factor.min_n, **options
-                )
-                out["heterogeneity"].append(
-                    {
-                        "endpoint_id": endpoint.id,
-                        "factor": factor.factor,
-                        "statistic": float(test.statistic),
-                        "df": int(getattr(test, "df", 0) or 0),
-                        "p_value": float(test.p_value),
-                        "method": str(getattr(test, "method", "")),
-                    }
-                )
-            except WorkbenchError as error:
-                out["heterogeneity"].append(
-                    {
-                        "endpoint_id": endpoint.id,
-                        "factor": factor.factor,
-                        "not_estimable": str(error),
-                    }
-                )
-    metric_column = "dice" if "dice" in done else None
-    if metric_column and "manufacturer" in done:
-        out["distribution_metric"] = metric_column
-        for level, group in done.groupby("manufacturer", sort=True):
-            values = pd.to_numeric(group[metric_column], errors="coerce").dropna()
-            out["distributions"][str(level)] = [float(v) for v in values]
-    return out
 
 
 def _store_case(
@@ -919,7 +845,7 @@ def _store_case(
         mask_path=mask_path,
         mask_sha256=mask_sha256,
         metrics=audit.to_jsonable(metrics or {}),
-        strata=audit.to_jsonable(_strata(case)),
+        strata=audit.to_jsonable(_case_attributes(case)),
     )
     session.add(record)
     session.flush()
@@ -938,8 +864,31 @@ def _store_case(
     )
 
 
+def _locked_labels(test_set: TestSet) -> pd.DataFrame:
+    """``reference/labels.csv`` of a locked test set, read only if it still has its locked hash.
+
+    Only runs stored by release 0.1, whose cases kept a few label columns, need this.
+    """
+    manifest = frozen_manifest(test_set)
+    path = Path(test_set.root_path) / LABELS_PATH
+    expected = manifest.entries.get(LABELS_PATH)
+    if expected is None or not path.is_file():
+        return pd.DataFrame()
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise IntegrityError(
+            f"Test set '{test_set.name}': {LABELS_PATH} no longer matches its locked SHA-256 "
+            f"({expected[:12]}...); its labels are not used. Run 'workbench testset verify "
+            f"{test_set.name}'."
+        )
+    return pd.read_csv(io.BytesIO(data), dtype={"case_id": str}).set_index("case_id")
+
+
 def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) -> pd.DataFrame:
-    """One row per stored case of a run: status, score, metrics, strata and labels.
+    """One row per stored case of a run: status, score, metrics and the case's attributes.
+
+    The attributes (reference labels, readers' calls, strata) are those stored with
+    each case when the run read them from the locked test set.
 
     Parameters
     ----------
@@ -955,14 +904,6 @@ def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) 
     rows = []
     run = session.get(Run, run_id)
     assert run is not None
-    test_set = session.get(TestSet, run.test_set_id)
-    assert test_set is not None
-    labels_path = Path(test_set.root_path) / LABELS_PATH
-    labels = (
-        pd.read_csv(labels_path, dtype={"case_id": str}).set_index("case_id")
-        if labels_path.is_file()
-        else pd.DataFrame()
-    )
     for c in session.scalars(
         select(CaseResult).where(CaseResult.run_id == run_id).order_by(CaseResult.case_id)
     ):
@@ -974,12 +915,17 @@ def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) 
             "mask_sha256": c.mask_sha256,
         }
         row.update(c.metrics or {})
-        row.update(c.strata or {})
-        if c.case_id in labels.index:
-            for key, value in labels.loc[c.case_id].items():
-                row.setdefault(str(key), value)
+        row.update({k: v for k, v in (c.strata or {}).items() if k != "case_id"})
         rows.append(row)
     frame = pd.DataFrame(rows)
+    if len(frame) and "series_instance_uid" not in frame:
+        # Stored by release 0.1: join the remaining label columns from the verified lock.
+        test_set = session.get(TestSet, run.test_set_id)
+        assert test_set is not None
+        labels = _locked_labels(test_set)
+        extra = [c for c in labels.columns if c not in frame]
+        if extra:
+            frame = frame.join(labels[extra], on="case_id")
     if protocol is not None and protocol.reference_standard.labels_column and len(frame):
         column = protocol.reference_standard.labels_column
         if column in frame:
@@ -998,7 +944,7 @@ def results_hidden_reason(session: Session, user: User, run: Run) -> str | None:
         return None
     pv = session.get(ProtocolVersion, run.protocol_version_id)
     assert pv is not None
-    protocol = load_protocol(pv.yaml_text.encode("utf-8"))
+    protocol = protocol_service.parsed_protocol(pv)
     if protocol.adjudication.reviewers_see_aggregate_results:
         return None
     pending = sum(d.status != DiscrepancyStatus.ADJUDICATED.value for d in run.discrepancies)
@@ -1015,7 +961,7 @@ def _visible_summary(session: Session, user: User, run: Run) -> RunSummary:
     summary = _summary(session, run)
     if results_hidden_reason(session, user, run) is None:
         return summary
-    return replace(summary, verdict=None, endpoints=[], results_sha256=None)
+    return replace(summary, verdict=None, results=None, results_sha256=None)
 
 
 def list_runs(wb: Workbench, actor: Actor) -> list[RunSummary]:
@@ -1035,13 +981,15 @@ def get_run(wb: Workbench, actor: Actor, run_uid: str) -> RunSummary:
         return _visible_summary(session, user, get_one(session, Run, "run", run_uid=run_uid))
 
 
-def run_results(wb: Workbench, actor: Actor, run_uid: str) -> tuple[dict[str, Any], pd.DataFrame]:
-    """A run's stored results and its per-case frame (``run.view``).
+def run_results(wb: Workbench, actor: Actor, run_uid: str) -> tuple[RunResults, pd.DataFrame]:
+    """A completed run's typed results and its per-case frame (``run.view``).
 
     Raises
     ------
     PermissionDeniedError
         A blinded reviewer asks before the run's adjudication is finished.
+    WorkflowError
+        The run has no results yet (still running, or failed).
     """
     with wb.transaction(readonly=True) as session:
         user = current_user(session, actor, "run.view")
@@ -1049,7 +997,13 @@ def run_results(wb: Workbench, actor: Actor, run_uid: str) -> tuple[dict[str, An
         reason = results_hidden_reason(session, user, run)
         if reason is not None:
             raise PermissionDeniedError(reason)
+        results = stored_results(run)
+        if results is None:
+            raise WorkflowError(
+                f"Run {run_uid} is {run.status} and has no results"
+                + (f" ({run.error})." if run.error else ".")
+            )
         pv = session.get(ProtocolVersion, run.protocol_version_id)
         assert pv is not None
-        frame = case_frame(session, run.id, load_protocol(pv.yaml_text.encode("utf-8")))
-        return dict(run.results or {}), frame
+        frame = case_frame(session, run.id, protocol_service.parsed_protocol(pv))
+        return results, frame

@@ -28,8 +28,8 @@ from workbench.errors import (
     TestSetLockedError,
     WorkflowError,
 )
+from workbench.quality import DEFAULT_SUITE, run_quality_checks
 from workbench.quality import QualityReport as QualityResult
-from workbench.quality import run_quality_checks
 from workbench.records import audit, signatures
 from workbench.records.models import (
     FileKind,
@@ -90,6 +90,8 @@ class TestSetInfo:
     summary : dict
         Counts by modality, scanner, sex, age band; studies and series.
     locked_by, locked_at : str or None
+    unreadable : tuple of (str, str)
+        ``(path, reason)`` of every unreadable or non-DICOM file, by path.
     """
 
     __test__ = False
@@ -104,6 +106,7 @@ class TestSetInfo:
     summary: dict[str, Any] = field(default_factory=dict)
     locked_by: str | None = None
     locked_at: str | None = None
+    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 def _info(session: Session, test_set: TestSet) -> TestSetInfo:
@@ -125,6 +128,17 @@ def _info(session: Session, test_set: TestSet) -> TestSetInfo:
         summary=dict(test_set.summary or {}),
         locked_by=test_set.locked_by,
         locked_at=test_set.locked_at.isoformat() if test_set.locked_at else None,
+        unreadable=tuple(
+            (str(path), str(reason or ""))
+            for path, reason in session.execute(
+                select(TestSetFile.path, TestSetFile.reason)
+                .where(
+                    TestSetFile.test_set_id == test_set.id,
+                    TestSetFile.kind == FileKind.UNREADABLE.value,
+                )
+                .order_by(TestSetFile.path)
+            ).all()
+        ),
     )
 
 
@@ -204,7 +218,13 @@ def import_test_set(
     ------
     DuplicateError
         A test set with that name exists (a locked one can never be replaced).
+    InvalidNameError
+        ``name`` is not a safe name (:func:`workbench.naming.check_name`): no
+        ``/``, ``..``, spaces, newlines, control or bidirectional characters.
     """
+    from workbench.naming import check_name
+
+    check_name(name, what="test-set name")
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"Test-set folder {root} does not exist or is not a folder.")
@@ -337,9 +357,20 @@ def _labels(root: Path) -> pd.DataFrame | None:
 
 
 def check_quality(
-    wb: Workbench, actor: Actor, name: str, *, training_manifest: dict[str, Any] | None = None
+    wb: Workbench,
+    actor: Actor,
+    name: str,
+    *,
+    training_manifest: dict[str, Any] | None = None,
+    suite: str = DEFAULT_SUITE,
+    task: str | None = None,
+    ocr: bool = False,
 ) -> QualityResult:
     """Run the data-quality suite on a test set and store the findings.
+
+    The stored record, its audit entry and everything that reads them (the app's
+    test-set page, the lock refusal) carry the counts by severity of the findings
+    returned here.
 
     Parameters
     ----------
@@ -350,6 +381,14 @@ def check_quality(
         Test-set name.
     training_manifest : dict, optional
         Training-set manifest for the leakage check.
+    suite : str
+        Data-quality suite (:data:`workbench.quality.SUITES`); a protocol names it
+        in ``data_quality_suite``.
+    task : str, optional
+        The protocol's task (``segmentation``, ``classification``, ``detection``):
+        the reference standard every case needs; None needs SEG and labels.
+    ocr : bool
+        Also search the pixels for burned-in text (slower).
 
     Returns
     -------
@@ -365,12 +404,17 @@ def check_quality(
         index,  # type: ignore[arg-type]  # frozen DicomIndex satisfies the read-only use
         labels=_labels(root),
         training_manifest=training_manifest,
+        suite=suite,
+        task=task,
+        ocr=ocr,
     )
     with wb.transaction() as session:
         current_user(session, actor, "testset.import")
         test_set = get_one(session, TestSet, "test set", name=name)
         payload = result.to_dict()
-        counts = payload.get("counts", {})
+        payload["task"] = task
+        payload["ocr"] = ocr
+        counts = result.counts
         record = QualityReport(
             test_set_id=test_set.id,
             created_by=actor.username,
@@ -391,10 +435,14 @@ def check_quality(
             record_id=name,
             new={
                 "quality_report_id": record.id,
+                "suite": result.suite,
+                "task": task,
+                "ocr": ocr,
                 "passed": record.passed,
                 "critical": record.n_critical,
                 "major": record.n_major,
                 "minor": record.n_minor,
+                "info": int(counts.get("info", 0)),
             },
         )
     return result
@@ -461,9 +509,12 @@ def lock_test_set(
                 f"'workbench testset check {name}' before locking."
             )
         if not quality.passed:
+            stored = (quality.findings or {}).get("findings", [])
+            n_critical = sum(1 for f in stored if f.get("severity") == "critical")
             raise QualityGateError(
-                f"Test set '{name}' has {quality.n_critical} critical data-quality finding(s); "
-                "fix them and import the corrected folder as a new test set."
+                f"Test set '{name}' has {max(n_critical, quality.n_critical)} critical "
+                "data-quality finding(s); fix them and import the corrected folder as a new "
+                f"test set ('workbench testset check {name} --details' lists them)."
             )
         index = load_index(session, test_set)
         root = Path(test_set.root_path)
@@ -526,6 +577,13 @@ def frozen_manifest(test_set: TestSet) -> Manifest:
             f"Test set '{test_set.name}' is not locked; lock it with "
             f"'workbench testset lock {test_set.name}' first."
         )
+    from sqlalchemy.orm import object_session
+
+    from workbench.records import anchors
+
+    session = object_session(test_set)
+    if session is not None:  # the manifest must be the one audited (and signed) at lock
+        anchors.require_equal(anchors.check_test_set(session, test_set))
     return Manifest.from_json(test_set.manifest_json)
 
 

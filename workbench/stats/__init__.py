@@ -11,6 +11,10 @@ Modules: ``roc`` (AUC, DeLong, ROC bands), ``proportions`` (Wilson, Clopper-Pear
 threshold metrics), ``agreement`` (kappas), ``segmentation`` (Dice, HD95, NSD),
 ``bootstrap`` (clustered bootstrap CIs), ``strata`` (stratified analysis,
 heterogeneity, Holm), ``planning`` (sample size), ``mrmc`` (Obuchowski-Rockette).
+Detection: ``detection`` (one-to-one lesion matching, average precision) and ``froc``
+(free-response figures of merit, FROC curves, CIs and MRMC analysis).
+Classification utility: ``calibration``, ``decision_curve`` (net benefit) and ``utility``
+(predictive values at a deployment prevalence).
 """
 
 from workbench.stats._core import Estimate, TestResult
@@ -23,7 +27,27 @@ from workbench.stats.agreement import (
     percent_agreement,
 )
 from workbench.stats.bootstrap import bootstrap_ci, bootstrap_mean_ci
-from workbench.stats.mrmc import MrmcResult, obuchowski_rockette
+from workbench.stats.calibration import CalibrationCurve, CalibrationResult, calibration
+from workbench.stats.decision_curve import (
+    NetBenefitComparison,
+    net_benefit,
+    net_benefit_comparison,
+)
+from workbench.stats.detection import MatchResult, average_precision, match_lesions
+from workbench.stats.froc import (
+    FrocCurve,
+    froc_curve,
+    froc_estimate,
+    froc_figure_of_merit,
+    froc_mrmc,
+    sensitivity_at_fppi,
+)
+from workbench.stats.mrmc import (
+    MrmcFixedAnalysis,
+    MrmcResult,
+    obuchowski_rockette,
+    obuchowski_rockette_from_jackknife,
+)
 from workbench.stats.planning import (
     SampleSize,
     hanley_mcneil_variance,
@@ -43,12 +67,22 @@ from workbench.stats.segmentation import (
     surface_dice,
 )
 from workbench.stats.strata import METRICS, heterogeneity_test, holm, stratified
+from workbench.stats.utility import PredictiveValues, predictive_values
 
 __all__ = [
     "METRICS",
     "BinaryMetrics",
+    "CalibrationCurve",
+    "CalibrationResult",
     "Estimate",
+    "FrocCurve",
+    "MatchResult",
+    "average_precision",
+    "match_lesions",
+    "MrmcFixedAnalysis",
     "MrmcResult",
+    "NetBenefitComparison",
+    "PredictiveValues",
     "RocCurve",
     "SampleSize",
     "SegmentationMetrics",
@@ -58,6 +92,7 @@ __all__ = [
     "binary_metrics",
     "bootstrap_ci",
     "bootstrap_mean_ci",
+    "calibration",
     "cohen_kappa",
     "delong_test",
     "dice",
@@ -71,8 +106,17 @@ __all__ = [
     "kappa_from_table",
     "mean_surface_distance",
     "obuchowski_rockette",
+    "obuchowski_rockette_from_jackknife",
+    "froc_curve",
+    "froc_estimate",
+    "froc_figure_of_merit",
+    "froc_mrmc",
+    "sensitivity_at_fppi",
     "pairwise_kappas",
+    "net_benefit",
+    "net_benefit_comparison",
     "percent_agreement",
+    "predictive_values",
     "proportion_ci",
     "roc_curve_with_band",
     "sample_size_auc",

@@ -16,6 +16,11 @@ with st.form("change-password", clear_on_submit=True):
     old = st.text_input("Current password", type="password")
     new = st.text_input("New password", type="password")
     again = st.text_input("New password again", type="password")
+    code = st.text_input(
+        "One-time code",
+        type="password",
+        help="Only after an administrator reset your password: the code they gave you.",
+    )
     submitted = st.form_submit_button(
         "Change password", type="primary", key="change-password-submit"
     )
@@ -24,4 +29,6 @@ if submitted:
         st.error("The new passwords differ.")
     else:
         with _session.guard("Password changed."):
-            accounts.change_password(_session.workbench(), me.username, old, new)
+            accounts.change_password(
+                _session.workbench(), me.username, old, new, reset_code=code.strip() or None
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from workbench.app import _data, _session, _viewer
+from workbench.app import _session, _viewer
 from workbench.errors import WorkbenchError
 from workbench.services import adjudication, runs
 
@@ -82,7 +82,7 @@ discrepancy_id = st.selectbox(
 item = next(i for i in choices if i.discrepancy_id == discrepancy_id)
 
 try:
-    case = _data.open_case(wb, me, discrepancy_id)
+    case = adjudication.open_case(wb, me, discrepancy_id)
 except WorkbenchError as error:
     st.error(_session.esc(error))
     st.stop()

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from workbench.app import _session
-from workbench.records.models import Role
 from workbench.services import accounts
 
 me = _session.require_page("admin")
@@ -43,7 +42,7 @@ with create:
     with st.form("create-user", clear_on_submit=True):
         username = st.text_input("Username")
         full_name = st.text_input("Full name (printed with signatures)")
-        role = st.selectbox("Role", [r.value for r in Role])
+        role = st.selectbox("Role", [r.value for r in accounts.Role])
         password = st.text_input("Initial password", type="password")
         submitted = st.form_submit_button("Create", type="primary")
     if submitted:
@@ -81,11 +80,17 @@ with manage:
     with cols[1].popover("Reset password"):
         temporary = st.text_input("Temporary password", type="password", key="admin-temp")
         if st.button("Set temporary password", key="admin-reset"):
-            with _session.guard(f"Temporary password set for {target}; they must change it."):
-                accounts.reset_password(
+            with _session.guard():
+                done = accounts.reset_password(
                     wb,
                     me,
                     target,
                     new_password=temporary,
                     reason=reason or "reset by administrator",
                 )
+                st.success(
+                    f"Temporary password set for {_session.esc(target)}; they must change it. "
+                    "Hand them this one-time code (shown once, never stored); they need it "
+                    "with the temporary password to set their own."
+                )
+                st.code(done.one_time_code or "", language=None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.app import _data, _session, _viewer
+from workbench.app import _session, _viewer
 from workbench.errors import WorkbenchError
+from workbench.services import views
 
 me = _session.require_page("case_viewer")
 wb = _session.workbench()
@@ -19,12 +20,15 @@ if not run_uid or not case_id:
     st.stop()
 
 try:
-    images = _data.case_images(wb, me, run_uid, case_id)
+    images = views.case_images(wb, me, run_uid, case_id)
 except WorkbenchError as error:
     st.warning(_session.esc(error))
     st.stop()
 
-st.markdown(f"Run **{_session.esc(run_uid)}**, case **{_session.esc(case_id)}** ({images.status})")
+st.markdown(
+    f"Run **{_session.esc(run_uid)}**, case **{_session.esc(case_id)}** ({images.status.value})"
+    + (f": {_session.esc(images.reason)}" if images.reason else "")
+)
 shown = {
     k: v
     for k, v in images.metrics.items()
@@ -34,7 +38,7 @@ if shown:
     st.dataframe([shown], hide_index=True)
 overlays = {
     "Model": [images.model_mask] if images.model_mask else [],
-    "Reference": images.reference_segs,
+    "Reference": list(images.reference_segs),
 }
 st.caption(
     f"Model output in orange, reference ({_session.esc(images.reference_rule)} "

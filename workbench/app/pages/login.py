@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.app import _data, _session
+from workbench.app import _session
 from workbench.errors import AccountLockedError, AuthenticationError, WorkbenchError
-from workbench.services import accounts
+from workbench.services import accounts, views
 
 if st.session_state.get(_session.TOKEN_KEY):
     # Signed in already (this page was current when the sign-in succeeded).
-    must_change = _data.must_change_password(_session.workbench(), _session.actor().username)
+    must_change = views.account_must_change_password(_session.workbench(), _session.actor())
     st.switch_page("pages/account.py" if must_change else "pages/overview.py")
 
 st.title("Validation Workbench")

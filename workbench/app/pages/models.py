@@ -10,7 +10,7 @@ import streamlit as st
 from workbench.app import _session
 from workbench.errors import WorkbenchError
 from workbench.inference.registry import ModelSpec
-from workbench.services import models
+from workbench.services import models, views
 
 me = _session.require_page("models")
 wb = _session.workbench()
@@ -41,7 +41,7 @@ if _session.can("model.register"):
                     info = models.register_model(wb, me, path, spec, card=card)
                     st.success(f"Registered {_session.esc(info.ref)}, digest {info.digest}.")
 
-registered = models.list_models(wb)
+registered = views.list_models(wb, me)
 if not registered:
     st.info("No model registered yet.")
     st.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from workbench.app import _data, _session
-from workbench.services import adjudication, models, protocols, reports, runs, testsets
+from workbench.app import _session
+from workbench.services import adjudication, views
 
 me = _session.require_page("overview")
 wb = _session.workbench()
@@ -21,19 +21,22 @@ if me.role == "admin":
     st.page_link("pages/admin.py", label="Manage users", icon=":material/manage_accounts:")
     st.stop()
 
-all_runs = runs.list_runs(wb, me)
+all_runs = views.list_runs(wb, me)
 cols = st.columns(4)
-cols[0].metric("Test sets", len(testsets.list_test_sets(wb)))
-cols[1].metric("Models", len(models.list_models(wb)))
-cols[2].metric("Protocol versions", len(protocols.list_protocols(wb)))
+cols[0].metric("Test sets", len(views.list_test_sets(wb, me)))
+cols[1].metric("Models", len(views.list_models(wb, me)))
+cols[2].metric("Protocol versions", len(views.list_protocols(wb, me)))
 cols[3].metric("Runs", len(all_runs))
 
 if _session.can("discrepancy.adjudicate"):
     st.subheader("Waiting for adjudication")
     waiting = [
-        (r.run_uid, adjudication.pending_count(wb, r.run_uid))
+        (
+            r.summary.run_uid,
+            sum(i.status != "adjudicated" for i in adjudication.queue(wb, me, r.summary.run_uid)),
+        )
         for r in all_runs
-        if r.n_discrepancies
+        if r.summary.n_discrepancies
     ]
     waiting = [(uid, n) for uid, n in waiting if n]
     if waiting:
@@ -46,8 +49,8 @@ if _session.can("discrepancy.adjudicate"):
 
 st.subheader("Recent runs")
 rows = []
-for r in all_runs[:20]:
-    hidden = _data.aggregate_results_refusal(wb, me, r.run_uid) is not None
+for listing in all_runs[:20]:
+    r = listing.summary
     rows.append(
         {
             "run": r.run_uid,
@@ -55,7 +58,9 @@ for r in all_runs[:20]:
             "model": r.model,
             "test set": r.test_set,
             "status": r.status,
-            "verdict": "hidden until adjudicated" if hidden else (r.verdict or ""),
+            "verdict": "hidden until adjudicated"
+            if listing.hidden
+            else (r.verdict.label if r.verdict else ""),
             "discrepancies": r.n_discrepancies,
         }
     )
@@ -65,7 +70,7 @@ else:
     st.info("No validation runs yet.")
 
 if _session.can("report.build"):
-    drafts = [r for r in reports.list_reports(wb) if r.status != "sealed"]
+    drafts = [r for r in views.list_reports(wb, me) if r.status != "sealed"]
     if drafts:
         st.subheader("Reports not yet sealed")
         st.dataframe(

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench.app import _session
-from workbench.services import protocols
+from workbench.services import protocols, views
 
 me = _session.require_page("protocols")
 wb = _session.workbench()
@@ -27,7 +27,7 @@ if _session.can("protocol.create"):
                     f"Stored {_session.esc(added.ref)} ({added.status}), SHA-256 {added.sha256}."
                 )
 
-versions = protocols.list_protocols(wb)
+versions = views.list_protocols(wb, me)
 if not versions:
     st.info("No protocol stored yet.")
     st.stop()
@@ -70,7 +70,7 @@ with diff_tab:
         old_ref = left.selectbox("From", refs, index=0, key="diff-old")
         new_ref = right.selectbox("To", refs, index=len(refs) - 1, key="diff-new")
         with _session.guard():
-            diff = protocols.protocol_diff(wb, old_ref, new_ref)
+            diff = views.protocol_diff(wb, me, old_ref, new_ref)
             st.code(diff or "(identical)", language="diff")
 with approve_tab:
     if chosen.status != "draft":

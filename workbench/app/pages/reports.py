@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from workbench.app import _data, _session
-from workbench.services import reports, runs
+from workbench.app import _session
+from workbench.services import reports, views
 
 #: Largest PDF accepted for verification, in MB.
 MAX_VERIFY_MB = 20
@@ -19,7 +19,9 @@ wb = _session.workbench()
 st.title("Reports")
 
 if _session.can("report.build"):
-    completed = [r.run_uid for r in runs.list_runs(wb, me) if r.status == "completed"]
+    completed = [
+        r.summary.run_uid for r in views.list_runs(wb, me) if r.summary.status == "completed"
+    ]
     with st.expander("Build a report", icon=":material/add:"):
         if not completed:
             st.info("No completed run.")
@@ -30,7 +32,7 @@ if _session.can("report.build"):
                     built = reports.build_report(wb, me, run_uid)
                     st.success(f"Built {built.report_uid}; content SHA-256 {built.content_sha256}.")
 
-all_reports = reports.list_reports(wb) if _session.can("run.view") else []
+all_reports = views.list_reports(wb, me) if _session.can("run.view") else []
 if all_reports:
     st.dataframe(
         pd.DataFrame(
@@ -53,7 +55,7 @@ if all_reports:
     )
     chosen_uid = st.selectbox("Report", [r.report_uid for r in all_reports], key="report-choice")
     report = next(r for r in all_reports if r.report_uid == chosen_uid)
-    refusal = _data.aggregate_results_refusal(wb, me, report.run_uid)
+    refusal = views.results_refusal(wb, me, report.run_uid)
     st.subheader(f"{report.report_uid} ({report.status})")
     st.caption(f"Content SHA-256 (what signers sign): {report.content_sha256}")
     if report.signatures:

@@ -1,6 +1,7 @@
-"""Results of a run: endpoints, forest plots, ROC, Dice by scanner, per-case table.
+"""Results of a run: verdict, endpoints, case accounting, forest plots, ROC, per-case table.
 
-Every number comes from the stored ``Run.results`` and the case results.
+Every number comes from the run's typed results (:class:`~workbench.protocols.RunResults`)
+as :mod:`workbench.services` return them; the page only lays them out.
 """
 
 from __future__ import annotations
@@ -8,154 +9,227 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from workbench.app import _charts, _data, _session
-from workbench.protocols import load_protocol
-from workbench.services import runs
-from workbench.services.context import Actor, Workbench
+from workbench.app import _cached, _charts, _session
+from workbench.services import views
+from workbench.stats import Estimate
+from workbench.vocabulary import CaseStatus, Verdict
 
 me = _session.require_page("results")
 wb = _session.workbench()
 st.title("Results")
 
-
-@st.cache_data(max_entries=8, show_spinner="Loading the cases ...")
-def case_table(run_uid: str, results_sha256: str, _wb: Workbench, _actor: Actor) -> pd.DataFrame:
-    """The run's case frame, cached under the SHA-256 of its stored results."""
-    return _data.run_case_frame(_wb, _actor, run_uid)
-
-
-completed = [r for r in runs.list_runs(wb, me) if r.status == "completed"]
+completed = [r for r in views.list_runs(wb, me) if r.summary.status == "completed"]
 if not completed:
     st.info("No completed run yet.")
     st.stop()
-uids = [r.run_uid for r in completed]
+by_uid = {r.summary.run_uid: r.summary for r in completed}
+uids = list(by_uid)
 wanted = st.query_params.get("run")
-index = uids.index(wanted) if wanted in uids else 0
 run_uid = st.selectbox(
     "Run",
     uids,
-    index=index,
-    format_func=lambda uid: next(
-        f"{r.run_uid} - {r.protocol} - {r.model}" for r in completed if r.run_uid == uid
-    ),
+    index=uids.index(wanted) if wanted in uids else 0,
+    format_func=lambda uid: f"{uid} - {by_uid[uid].protocol} - {by_uid[uid].model}",
     key="results-run",
 )
 st.query_params["run"] = run_uid
 
-refusal = _data.aggregate_results_refusal(wb, me, run_uid)
-if refusal:
-    st.warning(_session.esc(refusal))
+detail = views.run_detail(wb, me, run_uid)
+if detail.hidden_reason:
+    st.warning(_session.esc(detail.hidden_reason))
     st.page_link(
         "pages/adjudication.py", label="Go to the adjudication queue", icon=":material/gavel:"
     )
     st.stop()
 
-summary = next(r for r in completed if r.run_uid == run_uid)
-record = _data.run_record(wb, run_uid)
-protocol = load_protocol(record.protocol_yaml.encode("utf-8"))
-thresholds = {e.id: e.criterion.threshold for e in protocol.endpoints}
-results = record.results
-supplementary = results.get("supplementary", {})
+summary = detail.summary
+results, frame = _cached.run_results(wb, me, run_uid, summary.results_sha256 or "")
+supplementary = results.supplementary
+esc = _session.esc
 
-verdict = (summary.verdict or "").upper()
-(st.success if verdict == "PASS" else st.error)(
-    f"Verdict **{verdict or 'none'}** - protocol {_session.esc(summary.protocol)}, model "
-    f"{_session.esc(summary.model)}, test set {_session.esc(summary.test_set)}"
+
+def _estimate_cells(estimate: Estimate | None) -> dict[str, object]:
+    if estimate is None:
+        return {"estimate": None, "CI low": None, "CI high": None, "method": "", "n": None}
+    return {
+        "estimate": estimate.value,
+        "CI low": estimate.ci_low,
+        "CI high": estimate.ci_high,
+        "method": estimate.method,
+        "n": estimate.n,
+    }
+
+
+verdict = results.verdict
+banner = (
+    f"Verdict **{verdict.label}** - protocol {esc(summary.protocol)}, model "
+    f"{esc(summary.model)}, test set {esc(summary.test_set)}"
 )
+if results.verdict_reason:
+    banner += f"  \n{esc(results.verdict_reason)}"
+{Verdict.PASS: st.success, Verdict.FAIL: st.error}.get(verdict, st.warning)(banner)
+
+accounting = results.accounting
 cols = st.columns(5)
-cols[0].metric("Cases", summary.n_cases)
-cols[1].metric("Completed", summary.n_completed)
-cols[2].metric("Failed", summary.n_failed)
-cols[3].metric("Excluded", summary.n_excluded)
+cols[0].metric("Cases", accounting.n_cases)
+cols[1].metric("Completed", accounting.n_completed)
+cols[2].metric("Failed", accounting.n_failed)
+cols[3].metric("Excluded", accounting.n_excluded)
 cols[4].metric("Discrepancies", summary.n_discrepancies)
 st.caption(
-    f"Results SHA-256 {record.results_sha256}; device {record.device}; "
-    f"finished {record.finished_at}"
+    f"Results SHA-256 {summary.results_sha256}; device {esc(detail.device or '?')}; "
+    f"finished {detail.finished_at or '?'}"
 )
 
-endpoint_rows = []
-for e in summary.endpoints:
-    est = e.get("estimate") or {}
-    endpoint_rows.append(
-        {
-            "endpoint": e.get("endpoint_id"),
-            "primary": bool(e.get("primary")),
-            "metric": e.get("metric"),
-            "estimate": est.get("value"),
-            "CI low": est.get("ci_low"),
-            "CI high": est.get("ci_high"),
-            "method": est.get("method"),
-            "n": est.get("n"),
-            "criterion": e.get("criterion_text"),
-            "verdict": e.get("verdict"),
-            "reason": e.get("reason"),
-        }
-    )
-st.dataframe(pd.DataFrame(endpoint_rows), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "endpoint": e.endpoint_id,
+                "primary": e.primary,
+                "metric": e.metric,
+                **_estimate_cells(e.estimate),
+                "criterion": e.criterion_text,
+                "verdict": e.verdict.label,
+                "reason": e.reason,
+            }
+            for e in results.endpoints
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+    key="endpoint-table",
+)
+for e in results.endpoints:
+    if e.verdict is Verdict.NOT_EVALUABLE:
+        st.warning(f"{esc(e.endpoint_id)} is NOT EVALUABLE: {esc(e.reason or 'no reason given')}")
+
+excluded = accounting.reasons(CaseStatus.EXCLUDED)
+failed = accounting.reasons(CaseStatus.FAILED)
+if excluded or failed:
+    left, right = st.columns(2)
+    for column, title, reasons in (
+        (left, "Excluded cases by reason", excluded),
+        (right, "Failed cases by reason", failed),
+    ):
+        if reasons:
+            column.markdown(f"**{title}**")
+            column.dataframe(
+                pd.DataFrame(reasons, columns=["reason", "cases"]),
+                hide_index=True,
+                width="stretch",
+            )
+for note in results.evaluation.notes:
+    st.caption(esc(note))
 
 tab_names = ["Forest plots"]
-if "roc" in supplementary:
+if supplementary.roc is not None or supplementary.roc_reason:
     tab_names.append("ROC")
-if supplementary.get("distributions"):
+if supplementary.distributions:
     tab_names.append("Distributions by scanner")
 tab_names += ["Agreement and heterogeneity", "Cases"]
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
 with tabs["Forest plots"]:
-    endpoint_ids = [e.get("endpoint_id") for e in summary.endpoints]
+    endpoint_ids = [e.endpoint_id for e in results.endpoints]
     chosen_id = st.selectbox("Endpoint", endpoint_ids, key="forest-endpoint")
-    endpoint = next(e for e in summary.endpoints if e.get("endpoint_id") == chosen_id)
-    st.caption(_session.esc(endpoint.get("subgroup_rule_text") or ""))
-    strata = list(endpoint.get("strata", []))
-    present = {s["factor"] for s in strata}
-    factors: list[str | None] = [f.factor for f in protocol.strata if f.factor in present]
-    factors += sorted(present - set(factors))
+    endpoint = results.evaluation.endpoint(str(chosen_id))
+    if endpoint.subgroup_rule_text:
+        st.caption(esc(endpoint.subgroup_rule_text))
+    present = list(dict.fromkeys(s.factor for s in endpoint.strata))
+    factors: list[str | None] = [f for f in detail.strata_order if f in present]
+    factors += [f for f in present if f not in factors]
+    threshold = detail.acceptance_thresholds.get(endpoint.endpoint_id)
     for factor in factors or [None]:
-        rows = [s for s in strata if s["factor"] == factor]
         st.plotly_chart(
             _charts.forest_figure(
                 endpoint,
-                rows,
-                threshold=thresholds.get(str(chosen_id)),
+                endpoint.strata_of(factor) if factor else (),
+                threshold=threshold,
                 title=f"{chosen_id} by {factor}" if factor else str(chosen_id),
             ),
             key=f"forest-{chosen_id}-{factor}",
         )
-    if strata:
-        st.dataframe(pd.DataFrame(strata), hide_index=True, width="stretch")
+    if endpoint.strata:
+        strata = endpoint.strata_frame()
+        strata["verdict"] = [s.verdict.label for s in endpoint.strata]
+        st.dataframe(strata, hide_index=True, width="stretch", key="strata-table")
 
 if "ROC" in tabs:
     with tabs["ROC"]:
-        roc = supplementary["roc"]
-        if "not_estimable" in roc:
-            st.warning(f"ROC not estimable: {_session.esc(roc['not_estimable'])}")
+        if supplementary.roc is None:
+            st.warning(f"ROC not estimable: {esc(supplementary.roc_reason)}")
         else:
-            st.plotly_chart(_charts.roc_figure(roc), key="roc")
+            st.plotly_chart(_charts.roc_figure(supplementary.roc), key="roc")
 
 if "Distributions by scanner" in tabs:
     with tabs["Distributions by scanner"]:
-        metric = supplementary.get("distribution_metric", "dice")
         st.plotly_chart(
-            _charts.distribution_figure(supplementary["distributions"], metric=metric),
+            _charts.distribution_figure(
+                supplementary.distributions, metric=supplementary.distribution_metric or "value"
+            ),
             key="distributions",
         )
 
 with tabs["Agreement and heterogeneity"]:
-    agreement = supplementary.get("agreement", [])
-    if agreement:
+    if supplementary.agreement:
         st.markdown("**Agreement (Cohen's kappa)**")
-        st.dataframe(pd.DataFrame(agreement), hide_index=True, width="stretch")
-    fleiss = supplementary.get("fleiss_kappa_readers")
-    if fleiss:
-        st.markdown("**Fleiss' kappa among readers**")
-        st.json(fleiss)
-    heterogeneity = supplementary.get("heterogeneity", [])
-    if heterogeneity:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "comparison": a.kind,
+                        "rater A": a.rater_a,
+                        "rater B": a.rater_b,
+                        "n": a.n,
+                        "kappa": None if a.kappa is None else a.kappa.value,
+                        "CI low": None if a.kappa is None else a.kappa.ci_low,
+                        "CI high": None if a.kappa is None else a.kappa.ci_high,
+                        "agreement": a.percent_agreement,
+                        "reason": a.reason,
+                    }
+                    for a in supplementary.agreement
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    fleiss = supplementary.readers_fleiss_kappa
+    if fleiss is not None:
+        st.markdown(
+            f"**Fleiss' kappa among the readers** ({esc(', '.join(supplementary.reader_columns))}):"
+            f" {fleiss.value:.3f} ({fleiss.level:.0%} CI {fleiss.ci_low:.3f}-{fleiss.ci_high:.3f},"
+            f" {esc(fleiss.method)}, n={fleiss.n})"
+        )
+    elif supplementary.readers_fleiss_reason:
+        st.markdown(
+            f"**Fleiss' kappa among the readers** not estimable: "
+            f"{esc(supplementary.readers_fleiss_reason)}"
+        )
+    if supplementary.heterogeneity:
         st.markdown("**Heterogeneity across strata**")
-        st.dataframe(pd.DataFrame(heterogeneity), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "endpoint": h.endpoint_id,
+                        "factor": h.factor,
+                        "statistic": h.statistic,
+                        "df": h.df if h.estimable else None,
+                        "p-value": h.p_value,
+                        "method": h.method,
+                        "reason": h.reason,
+                    }
+                    for h in supplementary.heterogeneity
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    if not (supplementary.agreement or supplementary.heterogeneity or fleiss is not None):
+        st.info("No agreement or heterogeneity analysis is stored with this run.")
 
 with tabs["Cases"]:
-    frame = case_table(run_uid, record.results_sha256 or "", wb, me)
     if not len(frame):
         st.info("No case results stored.")
     else:

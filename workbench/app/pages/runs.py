@@ -5,17 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from workbench.app import _data, _session
-from workbench.services import models, protocols, runs, testsets
+from workbench.app import _session
+from workbench.services import runs, views
 
 me = _session.require_page("runs")
 wb = _session.workbench()
 st.title("Validation runs")
 
 if _session.can("run.start"):
-    approved = [p.ref for p in protocols.list_protocols(wb) if p.status == "approved"]
-    locked = [t.name for t in testsets.list_test_sets(wb) if t.status == "locked"]
-    registered = [m.ref for m in models.list_models(wb)]
+    approved = [p.ref for p in views.list_protocols(wb, me) if p.status == "approved"]
+    locked = [t.name for t in views.list_test_sets(wb, me) if t.status == "locked"]
+    registered = [m.ref for m in views.list_models(wb, me)]
     with st.expander("Start a run", icon=":material/play_arrow:", expanded=False):
         if not (approved and locked and registered):
             st.info("A run needs an approved protocol, a locked test set and a registered model.")
@@ -50,20 +50,21 @@ if _session.can("run.start"):
                         on_step=on_step,
                     )
                     bar.progress(1.0, text="Done")
+                    verdict = summary.verdict.label if summary.verdict else "none"
                     step_box.success(
-                        f"Run {summary.run_uid} {summary.status}: verdict {summary.verdict}, "
+                        f"Run {summary.run_uid} {summary.status}: verdict {verdict}, "
                         f"{summary.n_completed} completed, {summary.n_failed} failed, "
                         f"{summary.n_excluded} excluded, {summary.n_discrepancies} discrepancies."
                     )
 
-history = runs.list_runs(wb, me)
+history = views.list_runs(wb, me)
 st.subheader("History")
 if not history:
     st.info("No runs yet.")
     st.stop()
 rows = []
-for r in history:
-    hidden = _data.aggregate_results_refusal(wb, me, r.run_uid) is not None
+for listing in history:
+    r = listing.summary
     rows.append(
         {
             "run": r.run_uid,
@@ -71,13 +72,16 @@ for r in history:
             "model": r.model,
             "test set": r.test_set,
             "status": r.status,
-            "verdict": "hidden until adjudicated" if hidden else (r.verdict or ""),
+            "verdict": "hidden until adjudicated"
+            if listing.hidden
+            else (r.verdict.label if r.verdict else ""),
+            "why not PASS": "" if listing.hidden else r.verdict_reason,
             "cases": r.n_cases,
             "completed": r.n_completed,
             "failed": r.n_failed,
             "excluded": r.n_excluded,
             "discrepancies": r.n_discrepancies,
-            "results SHA-256": "" if hidden else (r.results_sha256 or ""),
+            "results SHA-256": r.results_sha256 or "",
             "error": r.error or "",
         }
     )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from workbench.app import _data, _session
-from workbench.services import testsets
+from workbench.app import _session
+from workbench.services import testsets, views
 
 me = _session.require_page("test_sets")
 wb = _session.workbench()
@@ -39,7 +37,7 @@ if _session.can("testset.import"):
                         f"{_session.esc(info.name)}."
                     )
 
-all_sets = testsets.list_test_sets(wb)
+all_sets = views.list_test_sets(wb, me)
 if not all_sets:
     st.info("No test set yet.")
     st.stop()
@@ -78,7 +76,7 @@ cols[4].metric("Unreadable", summary.get("n_unreadable", info.n_unreadable))
 
 overview, quality, actions = st.tabs(["Index summary", "Data quality", "Lock and verify"])
 with overview:
-    demo = _data.series_demographics(wb, info.name)
+    series = views.series_demographics(wb, me, info.name)
     left, middle, right = st.columns(3)
     by_scanner = summary.get("series_by_scanner", {})
     if by_scanner:
@@ -102,13 +100,11 @@ with overview:
             ),
             key="ts-sex",
         )
-    if len(demo):
-        ages = demo["patient_age"].map(
-            lambda a: int(m.group(1)) if (m := re.match(r"(\d+)", str(a))) else None
-        )
+    ages = [s.age_years for s in series if s.age_years is not None]
+    if series:
         right.plotly_chart(
             px.histogram(
-                x=ages.dropna(),
+                x=ages,
                 nbins=10,
                 labels={"x": "age (years)"},
                 title="Series by patient age",
@@ -118,18 +114,18 @@ with overview:
     st.caption(f"Root folder: {_session.esc(info.root_path)}")
 
 with quality:
-    findings = _data.latest_quality_findings(wb, info.name)
-    if findings is None:
+    quality_check = views.latest_quality(wb, me, info.name)
+    if quality_check is None:
         st.info("No data-quality check yet.")
     else:
-        verdict = "passed" if findings["passed"] else "BLOCKED (critical findings)"
+        verdict = "passed" if quality_check.passed else "BLOCKED (critical findings)"
         st.markdown(
-            f"Latest check {_session.esc(findings['created_at'])} by "
-            f"{_session.esc(findings['created_by'])}: **{verdict}** - "
-            f"{findings['critical']} critical, {findings['major']} major, "
-            f"{findings['minor']} minor."
+            f"Latest check {_session.esc(quality_check.created_at)} by "
+            f"{_session.esc(quality_check.created_by)}: **{verdict}** - "
+            f"{quality_check.n_critical} critical, {quality_check.n_major} major, "
+            f"{quality_check.n_minor} minor."
         )
-        frame = pd.DataFrame(findings["findings"])
+        frame = quality_check.report.to_frame()
         if len(frame):
             severities = st.multiselect(
                 "Severity",

@@ -1,0 +1,62 @@
+"""Fixtures of the DICOMweb tests: a real Orthanc PACS on loopback.
+
+``scripts/test.sh`` starts one Orthanc for the whole run and exports
+``WORKBENCH_TEST_ORTHANC_URL`` (with ``_USER``, ``_PASSWORD`` and ``_DIR``);
+without it the fixture starts its own through ``scripts/orthanc_test_server.sh``
+and stops it at the end. Tests are skipped, with the reason, when Orthanc and its
+DICOMweb plugin are not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+for _folder in (_HERE, _HERE.parent / "malformed"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+os.environ.setdefault("WORKBENCH_ARGON2_PROFILE", "fast")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from orthanc_server import Orthanc, start_orthanc, stop_orthanc  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[Orthanc]:
+    """The shared Orthanc of the test run (or one started for this session)."""
+    url = os.environ.get("WORKBENCH_TEST_ORTHANC_URL")
+    if url:
+        yield Orthanc(
+            url=url,
+            user=os.environ.get("WORKBENCH_TEST_ORTHANC_USER", ""),
+            password=os.environ.get("WORKBENCH_TEST_ORTHANC_PASSWORD", ""),
+            state_dir=Path(os.environ.get("WORKBENCH_TEST_ORTHANC_DIR", "")),
+        )
+        return
+    started = start_orthanc()
+    try:
+        yield started
+    finally:
+        stop_orthanc(started, purge=True)
+
+
+@pytest.fixture
+def private_orthanc(tmp_path: Path) -> Iterator[Callable[[], Orthanc]]:
+    """Factory of Orthancs on one state folder (start, stop, start again), stopped at the end."""
+    state = tmp_path / "orthanc"
+    running: list[Orthanc] = []
+
+    def start() -> Orthanc:
+        made = start_orthanc(state)
+        running.append(made)
+        return made
+
+    yield start
+    for server in running:
+        stop_orthanc(server)

@@ -1,0 +1,48 @@
+"""A throwaway Orthanc started by ``scripts/orthanc_test_server.sh``, for the DICOMweb tests."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "orthanc_test_server.sh"
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: DICOMweb root URL, test user and its state folder."""
+
+    url: str
+    user: str
+    password: str
+    state_dir: Path
+
+    @property
+    def rest(self) -> str:
+        """Orthanc's own REST root (for loading test data and counting instances)."""
+        return self.url.rsplit("/dicom-web", 1)[0]
+
+
+def start_orthanc(state_dir: Path | None = None) -> Orthanc:
+    """Start an Orthanc with ``scripts/orthanc_test_server.sh`` (skip when not installed)."""
+    args = ["bash", str(SCRIPT), "start"] + ([str(state_dir)] if state_dir else [])
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"Orthanc test server not available: {done.stderr.strip()[-300:]}")
+    values = dict(line.split("=", 1) for line in done.stdout.strip().splitlines() if "=" in line)
+    return Orthanc(
+        url=values["WORKBENCH_TEST_ORTHANC_URL"],
+        user=values["WORKBENCH_TEST_ORTHANC_USER"],
+        password=values["WORKBENCH_TEST_ORTHANC_PASSWORD"],
+        state_dir=Path(values["WORKBENCH_TEST_ORTHANC_DIR"]),
+    )
+
+
+def stop_orthanc(server: Orthanc, *, purge: bool = False) -> None:
+    """Stop an Orthanc started by :func:`start_orthanc`."""
+    args = ["bash", str(SCRIPT), "stop", str(server.state_dir)] + (["--purge"] if purge else [])
+    subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)

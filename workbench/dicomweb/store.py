@@ -1,0 +1,113 @@
+"""Store instances with STOW-RS (PS3.18 10.5), idempotently.
+
+Before storing, QIDO-RS (PS3.18 10.6) lists the SOP Instance UIDs the server
+already holds in each study concerned; instances already there are not sent
+again. With deterministic UIDs this makes a repeated export add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from workbench.dicomweb.connection import DicomWebServer, describe_failure
+from workbench.errors import DicomWebError
+
+__all__ = ["StoreOutcome", "existing_instances", "store_instances"]
+
+Progress = Callable[[int, int, str], None]
+
+_SOP_UID = "00080018"
+_FAILED_SOP = "FailedSOPSequence"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """What :func:`store_instances` did.
+
+    Parameters
+    ----------
+    stored : tuple of str
+        SOP Instance UIDs sent and accepted now.
+    already_present : tuple of str
+        SOP Instance UIDs the server held before (not sent again).
+    """
+
+    stored: tuple[str, ...]
+    already_present: tuple[str, ...]
+
+
+def existing_instances(server: DicomWebServer, study_uid: str) -> set[str]:
+    """SOP Instance UIDs the server holds in a study (empty when it has no such study)."""
+    try:
+        found = server.client().search_for_instances(
+            study_instance_uid=study_uid, fields=["SOPInstanceUID"], get_remaining=True
+        )
+    except Exception as exc:
+        response = getattr(exc, "response", None)
+        if response is not None and response.status_code == 404:
+            return set()
+        raise describe_failure(server, exc, f"the instances of study {study_uid}") from exc
+    out: set[str] = set()
+    for item in found:
+        values = item.get(_SOP_UID, {}).get("Value") or []
+        if values:
+            out.add(str(values[0]))
+    return out
+
+
+def store_instances(
+    server: DicomWebServer,
+    datasets: Sequence[Dataset],
+    *,
+    progress: Progress | None = None,
+) -> StoreOutcome:
+    """Send the datasets the server does not hold yet, one STOW-RS request per instance.
+
+    Parameters
+    ----------
+    server : DicomWebServer
+    datasets : sequence of pydicom.Dataset
+        Complete instances with file meta information.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    StoreOutcome
+
+    Raises
+    ------
+    DicomWebError
+        The server is unreachable or refuses an instance (named in the message).
+    """
+    studies = sorted({str(ds.StudyInstanceUID) for ds in datasets})
+    present: set[str] = set()
+    for study in studies:
+        present |= existing_instances(server, study)
+    stored: list[str] = []
+    already: list[str] = []
+    total = len(datasets)
+    for i, ds in enumerate(datasets, start=1):
+        sop = str(ds.SOPInstanceUID)
+        label = f"{ds.get('Modality', '?')} instance {sop} of study {ds.StudyInstanceUID}"
+        if sop in present:
+            already.append(sop)
+        else:
+            try:
+                answer = server.client().store_instances([ds])
+            except Exception as exc:
+                raise describe_failure(server, exc, f"storing {label}") from exc
+            failed = answer.get(_FAILED_SOP) if answer is not None else None
+            if failed:
+                reason = failed[0].get("FailureReason", "?")
+                raise DicomWebError(
+                    f"{server.public_url} refused {label} (failure reason {reason})."
+                )
+            stored.append(sop)
+            present.add(sop)
+        if progress is not None:
+            progress(i, total, "storing")
+    return StoreOutcome(stored=tuple(stored), already_present=tuple(already))

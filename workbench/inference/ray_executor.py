@@ -1,0 +1,601 @@
+"""Run the cases of a validation on a Ray cluster; the driver alone keeps the records.
+
+:class:`RayExecutor` is an :class:`~workbench.inference.executor.InferenceExecutor`
+that sends cases to Ray actors: one per GPU of the cluster when the run's device is
+CUDA, otherwise one per ``threads_per_worker`` CPUs. Each actor receives the
+per-case function of the run once (a pickled
+:class:`~workbench.inference.runner.CaseProcessor`: model path, spec and the
+registered SHA-256 of every model file, never the loaded module), loads the model
+and re-verifies its hashes before its first case (``warm_up``), then runs cases
+exactly as the local executor does. Results come back to the driver, which yields
+them in case order to the runner; the runner hands each to ``on_case``, so the
+database, the audit chain, resumability and case accounting are those of a local
+run.
+
+Where the inputs and outputs live (``storage``):
+
+``"shared"`` (default)
+    Workers see the test set and the run folder at the same paths as the driver
+    (NFS, CephFS, a Kubernetes volume mounted everywhere). Workers read the DICOM
+    files and write each SEG themselves; only the small outputs travel back.
+``"object_store"``
+    Workers cannot see the driver's storage. The driver reads each case's files
+    and ships them through the Ray object store; the worker processes them in a
+    private scratch folder and returns the SEG's bytes, which the driver checks
+    against their SHA-256 and writes into the run folder.
+
+Faults: an actor whose process dies (killed, out of memory, its node lost) makes
+its running case fail with a Ray error on the driver. That case is sent to another
+worker, up to ``max_retries`` times, and is then recorded as failed with the
+reason; cases queued behind it on the same actor are resent without counting an
+attempt. A replacement actor is started for every lost one. Each case is yielded
+exactly once. The actors belong to the driver: if the driver dies they go with it,
+and ``validate`` resumes the run from the cases already recorded.
+
+Backpressure: at most ``max_in_flight`` cases are between submission and being
+yielded (running, queued on an actor, or finished but waiting for an earlier
+case), so driver memory stays bounded however large the test set.
+
+Ray is an optional dependency (``pip install 'validation-workbench[ray]'``); it
+is imported only when a :class:`RayExecutor` connects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from workbench.errors import InferenceError
+
+__all__ = ["RayExecutor", "RayStorage", "ray_available"]
+
+#: How long to wait for the first worker of a run to start before giving up.
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+class RayStorage(StrEnum):
+    """How workers reach a case's inputs and outputs (see the module docstring)."""
+
+    SHARED = "shared"
+    OBJECT_STORE = "object_store"
+
+
+def ray_available() -> bool:
+    """Whether the ``ray`` package can be imported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise InferenceError(
+            "The Ray executor needs the 'ray' package. Found it missing; install it with "
+            "pip install 'validation-workbench[ray]' (the same version on every node)."
+        ) from error
+    return ray
+
+
+def _lost_worker_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray errors that mean the worker (not the case) failed: worth a retry elsewhere."""
+    ex = ray.exceptions
+    names = (
+        "RayActorError",  # includes ActorDiedError, ActorUnavailableError
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "OutOfMemoryError",
+        "LocalRayletDiedError",
+        "ObjectLostError",
+        "ActorUnschedulableError",
+    )
+    return tuple(getattr(ex, n) for n in names if isinstance(getattr(ex, n, None), type))
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+def _gpu_details() -> dict[str, Any]:
+    """GPUs of the calling process's node (names, driver), without allocating memory."""
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"gpus": [], "driver_version": None}
+    rows = [
+        [part.strip() for part in line.split(",")]
+        for line in result.stdout.strip().splitlines()
+        if result.returncode == 0 and line.strip()
+    ]
+    return {
+        "gpus": [{"name": r[0], "memory": r[2] if len(r) > 2 else None} for r in rows],
+        "driver_version": rows[0][1] if rows and len(rows[0]) > 1 else None,
+    }
+
+
+class _CaseWorker:
+    """The body of a Ray actor: runs the cases of one run at a time.
+
+    The actor outlives a run (starting a worker process that imports torch
+    costs seconds); :meth:`load` gives it the next run's per-case function.
+
+    Parameters
+    ----------
+    threads : int
+        Torch intra-op threads of this worker.
+    """
+
+    def __init__(self, threads: int) -> None:
+        import torch
+
+        from workbench.inference.environment import deterministic_mode
+
+        self.process: Any = None
+        self.prepare: Callable[[Any], Any] | None = None
+        self.threads = threads
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # only possible before the first parallel op
+            torch.set_num_interop_threads(1)
+        # The numerical settings of the driver's run, for this process's lifetime.
+        self._settings = contextlib.ExitStack()
+        self._settings.enter_context(deterministic_mode())
+
+    def load(self, job: tuple[Callable[[Any], Any], Callable[[Any], Any] | None]) -> dict[str, Any]:
+        """Take a run's ``(process, prepare)``, load its model (verifying its hashes)
+        and say where this worker runs."""
+        import ray
+        import torch
+
+        self.process, self.prepare = job
+        warm_up = getattr(self.process, "warm_up", None)
+        if callable(warm_up):
+            warm_up()
+        context = ray.get_runtime_context()
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "node_id": context.get_node_id(),
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        }
+        if torch.cuda.is_available():
+            info["cuda_devices"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
+            info["cuda_version"] = torch.version.cuda
+            info["driver_version"] = _gpu_details()["driver_version"]
+        return info
+
+    def unload(self) -> None:
+        """Drop the run's model (and its GPU memory) once the run is over."""
+        self.process = self.prepare = None
+
+    def run(self, case: Any) -> Any:
+        """``process(prepare(case))``, as the local executors do."""
+        return self.process(self.prepare(case) if self.prepare is not None else case)
+
+    def run_packed(self, packed: Any) -> Any:
+        """A case whose files were shipped by the driver (``storage="object_store"``)."""
+        return self.process.run_packed(packed)
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: int
+    handle: Any
+    use_gpu: bool
+    started: Any = None  # ObjectRef of load() until it resolves
+    info: dict[str, Any] | None = None
+    in_flight: list[Any] = field(default_factory=list)  # ObjectRefs, in submission order
+
+
+class RayExecutor:
+    """Run cases on Ray actors; results come back to the driver in case order.
+
+    Parameters
+    ----------
+    address : str, optional
+        Cluster to connect to: ``"auto"`` (a cluster started with ``ray start`` on
+        this machine), ``"HOST:PORT"`` (a head's GCS address, from a cluster node)
+        or ``"ray://HOST:PORT"`` (Ray Client, from outside the cluster; needs
+        ``ray[client]``). ``None``: ``$RAY_ADDRESS`` or a new local instance.
+    num_workers : int, optional
+        Actors to start; by default one per GPU (CUDA runs) or one per
+        ``threads_per_worker`` CPUs of the cluster, and never more than cases.
+    threads_per_worker : int
+        Torch threads (and Ray CPUs reserved) per actor.
+    gpus_per_worker : float
+        GPUs reserved per actor on CUDA runs (1: one actor per GPU).
+    storage : RayStorage or str
+        ``"shared"`` or ``"object_store"`` (see the module docstring).
+    max_retries : int
+        How many times a case whose worker was lost is sent to another worker
+        before it is recorded as failed.
+    max_in_flight : int, optional
+        Cases submitted but not yet yielded; default two per worker.
+    startup_timeout_s : float
+        How long to wait for at least one worker to be ready (scheduling, model
+        load) before the run fails with the resources asked for and available.
+    ray_init_options : dict, optional
+        Extra keyword arguments of ``ray.init`` (e.g. ``runtime_env``).
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_workers: int | None = None,
+        threads_per_worker: int = 1,
+        gpus_per_worker: float = 1.0,
+        storage: RayStorage | str = RayStorage.SHARED,
+        max_retries: int = 2,
+        max_in_flight: int | None = None,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        ray_init_options: dict[str, Any] | None = None,
+    ) -> None:
+        if num_workers is not None and num_workers < 1:
+            raise ValueError(f"num_workers should be at least 1. Found {num_workers}.")
+        if threads_per_worker < 1:
+            raise ValueError(
+                f"threads_per_worker should be at least 1. Found {threads_per_worker}."
+            )
+        if not gpus_per_worker > 0:
+            raise ValueError(f"gpus_per_worker should be above 0. Found {gpus_per_worker}.")
+        if max_retries < 0:
+            raise ValueError(f"max_retries should be 0 or more. Found {max_retries}.")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight should be at least 1. Found {max_in_flight}.")
+        try:
+            self.storage = RayStorage(storage)
+        except ValueError:
+            raise ValueError(
+                f"storage should be one of {[s.value for s in RayStorage]}. Found {storage!r}."
+            ) from None
+        self.address = address
+        self.num_workers = num_workers
+        self.threads_per_worker = threads_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.startup_timeout_s = startup_timeout_s
+        self.ray_init_options = dict(ray_init_options or {})
+        self.workers_info: list[dict[str, Any]] = []
+        self.workers_lost = 0
+        self.retries = 0
+        self._connected_here = False
+        self._live: list[_Worker] = []
+        self._next_slot = 0
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> None:
+        """Connect this process to the cluster (once); errors say which address failed."""
+        ray = _ray()
+        if ray.is_initialized():
+            return
+        options: dict[str, Any] = {
+            "logging_level": "WARNING",
+            "log_to_driver": False,
+            "configure_logging": True,
+            **self.ray_init_options,
+        }
+        try:
+            ray.init(address=self.address, **options)
+        except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            raise InferenceError(
+                f"Cannot connect to the Ray cluster at {self.address or '$RAY_ADDRESS/local'}: "
+                f"{_short(error)}. Check the address (auto, HOST:PORT or ray://HOST:PORT) and "
+                "that the cluster runs the same Ray and Python versions."
+            ) from error
+        self._connected_here = True
+
+    def close(self) -> None:
+        """Stop this executor's actors and disconnect if :meth:`connect` connected.
+
+        Workers stay up between runs of the same executor (they are started once);
+        they also end when the driver process ends.
+        """
+        self._stop_workers()
+        if self._connected_here:
+            ray = _ray()
+            ray.shutdown()
+            self._connected_here = False
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the actors ready now (for operators and fault tests)."""
+        return [int(w.info["pid"]) for w in self._live if w.info is not None]
+
+    def describe(self) -> dict[str, Any]:
+        """How cases are run: configuration, and the workers of the last run (connects first)."""
+        self.connect()
+        ray = _ray()
+        return {
+            "kind": "ray",
+            "ray_version": ray.__version__,
+            "address": self.address,
+            "storage": self.storage.value,
+            "threads_per_worker": self.threads_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+            "max_retries": self.max_retries,
+            "workers": list(self.workers_info),
+            "workers_lost": self.workers_lost,
+            "retries": self.retries,
+        }
+
+    # ------------------------------------------------------------------ scheduling
+    def _worker_options(self, use_gpu: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "num_cpus": self.threads_per_worker,
+            "max_restarts": 0,  # the driver replaces lost workers and retries their cases
+            "max_task_retries": 0,
+            "max_concurrency": 1,  # one case at a time, in submission order
+        }
+        if use_gpu:
+            options["num_gpus"] = self.gpus_per_worker
+        return options
+
+    def _count_workers(self, ray: Any, use_gpu: bool, n_cases: int) -> int:
+        if self.num_workers is not None:
+            return min(self.num_workers, n_cases)
+        resources = ray.cluster_resources()
+        if use_gpu:
+            available = int(float(resources.get("GPU", 0)) // self.gpus_per_worker)
+            if available < 1:
+                raise InferenceError(
+                    "The run's device is CUDA but the Ray cluster has no GPU. Found resources "
+                    f"{_resource_text(resources)}; run with --device cpu or add GPU nodes."
+                )
+        else:
+            available = int(float(resources.get("CPU", 0)) // self.threads_per_worker)
+        return max(1, min(available, n_cases))
+
+    def _stop_workers(self) -> None:
+        if not self._live:
+            return
+        ray = _ray()
+        for worker in self._live:
+            with contextlib.suppress(Exception):
+                ray.kill(worker.handle, no_restart=True)
+        self._live = []
+
+    def map_cases(
+        self,
+        process: Callable[[Any], Any],
+        cases: Iterable[Any],
+        *,
+        prepare: Callable[[Any], Any] | None = None,
+    ) -> Iterator[Any]:
+        """See :meth:`InferenceExecutor.map_cases`.
+
+        ``process`` may provide the hooks described in
+        :mod:`workbench.inference.executor` (``warm_up``, ``failed`` and, for
+        ``storage="object_store"``, ``pack_case``/``run_packed``/``unpack_output``).
+
+        Raises
+        ------
+        InferenceError
+            No worker could be started within ``startup_timeout_s``, or a case
+            was lost more than ``max_retries`` times and ``process`` has no
+            ``failed`` hook, or ``object_store`` storage without the packing hooks.
+        """
+        items = list(cases)
+        if not items:
+            return
+        shipping = self.storage is RayStorage.OBJECT_STORE
+        if shipping:
+            missing = [
+                h for h in ("pack_case", "run_packed", "unpack_output") if not hasattr(process, h)
+            ]
+            if missing:
+                raise InferenceError(
+                    "storage='object_store' needs a case processor with pack_case, run_packed "
+                    f"and unpack_output. Found {type(process).__name__} without {missing}."
+                )
+        self.connect()
+        ray = _ray()
+        lost_errors = _lost_worker_errors(ray)
+        use_gpu = str(getattr(process, "device", "cpu")).startswith("cuda")
+        n_workers = self._count_workers(ray, use_gpu, len(items))
+        window = self.max_in_flight or 2 * n_workers
+        per_worker = max(1, -(-window // n_workers))
+        job = ray.put((process, prepare))
+        remote_cls = ray.remote(_CaseWorker).options(**self._worker_options(use_gpu))
+        self.workers_info, self.workers_lost, self.retries = [], 0, 0
+        # Workers of an earlier run are reused when they have the same shape.
+        idle = [w for w in self._live if w.use_gpu == use_gpu][:n_workers]
+        for worker in self._live:
+            if worker not in idle:
+                with contextlib.suppress(Exception):
+                    ray.kill(worker.handle, no_restart=True)
+        self._live = []
+        starting: dict[Any, _Worker] = {}
+        refs: dict[Any, tuple[int, _Worker]] = {}  # in-flight ObjectRef -> (case index, worker)
+        payloads: dict[int, Any] = {}  # packed inputs kept for retries
+        attempts = [0] * len(items)
+        reasons: dict[int, str] = {}
+        results: dict[int, Any] = {}
+        pending: deque[int] = deque(range(len(items)))
+        startup_failures = 0
+
+        def load(worker: _Worker) -> None:
+            worker.started = worker.handle.load.remote(job)
+            worker.in_flight.clear()
+            starting[worker.started] = worker
+
+        def start_worker() -> None:
+            handle = remote_cls.remote(self.threads_per_worker)
+            load(_Worker(self._next_slot, handle, use_gpu))
+            self._next_slot += 1
+
+        def lose(worker: _Worker, error: BaseException) -> None:
+            """Requeue a dead worker's cases; the one it was running counts an attempt."""
+            if worker not in self._live:
+                return
+            self._live.remove(worker)
+            self.workers_lost += 1
+            with contextlib.suppress(Exception):
+                ray.kill(worker.handle, no_restart=True)
+            requeue: list[int] = []
+            counted = False
+            for ref in worker.in_flight:
+                index, _ = refs.pop(ref)
+                finished, _ = ray.wait([ref], num_returns=1, timeout=0)
+                if finished:
+                    try:  # finished before the worker died: keep its result
+                        value = ray.get(ref)
+                    except lost_errors:
+                        pass
+                    else:
+                        finish(index, value)
+                        continue
+                if not counted:  # actors run their cases in order: this one was running
+                    counted = True
+                    attempts[index] += 1
+                    reasons[index] = _short(error)
+                    if attempts[index] > self.max_retries:
+                        payloads.pop(index, None)
+                        results[index] = self._give_up(
+                            process, items[index], attempts[index], reasons[index]
+                        )
+                        continue
+                    self.retries += 1
+                requeue.append(index)
+            worker.in_flight.clear()
+            for index in sorted(requeue, reverse=True):
+                pending.appendleft(index)
+            if len(results) + next_yield < len(items):
+                start_worker()
+
+        def finish(index: int, value: Any) -> None:
+            payloads.pop(index, None)
+            results[index] = process.unpack_output(value) if shipping else value  # type: ignore[attr-defined]
+
+        def submit(worker: _Worker, index: int) -> None:
+            if shipping:
+                if index not in payloads:
+                    payloads[index] = ray.put(process.pack_case(items[index]))  # type: ignore[attr-defined]
+                ref = worker.handle.run_packed.remote(payloads[index])
+            else:
+                ref = worker.handle.run.remote(items[index])
+            worker.in_flight.append(ref)
+            refs[ref] = (index, worker)
+
+        for worker in idle:
+            load(worker)
+        for _ in range(n_workers - len(idle)):
+            start_worker()
+        completed = False
+        waiting_since: float | None = time.monotonic()  # since when no worker is ready
+        next_yield = 0
+        try:
+            while next_yield < len(items):
+                while next_yield in results:
+                    result = results.pop(next_yield)
+                    next_yield += 1
+                    yield result
+                if next_yield >= len(items):
+                    break
+                # Dispatch: earliest cases first, to the least busy ready worker.
+                while pending and pending[0] < next_yield + window and self._live:
+                    worker = min(self._live, key=lambda w: (len(w.in_flight), w.slot))
+                    if len(worker.in_flight) >= per_worker:
+                        break
+                    submit(worker, pending.popleft())
+                watched = list(refs) + list(starting)
+                if not self._live and not starting:
+                    raise InferenceError(
+                        "No Ray worker is left to run the remaining cases. Found "
+                        f"{self.workers_lost} worker(s) lost; check the cluster (ray status)."
+                    )
+                if (
+                    waiting_since is not None
+                    and time.monotonic() - waiting_since > self.startup_timeout_s
+                ):
+                    raise InferenceError(
+                        f"No Ray worker started within {self.startup_timeout_s:g} s. Expected "
+                        f"{self._worker_options(use_gpu)} per worker; found cluster resources "
+                        f"{_resource_text(ray.cluster_resources())}."
+                    )
+                done, _ = ray.wait(watched, num_returns=1, timeout=5.0)
+                for ref in done:
+                    if ref in starting:
+                        worker = starting.pop(ref)
+                        try:
+                            worker.info = ray.get(ref)
+                        except lost_errors as error:
+                            startup_failures += 1
+                            if startup_failures > 3 * n_workers:
+                                raise InferenceError(
+                                    "Ray workers keep dying while they start. Last: "
+                                    f"{_short(error)}"
+                                ) from error
+                            start_worker()
+                            continue
+                        except ray.exceptions.RayTaskError as error:
+                            # warm_up refused the model (e.g. changed files): stop the run.
+                            raise error.as_instanceof_cause() from None
+                        self._live.append(worker)
+                        self.workers_info.append({"slot": worker.slot, **worker.info})
+                        waiting_since = None
+                        continue
+                    if ref not in refs:
+                        continue  # a dead worker's task, already requeued
+                    index, worker = refs[ref]
+                    try:
+                        value = ray.get(ref)
+                    except lost_errors as error:
+                        lose(worker, error)
+                        continue
+                    except ray.exceptions.RayTaskError as error:
+                        raise error.as_instanceof_cause() from None
+                    refs.pop(ref)
+                    worker.in_flight.remove(ref)
+                    finish(index, value)
+                if not self._live and waiting_since is None:
+                    waiting_since = time.monotonic()
+            completed = True
+        finally:
+            for worker in starting.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(worker.handle, no_restart=True)
+            if completed:  # idle workers wait for the next run, without its model
+                for worker in self._live:
+                    worker.handle.unload.remote()
+            else:  # stopped early: stop the cases still queued on the workers too
+                self._stop_workers()
+
+    def _give_up(self, process: Any, case: Any, attempts: int, reason: str) -> Any:
+        message = (
+            f"worker lost: the case was tried {attempts} time(s) "
+            f"(max_retries={self.max_retries}); last error {reason}"
+        )
+        failed = getattr(process, "failed", None)
+        if not callable(failed):
+            raise InferenceError(f"Case {getattr(case, 'case_id', case)!r}: {message}")
+        return failed(case, message)
+
+
+def _resource_text(resources: dict[str, Any]) -> str:
+    keys = ("CPU", "GPU", "memory", "object_store_memory")
+    return "{" + ", ".join(f"{k}: {resources.get(k, 0):g}" for k in keys) + "}"

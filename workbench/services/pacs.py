@@ -1,0 +1,574 @@
+"""PACS use cases over DICOMweb (PS3.18): import a test set, export a run's outputs.
+
+:func:`import_from_dicomweb` finds studies (by UID or a QIDO-RS query), retrieves
+every instance byte for byte in its stored transfer syntax into
+``<workdir>/testsets/<name>.partial/`` (content-addressed, resumable), records the
+source in ``dataset.json`` (server URL without credentials, query, retrieval
+time, SOP Instance UIDs; covered by the lock manifest like every other file),
+moves the complete folder to ``<workdir>/testsets/<name>/`` and indexes it with
+:func:`workbench.services.testsets.import_test_set`, exactly like a folder import.
+The test set exists only once every instance is there.
+
+:func:`export_run` stores a run's outputs back: per completed case the model's
+SEG (with the run's own UIDs and description) and a TID 1500 Measurement Report
+(PS3.16) of its findings; for a sealed report an Encapsulated PDF (PS3.3 A.45.1)
+holding the sealed file byte for byte. UIDs derive from run id, case id and
+object kind, so repeating an export adds nothing.
+
+Both are audited: who, what, where (the public server URL) and the UIDs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pydicom.valuerep import DT
+from sqlalchemy import select
+
+from workbench import __version__
+from workbench.dicom.encapsulated_pdf import build_encapsulated_pdf
+from workbench.dicom.sr import build_measurement_report, contributing_equipment, segment_volumes
+from workbench.dicom.volume import sort_slices
+from workbench.dicomweb.connection import DicomWebServer
+from workbench.dicomweb.retrieve import (
+    InstanceRef,
+    list_study_instances,
+    parse_query,
+    retrieve_instances,
+    search_studies,
+)
+from workbench.dicomweb.store import store_instances
+from workbench.errors import DicomWebError, DuplicateError, WorkflowError
+from workbench.records import audit
+from workbench.records.models import (
+    CaseResult,
+    CaseStatus,
+    RegisteredModel,
+    Report,
+    ReportStatus,
+    Run,
+    TestSet,
+)
+from workbench.services.context import Actor, Workbench, current_user, get_one
+from workbench.services.testsets import LABELS_PATH, TestSetInfo, import_test_set, load_index
+
+__all__ = [
+    "ExportedObject",
+    "PacsExport",
+    "PacsImport",
+    "export_run",
+    "export_uid",
+    "import_from_dicomweb",
+]
+
+Progress = Callable[[int, int, str], None] | None
+
+#: File describing a PACS import's source, at the test-set root (indexed and locked).
+SOURCE_FILE = "dataset.json"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PacsImport:
+    """Outcome of :func:`import_from_dicomweb`.
+
+    Parameters
+    ----------
+    test_set : TestSetInfo
+        The new draft test set.
+    source : dict
+        What ``dataset.json`` records (without the per-instance list).
+    n_instances, n_fetched, n_skipped : int
+        Instances in the set, fetched now, and found already retrieved (resume).
+    n_bytes_fetched : int
+    """
+
+    test_set: TestSetInfo
+    source: dict[str, Any]
+    n_instances: int
+    n_fetched: int
+    n_skipped: int
+    n_bytes_fetched: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedObject:
+    """One object of an export: ``kind`` is ``seg``, ``sr`` or ``pdf``."""
+
+    kind: str
+    case_id: str | None
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class PacsExport:
+    """Outcome of :func:`export_run`.
+
+    Parameters
+    ----------
+    run_uid : str
+    server : str
+        Public URL (no credentials).
+    objects : tuple of ExportedObject
+    stored, already_present : tuple of str
+        SOP Instance UIDs sent now, and those the server already held.
+    report_uid : str or None
+        The sealed report exported, if any.
+    """
+
+    run_uid: str
+    server: str
+    objects: tuple[ExportedObject, ...]
+    stored: tuple[str, ...]
+    already_present: tuple[str, ...]
+    report_uid: str | None = None
+    skipped_cases: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise WorkflowError(
+            f"Expected a test-set name of letters, digits, '.', '_' or '-' (a folder is made "
+            f"from it), found {name!r}."
+        )
+
+
+def import_from_dicomweb(
+    wb: Workbench,
+    actor: Actor,
+    server: DicomWebServer,
+    *,
+    name: str,
+    studies: Sequence[str] = (),
+    query: str | None = None,
+    limit: int | None = None,
+    reference: str | Path | None = None,
+    workers: int = 2,
+    progress: Progress = None,
+) -> PacsImport:
+    """Retrieve studies from a DICOMweb server and import them as a draft test set.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.import``.
+    server : DicomWebServer
+    name : str
+        New test-set name (also its folder name under ``<workdir>/testsets``).
+    studies : sequence of str
+        Study Instance UIDs.
+    query : str, optional
+        QIDO-RS study query, e.g. ``"ModalitiesInStudy=CT&StudyDate=20240101-20241231"``.
+    limit : int, optional
+        At most this many studies from ``query``.
+    reference : str or Path, optional
+        Folder whose ``reference/`` (e.g. ``reference/labels.csv``) is copied into
+        the test set: the reference standard kept outside the PACS.
+    workers : int, default 2
+        Parallel retrievals and indexing processes.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    PacsImport
+
+    Raises
+    ------
+    DuplicateError
+        The name is taken.
+    DicomWebError
+        Unreachable server, refused credentials, unknown study, partial results,
+        an invalid or transcoded instance: one line naming the study or instance.
+        Nothing is imported; running the same call again resumes.
+    """
+    _check_name(name)
+    if not studies and not query:
+        raise WorkflowError("Expected Study Instance UIDs or a QIDO-RS query; found neither.")
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "testset.import")
+        if session.scalars(select(TestSet).where(TestSet.name == name)).first() is not None:
+            raise DuplicateError(
+                f"A test set named '{name}' already exists. Choose another name; test sets "
+                "are never replaced."
+            )
+    reference_dir = None
+    if reference is not None:
+        reference_dir = Path(reference).expanduser().resolve() / "reference"
+        if not reference_dir.is_dir():
+            raise FileNotFoundError(f"Expected a folder {reference_dir} with the reference files.")
+    filters = parse_query(query) if query else None
+    wanted = list(dict.fromkeys(str(s).strip() for s in studies if str(s).strip()))
+    if filters is not None:
+        for uid in search_studies(server, filters, limit=limit):
+            if uid not in wanted:
+                wanted.append(uid)
+    if not wanted:
+        raise DicomWebError(f"{server.public_url}: the query {query!r} matched no study.")
+    refs: list[InstanceRef] = []
+    for study in wanted:
+        refs.extend(list_study_instances(server, study))
+
+    final = wb.workdir.testsets_dir / name
+    staging = wb.workdir.testsets_dir / f"{name}.partial"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not staging.exists():
+        # A complete retrieval whose import did not finish: verify and reuse its files.
+        os.replace(final, staging)
+    elif final.exists():
+        raise WorkflowError(
+            f"Both {final} and {staging} exist and no test set '{name}' is recorded; "
+            "remove one of them."
+        )
+    outcome = retrieve_instances(server, refs, staging, workers=workers, progress=progress)
+    if reference_dir is not None:
+        shutil.rmtree(staging / "reference", ignore_errors=True)
+        shutil.copytree(reference_dir, staging / "reference", symlinks=False)
+    retrieved_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    source: dict[str, Any] = {
+        "kind": "dicomweb",
+        "server": server.public_url,
+        "studies": wanted,
+        "query": query,
+        "limit": limit,
+        "retrieved_at": retrieved_at,
+        "transfer_syntax": "as stored (WADO-RS transfer-syntax=*)",
+        "n_instances": len(outcome.files),
+        "workbench_version": __version__,
+    }
+    description = {
+        "source": {
+            **source,
+            "instances": [
+                {
+                    "study": ref.study_uid,
+                    "series": ref.series_uid,
+                    "sop_instance_uid": ref.sop_uid,
+                    "path": outcome.files[ref.sop_uid],
+                }
+                for ref in refs
+            ],
+        }
+    }
+    (staging / SOURCE_FILE).write_text(
+        json.dumps(description, indent=1, sort_keys=True), encoding="utf-8"
+    )
+    os.replace(staging, final)
+    info = import_test_set(wb, actor, final, name=name, workers=workers, progress=progress)
+    source_sha = hashlib.sha256((final / SOURCE_FILE).read_bytes()).hexdigest()
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.import")
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.import.dicomweb",
+            record_type="test_set",
+            record_id=name,
+            new={
+                **source,
+                "source_file": {SOURCE_FILE: source_sha},
+                "sop_instance_uids": [ref.sop_uid for ref in refs],
+                "n_fetched": outcome.n_fetched,
+                "n_resumed": outcome.n_skipped,
+            },
+        )
+    return PacsImport(
+        test_set=info,
+        source=source,
+        n_instances=len(outcome.files),
+        n_fetched=outcome.n_fetched,
+        n_skipped=outcome.n_skipped,
+        n_bytes_fetched=outcome.n_bytes_fetched,
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_uid(run_uid: str, case_id: str | None, kind: str) -> str:
+    """A UUID-derived UID (PS3.5 B.2) from run id, case id and object kind.
+
+    The same inputs give the same UID on every export, so a PACS that already
+    holds the instance is not sent a duplicate.
+    """
+    key = f"{run_uid}/{case_id or '-'}/{kind}"
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, key).int}"
+
+
+@dataclass(frozen=True, slots=True)
+class _CaseSource:
+    series_uid: str
+    paths: tuple[Path, ...]
+
+
+def _case_series(root: Path, files: pd.DataFrame) -> dict[str, _CaseSource]:
+    """Case id -> its image series, by the rule of the validation run (labels, patient, UID)."""
+    labels_path = root / LABELS_PATH
+    by_series: dict[str, str] = {}
+    if labels_path.is_file():
+        labels = pd.read_csv(labels_path, dtype={"case_id": str})
+        if {"series_instance_uid", "case_id"} <= set(labels.columns):
+            by_series = {
+                str(s): str(c)
+                for s, c in zip(labels["series_instance_uid"], labels["case_id"], strict=True)
+            }
+    images = files[files["modality"].fillna("") != "SEG"]
+    out: dict[str, _CaseSource] = {}
+    for series_uid, group in images.groupby("series_instance_uid", sort=True):
+        case_id = by_series.get(str(series_uid)) or str(group["patient_id"].iloc[0] or series_uid)
+        out[case_id] = _CaseSource(
+            series_uid=str(series_uid),
+            paths=tuple(root / str(p) for p in sorted(group["path"])),
+        )
+    return out
+
+
+def _source_headers(paths: Sequence[Path]) -> list[Dataset]:
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    order, _, _ = sort_slices(datasets, [str(p) for p in paths])
+    return [datasets[i] for i in order]
+
+
+def _export_seg(
+    stored_path: Path, *, run_uid: str, case_id: str, model: str, when: dt.datetime
+) -> Dataset:
+    """The stored SEG with the run's own UIDs, description and contributing equipment."""
+    seg = pydicom.dcmread(stored_path)
+    sop = export_uid(run_uid, case_id, "seg")
+    seg.SOPInstanceUID = sop
+    seg.file_meta.MediaStorageSOPInstanceUID = UID(sop)
+    seg.SeriesInstanceUID = export_uid(run_uid, case_id, "seg-series")
+    seg.SeriesDescription = f"{model} run {run_uid}"[:64]
+    equipment = contributing_equipment(f"Segmentation by model {model} in validation run {run_uid}")
+    items = [i for i in seg.get("ContributingEquipmentSequence", [])]
+    if not any(str(i.get("ContributionDescription", "")).endswith(f"run {run_uid}") for i in items):
+        equipment.ContributionDateTime = DT(when.strftime("%Y%m%d%H%M%S"))
+        items.append(equipment)
+    seg.ContributingEquipmentSequence = items
+    return seg
+
+
+def _write(ds: Dataset, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    ds.save_as(partial, enforce_file_format=True)
+    os.replace(partial, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_run(
+    wb: Workbench,
+    actor: Actor,
+    run_uid: str,
+    server: DicomWebServer,
+    *,
+    include_report: bool = True,
+    progress: Progress = None,
+) -> PacsExport:
+    """Store a run's SEGs, TID 1500 SRs and its sealed report (Encapsulated PDF) via STOW-RS.
+
+    The objects are also kept under ``<workdir>/runs/<run>/export/``.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``run.start`` (QA).
+    run_uid : str
+        A completed run.
+    server : DicomWebServer
+    include_report : bool, default True
+        Also export the newest sealed report of the run, when there is one.
+    progress : callable, optional
+
+    Returns
+    -------
+    PacsExport
+
+    Raises
+    ------
+    WorkflowError
+        The run is not completed or has no case output to export.
+    DicomWebError
+        The server is unreachable or refuses an instance.
+    """
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "run.start")
+        run = get_one(session, Run, "run", run_uid=run_uid)
+        if run.status != "completed":
+            raise WorkflowError(f"Run {run_uid} is {run.status}; only completed runs are exported.")
+        model = session.get(RegisteredModel, run.model_id)
+        test_set = session.get(TestSet, run.test_set_id)
+        assert model is not None and test_set is not None
+        model_name, model_version, model_digest = model.name, model.version, model.digest
+        score_name = str(((model.spec or {}).get("input") or {}).get("score_output") or "score")
+        root = Path(test_set.root_path)
+        files = load_index(session, test_set).files
+        cases = [
+            (c.case_id, c.mask_path, c.score)
+            for c in session.scalars(
+                select(CaseResult)
+                .where(CaseResult.run_id == run.id)
+                .where(CaseResult.status == CaseStatus.COMPLETED.value)
+                .order_by(CaseResult.case_id)
+            )
+        ]
+        when = run.finished_at or run.started_at or dt.datetime(2000, 1, 1)
+        report = (
+            session.scalars(
+                select(Report)
+                .where(Report.run_id == run.id)
+                .where(Report.status == ReportStatus.SEALED.value)
+                .order_by(Report.id.desc())
+            ).first()
+            if include_report
+            else None
+        )
+        report_info = (
+            (report.report_uid, report.sealed_path, report.sealed_sha256) if report else None
+        )
+        test_set_name = test_set.name
+    model_label = f"{model_name} {model_version}"
+    out_dir = wb.workdir.runs_dir / run_uid / "export"
+    sources = _case_series(root, files)
+    device_uid = f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'model/{model_digest}').int}"
+    datasets: list[tuple[str, str | None, Dataset]] = []
+    skipped: list[str] = []
+    for case_id, mask_path, score in cases:
+        source = sources.get(case_id)
+        if source is None or (not mask_path and score is None):
+            skipped.append(case_id)
+            continue
+        headers = _source_headers(source.paths)
+        seg = None
+        if mask_path:
+            seg = _export_seg(
+                Path(mask_path), run_uid=run_uid, case_id=case_id, model=model_label, when=when
+            )
+            datasets.append(("seg", case_id, seg))
+        sr = build_measurement_report(
+            headers,
+            seg=seg,
+            volumes=segment_volumes(seg) if seg is not None else [],
+            score=score,
+            score_name=score_name,
+            model_name=model_name,
+            model_version=model_version,
+            run_uid=run_uid,
+            device_uid=device_uid,
+            series_instance_uid=export_uid(run_uid, case_id, "sr-series"),
+            sop_instance_uid=export_uid(run_uid, case_id, "sr"),
+            content_datetime=when,
+        )
+        datasets.append(("sr", case_id, sr))
+    report_uid = None
+    if report_info is not None:
+        report_uid, sealed_path, sealed_sha = report_info
+        pdf = Path(sealed_path or "").read_bytes()
+        if hashlib.sha256(pdf).hexdigest() != sealed_sha:
+            raise WorkflowError(
+                f"Sealed report {report_uid} at {sealed_path} does not match its recorded "
+                "SHA-256; run 'workbench report verify' on it."
+            )
+        datasets.append(
+            (
+                "pdf",
+                None,
+                build_encapsulated_pdf(
+                    pdf,
+                    document_title=f"Validation report {report_uid}",
+                    patient_id=f"WB-{test_set_name}",
+                    patient_name="Validation^Report",
+                    study_instance_uid=export_uid(run_uid, None, "report-study"),
+                    series_instance_uid=export_uid(run_uid, None, "report-series"),
+                    sop_instance_uid=export_uid(run_uid, report_uid, "pdf"),
+                    study_description=f"Validation run {run_uid}",
+                    series_description=f"Sealed report {report_uid}",
+                    contribution_description=(
+                        f"Sealed validation report {report_uid} of run {run_uid}, "
+                        f"model {model_label}"
+                    ),
+                    content_datetime=when,
+                ),
+            )
+        )
+    if not datasets:
+        raise WorkflowError(
+            f"Run {run_uid} has no completed case output or sealed report to export."
+        )
+    objects: list[ExportedObject] = []
+    for kind, object_case, ds in datasets:
+        name = f"{kind}-{object_case or report_uid}.dcm"
+        digest = _write(ds, out_dir / name)
+        objects.append(
+            ExportedObject(
+                kind=kind,
+                case_id=object_case,
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_uid=str(ds.SOPInstanceUID),
+                path=str(out_dir / name),
+                sha256=digest,
+            )
+        )
+    outcome = store_instances(server, [ds for _, _, ds in datasets], progress=progress)
+    with wb.transaction() as session:
+        current_user(session, actor, "run.start")
+        audit.append(
+            session,
+            actor=actor.username,
+            action="run.export.dicomweb",
+            record_type="run",
+            record_id=run_uid,
+            new={
+                "server": server.public_url,
+                "model": f"{model_name}@{model_version}",
+                "report_uid": report_uid,
+                "objects": [
+                    {
+                        "kind": o.kind,
+                        "case_id": o.case_id,
+                        "study": o.study_uid,
+                        "series": o.series_uid,
+                        "sop_instance_uid": o.sop_uid,
+                        "sha256": o.sha256,
+                    }
+                    for o in objects
+                ],
+                "stored": list(outcome.stored),
+                "already_present": list(outcome.already_present),
+                "skipped_cases": skipped,
+            },
+        )
+    return PacsExport(
+        run_uid=run_uid,
+        server=server.public_url,
+        objects=tuple(objects),
+        stored=outcome.stored,
+        already_present=outcome.already_present,
+        report_uid=report_uid,
+        skipped_cases=tuple(skipped),
+    )

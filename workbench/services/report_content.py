@@ -1,0 +1,750 @@
+"""The report's content, one builder per section, from the run's typed results.
+
+:func:`gather_report_inputs` reads everything a report needs from the records
+once, into a frozen :class:`ReportInputs`; each ``*_section`` function turns
+those inputs (above all the run's :class:`~workbench.protocols.RunResults`)
+into one part of :class:`~workbench.reports.ReportContent`; and
+:func:`report_content` assembles them. Only this module and the records it
+reads know how a report is put together; the PDF builder knows only the
+content model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench import __version__
+from workbench.protocols import (
+    EndpointResult,
+    Protocol,
+    RunResults,
+    StratumResult,
+    metric_info,
+    stratum_labels,
+)
+from workbench.records import audit
+from workbench.records.models import (
+    AuditEntry,
+    ProtocolVersion,
+    QualityReport,
+    RegisteredModel,
+    Report,
+    Run,
+    Signature,
+    TestSet,
+    User,
+)
+from workbench.reports import content as rc
+from workbench.services.adjudication import RunAdjudication, adjudication_summary
+from workbench.services.protocols import parsed_protocol
+from workbench.services.runs import case_frame, stored_results
+from workbench.stats import Estimate
+from workbench.vocabulary import EstimateStatus
+
+__all__ = [
+    "ReportInputs",
+    "gather_report_inputs",
+    "report_content",
+    "dataset_section",
+    "methods_section",
+    "results_section",
+    "acceptance_rows",
+    "adjudication_section",
+    "audit_section",
+]
+
+#: Columns of the per-case table attached to the report, where the run has them.
+PER_CASE_COLUMNS = (
+    "case_id",
+    "status",
+    "reason",
+    "score",
+    "y_true",
+    "dice",
+    "iou",
+    "hd95",
+    "assd",
+    "surface_dice",
+    "segmentation_status",
+    "manufacturer",
+    "manufacturer_model_name",
+    "patient_sex",
+    "patient_age_years",
+    "mask_sha256",
+)
+
+#: Header attributes counted per level in the report's dataset section.
+_COUNTED_FACTORS = (
+    ("manufacturer", "Scanner manufacturer"),
+    ("manufacturer_model_name", "Scanner model"),
+    ("patient_sex", "Sex"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportInputs:
+    """Everything a report is built from, read once from the records.
+
+    Parameters
+    ----------
+    report_uid, created_by, author_name : str
+    created_at : datetime
+    final : bool
+        Whether this is the final (sealed) rendering.
+    run : Run
+        The run record (uid, device, times).
+    results : RunResults
+        The run's typed results.
+    frame : pandas.DataFrame
+        The run's case frame.
+    protocol : Protocol
+    protocol_version : ProtocolVersion
+    model : RegisteredModel
+    test_set : TestSet
+    quality : QualityReport or None
+        The latest data-quality report of the test set.
+    adjudication : RunAdjudication
+    blinding : Mapping of str to Mapping of str to str
+        Per discrepant case, which label (A/B) showed the model and the reference.
+    signatures : sequence of Signature
+    audit_entries : sequence of AuditEntry
+        The run's, the report's and the discrepancies' audit entries.
+    audit_head : str
+        The audit chain's head hash when the report was built.
+    """
+
+    report_uid: str
+    created_by: str
+    author_name: str
+    created_at: datetime
+    final: bool
+    run: Run
+    results: RunResults
+    frame: pd.DataFrame
+    protocol: Protocol
+    protocol_version: ProtocolVersion
+    model: RegisteredModel
+    test_set: TestSet
+    quality: QualityReport | None
+    adjudication: RunAdjudication
+    blinding: Mapping[str, Mapping[str, str]]
+    signatures: Sequence[Signature]
+    audit_entries: Sequence[AuditEntry]
+    audit_head: str
+
+
+def gather_report_inputs(
+    session: Session, report: Report, *, final: bool, signatures_list: Sequence[Signature]
+) -> ReportInputs:
+    """Read the records a report needs, once."""
+    run = session.get(Run, report.run_id)
+    assert run is not None
+    pv = session.get(ProtocolVersion, run.protocol_version_id)
+    model = session.get(RegisteredModel, run.model_id)
+    test_set = session.get(TestSet, run.test_set_id)
+    assert pv is not None and model is not None and test_set is not None
+    protocol = parsed_protocol(pv)
+    results = stored_results(run)
+    assert results is not None, "only a completed run has a report"
+    author = session.scalars(select(User).where(User.username == report.created_by)).first()
+    quality = session.scalars(
+        select(QualityReport)
+        .where(QualityReport.test_set_id == test_set.id)
+        .order_by(QualityReport.id.desc())
+        .limit(1)
+    ).first()
+    entries = list(
+        session.scalars(
+            select(AuditEntry)
+            .where(
+                (AuditEntry.record_id == run.run_uid)
+                | (AuditEntry.record_id.like(f"{run.run_uid}/%"))
+                | (
+                    (AuditEntry.record_type == "report")
+                    & (AuditEntry.record_id == report.report_uid)
+                )
+                | (
+                    (AuditEntry.record_type == "discrepancy")
+                    & (AuditEntry.record_id.in_([str(d.id) for d in run.discrepancies]))
+                )
+            )
+            .order_by(AuditEntry.seq)
+        )
+    )
+    head = audit.head(session)
+    return ReportInputs(
+        report_uid=report.report_uid,
+        created_by=report.created_by,
+        author_name=author.full_name if author else report.created_by,
+        created_at=report.created_at,
+        final=final,
+        run=run,
+        results=results,
+        frame=case_frame(session, run.id, protocol),
+        protocol=protocol,
+        protocol_version=pv,
+        model=model,
+        test_set=test_set,
+        quality=quality,
+        adjudication=adjudication_summary(session, run),
+        blinding={d.case_id: dict(d.blinding or {}) for d in run.discrepancies},
+        signatures=tuple(signatures_list),
+        audit_entries=tuple(entries),
+        audit_head=head.entry_hash if head else "",
+    )
+
+
+# -- estimates -------------------------------------------------------------------------------
+
+
+def _report_estimate(
+    estimate: Estimate | None,
+    *,
+    n: int = 0,
+    status: EstimateStatus = EstimateStatus.NOT_ESTIMABLE,
+    reason: str = "",
+) -> rc.ReportEstimate:
+    if estimate is None:
+        return rc.ReportEstimate.missing(status.value, reason or status.value, n=n)
+    return rc.ReportEstimate(
+        value=float(estimate.value),
+        ci_low=float(estimate.ci_low),
+        ci_high=float(estimate.ci_high),
+        level=float(estimate.level),
+        method=str(estimate.method),
+        n=int(estimate.n or n),
+    )
+
+
+def _stratum_estimate(stratum: StratumResult) -> rc.ReportEstimate:
+    return _report_estimate(
+        stratum.estimate,
+        n=stratum.n,
+        status=stratum.status,
+        reason=stratum.reason or stratum.status.value,
+    )
+
+
+def _overall_estimate(endpoint: EndpointResult) -> rc.ReportEstimate:
+    return _report_estimate(
+        endpoint.estimate, n=endpoint.n_cases, reason=endpoint.reason or "not estimable"
+    )
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def _level_counts(values: pd.Series) -> tuple[rc.LevelCount, ...]:
+    tally = Counter(str(v) for v in values)
+    return tuple(rc.LevelCount(level=k, n_cases=v) for k, v in sorted(tally.items()))
+
+
+def _readers(inputs: ReportInputs) -> tuple[rc.ReaderInfo, ...]:
+    """The readers as the protocol describes them; unnamed ones are listed as not described."""
+    reference = inputs.protocol.reference_standard
+    if reference.readers:
+        return tuple(
+            rc.ReaderInfo(
+                reader_id=r.id,
+                role=r.role,
+                qualification=r.qualification or "not stated in the protocol",
+            )
+            for r in reference.readers
+        )
+    seg_readers = reference.segmentation.readers if reference.segmentation else []
+    return tuple(
+        rc.ReaderInfo(
+            reader_id=r, role="segmentation reader", qualification="not stated in the protocol"
+        )
+        for r in seg_readers
+    ) + tuple(
+        rc.ReaderInfo(reader_id=c, role="reader", qualification="not stated in the protocol")
+        for c in inputs.results.supplementary.reader_columns
+    )
+
+
+def _quality_summary(inputs: ReportInputs) -> tuple[rc.DataQualitySummary, rc.PhiCheck]:
+    quality = inputs.quality
+    payload = (quality.findings if quality else None) or {}
+    findings = list(payload.get("findings", []))
+    by_check: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in findings:
+        by_check.setdefault((str(f.get("check")), str(f.get("severity"))), []).append(f)
+    summary = rc.DataQualitySummary(
+        passed=bool(quality.passed) if quality else False,
+        findings=tuple(
+            rc.QualityFinding(
+                check=c, severity=s, count=len(items), message=str(items[0].get("message", ""))
+            )
+            for (c, s), items in sorted(by_check.items())
+        ),
+        suite=inputs.protocol.data_quality_suite,
+    )
+    phi_findings = [f for f in findings if str(f.get("check", "")).startswith("phi")]
+    phi = rc.PhiCheck(
+        passed=not any(f.get("severity") == "critical" for f in phi_findings),
+        files_checked=int((inputs.test_set.summary or {}).get("n_dicom", 0)),
+        findings=len(phi_findings),
+        summary=(
+            "PS3.15 Basic Application Level Confidentiality Profile attributes, sequences, "
+            "private tags, dates and PatientIdentityRemoved checked in every file."
+        ),
+    )
+    return summary, phi
+
+
+def dataset_section(inputs: ReportInputs) -> rc.DatasetSummary:
+    """What the test set holds, which cases entered the analysis and who made the reference."""
+    frame, protocol = inputs.frame, inputs.protocol
+    accounting = inputs.results.accounting
+    counts = [
+        rc.FactorCounts(factor=label, levels=_level_counts(frame[column].fillna("unknown")))
+        for column, label in _COUNTED_FACTORS
+        if column in frame
+    ]
+    counts.extend(
+        rc.FactorCounts(
+            factor=f"{factor.factor} (years)",
+            levels=_level_counts(stratum_labels(frame, factor)),
+        )
+        for factor in protocol.strata
+        if factor.edges and factor.source_column in frame
+    )
+    quality, phi = _quality_summary(inputs)
+    summary = inputs.test_set.summary or {}
+    return rc.DatasetSummary(
+        n_cases=accounting.n_cases or len(frame),
+        n_series=int(summary.get("n_series", 0)),
+        n_files=int(summary.get("n_files", 0)),
+        counts=tuple(counts),
+        reference_standard=protocol.reference_standard.description
+        or f"labels column {protocol.reference_standard.labels_column}",
+        readers=_readers(inputs),
+        inclusion_criteria=("Every CT series of the locked test set with a reference standard.",),
+        exclusion_criteria=(
+            "No reference labels row or reference segmentation for the series.",
+            "Modality other than CT.",
+        ),
+        n_included=accounting.n_included,
+        excluded_cases=tuple(
+            rc.CaseNote(case_id=n.case_id, reason=n.reason) for n in accounting.excluded
+        ),
+        failed_cases=tuple(
+            rc.CaseNote(case_id=n.case_id, reason=n.reason) for n in accounting.failed
+        ),
+        quality=quality,
+        phi_check=phi,
+    )
+
+
+def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
+    """Metrics and their CI methods, thresholds, strata and the multiplicity rule."""
+    protocol, results = inputs.protocol, inputs.results
+    metric_methods = []
+    thresholds = []
+    for ep in protocol.endpoints:
+        info = metric_info(ep.metric)
+        metric_methods.append(
+            rc.MetricMethod(
+                metric=f"{ep.id}: {info.label}",
+                definition=ep.description or info.label,
+                ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})",
+            )
+        )
+        if ep.operating_threshold is not None:
+            thresholds.append(
+                rc.ThresholdSpec(
+                    name=f"{ep.id} operating threshold", value=float(ep.operating_threshold)
+                )
+            )
+    thresholds.append(
+        rc.ThresholdSpec(
+            name="surface Dice tolerance (mm)", value=float(results.surface_dice_tolerance_mm)
+        )
+    )
+    sub = protocol.subgroup_acceptance
+    return rc.MethodsSummary(
+        metrics=tuple(metric_methods),
+        ci_level=float(protocol.endpoints[0].ci.level),
+        thresholds=tuple(thresholds),
+        strata=tuple(
+            rc.StratumSpec(
+                factor=s.factor,
+                levels=tuple(
+                    sorted(
+                        {
+                            stratum.stratum
+                            for endpoint in results.endpoints
+                            for stratum in endpoint.strata_of(s.factor)
+                        }
+                    )
+                ),
+                min_n=s.min_n,
+            )
+            for s in protocol.strata
+        ),
+        multiplicity=(
+            f"{sub.rule.value} with {sub.multiplicity.value} adjustment ({sub.family.value})"
+            if sub
+            else "none (no subgroup acceptance rule)"
+        ),
+        primary_analysis=(
+            f"Failed cases: {protocol.failed_cases.value}. Excluded cases are listed. "
+            "Primary analysis on the reference standard before adjudication. A primary endpoint "
+            f"that is not evaluable counts as {protocol.not_evaluable_counts_as.value.upper()}."
+        ),
+        software=f"Validation Workbench {__version__} (workbench.stats: numpy/scipy/statsmodels)",
+    )
+
+
+def _criterion(protocol: Protocol, endpoint_id: str) -> tuple[float | None, str]:
+    for ep in protocol.endpoints:
+        if ep.id == endpoint_id:
+            return float(ep.criterion.threshold), str(ep.criterion.operator.value)
+    return None, ">="
+
+
+def _digits(endpoint: EndpointResult) -> int:
+    return 1 if metric_info(endpoint.metric).unit == "mm" else 3
+
+
+def results_section(inputs: ReportInputs) -> rc.ResultsSection:
+    """Every endpoint overall and per stratum, heterogeneity, ROC, distributions, agreement."""
+    protocol, results = inputs.protocol, inputs.results
+    metrics = []
+    for endpoint in results.endpoints:
+        info = metric_info(endpoint.metric)
+        threshold, op = _criterion(protocol, endpoint.endpoint_id)
+        metrics.append(
+            rc.MetricResult(
+                key=endpoint.endpoint_id,
+                label=info.label,
+                overall=_overall_estimate(endpoint),
+                per_stratum=tuple(
+                    rc.StratumEstimate(
+                        factor=s.factor, level=s.stratum, estimate=_stratum_estimate(s)
+                    )
+                    for s in endpoint.strata
+                ),
+                threshold=threshold,
+                direction=op,
+                digits=_digits(endpoint),
+                unit=info.unit,
+            )
+        )
+    supplementary = results.supplementary
+    heterogeneity = tuple(
+        rc.HeterogeneityTest(
+            metric=h.endpoint_id,
+            factor=h.factor,
+            statistic=float(h.statistic),
+            df=h.df,
+            p_value=float(h.p_value),
+            method=h.method,
+        )
+        for h in supplementary.heterogeneity
+        if h.statistic is not None and h.p_value is not None
+    )
+    roc = None
+    if supplementary.roc is not None:
+        curve = supplementary.roc
+        roc = rc.RocCurve(
+            fpr=curve.fpr,
+            tpr=curve.tpr,
+            tpr_low=curve.lower,
+            tpr_high=curve.upper,
+            auc=_report_estimate(curve.auc),
+            band_method=f"{curve.band} bootstrap band ({curve.level:.0%})",
+            operating_point=curve.operating_point,
+        )
+    agreement = [
+        rc.AgreementRow(
+            comparison=f"{a.rater_a} vs {a.rater_b}",
+            kind=a.kind,
+            statistic="Cohen's kappa",
+            estimate=_report_estimate(
+                None
+                if a.kappa is None
+                else Estimate(
+                    value=a.kappa.value,
+                    ci_low=a.kappa.ci_low,
+                    ci_high=a.kappa.ci_high,
+                    level=a.kappa.level,
+                    method="asymptotic (Fleiss-Cohen-Everitt)",
+                    n=a.n,
+                ),
+                n=a.n,
+                reason=a.reason or "not estimable",
+            ),
+        )
+        for a in supplementary.agreement
+    ]
+    if supplementary.readers_fleiss_kappa is not None:
+        agreement.append(
+            rc.AgreementRow(
+                comparison=", ".join(_rater_names(supplementary.reader_columns)),
+                kind="among readers",
+                statistic="Fleiss' kappa",
+                estimate=_report_estimate(supplementary.readers_fleiss_kappa),
+            )
+        )
+    distributions = tuple(
+        rc.DistributionGroup(label=label, values=values)
+        for label, values in supplementary.distributions
+    )
+    return rc.ResultsSection(
+        metrics=tuple(metrics),
+        heterogeneity=heterogeneity,
+        roc=roc,
+        distribution_metric="Dice" if distributions else "",
+        distributions=distributions,
+        agreement=tuple(agreement),
+    )
+
+
+def _rater_names(columns: Sequence[str]) -> list[str]:
+    """Readers' names from their label columns (``reader1_malignant`` -> ``reader1``)."""
+    return [c.split("_", 1)[0] if "_" in c else c for c in columns]
+
+
+def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:
+    """The acceptance table: each endpoint overall, then each judged stratum."""
+    rows = []
+    for endpoint in inputs.results.endpoints:
+        digits = _digits(endpoint)
+        rows.append(
+            rc.AcceptanceRow(
+                endpoint=endpoint.endpoint_id,
+                criterion=endpoint.criterion_text,
+                estimate=_overall_estimate(endpoint),
+                verdict=endpoint.overall_verdict,
+                primary=endpoint.primary,
+                digits=digits,
+            )
+        )
+        rows.extend(
+            rc.AcceptanceRow(
+                endpoint=endpoint.endpoint_id,
+                criterion=endpoint.subgroup_rule_text or endpoint.criterion_text,
+                estimate=_stratum_estimate(s),
+                verdict=s.verdict,
+                primary=endpoint.primary,
+                stratum=f"{s.factor} = {s.stratum}",
+                digits=digits,
+            )
+            for s in endpoint.strata
+            if s.judged
+        )
+    return tuple(rows)
+
+
+def adjudication_section(inputs: ReportInputs) -> rc.AdjudicationSummary:
+    """Blinded decisions per discrepancy and the SECONDARY post-adjudication analysis."""
+    adj = inputs.adjudication
+    decisions = []
+    for case in adj.cases:
+        last = case.last_read
+        shown = inputs.blinding.get(case.case_id, {})
+        decisions.append(
+            rc.AdjudicationDecision(
+                case_id=case.case_id,
+                kind=case.rule,
+                model_output=f"shown as {shown.get('model', '?')}",
+                reference=f"shown as {shown.get('reference', '?')}",
+                decision=case.interpretation or "pending",
+                adjudicator=f"{last.reviewer_name} ({last.reviewer})" if last else "",
+                decided_at=last.at if last else None,
+                rationale=last.comment if last else "",
+            )
+        )
+    post = []
+    if adj.secondary is not None:
+        for endpoint in adj.secondary.evaluation.endpoints:
+            post.append(
+                rc.MetricResult(
+                    key=f"{endpoint.endpoint_id} (secondary)",
+                    label=f"{metric_info(endpoint.metric).label}, post-adjudication",
+                    overall=_report_estimate(
+                        endpoint.estimate, reason=endpoint.reason or "not estimable"
+                    ),
+                )
+            )
+    return rc.AdjudicationSummary(
+        n_discrepancies=adj.n_discrepancies,
+        n_adjudicated=adj.n_adjudicated,
+        decisions=tuple(decisions),
+        outcome_counts=dict(adj.counts),
+        post_adjudication=tuple(post),
+        note=(
+            "Reviewers saw the model and reference outputs as A and B in a random order per case. "
+            "The post-adjudication analysis is SECONDARY; acceptance uses the primary analysis."
+        ),
+    )
+
+
+def audit_section(inputs: ReportInputs) -> tuple[rc.AuditEntry, ...]:
+    """The audit entries of the run, its cases, its discrepancies and the report."""
+    return tuple(
+        rc.AuditEntry(
+            sequence=e.seq,
+            timestamp=e.ts,
+            actor=e.actor,
+            action=e.action,
+            record_type=e.record_type,
+            record_id=e.record_id or "",
+            entry_hash=e.entry_hash,
+            previous_hash=e.prev_hash,
+        )
+        for e in inputs.audit_entries
+    )
+
+
+def _deviations(inputs: ReportInputs) -> tuple[rc.Deviation, ...]:
+    n_failed = inputs.results.accounting.n_failed
+    if not n_failed:
+        return ()
+    return (
+        rc.Deviation(
+            deviation_id="D1",
+            description=f"{n_failed} case(s) failed during inference or analysis.",
+            impact=f"Handled per protocol ('failed_cases: {inputs.protocol.failed_cases.value}').",
+        ),
+    )
+
+
+def _limitations(inputs: ReportInputs) -> tuple[str, ...]:
+    stated = tuple(inputs.protocol.limitations) or (
+        "Results apply to the population, scanners and protocol of this test set only.",
+    )
+    return (
+        *stated,
+        "Subgroups below the protocol's minimum n are reported as 'insufficient n' and not judged.",
+        "Confidence intervals quantify sampling uncertainty only, not bias in the reference "
+        "standard.",
+    )
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return os.environ.get("WORKBENCH_COMMIT", "unknown")
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _manifest_entries(test_set: TestSet) -> dict[str, str]:
+    if not test_set.manifest_json:
+        return {}
+    from workbench.dicom.manifest import Manifest
+
+    return dict(Manifest.from_json(test_set.manifest_json).entries)
+
+
+def per_case_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The per-case table attached to the report: JSON-ready values, NaN as None."""
+    keep = [c for c in PER_CASE_COLUMNS if c in frame]
+    rows = []
+    for row in frame[keep].to_dict(orient="records"):
+        clean: dict[str, Any] = {}
+        for k, v in row.items():
+            if v is None or (isinstance(v, float) and v != v):
+                clean[k] = None
+            elif hasattr(v, "item"):
+                clean[k] = v.item()
+            else:
+                clean[k] = v
+        rows.append(clean)
+    return rows
+
+
+def report_content(inputs: ReportInputs) -> rc.ReportContent:
+    """Assemble the report's content from its sections."""
+    run, pv, model, test_set = inputs.run, inputs.protocol_version, inputs.model, inputs.test_set
+    env = run.environment or {}
+    return rc.ReportContent(
+        report_id=inputs.report_uid,
+        title=f"Validation report: {model.name} {model.version} - {pv.title}",
+        status=rc.ReportStatus.FINAL if inputs.final else rc.ReportStatus.DRAFT,
+        created_at=inputs.created_at,
+        author=inputs.author_name,
+        model=rc.ModelInfo(
+            name=model.name,
+            version=model.version,
+            sha256=model.digest,
+            task=model.task,
+            description=model.intended_use or "",
+        ),
+        protocol=rc.ProtocolInfo(
+            protocol_id=pv.protocol_id,
+            version=pv.version,
+            sha256=pv.sha256,
+            title=pv.title,
+            yaml_text=pv.yaml_text,
+            approved_by=pv.approved_by or "",
+            approved_at=pv.approved_at,
+        ),
+        test_set=rc.TestSetInfo(
+            name=test_set.name,
+            manifest_digest=test_set.manifest_digest or "",
+            locked_at=test_set.locked_at,
+            locked_by=test_set.locked_by or "",
+            manifest_entries=_manifest_entries(test_set),
+        ),
+        software=rc.SoftwareInfo(workbench_version=__version__, workbench_commit=_git_commit()),
+        environment=rc.RunEnvironment(
+            run_id=run.run_uid,
+            device=run.device or "",
+            platform=str(env.get("platform", "")),
+            python=str(env.get("python", "")),
+            packages={str(k): str(v) for k, v in (env.get("packages") or {}).items()},
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        ),
+        intended_use=inputs.protocol.intended_use,
+        dataset=dataset_section(inputs),
+        methods=methods_section(inputs),
+        results=results_section(inputs),
+        acceptance=acceptance_rows(inputs),
+        deviations=_deviations(inputs),
+        adjudication=adjudication_section(inputs),
+        limitations=_limitations(inputs),
+        required_signatures=tuple(
+            rc.RequiredSignature(role=r.role.value, meaning=r.meaning)
+            for r in inputs.protocol.signatures
+        ),
+        signatures=tuple(
+            rc.SignatureEntry(
+                printed_name=s.printed_name,
+                username=s.username,
+                role=s.role,
+                meaning=s.meaning,
+                signed_at=s.signed_at,
+                signature_id=str(s.id),
+                content_sha256=s.content_sha256,
+            )
+            for s in inputs.signatures
+        ),
+        audit_trail=audit_section(inputs),
+        audit_chain_head=inputs.audit_head,
+        per_case=tuple(per_case_rows(inputs.frame)),
+    )
