@@ -733,6 +733,31 @@ def protocol_diff_command(old: str, new: str, workdir: WorkdirOpt = None, db: Db
         typer.echo(protocol_diff(wb, old, new) or "identical")
 
 
+@protocol_app.command("check")
+@_guarded
+def protocol_check(
+    protocol: Annotated[str, typer.Argument(help="Stored id@version, or a protocol YAML file.")],
+    testset: Annotated[str, typer.Option("--testset", help="Test-set name.")],
+    model: Annotated[str | None, typer.Option("--model", help="Registered name@version.")] = None,
+    workdir: WorkdirOpt = None,
+    db: DbOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
+) -> None:
+    """Pre-flight: every mismatch between protocol, test set and model, before any inference."""
+    from workbench.services.preflight import check_protocol
+
+    source: str | Path = protocol
+    if protocol.endswith((".yaml", ".yml")) or Path(protocol).is_file():
+        source = Path(protocol)
+    with _workbench(workdir, db) as wb:
+        actor, _ = _login(wb, user, password)
+        report = check_protocol(wb, actor, protocol=source, test_set=testset, model=model)
+    typer.echo("\n".join(report.lines()))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -748,7 +773,16 @@ def run_list(
         actor, _ = _login(wb, user, password)
         for s in list_runs(wb, actor):
             typer.echo(
-                "\t".join([s.run_uid, s.status, s.verdict or "-", s.model, s.protocol, s.test_set])
+                "\t".join(
+                    [
+                        s.run_uid,
+                        s.status,
+                        s.verdict.value if s.verdict is not None else "-",
+                        s.model,
+                        s.protocol,
+                        s.test_set,
+                    ]
+                )
             )
 
 

@@ -25,7 +25,7 @@ from pydicom.pixels import pixel_array
 
 from workbench.dicom.index import DicomIndex, index_folder
 from workbench.dicom.pixels import decode_frames, frame_geometry, frame_shape, read_dicom
-from workbench.errors import DicomReadError
+from workbench.errors import DicomReadError, GeometryError
 from workbench.quality import QualityReport, Severity, run_quality_checks
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -184,3 +184,37 @@ def test_a_ct_suite_gives_one_modality_finding_per_series(real: RealSet) -> None
     series = other.drop_duplicates(["series_instance_uid", "modality"])
     assert 0 < len(findings) <= len(series) < len(other)
     assert all(f.attribute == "Modality (0008,0060)" and f.expected == "CT" for f in findings)
+
+
+def test_cases_and_loaders_for_volumes_multiframes_and_2d_images(real: RealSet) -> None:
+    from workbench.dicom.volume import load_image, load_multiframe, load_series
+
+    cases = real.index.cases()
+    # the test files share UIDs between variants, so look cases up by file
+    by_path = {p: row for _, row in cases.iterrows() for p in row["paths"]}
+    emri = by_path["pydicom-data/emri_small.dcm"]
+    assert (emri["case_type"], emri["n_frames"]) == ("multiframe", 10)
+    # this enhanced MR was stripped of its functional groups: frames, but no volume
+    with pytest.raises(DicomReadError, match="position and orientation for every frame"):
+        load_multiframe(real.root / "pydicom-data/emri_small.dcm")
+    assert load_image(real.root / "pydicom-data/emri_small.dcm").array.shape == (10, 64, 64, 1)
+    enhanced = load_multiframe(real.root / "pydicom-data/eCT_Supplemental.dcm")
+    assert enhanced.shape == (2, 512, 512)
+    assert enhanced.spacing[0] > 0
+    assert np.allclose(np.linalg.norm(enhanced.direction, axis=0), 1)
+    assert -1100 < float(enhanced.array.min()) < float(enhanced.array.max()) < 4000
+    us = by_path["pydicom/examples_ybr_color.dcm"]
+    assert (us["case_type"], us["modality"], us["n_frames"]) == ("image", "US", 30)
+    image = load_image(real.root / "pydicom/examples_ybr_color.dcm", frames=[0, 29])
+    assert image.array.shape == (2, 240, 320, 3)
+    cr = by_path["pydicom/dicomdirtests/77654033/CR1/6154"]
+    assert cr["case_type"] == "image"
+    ct = cases[(cases["case_type"] == "series") & (cases["modality"] == "CT")]
+    assert len(ct) and all(t == "series" for t in ct["case_type"])
+    multi = real.index.files.set_index("path").loc["pydicom-data/emri_small_RLE.dcm"]
+    assert multi["number_of_frames"] == 10
+    series = by_path["pydicom/dicomdirtests/77654033/CT2/17136"]
+    assert series["case_type"] == "series" and len(series["paths"]) == 4
+    # pydicom kept 4 slices of this CT: the gaps are named, as the quality check names them
+    with pytest.raises(GeometryError, match="a slice is missing"):
+        load_series(real.root / p for p in series["paths"])

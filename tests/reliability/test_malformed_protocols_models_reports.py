@@ -39,6 +39,46 @@ def test_bad_protocol_is_refused_and_nothing_stored(
         wb.close()
 
 
+def _alias_bomb() -> str:
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 9):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE_YAML = {
+    "alias_bomb": (_alias_bomb(), r"expands to more than 100,000 values"),
+    "deep_nesting": ("id: x\nnested: " + "[" * 50_000 + "]" * 50_000 + "\n", r"deeper than 32"),
+    "oversized": ("id: x\n" + "# padding line\n" * 2_400_000, r"at most 1,048,576"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_YAML))
+def test_hostile_protocol_yaml_is_refused_quickly_with_a_clear_error(
+    kind: str, tmp_path: Path
+) -> None:
+    """A 1.4 KB alias bomb, 50,000-deep nesting and a 33 MB file: each a ProtocolError."""
+    import resource
+    import time
+
+    from workbench.protocols import load_protocol
+
+    text, expect = HOSTILE_YAML[kind]
+    if kind == "alias_bomb":
+        assert len(text.encode()) < 1500
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(text)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    for source in (path, text.encode("utf-8")):
+        with pytest.raises(errors.ProtocolError, match=expect):
+            load_protocol(source)
+    assert time.perf_counter() - started < 10
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mib < 300, f"memory grew by {grown_mib:.0f} MiB"
+
+
 def test_cli_protocol_add_prints_one_clear_line(wb_copy: harness.Pipeline) -> None:
     bad = wb_copy.workdir.parent / "bad.yaml"
     bad.write_text(PROTOCOL_CASES[0].text)

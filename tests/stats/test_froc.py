@@ -821,6 +821,37 @@ def test_jackknife_kernel_equals_recomputation_without_each_case(
             assert value == pytest.approx(want, abs=1e-12)
 
 
+@SETTINGS
+@given(data=froc_data(), seed=st.integers(0, 10_000))
+def test_weighted_kernel_equals_materialised_resample(
+    data: tuple[pd.DataFrame, pd.DataFrame], seed: int
+) -> None:
+    # a bootstrap replicate is evaluated from case counts; it must equal the figure of merit
+    # of the resample written out with each drawn copy of a case as a new case
+    from workbench.stats.froc import _kernel, _parse_marks, _parse_truth
+
+    marks, truth = data
+    t = _parse_truth(truth, "case_id", "lesion_id", "lesion_weight")
+    r = _parse_marks(marks, t, "case_id", "lesion_id", "rating")
+    counts = np.random.default_rng(seed).integers(0, 3, t.n_cases)
+    copies_t, copies_m = [], []
+    for case, n in zip(t.cases, counts, strict=True):
+        for copy in range(n):
+            copies_t.append(truth[truth["case_id"] == case].assign(case_id=f"{case}#{copy}"))
+            copies_m.append(marks[marks["case_id"] == case].assign(case_id=f"{case}#{copy}"))
+    if not copies_t:
+        return
+    rt, rm = pd.concat(copies_t), pd.concat(copies_m)
+    for fom in ("wafroc", "afroc1", "hrauc", "max_llf", "hrsp"):
+        got = float(_kernel(fom, t, r)(counts[None, :].astype(np.float32))[0])
+        try:
+            want = froc_figure_of_merit(rm, rt, fom=fom)
+        except NotEstimableError:
+            assert not np.isfinite(got)
+            continue
+        assert got == pytest.approx(want, abs=1e-12)
+
+
 # --- CIs, curves ---------------------------------------------------------------------------
 def test_froc_estimate_bootstrap_and_jackknife(ds04: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     marks, truth = ds04

@@ -4,6 +4,14 @@ Volumes and masks are loaded once and cached under a key made of the files'
 SHA-256s (recorded in the test-set index and the case results), so scrolling,
 windowing and zooming never re-read DICOM. A slice becomes a PNG in a few
 milliseconds.
+
+They are kept with ``st.cache_resource``, as one shared, read-only object per
+content key, rather than with ``st.cache_data``, which would copy a whole volume
+on every slider move. Sharing is safe: the key names the pixels exactly (the same
+files hash the same for everyone), the arrays are made read-only, and the paths
+reach the viewer only through the services that check who may see them
+(:func:`workbench.services.views.case_images`,
+:func:`workbench.services.adjudication.open_case`).
 """
 
 from __future__ import annotations
@@ -67,8 +75,10 @@ def hashes_for(paths: Sequence[str], recorded: dict[str, str]) -> list[str]:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the series ...")
 def load_volume(key: str, _paths: tuple[str, ...]) -> Volume:
-    """The series as a volume, cached under ``key`` (:func:`content_key` of its files)."""
-    return load_series(list(_paths))
+    """The series as a read-only volume, cached under ``key`` (:func:`content_key` of its files)."""
+    volume = load_series(list(_paths))
+    volume.array.setflags(write=False)
+    return volume
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the segmentation ...")
@@ -83,11 +93,14 @@ def load_overlay(
     """
     masks = [read_seg_mask(p, _volume) for p in _seg_paths]
     if not masks:
-        return np.zeros(_volume.array.shape, dtype=bool)
-    stems = [p.rsplit("/", 1)[-1].removesuffix(".dcm") for p in _seg_paths]
-    if rule.startswith("reader") and rule not in stems:
-        rule = "majority"
-    return combine_reader_masks(masks, stems, rule)
+        combined = np.zeros(_volume.array.shape, dtype=bool)
+    else:
+        stems = [p.rsplit("/", 1)[-1].removesuffix(".dcm") for p in _seg_paths]
+        if rule.startswith("reader") and rule not in stems:
+            rule = "majority"
+        combined = np.array(combine_reader_masks(masks, stems, rule), dtype=bool)
+    combined.setflags(write=False)
+    return combined
 
 
 def window_level(image: np.ndarray, level: float, width: float) -> np.ndarray:

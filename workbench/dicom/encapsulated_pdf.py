@@ -86,6 +86,7 @@ def build_encapsulated_pdf(
     meta.ImplementationVersionName = f"WB_{__version__}"[:16]
     ds = Dataset()
     ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
     ds.SpecificCharacterSet = "ISO_IR 192"
     # SOP Common (C.12.1)
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE

@@ -246,6 +246,80 @@ class DicomIndex:
         ).reset_index()
         return out[columns]
 
+    def cases(self) -> pd.DataFrame:
+        """One row per case: what a viewer shows and a model reads as one input.
+
+        A series of single-frame CT, MR or PT images is one case (``series``, load
+        it with :func:`workbench.dicom.volume.load_series`); a multi-frame
+        cross-sectional object is one case (``multiframe``,
+        :func:`~workbench.dicom.volume.load_multiframe`); every other image file
+        (CR, DX, MG, US, secondary capture, ...) is a case of its own (``image``,
+        :func:`~workbench.dicom.volume.load_image`). Objects that are not images
+        are not cases.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``case_key, case_type, modality, study_instance_uid,
+            series_instance_uid, sop_instance_uid, paths, n_frames``; ``case_key``
+            is the Series Instance UID for a series and the SOP Instance UID
+            otherwise; ``paths`` is a tuple of relative paths.
+        """
+        columns = [
+            "case_key",
+            "case_type",
+            "modality",
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
+            "paths",
+            "n_frames",
+        ]
+        images = self.files[self.files["kind"] == "image"] if len(self.files) else self.files
+        records: list[dict[str, Any]] = []
+        if len(images):
+            frames = images["number_of_frames"].astype("Float64").fillna(1).astype(int)
+            cross = images["modality"].isin(list(CROSS_SECTIONAL)) & ~images["image_type"].fillna(
+                ""
+            ).str.upper().str.contains("LOCALIZER")
+            stacked = images[cross & (frames <= 1)]
+            for uid, group in stacked.groupby("series_instance_uid", sort=True, dropna=False):
+                records.append(
+                    {
+                        "case_key": uid,
+                        "case_type": "series",
+                        "modality": group["modality"].iloc[0],
+                        "study_instance_uid": group["study_instance_uid"].iloc[0],
+                        "series_instance_uid": uid,
+                        "sop_instance_uid": None,
+                        "paths": tuple(group["path"]),
+                        "n_frames": len(group),
+                    }
+                )
+            for row, n in zip(
+                images[~(cross & (frames <= 1))].itertuples(),
+                frames[~(cross & (frames <= 1))],
+                strict=True,
+            ):
+                records.append(
+                    {
+                        "case_key": row.sop_instance_uid,
+                        "case_type": "multiframe"
+                        if row.modality in CROSS_SECTIONAL and n > 1
+                        else "image",
+                        "modality": row.modality,
+                        "study_instance_uid": row.study_instance_uid,
+                        "series_instance_uid": row.series_instance_uid,
+                        "sop_instance_uid": row.sop_instance_uid,
+                        "paths": (row.path,),
+                        "n_frames": int(n),
+                    }
+                )
+        return pd.DataFrame.from_records(records, columns=columns)
+
+
+CROSS_SECTIONAL = frozenset({"CT", "MR", "PT"})
+"""Modalities whose single-frame images stack into volumes."""
 
 _FAST_ENCODINGS = {
     "": "latin-1",
@@ -440,22 +514,22 @@ def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> 
     meta = ds.get("file_meta") or Dataset()
     sop_class = h.text("SOPClassUID") or _plain(meta, "MediaStorageSOPClassUID")
     iop = h.text("ImageOrientationPatient")
-    spacing = [h.number("PixelSpacing", 0), h.number("PixelSpacing", 1)]
+    spacing: list[float | None] = [h.number("PixelSpacing", 0), h.number("PixelSpacing", 1)]
     thickness = h.number("SliceThickness")
-    position = [h.number("ImagePositionPatient", i) for i in range(3)]
+    position: list[float | None] = [h.number("ImagePositionPatient", i) for i in range(3)]
     if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
         if iop is None:
             found = _numbers(_functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient"))
             iop = "\\".join(str(v) for v in found) if len(found) == 6 else None
         if spacing[0] is None:
             found = _numbers(_functional(ds, "PixelMeasuresSequence", "PixelSpacing"))
-            spacing = found[:2] if len(found) >= 2 else spacing
+            spacing = [found[0], found[1]] if len(found) >= 2 else spacing
         if thickness is None:
             found = _numbers(_functional(ds, "PixelMeasuresSequence", "SliceThickness"))
             thickness = found[0] if found else None
         if position[2] is None:
             found = _numbers(_functional(ds, "PlanePositionSequence", "ImagePositionPatient"))
-            position = found[:3] if len(found) == 3 else position
+            position = [found[0], found[1], found[2]] if len(found) == 3 else position
     voi = None
     if 0x00281050 in ds._dict or _functional(ds, "FrameVOILUTSequence", "WindowCenter"):
         voi = "window"

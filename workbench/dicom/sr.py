@@ -86,9 +86,12 @@ def segment_volumes(seg: Dataset) -> list[SegmentVolume]:
         frames = frames[np.newaxis]
     fractional = str(seg.get("SegmentationType", "BINARY")) == "FRACTIONAL"
     scale = float(seg.get("MaximumFractionalValue", 255)) if fractional else 1.0
+    shared = seg.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
     counts: dict[int, float] = {}
     for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # With one segment the identification may be shared by all frames (C.7.6.16).
+        identification = group.get("SegmentIdentificationSequence") or shared
+        number = int(identification[0].ReferencedSegmentNumber)
         counts[number] = counts.get(number, 0.0) + float(frames[i].sum()) / scale
     voxel = row * col * depth
     return [

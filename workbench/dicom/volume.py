@@ -1,4 +1,8 @@
-"""Read a single-frame image series (CT) into one volume with its geometry.
+"""Read image series into volumes with their geometry, and 2D images as frames.
+
+:func:`load_series` reads a single-frame series (CT, MR, PT); :func:`load_multiframe`
+an enhanced or classic multi-frame object; :func:`load_image` a projection image,
+ultrasound or secondary capture (:class:`Image2D`).
 
 The volume is built the way the DICOM standard defines a stack of slices
 (PS3.3 C.7.6.2 Image Plane Module): slices are ordered by the projection of
@@ -21,7 +25,15 @@ from pydicom.errors import InvalidDicomError
 
 from workbench.errors import DicomReadError, GeometryError
 
-__all__ = ["SliceGeometry", "Volume", "load_series", "sort_slices"]
+__all__ = [
+    "Image2D",
+    "SliceGeometry",
+    "Volume",
+    "load_image",
+    "load_multiframe",
+    "load_series",
+    "sort_slices",
+]
 
 # Relative tolerance on the spacing between consecutive slices before a
 # difference counts as a gap (scanners round positions to 0.01 mm or so).
@@ -329,4 +341,154 @@ def load_series(paths: Iterable[str | Path]) -> Volume:
         series_instance_uid=str(first.SeriesInstanceUID),
         paths=tuple(files[i] for i in order),
         headers=tuple(_header(datasets[i]) for i in order),
+    )
+
+
+def load_multiframe(path: str | Path) -> Volume:
+    """Load one multi-frame cross-sectional object (enhanced CT/MR, classic multi-frame).
+
+    Frame positions come from the Plane Position functional group of each frame
+    (PS3.3 C.7.6.16.2.3), orientation and pixel spacing from the Plane
+    Orientation and Pixel Measures groups (shared or per frame); rescale from
+    the Pixel Value Transformation group when the top level has none. Frames
+    are ordered along the slice normal.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    Volume
+        ``(frames, rows, columns)``; :attr:`Volume.sop_instance_uids` repeats the
+        object's UID once per frame and :attr:`Volume.paths` the file.
+
+    Raises
+    ------
+    DicomReadError
+        Not readable, not single-sample, or without per-frame geometry.
+    GeometryError
+        Frames with different orientations, repeated positions or uneven spacing.
+    """
+    from workbench.dicom.pixels import decode_frames, frame_geometry, read_dicom
+
+    name = str(path)
+    try:
+        ds = read_dicom(path)
+    except DicomReadError as exc:
+        raise DicomReadError(f"{name}: {exc}") from exc
+    geometry = frame_geometry(ds)
+    if geometry.positions is None or geometry.orientations is None:
+        raise DicomReadError(
+            f"{name}: expected a position and orientation for every frame "
+            "(Plane Position and Plane Orientation functional groups), found none."
+        )
+    if geometry.pixel_spacing is None:
+        raise DicomReadError(f"{name}: expected Pixel Spacing (Pixel Measures), found none.")
+    if geometry.n_orientations != 1:
+        raise GeometryError(
+            f"{name}: expected one orientation for all frames, found {geometry.n_orientations}."
+        )
+    iop = geometry.orientations[0]
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    along = geometry.positions @ normal
+    order = np.argsort(along, kind="stable")
+    steps = np.diff(along[order])
+    if len(steps) and (
+        steps.min() <= 1e-3 or (steps.max() - steps.min()) > _SPACING_RTOL * steps.mean()
+    ):
+        raise GeometryError(
+            f"{name}: expected evenly spaced frame positions, found steps from "
+            f"{steps.min():.3f} to {steps.max():.3f} mm."
+        )
+    pixels = decode_frames(ds)
+    if pixels.shape[-1] != 1:
+        raise DicomReadError(f"{name}: expected one sample per pixel, found {pixels.shape[-1]}.")
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    pvt = shared[0].get("PixelValueTransformationSequence") if shared else None
+    if (slope is None or intercept is None) and pvt:
+        slope, intercept = pvt[0].get("RescaleSlope"), pvt[0].get("RescaleIntercept")
+    array = pixels[order, ..., 0].astype(np.float32)
+    array = array * np.float32(float(slope or 1.0)) + np.float32(float(intercept or 0.0))
+    z = float(steps.mean()) if len(steps) else float(geometry.slice_thickness or 1.0)
+    uid = str(ds.SOPInstanceUID)
+    return Volume(
+        array=array,
+        spacing=(z, geometry.pixel_spacing[0], geometry.pixel_spacing[1]),
+        origin=geometry.positions[order[0]],
+        direction=np.column_stack([row, col, normal]),
+        sop_instance_uids=(uid,) * len(order),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        paths=(Path(path),),
+        headers=(_header(ds),),
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Image2D:
+    """A projection image, ultrasound or secondary capture: frames without a volume.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(frames, rows, columns, samples)``: stored values (grey) or RGB (YBR and
+        palette colour converted); no rescale, no VOI.
+    pixel_spacing : tuple of float or None
+        Row and column spacing in mm (Pixel Spacing, else Imager Pixel Spacing).
+    photometric_interpretation : str
+        As stored (``MONOCHROME1`` means low values are bright).
+    modality, sop_instance_uid, series_instance_uid : str
+    path : Path
+    header : pydicom.Dataset
+        The elements before Pixel Data.
+    """
+
+    array: np.ndarray
+    pixel_spacing: tuple[float, float] | None
+    photometric_interpretation: str
+    modality: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    path: Path
+    header: Dataset
+
+
+def load_image(path: str | Path, *, frames: list[int] | None = None) -> Image2D:
+    """Load a 2D image object (CR, DX, MG, US, SC...), all frames or some.
+
+    Parameters
+    ----------
+    path : str or Path
+    frames : list of int, optional
+        0-based frames to decode (all when None).
+
+    Returns
+    -------
+    Image2D
+
+    Raises
+    ------
+    DicomReadError
+        Not readable or the pixel data cannot be decoded; the message names the
+        file and the transfer syntax.
+    """
+    from workbench.dicom.pixels import decode_frames, frame_geometry, read_dicom
+
+    try:
+        ds = read_dicom(path)
+        array = decode_frames(ds, frames=frames)
+    except DicomReadError as exc:
+        raise DicomReadError(f"{path}: {exc}") from exc
+    return Image2D(
+        array=array,
+        pixel_spacing=frame_geometry(ds).pixel_spacing,
+        photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
+        modality=str(ds.get("Modality", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        path=Path(path),
+        header=_header(ds),
     )

@@ -146,6 +146,39 @@ def parse_query(query: str) -> dict[str, str]:
     return filters
 
 
+#: QIDO-RS page size when paging through a server that limits its answers.
+PAGE_SIZE = 1000
+
+
+def search_all(
+    search: Callable[..., list[dict[str, Any]]],
+    key_tag: str,
+    *,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Every result of a QIDO-RS search, paging with ``offset`` (PS3.18 8.3.4.4).
+
+    Paging stops at an empty or short page, or at a page that brings nothing
+    new (servers that ignore ``offset`` would otherwise repeat forever).
+    """
+    results: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(results))
+        if size <= 0:
+            return results
+        page = search(limit=size, offset=offset or None, **kwargs)
+        new = [item for item in page if str(_value(item, key_tag)) not in seen]
+        for item in new:
+            seen.add(str(_value(item, key_tag)))
+        results.extend(new)
+        if len(page) < size or not new:
+            return results
+        offset += len(page)
+
+
 def search_studies(
     server: DicomWebServer, filters: dict[str, str], *, limit: int | None = None
 ) -> list[str]:
@@ -164,8 +197,8 @@ def search_studies(
     list of str
     """
     try:
-        found = server.client().search_for_studies(
-            search_filters=filters, limit=limit, get_remaining=limit is None
+        found = search_all(
+            server.client().search_for_studies, _STUDY_UID, search_filters=filters, limit=limit
         )
     except Exception as exc:
         raise describe_failure(server, exc, f"the study query {filters}") from exc
@@ -195,10 +228,11 @@ def list_study_instances(server: DicomWebServer, study_uid: str) -> list[Instanc
         )
         if not studies:
             raise DicomWebError(f"{server.public_url} has no study {study_uid}.")
-        found = client.search_for_instances(
+        found = search_all(
+            client.search_for_instances,
+            _SOP_UID,
             study_instance_uid=study_uid,
             fields=["AvailableTransferSyntaxUID", "SOPClassUID"],
-            get_remaining=True,
         )
     except Exception as exc:
         raise describe_failure(server, exc, what) from exc

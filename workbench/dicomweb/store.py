@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from workbench.dicomweb.connection import DicomWebServer, describe_failure
+from workbench.dicomweb.retrieve import search_all
 from workbench.errors import DicomWebError
 
 __all__ = ["StoreOutcome", "existing_instances", "store_instances"]
@@ -42,8 +43,11 @@ class StoreOutcome:
 def existing_instances(server: DicomWebServer, study_uid: str) -> set[str]:
     """SOP Instance UIDs the server holds in a study (empty when it has no such study)."""
     try:
-        found = server.client().search_for_instances(
-            study_instance_uid=study_uid, fields=["SOPInstanceUID"], get_remaining=True
+        found = search_all(
+            server.client().search_for_instances,
+            _SOP_UID,
+            study_instance_uid=study_uid,
+            fields=["SOPInstanceUID"],
         )
     except Exception as exc:
         response = getattr(exc, "response", None)
@@ -96,6 +100,9 @@ def store_instances(
         if sop in present:
             already.append(sop)
         else:
+            if getattr(ds, "preamble", None) is None:
+                # Sent as a DICOM file (PS3.10: preamble, 'DICM', file meta), as STOW-RS expects.
+                ds.preamble = b"\x00" * 128
             try:
                 answer = server.client().store_instances([ds])
             except Exception as exc:

@@ -573,12 +573,10 @@ def check_model_runs(loaded: LoadedModel, *, timeout_s: float = 300.0, seed: int
         raise ModelError(f"The model did not return within {timeout_s:g} s {where}.")
     if "error" in outcome:
         error = outcome["error"]
-        detail = str(error).strip()
-        if "Traceback" in detail:  # TorchScript errors carry the interpreter's traceback
-            detail = detail.splitlines()[-1]
-        raise ModelError(
-            f"The model failed {where}: {type(error).__name__}: {detail}"[:2000]
-        ) from error
+        detail = f"{type(error).__name__}: {str(error).strip()}"
+        if "Traceback" in detail:  # TorchScript errors end with the original error's line
+            detail = detail.splitlines()[-1].removeprefix("builtins.")
+        raise ModelError(f"The model failed {where}: {detail}"[:2000]) from error
     seg, score = _split(outcome["value"], spec)
     outputs: dict[str, tuple[int, ...]] = {}
     if spec.segments:

@@ -225,7 +225,10 @@ class RayExecutor:
         Actors to start; by default one per GPU (CUDA runs) or one per
         ``threads_per_worker`` CPUs of the cluster, and never more than cases.
     threads_per_worker : int
-        Torch threads (and Ray CPUs reserved) per actor.
+        Torch threads per actor.
+    cpus_per_worker : float, optional
+        Ray CPUs reserved per actor; default ``threads_per_worker``. Less than one
+        lets several GPU-bound actors share a CPU.
     gpus_per_worker : float
         GPUs reserved per actor on CUDA runs (1: one actor per GPU).
     storage : RayStorage or str
@@ -248,6 +251,7 @@ class RayExecutor:
         address: str | None = None,
         num_workers: int | None = None,
         threads_per_worker: int = 1,
+        cpus_per_worker: float | None = None,
         gpus_per_worker: float = 1.0,
         storage: RayStorage | str = RayStorage.SHARED,
         max_retries: int = 2,
@@ -261,6 +265,8 @@ class RayExecutor:
             raise ValueError(
                 f"threads_per_worker should be at least 1. Found {threads_per_worker}."
             )
+        if cpus_per_worker is not None and not cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker should be above 0. Found {cpus_per_worker}.")
         if not gpus_per_worker > 0:
             raise ValueError(f"gpus_per_worker should be above 0. Found {gpus_per_worker}.")
         if max_retries < 0:
@@ -276,6 +282,7 @@ class RayExecutor:
         self.address = address
         self.num_workers = num_workers
         self.threads_per_worker = threads_per_worker
+        self.cpus_per_worker = float(cpus_per_worker or threads_per_worker)
         self.gpus_per_worker = gpus_per_worker
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
@@ -336,6 +343,7 @@ class RayExecutor:
             "address": self.address,
             "storage": self.storage.value,
             "threads_per_worker": self.threads_per_worker,
+            "cpus_per_worker": self.cpus_per_worker,
             "gpus_per_worker": self.gpus_per_worker,
             "max_retries": self.max_retries,
             "workers": list(self.workers_info),
@@ -346,7 +354,7 @@ class RayExecutor:
     # ------------------------------------------------------------------ scheduling
     def _worker_options(self, use_gpu: bool) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "num_cpus": self.threads_per_worker,
+            "num_cpus": self.cpus_per_worker,
             "max_restarts": 0,  # the driver replaces lost workers and retries their cases
             "max_task_retries": 0,
             "max_concurrency": 1,  # one case at a time, in submission order
@@ -367,7 +375,7 @@ class RayExecutor:
                     f"{_resource_text(resources)}; run with --device cpu or add GPU nodes."
                 )
         else:
-            available = int(float(resources.get("CPU", 0)) // self.threads_per_worker)
+            available = int(float(resources.get("CPU", 0)) // self.cpus_per_worker)
         return max(1, min(available, n_cases))
 
     def _stop_workers(self) -> None:

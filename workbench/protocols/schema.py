@@ -185,6 +185,18 @@ class SegmentationReference(_Strict):
         return self
 
 
+class LabelsKey(StrEnum):
+    """The column of ``reference/labels.csv`` that names a case's image series.
+
+    See :mod:`workbench.protocols.cases` for the join each one makes.
+    """
+
+    SERIES_INSTANCE_UID = "series_instance_uid"
+    STUDY_INSTANCE_UID = "study_instance_uid"
+    ACCESSION_NUMBER = "accession_number"
+    CASE_ID = "case_id"
+
+
 class ReaderDescription(_Strict):
     """Who produced part of the reference standard, as the report names them."""
 
@@ -205,6 +217,10 @@ class ReferenceStandard(_Strict):
         default=None, description="Column of reference/labels.csv with the binary truth."
     )
     segmentation: SegmentationReference | None = None
+    labels_key: LabelsKey = Field(
+        default=LabelsKey.SERIES_INSTANCE_UID,
+        description="How labels.csv rows join image series (one rule for check, lock and run).",
+    )
     reader_label_columns: list[str] = Field(
         default_factory=list,
         description=(
@@ -538,6 +554,11 @@ class Protocol(_Strict):
     intended_use: str = Field(min_length=1)
     task: Task
     test_set: TestSetRef
+    modalities: list[str] = Field(
+        default_factory=lambda: ["CT"],
+        min_length=1,
+        description="Modalities of the image series that are cases (e.g. [CT], [CR, DX]).",
+    )
     reference_standard: ReferenceStandard
     failed_cases: FailedCasePolicy = FailedCasePolicy.COUNT_AS_ERROR
     failed_case_distance_mm: float = Field(default=100.0, gt=0)

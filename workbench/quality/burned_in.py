@@ -207,7 +207,9 @@ def find_text(
         scale = 2
     picture = Image.fromarray(_isolate_bright(arr))
     if scale != 1:
-        picture = picture.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.BICUBIC)
+        picture = picture.resize(
+            (arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.BICUBIC
+        )
     data = pytesseract.image_to_data(
         picture, config="--psm 11", output_type=pytesseract.Output.DICT
     )

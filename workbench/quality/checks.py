@@ -839,13 +839,13 @@ def run_quality_checks(
         images["pixel_spacing_row"].notna(), images["imager_pixel_spacing_row"]
     )
     findings += _modality_findings(images, definition)
-    for category in gxs.CATEGORIES:
-        subset = images[images["_category"] == category]
+    for group_name in gxs.CATEGORIES:
+        subset = images[images["_category"] == group_name]
         if not subset.empty:
             findings += gxs.run_suite(
                 subset.drop(columns=["_frames", "_category"]),
-                gxs.image_suite(category),
-                name=f"images-{category}",
+                gxs.image_suite(group_name),
+                name=f"images-{group_name}",
                 path_of=path_of_row,
             )
     volumes = images[(images["_category"] == "cross_sectional") & (images["_frames"] <= 1)]
@@ -914,7 +914,7 @@ def run_quality_checks(
                     "YES",
                 )
             )
-        category = category_of.get(rel)
+        category: str | None = category_of.get(rel)
         if category is not None:
             if category == "cross_sectional":
                 findings += _frame_geometry_findings(ds, rel)

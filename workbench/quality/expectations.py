@@ -77,10 +77,6 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def _meta(check: str, severity: Severity, attribute: str, message: str) -> dict[str, str]:
-    return {"check": check, "severity": severity.value, "attribute": attribute, "message": message}
-
-
 COLUMN_ATTRIBUTES: dict[str, str] = {
     "path": "file",
     "sop_instance_uid": attribute("SOPInstanceUID"),

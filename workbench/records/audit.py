@@ -543,17 +543,28 @@ def load_or_create_signing_key(key_path: str | Path) -> Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_or_create_signing_key(path)  # another process created it first
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        os.chmod(path, 0o600)
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        path.with_name(path.name + ".pub").write_bytes(public_pem)
+        # Written completely under a temporary name, then linked into place, so that a
+        # process killed half-way never leaves an empty or partial key behind.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return load_or_create_signing_key(path)  # another process created it first
+        finally:
+            temporary.unlink(missing_ok=True)
+        os.chmod(path, 0o600)
+        public = path.with_name(path.name + ".pub")
+        public_tmp = public.with_name(f".{public.name}.{os.getpid()}.tmp")
+        public_tmp.write_bytes(public_pem)
+        os.replace(public_tmp, public)
         return key
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -218,12 +218,19 @@ def register_model(
     incoming = models_dir.resolve() / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     staging = incoming / uuid.uuid4().hex
+    stored = staging
     try:
         try:
             stored = _stage(source, staging)
             check = check_model_runs(load_model(stored, spec, "cpu"), timeout_s=check_timeout_s)
         except ModelError as error:
-            reason = f"{spec.name}@{spec.version} was not registered: {error}"
+            # Name the user's file, not the staging copy the message was written about.
+            message = str(error)
+            if staging.is_dir():
+                message = message.replace(str(stored), str(source)).replace(
+                    str(staging), str(source if source.is_dir() else source.parent)
+                )
+            reason = f"{spec.name}@{spec.version} was not registered: {message}"
             _refuse(wb, actor, spec, source, reason)
             raise ModelError(reason) from error
         hashes = hash_model_files(stored)

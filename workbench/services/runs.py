@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench import __version__
-from workbench.dicom.manifest import verify_manifest
+from workbench.dicom.manifest import Manifest, verify_manifest
 from workbench.dicom.reference import combine_reader_masks
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import load_series
@@ -62,6 +62,7 @@ from workbench.protocols import (
     evaluate_endpoints,
     find_discrepancies,
 )
+from workbench.protocols.cases import CaseSpec, build_cases
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
 from workbench.records.models import (
@@ -87,6 +88,7 @@ from workbench.services.context import (
     get_one,
     sha256_json,
 )
+from workbench.services.preflight import preflight_cases
 from workbench.services.testsets import LABELS_PATH, frozen_manifest, latest_quality, load_index
 from workbench.stats import segmentation_metrics
 from workbench.vocabulary import CaseStatus, Verdict
@@ -196,79 +198,15 @@ def _summary(session: Session, run: Run) -> RunSummary:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Case:
-    case_id: str
-    series_uid: str
-    ct_paths: tuple[Path, ...]
-    seg_paths: dict[str, Path]
-    labels: dict[str, Any]
-    exclusion: str | None
-
-
-def _cases(root: Path, index_files: pd.DataFrame, protocol: Protocol) -> list[_Case]:
-    """One case per CT series, joined with its reference labels and reader SEGs."""
-    labels_path = root / LABELS_PATH
-    labels = (
-        pd.read_csv(labels_path, dtype={"case_id": str})
-        if labels_path.is_file()
-        else pd.DataFrame()
-    )
-    by_series = (
-        {str(r["series_instance_uid"]): r for r in labels.to_dict(orient="records")}
-        if "series_instance_uid" in labels
-        else {}
-    )
-    images = index_files[index_files["modality"].fillna("") != "SEG"]
-    segs = index_files[index_files["modality"].fillna("") == "SEG"]
-    readers = (
-        protocol.reference_standard.segmentation.readers
-        if protocol.reference_standard.segmentation
-        else []
-    )
-    cases: list[_Case] = []
-    for series_uid, group in images.groupby("series_instance_uid", sort=True):
-        label = by_series.get(str(series_uid), {})
-        case_id = str(label.get("case_id") or group["patient_id"].iloc[0] or series_uid)
-        seg_paths: dict[str, Path] = {}
-        if "referenced_series_uid" in segs:
-            for rel in segs.loc[segs["referenced_series_uid"] == series_uid, "path"]:
-                stem = Path(str(rel)).stem
-                seg_paths[stem] = root / str(rel)
-        exclusion = None
-        if not label:
-            exclusion = "no row in reference/labels.csv for this series"
-        elif protocol.reference_standard.labels_column and pd.isna(
-            label.get(protocol.reference_standard.labels_column)
-        ):
-            exclusion = f"reference label '{protocol.reference_standard.labels_column}' missing"
-        elif readers and any(r not in seg_paths for r in readers):
-            missing = [r for r in readers if r not in seg_paths]
-            exclusion = f"reference segmentation by {', '.join(missing)} missing"
-        if group["modality"].iloc[0] != "CT":
-            exclusion = f"modality {group['modality'].iloc[0]} is not CT"
-        cases.append(
-            _Case(
-                case_id=case_id,
-                series_uid=str(series_uid),
-                ct_paths=tuple(root / str(p) for p in sorted(group["path"])),
-                seg_paths=seg_paths,
-                labels={k: (None if pd.isna(v) else v) for k, v in label.items()},
-                exclusion=exclusion,
-            )
-        )
-    return sorted(cases, key=lambda c: c.case_id)
-
-
-def _reference_mask(protocol: Protocol, case: _Case, volume: Any) -> np.ndarray:
+def _reference_mask(protocol: Protocol, case: CaseSpec, volume: Any) -> np.ndarray:
     seg_ref = protocol.reference_standard.segmentation
     assert seg_ref is not None
     masks = [read_seg_mask(case.seg_paths[r], volume) for r in seg_ref.readers]
     return combine_reader_masks(masks, list(seg_ref.readers), str(seg_ref.rule))
 
 
-def _segmentation_metrics(protocol: Protocol, case: _Case, mask_path: str) -> dict[str, Any]:
-    volume = load_series(case.ct_paths)
+def _segmentation_metrics(protocol: Protocol, case: CaseSpec, mask_path: str) -> dict[str, Any]:
+    volume = load_series(case.image_paths)
     reference = _reference_mask(protocol, case, volume)
     predicted = read_seg_mask(mask_path, volume)
     result = segmentation_metrics(
@@ -285,7 +223,7 @@ def _segmentation_metrics(protocol: Protocol, case: _Case, mask_path: str) -> di
     return values
 
 
-def _case_attributes(case: _Case) -> dict[str, Any]:
+def _case_attributes(case: CaseSpec) -> dict[str, Any]:
     """What a case brings into the analysis besides the model's output, frozen with the run.
 
     Every column of its ``reference/labels.csv`` row (reference labels, readers' calls,
@@ -293,7 +231,7 @@ def _case_attributes(case: _Case) -> dict[str, Any]:
     verified, locked test set when the run starts; later readers of the run (statistics,
     report, adjudication) use these stored values, never the file.
     """
-    return {"series_instance_uid": case.series_uid, **case.labels}
+    return {"series_instance_uid": case.series_uid, **case.attributes}
 
 
 def _find_unfinished(
@@ -332,7 +270,7 @@ class RunPlan:
     model_files : Mapping of str to str
         ``{relative path: sha256}`` of the registered model files.
     model_spec : ModelSpec
-    cases : tuple of _Case
+    cases : tuple of CaseSpec
         Every case of the test set, with its exclusion reason where it has one.
     device : str or None
     case_timeout_s : float
@@ -349,7 +287,7 @@ class RunPlan:
     model_storage_path: str
     model_files: dict[str, str]
     model_spec: ModelSpec
-    cases: tuple[_Case, ...]
+    cases: tuple[CaseSpec, ...]
     device: str | None
     case_timeout_s: float
     executor: InferenceExecutor | None = None
@@ -512,6 +450,22 @@ def plan_run(
         raise QualityGateError(
             f"Test set '{test_set}' has no passing data-quality report; the run is refused."
         )
+    labels = _read_locked_labels(root, manifest)
+    cases = build_cases(index.files, labels, proto, root)
+    problems = preflight_cases(proto, cases, labels, test_set_name=test_set, spec=spec)
+    blocking = [p for p in problems if p.blocking]
+    if blocking:
+        _refuse(
+            wb,
+            actor,
+            "run.refused",
+            ts_name=test_set,
+            detail="pre-flight: " + "; ".join(p.line() for p in blocking)[:2000],
+        )
+        raise WorkflowError(
+            f"Pre-flight found {len(blocking)} problem(s); the run is refused:\n"
+            + "\n".join(f"  {p.line()}" for p in blocking)
+        )
     return RunPlan(
         protocol_version_id=ids[0],
         model_id=ids[1],
@@ -522,7 +476,7 @@ def plan_run(
         model_storage_path=storage_path,
         model_files=model_files,
         model_spec=spec,
-        cases=tuple(_cases(root, index.files, proto)),
+        cases=tuple(cases),
         device=device,
         case_timeout_s=case_timeout_s
         or float(os.environ.get("WORKBENCH_CASE_TIMEOUT_S", DEFAULT_CASE_TIMEOUT_S)),
@@ -680,7 +634,9 @@ def _execute(
     )
     environment = snapshot()
     to_run = [
-        CaseInput(case_id=c.case_id, ct_paths=c.ct_paths) for c in plan.cases if c.exclusion is None
+        CaseInput(case_id=c.case_id, ct_paths=c.image_paths)
+        for c in plan.cases
+        if c.exclusion is None
     ]
     out_dir = wb.workdir.runs_dir / run_uid / "seg"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -825,7 +781,7 @@ def _store_case(
     actor: Actor,
     run_id: int,
     run_uid: str,
-    case: _Case,
+    case: CaseSpec,
     *,
     status: str,
     reason: str | None,
@@ -864,24 +820,38 @@ def _store_case(
     )
 
 
-def _locked_labels(test_set: TestSet) -> pd.DataFrame:
-    """``reference/labels.csv`` of a locked test set, read only if it still has its locked hash.
+def _read_locked_labels(root: Path, manifest: Manifest) -> pd.DataFrame | None:
+    """``reference/labels.csv`` of a locked test set, read only if it has its locked hash.
 
-    Only runs stored by release 0.1, whose cases kept a few label columns, need this.
+    Returns
+    -------
+    DataFrame or None
+        ``None`` when the locked test set has no labels file.
+
+    Raises
+    ------
+    IntegrityError
+        The file changed since the lock.
     """
-    manifest = frozen_manifest(test_set)
-    path = Path(test_set.root_path) / LABELS_PATH
     expected = manifest.entries.get(LABELS_PATH)
-    if expected is None or not path.is_file():
-        return pd.DataFrame()
-    data = path.read_bytes()
+    path = root / LABELS_PATH
+    if expected is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
     if hashlib.sha256(data).hexdigest() != expected:
         raise IntegrityError(
-            f"Test set '{test_set.name}': {LABELS_PATH} no longer matches its locked SHA-256 "
-            f"({expected[:12]}...); its labels are not used. Run 'workbench testset verify "
-            f"{test_set.name}'."
+            f"{LABELS_PATH} in {root} no longer matches its locked SHA-256 "
+            f"({expected[:12]}...); its labels are not used. Run 'workbench testset verify'."
         )
-    return pd.read_csv(io.BytesIO(data), dtype={"case_id": str}).set_index("case_id")
+    return pd.read_csv(io.BytesIO(data), dtype={"case_id": str})
+
+
+def _locked_labels(test_set: TestSet) -> pd.DataFrame:
+    """Labels of a run stored by release 0.1 (its cases kept a few label columns only)."""
+    labels = _read_locked_labels(Path(test_set.root_path), frozen_manifest(test_set))
+    if labels is None or "case_id" not in labels:
+        return pd.DataFrame()
+    return labels.set_index("case_id")
 
 
 def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) -> pd.DataFrame:

@@ -277,28 +277,29 @@ class _PairKernel(_Kernel):
     ) -> None:
         k = len(units)
         values, noise_group = np.unique(noise, return_inverse=True)
+        # stored transposed: (values x cases) @ (cases x replicates) runs on contiguous rows
         self.noise_map = sparse.csr_matrix(
-            (np.ones(len(noise)), (noise_case, noise_group.reshape(-1))), shape=(k, len(values))
+            (np.ones(len(noise)), (noise_group.reshape(-1), noise_case)), shape=(len(values), k)
         )
         left = np.searchsorted(values, signal, side="left")
         right = np.searchsorted(values, signal, side="right")
         pos, signal_group = np.unique(np.c_[left, right], axis=0, return_inverse=True)
         self.left, self.right = pos[:, 0], pos[:, 1]
         self.signal_map = sparse.csr_matrix(
-            (signal_weight, (signal_case, signal_group.reshape(-1))), shape=(k, len(pos))
+            (signal_weight, (signal_group.reshape(-1), signal_case)), shape=(len(pos), k)
         )
         self.units = units
 
     def __call__(self, w: NDArray[np.floating]) -> NDArray[np.float64]:
-        w = np.asarray(w, dtype=np.float64)
-        per_value = np.asarray(w @ self.noise_map)  # (B, distinct noise values)
-        c = np.zeros((w.shape[0], per_value.shape[1] + 1))
-        np.cumsum(per_value, axis=1, out=c[:, 1:])
+        wt = np.asarray(w).T.astype(np.float64, order="C")  # (cases, replicates)
+        per_value = self.noise_map @ wt  # (distinct noise values, replicates)
+        c = np.zeros((per_value.shape[0] + 1, wt.shape[1]))
+        np.cumsum(per_value, axis=0, out=c[1:])
         # twice (noise below + half the ties) = cumulative noise up to left + up to right
-        below2 = c[:, self.left] + c[:, self.right]
-        mass = np.asarray(w @ self.signal_map)  # (B, signal positions): case weight x w_s
-        num = 0.5 * np.einsum("bu,bu->b", mass, below2)
-        den = c[:, -1] * mass.sum(axis=1)
+        below2 = c[self.left] + c[self.right]
+        mass = self.signal_map @ wt  # (signal positions, replicates): case weight x w_s
+        num = 0.5 * np.einsum("ub,ub->b", mass, below2)
+        den = c[-1] * mass.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.asarray(num / den, dtype=np.float64)
 

@@ -1,0 +1,194 @@
+"""Benchmark of the Ray executor: overhead against the local executor, and scaling.
+
+(a) Overhead. The demo segmentation model (``LesionNet`` with the demo's input
+    spec) over synthetic cases, once with the local executor (``InProcessExecutor``,
+    ``--threads`` torch threads) and once on Ray with ``--threads`` CPU workers of
+    one thread each: the same run, the same thread budget. Prints both times and
+    their ratio (target at most 1.15). The Ray time is given twice: "cold"
+    includes starting the workers and loading the model on each; "warm" is a second
+    run on the same executor, whose workers are already up (what every later run
+    of a long-lived driver pays).
+(b) Scaling. A model whose forward pass waits ``--wait`` seconds per case (a
+    stand-in for a GPU: the worker is busy, the CPU is not) on 1, 2, 4 and 8
+    actors; throughput relative to one actor (target at least 0.85 x actors).
+    Workers are warmed up before each timing.
+
+Both parts start a private local Ray instance (``ray.init(num_cpus=8)``) unless
+``--address`` names a cluster.
+
+Usage::
+
+    python benchmarks/bench_ray.py --cases 8 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.inference import runner as runner_module
+from workbench.inference.runner import CaseProcessor
+
+WAIT_S = 1.0
+
+
+class WaitingProcessor(CaseProcessor):
+    """The runner's processor whose forward pass first waits a fixed time."""
+
+    def _infer(self, data: Any, started: float) -> Any:
+        time.sleep(WAIT_S)
+        return super()._infer(data, started)
+
+
+def _overhead(args: argparse.Namespace, work: Path) -> None:
+    from workbench.dicom.synth import generate_test_set
+    from workbench.inference.demo_models import LesionNet, demo_input_spec
+    from workbench.inference.loading import load_model
+    from workbench.inference.ray_executor import RayExecutor
+    from workbench.inference.registry import ModelFormat, ModelSpec, ModelTask
+    from workbench.inference.runner import cases_from_test_set, run_inference
+
+    test_set = work / "demo_set"
+    if not (test_set / "dataset.json").exists():
+        generate_test_set(test_set, n_cases=args.cases, seed=11, matrix=args.matrix)
+    spec = ModelSpec(
+        name="bench-lesionnet",
+        version="0",
+        task=ModelTask.BOTH,
+        format=ModelFormat.TORCHSCRIPT,
+        input=demo_input_spec(),
+        intended_use="benchmark",
+    )
+    torch.manual_seed(0)
+    voxel_ml = float(torch.tensor(spec.input.target_spacing).prod()) / 1000.0
+    model_path = work / "bench.ts"
+    torch.jit.save(torch.jit.script(LesionNet(voxel_ml).eval()), str(model_path))
+    model = load_model(model_path, spec, "cpu")
+    cases = cases_from_test_set(test_set)
+    n = len(cases)
+    run_inference(cases[:1], model, spec, out_dir=work / "warm-up")  # first-call costs
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    local = run_inference(cases, model, spec, out_dir=work / "local")
+    t_local = time.perf_counter() - t0
+    torch.set_num_threads(1)
+
+    executor = RayExecutor(num_workers=args.threads, threads_per_worker=1)
+    t0 = time.perf_counter()
+    cold = run_inference(cases, model, spec, out_dir=work / "ray-cold", executor=executor)
+    t_cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm = run_inference(cases, model, spec, out_dir=work / "ray-warm", executor=executor)
+    t_warm = time.perf_counter() - t0
+    executor.close()
+    for summary in (local, cold, warm):
+        assert summary.completed == n, [o.reason for o in summary.outputs if o.reason]
+    print(
+        f"(a) demo segmentation, {n} cases ({args.matrix}x{args.matrix}), "
+        f"thread budget {args.threads}"
+    )
+    print(f"    local executor ({args.threads} torch threads) : {t_local:7.2f} s")
+    print(f"    Ray, {args.threads} workers x 1 thread, cold  : {t_cold:7.2f} s")
+    print(f"    Ray, {args.threads} workers x 1 thread, warm  : {t_warm:7.2f} s")
+    print(
+        f"    ratio Ray/local: warm {t_warm / t_local:.2f}, cold {t_cold / t_local:.2f}  "
+        "(target <= 1.15)"
+    )
+
+
+def _scaling(args: argparse.Namespace, work: Path) -> None:
+    from workbench.dicom.synth import generate_test_set
+    from workbench.inference.demo_models import demo_input_spec
+    from workbench.inference.loading import load_model
+    from workbench.inference.ray_executor import RayExecutor
+    from workbench.inference.registry import ModelFormat, ModelSpec, ModelTask
+    from workbench.inference.runner import cases_from_test_set, run_inference
+
+    global WAIT_S
+    WAIT_S = args.wait
+    test_set = work / "small_set"
+    if not (test_set / "dataset.json").exists():
+        generate_test_set(
+            test_set, n_cases=args.scaling_cases, seed=5, matrix=64, slices=(8, 8), workers=1
+        )
+
+    class Identity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.zeros_like(x), x - 0.5], dim=1)
+
+    spec = ModelSpec(
+        name="bench-waiting",
+        version="0",
+        task=ModelTask.SEGMENTATION,
+        format=ModelFormat.TORCHSCRIPT,
+        input=demo_input_spec().model_copy(update={"roi_size": (32, 32, 16), "score_output": None}),
+        intended_use="benchmark",
+    )
+    model_path = work / "waiting.ts"
+    torch.jit.save(torch.jit.script(Identity()), str(model_path))
+    model = load_model(model_path, spec, "cpu")
+    cases = cases_from_test_set(test_set)
+    runner_module.CaseProcessor = WaitingProcessor  # type: ignore[misc]
+    rates: dict[int, float] = {}
+    print(f"(b) scaling: {len(cases)} cases, forward waits {WAIT_S:g} s per case")
+    for actors in (1, 2, 4, 8):
+        executor = RayExecutor(num_workers=actors, threads_per_worker=1, cpus_per_worker=0.25)
+        run_inference(cases[:actors], model, spec, out_dir=work / f"w{actors}", executor=executor)
+        t0 = time.perf_counter()
+        summary = run_inference(cases, model, spec, out_dir=work / f"s{actors}", executor=executor)
+        elapsed = time.perf_counter() - t0
+        executor.close()
+        assert summary.completed == len(cases), [o.reason for o in summary.outputs if o.reason]
+        rates[actors] = len(cases) / elapsed
+        relative = rates[actors] / rates[1]
+        print(
+            f"    {actors} actor(s): {rates[actors]:6.2f} cases/s  {elapsed:6.2f} s  "
+            f"x{relative:.2f} of 1 actor = {relative / actors:.2f} x actors (target >= 0.85)"
+        )
+    runner_module.CaseProcessor = CaseProcessor  # type: ignore[misc]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=8, help="cases of (a)")
+    parser.add_argument("--matrix", type=int, default=256, help="in-plane size of (a)'s cases")
+    parser.add_argument("--threads", type=int, default=2, help="thread budget of (a)")
+    parser.add_argument("--scaling-cases", type=int, default=32, help="cases of (b)")
+    parser.add_argument("--wait", type=float, default=WAIT_S, help="seconds per forward in (b)")
+    parser.add_argument("--address", default=None, help="Ray cluster (default: a local one)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--only", choices=("a", "b"), default=None)
+    args = parser.parse_args()
+
+    import ray
+
+    if args.address:
+        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=8,
+            num_gpus=0,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"Ray {ray.__version__}, cluster CPUs {ray.cluster_resources().get('CPU', 0):g}, {work}")
+    try:
+        if args.only in (None, "a"):
+            _overhead(args, work)
+        if args.only in (None, "b"):
+            _scaling(args, work)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

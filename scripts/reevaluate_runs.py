@@ -1,0 +1,130 @@
+"""Re-derive every completed run's results from its stored per-case outcomes and compare.
+
+For each completed run of a workdir, the stored case outcomes (status, score,
+per-case metrics and case attributes) are analysed again with the current
+release's protocol evaluation and supplementary analyses, and the resulting
+:class:`~workbench.protocols.RunResults` is compared field by field with the
+stored results (read through :meth:`RunResults.from_dict`, which migrates
+results stored by earlier releases). Identifiers and timestamps are not part of
+``RunResults``; the workbench version and the protocol's hash are reported but
+not compared.
+
+Usage::
+
+    python scripts/reevaluate_runs.py --workdir var/demo
+
+Exit status 0 when every run's verdict, endpoints, strata, case accounting and
+supplementary analyses are identical; 1 otherwise, with the differences listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from workbench.protocols import CaseAccounting, RunResults, evaluate_endpoints
+from workbench.protocols.supplementary import supplementary_analysis
+from workbench.records.models import ProtocolVersion, Run
+from workbench.services.context import Workbench
+from workbench.services.protocols import parsed_protocol
+from workbench.services.runs import case_frame, stored_results
+from workbench.vocabulary import Verdict
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new):
+        out: list[str] = []
+        for f in dataclasses.fields(old):
+            out += _differences(getattr(old, f.name), getattr(new, f.name), f"{path}.{f.name}")
+        return out
+    if isinstance(old, tuple) and isinstance(new, tuple):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} items stored, {len(new)} re-derived"]
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _differences(a, b, f"{path}[{i}]")
+        return out
+    if isinstance(old, float) and isinstance(new, float) and old == new:
+        return []
+    return [] if old == new else [f"{path}: stored {old!r}, re-derived {new!r}"]
+
+
+def reevaluate(workdir: Path) -> int:
+    """Compare every completed run of ``workdir``; return the number of runs that differ."""
+    wb = Workbench.open(workdir)
+    failures = 0
+    try:
+        with wb.transaction(readonly=True) as session:
+            for run in session.query(Run).order_by(Run.id):
+                stored = stored_results(run)
+                if stored is None:
+                    continue
+                pv = session.get(ProtocolVersion, run.protocol_version_id)
+                assert pv is not None
+                protocol = parsed_protocol(pv)
+                readers = stored.supplementary.reader_columns
+                if readers and not protocol.reference_standard.reader_label_columns:
+                    # Release 0.1 found the readers' columns by name; the protocol names them now.
+                    reference = protocol.reference_standard.model_copy(
+                        update={"reader_label_columns": list(readers)}
+                    )
+                    protocol = protocol.model_copy(update={"reference_standard": reference})
+                frame = case_frame(session, run.id, protocol)
+                derived = RunResults(
+                    run_uid=run.run_uid,
+                    context=stored.context,
+                    workbench_version=stored.workbench_version,
+                    surface_dice_tolerance_mm=stored.surface_dice_tolerance_mm,
+                    accounting=CaseAccounting.from_frame(frame, n_cases=stored.accounting.n_cases),
+                    evaluation=evaluate_endpoints(protocol, frame),
+                    supplementary=supplementary_analysis(protocol, frame),
+                    schema_version=stored.schema_version,
+                )
+                diffs = _differences(stored, derived, run.run_uid)
+                # What an earlier release did not store (a verdict's reason, a stratum's
+                # standard error) is new information, not a change.
+                # Schema version 1 kept a stratum's n but not its estimate's own n.
+                diffs = [
+                    d
+                    for d in diffs
+                    if ".verdict_reason: stored " not in d
+                    and ".se: stored None" not in d
+                    and not (
+                        stored.schema_version == 1 and re.search(r"strata\[\d+\]\.estimate\.n:", d)
+                    )
+                ]
+                # Release 0.1 stored a not-evaluable run as 'fail' in the run record; the
+                # protocol's default now says so in the results too (with the reason).
+                if (
+                    stored.verdict is Verdict.NOT_EVALUABLE
+                    and derived.verdict is Verdict.FAIL
+                    and Verdict.parse(run.verdict) is Verdict.FAIL
+                ):
+                    diffs = [d for d in diffs if ".evaluation.verdict:" not in d]
+                status = "identical" if not diffs else f"{len(diffs)} difference(s)"
+                print(
+                    f"{run.run_uid} {stored.context.protocol} {stored.context.model}: "
+                    f"{stored.verdict.label} -> {derived.verdict.label}; {status}"
+                )
+                for line in diffs[:40]:
+                    print(f"    {line}")
+                failures += bool(diffs)
+    finally:
+        wb.close()
+    return failures
+
+
+def main() -> None:
+    """Command-line entry."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args()
+    sys.exit(1 if reevaluate(args.workdir) else 0)
+
+
+if __name__ == "__main__":
+    main()

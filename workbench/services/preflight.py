@@ -1,0 +1,285 @@
+"""Pre-flight: every mismatch between protocol, test set and model, at once, before inference.
+
+``workbench protocol check PROTOCOL --testset NAME [--model M@V]`` and
+:func:`workbench.services.runs.validate` call :func:`check_protocol`. It
+builds the run's cases exactly as the run will (:func:`workbench.protocols.cases.build_cases`)
+and reports, in one list: a protocol written for another test set, a labels
+file or column the protocol needs that is missing, labels rows that match no
+series, cases that would be excluded (grouped by reason), stratum factors with
+no source, strata below their min_n, a model whose task or input does not fit
+the images, and a run that would exclude every case. Problems marked
+``blocking`` stop a run before it starts.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.inference.registry import ModelSpec, ModelTask
+from workbench.protocols import Protocol, load_protocol, stratum_labels
+from workbench.protocols.cases import CaseSpec, build_cases
+from workbench.records.models import RegisteredModel, TestSet
+from workbench.services import models as model_service
+from workbench.services import protocols as protocol_service
+from workbench.services.context import Actor, Workbench, current_user, get_one
+from workbench.services.testsets import LABELS_PATH, load_index
+
+__all__ = ["PreflightProblem", "PreflightReport", "check_protocol", "preflight_cases"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightProblem:
+    """One mismatch: which check, where, what was expected and what was found."""
+
+    check: str
+    where: str
+    expected: str
+    found: str
+    blocking: bool = True
+
+    def line(self) -> str:
+        """One line for a terminal or a log."""
+        kind = "ERROR" if self.blocking else "note "
+        return f"{kind} {self.check} [{self.where}]: expected {self.expected}; found {self.found}"
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightReport:
+    """Everything :func:`check_protocol` found.
+
+    Parameters
+    ----------
+    protocol, test_set : str
+    model : str or None
+    n_cases, n_analysable : int
+        Image series found; those that would enter the analysis.
+    exclusions : tuple of (str, int)
+        Exclusion reasons with their counts, most frequent first.
+    problems : tuple of PreflightProblem
+    """
+
+    protocol: str
+    test_set: str
+    model: str | None
+    n_cases: int
+    n_analysable: int
+    exclusions: tuple[tuple[str, int], ...] = ()
+    problems: tuple[PreflightProblem, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        """No blocking problem."""
+        return not any(p.blocking for p in self.problems)
+
+    def lines(self) -> list[str]:
+        """A summary for the terminal."""
+        head = (
+            f"{self.protocol} x test set {self.test_set}"
+            + (f" x model {self.model}" if self.model else "")
+            + f": {self.n_cases} image series, {self.n_analysable} would be analysed"
+        )
+        out = [head]
+        out += [f"  excluded {n}: {reason}" for reason, n in self.exclusions]
+        out += [f"  {p.line()}" for p in self.problems]
+        out.append("  PRE-FLIGHT " + ("OK" if self.ok else "FAILED: the run would be refused"))
+        return out
+
+
+def _labels(root: Path, entries: dict[str, str] | None) -> pd.DataFrame | None:
+    path = root / LABELS_PATH
+    if not path.is_file() or (entries is not None and LABELS_PATH not in entries):
+        return None
+    return pd.read_csv(io.BytesIO(path.read_bytes()), dtype={"case_id": str})
+
+
+def preflight_cases(
+    protocol: Protocol,
+    cases: list[CaseSpec],
+    labels: pd.DataFrame | None,
+    *,
+    test_set_name: str,
+    spec: ModelSpec | None = None,
+) -> list[PreflightProblem]:
+    """The problems of running ``protocol`` (and ``spec``) on these cases; pure."""
+    problems: list[PreflightProblem] = []
+    reference = protocol.reference_standard
+    if protocol.test_set.name != test_set_name:
+        problems.append(
+            PreflightProblem(
+                "test set", "protocol test_set.name", repr(protocol.test_set.name), test_set_name
+            )
+        )
+    needed = [c for c in [reference.labels_column, *reference.reader_label_columns] if c]
+    key = reference.labels_key.value
+    if labels is None:
+        if needed or protocol.task.value == "classification":
+            problems.append(
+                PreflightProblem(
+                    "labels", LABELS_PATH, f"a labels file with {needed or [key]}", "no file"
+                )
+            )
+    else:
+        missing = [c for c in [key, *needed] if c not in labels.columns]
+        if missing:
+            problems.append(
+                PreflightProblem(
+                    "labels columns",
+                    LABELS_PATH,
+                    f"columns {missing}",
+                    f"columns {list(labels.columns)}",
+                )
+            )
+        elif key != "case_id" or "case_id" in labels.columns:
+            joined = {str(c.attributes.get(key)) for c in cases if c.exclusion is None}
+            keyed = labels[key].dropna().astype(str)
+            unmatched = sorted(set(keyed) - joined - _matched_by_excluded(cases, key))
+            if unmatched:
+                problems.append(
+                    PreflightProblem(
+                        "labels join",
+                        f"{LABELS_PATH} column {key}",
+                        "every row to match an image series of the test set",
+                        f"{len(unmatched)} row(s) match none (first: {unmatched[0]})",
+                        blocking=False,
+                    )
+                )
+    analysable = [c for c in cases if c.exclusion is None]
+    if not analysable:
+        problems.append(
+            PreflightProblem(
+                "cases",
+                f"test set {test_set_name}",
+                "at least one case to analyse",
+                f"all {len(cases)} image series would be excluded",
+            )
+        )
+    frame = pd.DataFrame([dict(c.attributes) for c in analysable])
+    for factor in protocol.strata:
+        if factor.source_column not in frame.columns:
+            problems.append(
+                PreflightProblem(
+                    "stratum source",
+                    f"strata factor {factor.factor}",
+                    f"column {factor.source_column!r} in labels.csv or a DICOM header attribute",
+                    "neither",
+                )
+            )
+            continue
+        counts = stratum_labels(frame, factor).value_counts()
+        small = {str(k): int(v) for k, v in counts.items() if v < factor.min_n}
+        if small and factor.assess:
+            problems.append(
+                PreflightProblem(
+                    "stratum size",
+                    f"strata factor {factor.factor}",
+                    f"n >= min_n={factor.min_n} per stratum to judge it",
+                    ", ".join(f"{k}: n={v}" for k, v in sorted(small.items()))
+                    + " (reported, not judged)",
+                    blocking=False,
+                )
+            )
+    if spec is not None:
+        problems += _model_problems(protocol, spec, analysable)
+    return problems
+
+
+def _matched_by_excluded(cases: list[CaseSpec], key: str) -> set[str]:
+    return {str(c.attributes.get(key)) for c in cases if c.exclusion is not None}
+
+
+def _model_problems(
+    protocol: Protocol, spec: ModelSpec, cases: list[CaseSpec]
+) -> list[PreflightProblem]:
+    problems = []
+    task = protocol.task.value
+    if spec.task is not ModelTask.BOTH and spec.task.value != task:
+        problems.append(
+            PreflightProblem(
+                "model task", f"model {spec.name}@{spec.version}", f"task {task}", spec.task.value
+            )
+        )
+    dims = int(getattr(spec.input, "spatial_dims", 3))
+    single = [c for c in cases if len(c.image_paths) == 1]
+    if dims == 3 and single:
+        problems.append(
+            PreflightProblem(
+                "model input",
+                f"model {spec.name}@{spec.version}",
+                "volumes (input.spatial_dims 3)",
+                f"{len(single)} case(s) are single images (first: {single[0].case_id})",
+            )
+        )
+    if dims == 2 and len(single) < len(cases):
+        problems.append(
+            PreflightProblem(
+                "model input",
+                f"model {spec.name}@{spec.version}",
+                "single 2D images (input.spatial_dims 2)",
+                f"{len(cases) - len(single)} case(s) are multi-slice series",
+            )
+        )
+    return problems
+
+
+def check_protocol(
+    wb: Workbench,
+    actor: Actor,
+    *,
+    protocol: str | Path,
+    test_set: str,
+    model: str | None = None,
+) -> PreflightReport:
+    """Check a protocol against a test set (and a model) before any inference.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``run.view``.
+    protocol : str or Path
+        A stored protocol ``id@version`` (or ``id``), or a YAML file not stored yet.
+    test_set : str
+        Test-set name (draft or locked).
+    model : str, optional
+        ``name@version`` of a registered model.
+
+    Returns
+    -------
+    PreflightReport
+    """
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "run.view")
+        if isinstance(protocol, Path) or str(protocol).endswith((".yaml", ".yml")):
+            proto = load_protocol(Path(protocol).read_bytes())
+            proto_ref = f"{proto.id}@{proto.version} ({Path(protocol).name})"
+        else:
+            pv = protocol_service.lookup(session, str(protocol))
+            proto = protocol_service.parsed_protocol(pv)
+            proto_ref = f"{pv.protocol_id}@{pv.version}"
+        ts: TestSet = get_one(session, TestSet, "test set", name=test_set)
+        index = load_index(session, ts)
+        root = Path(ts.root_path)
+        spec = None
+        model_ref = None
+        if model is not None:
+            reg: RegisteredModel = model_service._lookup(session, model)
+            spec = ModelSpec.model_validate(reg.spec)
+            model_ref = f"{reg.name}@{reg.version}"
+    labels = _labels(root, None)
+    cases = build_cases(index.files, labels, proto, root)
+    problems = preflight_cases(proto, cases, labels, test_set_name=ts.name, spec=spec)
+    exclusions = Counter(c.exclusion for c in cases if c.exclusion)
+    return PreflightReport(
+        protocol=proto_ref,
+        test_set=ts.name,
+        model=model_ref,
+        n_cases=len(cases),
+        n_analysable=sum(c.exclusion is None for c in cases),
+        exclusions=tuple(sorted(exclusions.items(), key=lambda kv: (-kv[1], kv[0]))),
+        problems=tuple(problems),
+    )
