@@ -4,8 +4,9 @@
 #   orthanc_test_server.sh start [STATE_DIR]   start (or restart on STATE_DIR's storage);
 #                                              prints shell assignments on stdout:
 #                                              WORKBENCH_TEST_ORTHANC_URL, _USER, _PASSWORD, _DIR
-#   orthanc_test_server.sh stop STATE_DIR      stop it (the folder is kept: remove it yourself,
-#                                              or pass --purge to remove it too)
+#   orthanc_test_server.sh stop STATE_DIR [--purge] [--kill]
+#                                              stop it; --purge also removes the folder, --kill
+#                                              stops it at once (SIGKILL, like a crash)
 #
 # Free HTTP and DICOM ports, storage in STATE_DIR (a new temporary folder by default),
 # basic authentication with a test user, RemoteAccessAllowed false. Only the assignments
@@ -89,23 +90,27 @@ PY
 }
 
 stop() {
-  local dir=$1 purge=${2:-}
+  local dir=$1 purge="" signal=TERM flag
+  shift
+  for flag in "$@"; do
+    case "$flag" in --purge) purge=1 ;; --kill) signal=KILL ;; esac
+  done
   if [ -f "$dir/orthanc.pid" ]; then
     local pid
     pid=$(cat "$dir/orthanc.pid")
     if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid"
+      kill -s "$signal" "$pid"
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
     fi
     rm -f "$dir/orthanc.pid"
   fi
-  [ "$purge" = "--purge" ] && rm -rf "$dir"
+  [ -n "$purge" ] && rm -rf "$dir"
   return 0
 }
 
 case "${1:-}" in
   start) start "${2:-}" ;;
-  stop) [ -n "${2:-}" ] || { echo "usage: $0 stop STATE_DIR [--purge]"; exit 2; }; stop "$2" "${3:-}" ;;
-  *) echo "usage: $0 start [STATE_DIR] | stop STATE_DIR [--purge]"; exit 2 ;;
+  stop) [ -n "${2:-}" ] || { echo "usage: $0 stop STATE_DIR [--purge] [--kill]"; exit 2; }; shift; stop "$@" ;;
+  *) echo "usage: $0 start [STATE_DIR] | stop STATE_DIR [--purge] [--kill]"; exit 2 ;;
 esac

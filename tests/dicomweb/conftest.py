@@ -43,7 +43,7 @@ def orthanc() -> Iterator[Orthanc]:
     try:
         yield started
     finally:
-        stop_orthanc(started, purge=True)
+        stop_orthanc(started, purge=True, kill=True)
 
 
 @pytest.fixture
@@ -59,4 +59,4 @@ def private_orthanc(tmp_path: Path) -> Iterator[Callable[[], Orthanc]]:
 
     yield start
     for server in running:
-        stop_orthanc(server)
+        stop_orthanc(server, kill=True)

@@ -42,7 +42,8 @@ def start_orthanc(state_dir: Path | None = None) -> Orthanc:
     )
 
 
-def stop_orthanc(server: Orthanc, *, purge: bool = False) -> None:
-    """Stop an Orthanc started by :func:`start_orthanc`."""
-    args = ["bash", str(SCRIPT), "stop", str(server.state_dir)] + (["--purge"] if purge else [])
+def stop_orthanc(server: Orthanc, *, purge: bool = False, kill: bool = False) -> None:
+    """Stop an Orthanc started by :func:`start_orthanc` (``kill``: at once, like a crash)."""
+    args = ["bash", str(SCRIPT), "stop", str(server.state_dir)]
+    args += (["--purge"] if purge else []) + (["--kill"] if kill else [])
     subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)

@@ -7,9 +7,11 @@ again. With deterministic UIDs this makes a repeated export add nothing.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from workbench.dicomweb.connection import DicomWebServer, describe_failure
@@ -62,6 +64,18 @@ def existing_instances(server: DicomWebServer, study_uid: str) -> set[str]:
     return out
 
 
+def as_part10(ds: Dataset) -> Dataset:
+    """``ds`` as read back from a complete PS3.10 file (preamble, 'DICM', full file meta).
+
+    STOW-RS sends DICOM files (PS3.18 10.5.1.2); writing and reading once fills
+    in File Meta Information Group Length and Version wherever they are missing.
+    """
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
 def store_instances(
     server: DicomWebServer,
     datasets: Sequence[Dataset],
@@ -100,11 +114,8 @@ def store_instances(
         if sop in present:
             already.append(sop)
         else:
-            if getattr(ds, "preamble", None) is None:
-                # Sent as a DICOM file (PS3.10: preamble, 'DICM', file meta), as STOW-RS expects.
-                ds.preamble = b"\x00" * 128
             try:
-                answer = server.client().store_instances([ds])
+                answer = server.client().store_instances([as_part10(ds)])
             except Exception as exc:
                 raise describe_failure(server, exc, f"storing {label}") from exc
             failed = answer.get(_FAILED_SOP) if answer is not None else None

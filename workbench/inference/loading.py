@@ -338,7 +338,8 @@ def _load_onnx(path: Path, device: torch.device) -> OnnxModule:
         )
     except Exception as error:  # ONNX Runtime raises InvalidProtobuf, Fail, ... for bad files
         raise ModelError(
-            f"Expected an ONNX model at {path}. Found a file ONNX Runtime cannot load: {error}. "
+            f"Expected an ONNX model at {path}. Found a file ONNX Runtime cannot load: "
+            f"{str(error).rstrip('.')}. "
             "Export the model with torch.onnx.export (weights inside the file)."
         ) from error
     return OnnxModule(session, path)

@@ -6,6 +6,29 @@ confidence-interval methods ``workbench.stats`` offers for it, and whether it
 needs an operating threshold. The schema validates protocols against this
 table and the evaluation dispatches on it, so a metric cannot be accepted by
 one and unknown to the other.
+
+Classification endpoints a clinician acts on
+--------------------------------------------
+At the protocol's locked operating point: sensitivity, specificity, PPV, NPV,
+accuracy and F1 (``f1``, percentile bootstrap over cases), and the PPV and NPV at
+the protocol's ``deployment_prevalence`` (``ppv_at_prevalence``,
+``npv_at_prevalence``; Bayes' theorem with delta-method intervals on the logit
+scale [3]_). Calibration of probability scores [1]_ [2]_: ``calibration_intercept``
+(calibration-in-the-large, ideal 0), ``calibration_slope`` (ideal 1), ``brier`` and
+``ece`` (lower is better). Clinical utility [4]_: ``net_benefit_gain``, the net
+benefit of the model at the protocol's ``decision_curve.criterion_at`` minus that
+of the default strategy (treat-all or treat-none) it beats by the smaller paired
+lower confidence limit, so that ``ci_low > 0`` means it beats both.
+
+References
+----------
+.. [1] Van Calster B, McLernon DJ, van Smeden M, Wynants L, Steyerberg EW.
+   Calibration: the Achilles heel of predictive analytics. BMC Med 17:230, 2019.
+.. [2] Steyerberg EW. Clinical Prediction Models, 2nd ed. Springer, 2019, ch. 15.
+.. [3] Mercaldo ND, Lau KF, Zhou XH. Confidence intervals for predictive values with
+   an emphasis to case-control studies. Stat Med 26:2170-2183, 2007.
+.. [4] Vickers AJ, Elkin EB. Decision curve analysis: a novel method for evaluating
+   prediction models. Med Decis Making 26:565-574, 2006.
 """
 
 from __future__ import annotations
@@ -33,6 +56,14 @@ class Metric(StrEnum):
     PPV = "ppv"
     NPV = "npv"
     ACCURACY = "accuracy"
+    F1 = "f1"
+    PPV_AT_PREVALENCE = "ppv_at_prevalence"
+    NPV_AT_PREVALENCE = "npv_at_prevalence"
+    CALIBRATION_INTERCEPT = "calibration_intercept"
+    CALIBRATION_SLOPE = "calibration_slope"
+    BRIER = "brier"
+    ECE = "ece"
+    NET_BENEFIT_GAIN = "net_benefit_gain"
     KAPPA_MODEL_VS_CONSENSUS = "kappa_model_vs_consensus"
     DICE_MEAN = "dice_mean"
     DICE_MEDIAN = "dice_median"
@@ -72,6 +103,17 @@ class MetricInfo:
         Whether the metric needs an operating threshold on the score.
     unit : str
         Unit for rendering (``""`` for unitless).
+    target : float or None
+        Ideal value of a two-sided metric (calibration slope 1, intercept 0), which is
+        judged by closeness to the target rather than by direction; ``None`` for
+        one-sided metrics. ``higher_is_better`` is meaningless when it is set.
+    needs_probability : bool
+        Whether the metric is defined only for scores that are probabilities
+        (calibration, decision curves); not evaluable under ``score_is_probability: false``.
+    needs_prevalence : bool
+        Whether the metric needs the protocol's ``deployment_prevalence``.
+    needs_decision_curve : bool
+        Whether the metric is judged at the protocol's ``decision_curve.criterion_at``.
     """
 
     metric: Metric
@@ -85,6 +127,10 @@ class MetricInfo:
     ci_methods: tuple[str, ...]
     needs_threshold: bool
     unit: str = ""
+    target: float | None = None
+    needs_probability: bool = False
+    needs_prevalence: bool = False
+    needs_decision_curve: bool = False
 
 
 _PROPORTION_CI = ("wilson", "clopper-pearson")
@@ -93,6 +139,25 @@ _PROPORTION_CI = ("wilson", "clopper-pearson")
 def _proportion(metric: Metric, label: str) -> MetricInfo:
     return MetricInfo(
         metric, Task.CLASSIFICATION, label, None, None, 0.0, 1.0, True, _PROPORTION_CI, True
+    )
+
+
+def _calibration(
+    metric: Metric, label: str, low: float, high: float, *, target: float | None
+) -> MetricInfo:
+    return MetricInfo(
+        metric=metric,
+        task=Task.CLASSIFICATION,
+        label=label,
+        column=None,
+        summary=None,
+        low=low,
+        high=high,
+        higher_is_better=False,
+        ci_methods=("bootstrap",),
+        needs_threshold=False,
+        target=target,
+        needs_probability=True,
     )
 
 
@@ -132,6 +197,70 @@ METRICS: dict[Metric, MetricInfo] = {
     Metric.PPV: _proportion(Metric.PPV, "positive predictive value"),
     Metric.NPV: _proportion(Metric.NPV, "negative predictive value"),
     Metric.ACCURACY: _proportion(Metric.ACCURACY, "accuracy"),
+    Metric.F1: MetricInfo(
+        Metric.F1,
+        Task.CLASSIFICATION,
+        "F1 score",
+        None,
+        None,
+        0.0,
+        1.0,
+        True,
+        ("bootstrap",),
+        True,
+    ),
+    Metric.PPV_AT_PREVALENCE: MetricInfo(
+        Metric.PPV_AT_PREVALENCE,
+        Task.CLASSIFICATION,
+        "PPV at the deployment prevalence",
+        None,
+        None,
+        0.0,
+        1.0,
+        True,
+        ("logit", "adjusted-logit"),
+        True,
+        needs_prevalence=True,
+    ),
+    Metric.NPV_AT_PREVALENCE: MetricInfo(
+        Metric.NPV_AT_PREVALENCE,
+        Task.CLASSIFICATION,
+        "NPV at the deployment prevalence",
+        None,
+        None,
+        0.0,
+        1.0,
+        True,
+        ("logit", "adjusted-logit"),
+        True,
+        needs_prevalence=True,
+    ),
+    Metric.CALIBRATION_INTERCEPT: _calibration(
+        Metric.CALIBRATION_INTERCEPT,
+        "calibration intercept (calibration-in-the-large)",
+        -math.inf,
+        math.inf,
+        target=0.0,
+    ),
+    Metric.CALIBRATION_SLOPE: _calibration(
+        Metric.CALIBRATION_SLOPE, "calibration slope", -math.inf, math.inf, target=1.0
+    ),
+    Metric.BRIER: _calibration(Metric.BRIER, "Brier score", 0.0, 1.0, target=None),
+    Metric.ECE: _calibration(Metric.ECE, "expected calibration error", 0.0, 1.0, target=None),
+    Metric.NET_BENEFIT_GAIN: MetricInfo(
+        Metric.NET_BENEFIT_GAIN,
+        Task.CLASSIFICATION,
+        "net benefit gain over treat-all and treat-none",
+        None,
+        None,
+        -math.inf,
+        1.0,
+        True,
+        ("bootstrap",),
+        False,
+        needs_probability=True,
+        needs_decision_curve=True,
+    ),
     Metric.KAPPA_MODEL_VS_CONSENSUS: MetricInfo(
         Metric.KAPPA_MODEL_VS_CONSENSUS,
         Task.CLASSIFICATION,

@@ -24,14 +24,18 @@ from workbench.protocols.metrics import Metric, Task, metric_info
 __all__ = [
     "LocatedValueError",
     "Adjudication",
+    "CalibrationSpec",
     "CIMethodSpec",
     "Criterion",
     "CriterionStatistic",
+    "DecisionCurveSpec",
     "DiscrepancyRule",
     "Endpoint",
     "FailedCasePolicy",
     "Multiplicity",
     "MultiplicityFamily",
+    "OperatingPoint",
+    "OperatingPointRule",
     "Operator",
     "Protocol",
     "ReferenceStandard",
@@ -43,6 +47,7 @@ __all__ = [
     "SubgroupAcceptance",
     "SubgroupRule",
     "TestSetRef",
+    "TuningSet",
 ]
 
 
@@ -63,11 +68,18 @@ class _Strict(BaseModel):
 
 
 class CriterionStatistic(StrEnum):
-    """Which number of an estimate a criterion compares."""
+    """Which number of an estimate a criterion compares.
+
+    ``ci`` is the whole interval, compared with operator ``contains`` (e.g. the
+    calibration slope's CI contains 1); ``abs_value`` is the absolute point
+    estimate (e.g. ``|calibration intercept| <= 0.1``).
+    """
 
     VALUE = "value"
     CI_LOW = "ci_low"
     CI_HIGH = "ci_high"
+    CI = "ci"
+    ABS_VALUE = "abs_value"
 
 
 class Operator(StrEnum):
@@ -77,9 +89,12 @@ class Operator(StrEnum):
     GT = ">"
     LE = "<="
     LT = "<"
+    CONTAINS = "contains"
 
     def holds(self, left: float, right: float) -> bool:
-        """Return whether ``left <op> right``."""
+        """Return whether ``left <op> right`` (``contains`` is judged by :class:`Criterion`)."""
+        if self is Operator.CONTAINS:
+            raise ValueError("operator 'contains' compares an interval; use Criterion.holds")
         if self is Operator.GE:
             return left >= right
         if self is Operator.GT:
@@ -97,8 +112,11 @@ class Operator(StrEnum):
 class Criterion(_Strict):
     """Structured acceptance criterion, e.g. ``ci_low >= 0.85``.
 
-    The metric and the CI level come from the endpoint; see
-    :meth:`Endpoint.criterion_text` for the human-readable form.
+    Besides a bound on the point estimate or a CI limit, two forms serve
+    two-sided metrics such as calibration: ``{statistic: ci, operator: contains,
+    threshold: 1}`` (the CI contains 1) and ``{statistic: abs_value, operator: "<=",
+    threshold: 0.1}`` (``|value| <= 0.1``). The metric and the CI level come from
+    the endpoint; see :meth:`Endpoint.criterion_text` for the human-readable form.
     """
 
     statistic: CriterionStatistic
@@ -112,9 +130,34 @@ class Criterion(_Strict):
             raise ValueError(f"threshold must be a finite number, found {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _interval_form(self) -> Criterion:
+        interval = self.statistic is CriterionStatistic.CI
+        if interval != (self.operator is Operator.CONTAINS):
+            raise LocatedValueError(
+                ("operator",) if interval else ("statistic",),
+                "statistic 'ci' goes with operator 'contains' (the CI contains the threshold), "
+                f"found statistic {self.statistic.value!r} with operator "
+                f"{self.operator.value!r}",
+            )
+        if self.statistic is CriterionStatistic.ABS_VALUE and self.operator.is_lower_bound:
+            raise LocatedValueError(
+                ("operator",),
+                "statistic 'abs_value' bounds a distance from 0; expected operator '<=' or '<', "
+                f"found {self.operator.value!r}",
+            )
+        return self
+
     def holds(self, value: float, ci_low: float, ci_high: float) -> bool:
         """Return whether the criterion holds for an estimate's numbers."""
-        number = {"value": value, "ci_low": ci_low, "ci_high": ci_high}[self.statistic.value]
+        if self.statistic is CriterionStatistic.CI:
+            return ci_low <= self.threshold <= ci_high
+        number = {
+            "value": value,
+            "ci_low": ci_low,
+            "ci_high": ci_high,
+            "abs_value": abs(value),
+        }[self.statistic.value]
         return self.operator.holds(number, self.threshold)
 
 
@@ -261,6 +304,168 @@ class NotEvaluablePolicy(StrEnum):
     NOT_EVALUABLE = "not_evaluable"
 
 
+class OperatingPointRule(StrEnum):
+    """How a locked operating threshold is chosen on a tuning set.
+
+    ``sensitivity_at_least``: the highest threshold whose sensitivity on the tuning
+    set is at least ``value`` (the most specific such threshold);
+    ``specificity_at_least``: the lowest threshold whose specificity is at least
+    ``value``; ``youden``: the threshold maximising sensitivity + specificity - 1
+    (the highest among ties). Candidate thresholds are the tuning scores.
+    """
+
+    SENSITIVITY_AT_LEAST = "sensitivity_at_least"
+    SPECIFICITY_AT_LEAST = "specificity_at_least"
+    YOUDEN = "youden"
+
+
+class TuningSet(_Strict):
+    """A CSV of ``y_true, score`` stored with the protocol, pinned by its SHA-256.
+
+    ``path`` is relative to the folder of the protocol file; the CSV must not be
+    the test set (its cases are never the validation cases).
+    """
+
+    path: str = Field(min_length=1, max_length=500)
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, found {value!r}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"path must be relative to the protocol's folder without '..', found {value!r}"
+            )
+        return value
+
+
+class OperatingPoint(_Strict):
+    """The locked operating threshold on the model score.
+
+    Either a number (``{threshold: 0.5}``) or a rule applied to a tuning set that
+    is not the test set (``{rule: sensitivity_at_least, value: 0.90, tuning_set:
+    {path: tuning.csv, sha256: ...}}``). A rule is resolved to a number when the
+    protocol is added (:func:`workbench.protocols.operating_points.resolve_operating_point`).
+    """
+
+    threshold: float | None = None
+    rule: OperatingPointRule | None = None
+    value: float | None = Field(default=None, gt=0.0, le=1.0)
+    tuning_set: TuningSet | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OperatingPoint:
+        if self.threshold is not None:
+            if not math.isfinite(self.threshold):
+                raise ValueError(f"threshold must be a finite number, found {self.threshold!r}")
+            if self.rule is not None or self.value is not None or self.tuning_set is not None:
+                raise ValueError(
+                    "an operating point is either a threshold or a rule on a tuning set; "
+                    "found both"
+                )
+            return self
+        if self.rule is None or self.tuning_set is None:
+            raise ValueError(
+                "an operating point needs 'threshold' (a number) or 'rule' with 'tuning_set', "
+                "e.g. {rule: sensitivity_at_least, value: 0.9, tuning_set: {path: ..., sha256: "
+                "...}}"
+            )
+        if (self.rule is OperatingPointRule.YOUDEN) != (self.value is None):
+            raise ValueError(
+                f"rule {self.rule.value!r} "
+                + ("takes no 'value'" if self.value is not None else "needs a 'value' in (0, 1]")
+            )
+        return self
+
+    @property
+    def is_rule(self) -> bool:
+        """Whether the threshold is chosen by a rule on a tuning set."""
+        return self.threshold is None
+
+    def describe(self) -> str:
+        """The operating point in words."""
+        if self.threshold is not None:
+            return f"score >= {self.threshold:g} (locked threshold)"
+        assert self.rule is not None and self.tuning_set is not None
+        what = self.rule.value.replace("_", " ")
+        value = f" {self.value:g}" if self.value is not None else ""
+        return f"{what}{value} on tuning set {self.tuning_set.path}"
+
+
+class CalibrationStrategy(StrEnum):
+    """Binning of the reliability table and the ECE."""
+
+    UNIFORM = "uniform"
+    QUANTILE = "quantile"
+
+
+class CalibrationSpec(_Strict):
+    """How calibration is assessed: bins of the reliability table and ECE, breakdowns.
+
+    ``by``: stratum factors whose levels get their own reliability diagram
+    (default: every factor of ``strata``).
+    """
+
+    bins: int = Field(default=10, ge=2, le=50)
+    strategy: CalibrationStrategy = CalibrationStrategy.UNIFORM
+    by: list[str] | None = None
+
+
+class DecisionCurveSpec(_Strict):
+    """The range of threshold probabilities of the decision curve.
+
+    ``thresholds: [low, high]`` with ``step`` spans the clinically reasonable
+    threshold probabilities [Vickers & Elkin 2006]; ``criterion_at`` is the
+    threshold probability at which ``net_benefit_gain`` endpoints are judged.
+    """
+
+    thresholds: tuple[float, float]
+    step: float = Field(default=0.01, gt=0.0, le=0.5)
+    criterion_at: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> DecisionCurveSpec:
+        low, high = self.thresholds
+        if not 0.0 <= low < high < 1.0:
+            raise LocatedValueError(
+                ("thresholds",),
+                f"thresholds must be [low, high] with 0 <= low < high < 1, found [{low:g}, "
+                f"{high:g}]",
+            )
+        if self.criterion_at is not None and not low <= self.criterion_at <= high:
+            raise LocatedValueError(
+                ("criterion_at",),
+                f"criterion_at {self.criterion_at:g} lies outside the decision curve's range "
+                f"[{low:g}, {high:g}]",
+            )
+        if (high - low) / self.step > 1000:
+            raise LocatedValueError(
+                ("step",), f"step {self.step:g} gives more than 1000 thresholds; use a larger one"
+            )
+        return self
+
+    def grid(self) -> tuple[float, ...]:
+        """The threshold probabilities from ``low`` to ``high`` in steps of ``step``."""
+        low, high = self.thresholds
+        count = int(math.floor((high - low) / self.step + 1e-9))
+        points = [round(low + k * self.step, 10) for k in range(count + 1)]
+        if high - points[-1] > 1e-9:
+            points.append(high)
+        if self.criterion_at is not None and all(
+            abs(p - self.criterion_at) > 1e-12 for p in points
+        ):
+            points = sorted([*points, self.criterion_at])
+        return tuple(points)
+
+
 class Endpoint(_Strict):
     """One pre-registered endpoint with its acceptance criterion."""
 
@@ -281,11 +486,6 @@ class Endpoint(_Strict):
                 ("ci", "method"),
                 f"CI method {method!r} is not available for {self.metric.value}; "
                 f"expected one of {list(info.ci_methods)}",
-            )
-        if info.needs_threshold and self.operating_threshold is None:
-            raise LocatedValueError(
-                ("metric",),
-                f"metric {self.metric.value} needs an operating_threshold on the model score",
             )
         if not info.needs_threshold and self.operating_threshold is not None:
             raise LocatedValueError(
@@ -330,17 +530,52 @@ def render_criterion(criterion: Criterion, metric: Metric, level: float, method:
     """Render a structured criterion, e.g. ``lower bound of the 95% CI of AUC >= 0.85``."""
     info = metric_info(metric)
     pct = f"{level * 100:g}%"
+    unit = f" {info.unit}" if info.unit else ""
+    if criterion.statistic is CriterionStatistic.CI:
+        return f"the {pct} CI ({method}) of {info.label} contains {criterion.threshold:g}{unit}"
+    if criterion.statistic is CriterionStatistic.ABS_VALUE:
+        return (
+            f"absolute point estimate of {info.label} {criterion.operator.value} "
+            f"{criterion.threshold:g}{unit}"
+        )
     subject = {
         CriterionStatistic.VALUE: f"point estimate of {info.label}",
         CriterionStatistic.CI_LOW: f"lower bound of the {pct} CI ({method}) of {info.label}",
         CriterionStatistic.CI_HIGH: f"upper bound of the {pct} CI ({method}) of {info.label}",
     }[criterion.statistic]
-    unit = f" {info.unit}" if info.unit else ""
     return f"{subject} {criterion.operator.value} {criterion.threshold:g}{unit}"
 
 
 def _check_criterion_against_metric(criterion: Criterion, metric: Metric) -> None:
     info = metric_info(metric)
+    if criterion.statistic in (CriterionStatistic.CI, CriterionStatistic.ABS_VALUE):
+        if info.target is None or (
+            criterion.statistic is CriterionStatistic.ABS_VALUE and info.target != 0.0
+        ):
+            raise LocatedValueError(
+                ("statistic",),
+                f"statistic {criterion.statistic.value!r} judges closeness to an ideal value; "
+                f"{metric.value} "
+                + (
+                    "is judged by direction; use 'value', 'ci_low' or 'ci_high'"
+                    if info.target is None
+                    else f"has ideal value {info.target:g}; use statistic 'ci' with 'contains'"
+                ),
+            )
+        return
+    if info.target is not None:
+        # two-sided metric: a floor is shown by the lower CI limit, a ceiling by the upper
+        anti_two = (
+            CriterionStatistic.CI_HIGH if criterion.operator.is_lower_bound else CriterionStatistic.CI_LOW
+        )
+        if criterion.statistic is anti_two:
+            raise LocatedValueError(
+                ("statistic",),
+                f"a criterion on {criterion.statistic.value} with operator "
+                f"{criterion.operator.value!r} is anti-conservative; use "
+                f"{'ci_low' if criterion.operator.is_lower_bound else 'ci_high'!r} (or 'value')",
+            )
+        return
     if not info.low <= criterion.threshold <= info.high:
         high = "infinity" if math.isinf(info.high) else f"{info.high:g}"
         raise LocatedValueError(

@@ -42,6 +42,7 @@ MIN_CONFIDENCE = 40.0
 """Words Tesseract reads with less confidence (0-100) are ignored, unless the line
 holds a value of the header (a name, an ID, a date): a match is evidence enough."""
 _FLOOR = 10.0
+_MIN_HEIGHT = 6
 
 OCR_MODALITIES = frozenset({"US", "CR", "DX", "MG", "SC", "OT", "XC", "ES", "IO", "PX", "XA", "RF"})
 """Modalities whose images commonly carry burned-in annotations."""
@@ -237,13 +238,15 @@ def find_text(
             idx = [i for i in idx if float(data["conf"][i]) >= min_confidence]
             words = [str(data["text"][i]) for i in idx]
         n_chars = sum(len(_WORD.findall(w)) for w in words)
-        if n_chars < 3:
+        if n_chars < 3 or not idx:
             continue
         x0 = min(int(data["left"][i]) for i in idx) // scale
         y0 = min(int(data["top"][i]) for i in idx) // scale
         x1 = max(int(data["left"][i]) + int(data["width"][i]) for i in idx) // scale
         y1 = max(int(data["top"][i]) + int(data["height"][i]) for i in idx) // scale
         box = (x0, y0, x1 - x0, y1 - y0)
+        if not matches and box[3] < _MIN_HEIGHT:
+            continue  # specks read as characters are shorter than any legible glyph
         looks: list[str] = []
         if any(_DATE.match(w.strip(".,;:")) for w in words):
             looks.append("date")
@@ -289,6 +292,7 @@ def burned_in_findings(ds: Dataset, frames: np.ndarray, path: str) -> list[Findi
     numbers = sorted({0, n_frames // 2, n_frames - 1})[: len(frames)]
     out: list[Finding] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
+    other: list[TextRegion] = []
     for number, frame in zip(numbers, frames, strict=False):
         for region in find_text(to_display(frame, ds), identifiers=identifiers, frame=number):
             key = (region.position, region.matches)
@@ -304,8 +308,8 @@ def burned_in_findings(ds: Dataset, frames: np.ndarray, path: str) -> list[Findi
                     x for x in region.looks_like if x != "words"
                 )
             else:
-                severity = Severity.MINOR
-                found = "text"
+                other.append(region)
+                continue
             x, y, w, h = region.box
             out.append(
                 Finding(
@@ -313,7 +317,7 @@ def burned_in_findings(ds: Dataset, frames: np.ndarray, path: str) -> list[Findi
                     severity,
                     path,
                     attribute("PixelData"),
-                    f"burned-in {found} in the {region.position} of frame {number} "
+                    f"burned-in {found} in the {region.position} of frame {region.frame} "
                     f"(x={x}, y={y}, {w}x{h} px, {region.n_characters} characters, "
                     f"OCR confidence {region.confidence:.0f}%); expected no text that "
                     "may identify the patient",
@@ -321,4 +325,21 @@ def burned_in_findings(ds: Dataset, frames: np.ndarray, path: str) -> list[Findi
                     found,
                 )
             )
+    if other:
+        # labels, units and scale text: one finding per file to review, not one per line
+        places = ", ".join(sorted({r.position for r in other}))
+        best = max(r.confidence for r in other)
+        out.append(
+            Finding(
+                CHECK,
+                Severity.MINOR,
+                path,
+                attribute("PixelData"),
+                f"{len(other)} line(s) of burned-in text matching no header identifier "
+                f"({places}; best OCR confidence {best:.0f}%); review that they cannot "
+                "identify the patient",
+                "no burned-in text",
+                f"{len(other)} line(s) of other text",
+            )
+        )
     return out

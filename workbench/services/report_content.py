@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from workbench import __version__
 from workbench.protocols import (
     EndpointResult,
+    NotEvaluablePolicy,
     Protocol,
     RunResults,
     StratumResult,
@@ -401,8 +402,12 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
         ),
         primary_analysis=(
             f"Failed cases: {protocol.failed_cases.value}. Excluded cases are listed. "
-            "Primary analysis on the reference standard before adjudication. A primary endpoint "
-            f"that is not evaluable counts as {protocol.not_evaluable_counts_as.value.upper()}."
+            "Primary analysis on the reference standard before adjudication."
+            + (
+                " A primary endpoint that is not evaluable makes the verdict NOT EVALUABLE."
+                if protocol.not_evaluable_counts_as is NotEvaluablePolicy.NOT_EVALUABLE
+                else ""
+            )
         ),
         software=f"Validation Workbench {__version__} (workbench.stats: numpy/scipy/statsmodels)",
     )
