@@ -3,7 +3,7 @@
 # for the end-to-end test, PostgreSQL for the records tests, Tesseract for the burned-in
 # text check. Idempotent.
 set -euo pipefail
-PKGS="dicom3tools dcmtk poppler-utils chromium chromium-driver postgresql fonts-dejavu-core tesseract-ocr"
+PKGS="dicom3tools dcmtk poppler-utils chromium chromium-driver postgresql fonts-dejavu-core tesseract-ocr orthanc orthanc-dicomweb"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

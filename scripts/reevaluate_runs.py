@@ -9,9 +9,16 @@ results stored by earlier releases). Identifiers and timestamps are not part of
 ``RunResults``; the workbench version and the protocol's hash are reported but
 not compared.
 
+With ``--reports``, every stored report is also rebuilt from the records with
+the current release and its attachments compared with those of the stored PDF
+(``results.json``: every number the report prints; ``per-case.csv``,
+``manifest.json``, ``protocol.yaml``). The audit-trail appendix and the
+software commit are expected to differ (entries written since) and are listed
+but not counted.
+
 Usage::
 
-    python scripts/reevaluate_runs.py --workdir var/demo
+    python scripts/reevaluate_runs.py --workdir var/demo [--reports]
 
 Exit status 0 when every run's verdict, endpoints, strata, case accounting and
 supplementary analyses are identical; 1 otherwise, with the differences listed.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -118,12 +126,102 @@ def reevaluate(workdir: Path) -> int:
     return failures
 
 
+_EXPECTED_REPORT_CHANGES = ("audit_trail", "audit_chain_head", "workbench_commit")
+
+
+def _json_differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            if key not in old or key not in new:
+                out.append(f"{path}.{key}: only in the {'stored' if key in old else 'rebuilt'}")
+            else:
+                out += _json_differences(old[key], new[key], f"{path}.{key}")
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} items stored, {len(new)} rebuilt"]
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _json_differences(a, b, f"{path}[{i}]")
+        return out
+    return [] if old == new else [f"{path}: stored {str(old)[:80]!r}, rebuilt {str(new)[:80]!r}"]
+
+
+def compare_reports(workdir: Path) -> int:
+    """Rebuild every stored report's attachments; return the number of reports that differ."""
+    from sqlalchemy import select
+
+    from workbench.records.models import Report, Signature
+    from workbench.reports import extract_attachments
+    from workbench.reports.attachments import report_attachments
+    from workbench.services.report_content import gather_report_inputs, report_content
+
+    wb = Workbench.open(workdir)
+    failures = 0
+    try:
+        with wb.transaction(readonly=True) as session:
+            for report in session.scalars(select(Report).order_by(Report.id)):
+                path = report.sealed_path or report.pdf_path
+                if not path or not Path(path).is_file():
+                    continue
+                stored = extract_attachments(path)
+                sealed = bool(report.sealed_path)
+                signatures = list(
+                    session.scalars(
+                        select(Signature)
+                        .where(
+                            Signature.record_type == "report",
+                            Signature.record_id == report.report_uid,
+                        )
+                        .order_by(Signature.id)
+                    )
+                )
+                content = report_content(
+                    gather_report_inputs(
+                        session, report, final=sealed, signatures_list=signatures if sealed else []
+                    )
+                )
+                rebuilt = {a.name: a.data for a in report_attachments(content)}
+                diffs: list[str] = []
+                for name in sorted(stored):
+                    if stored[name] == rebuilt.get(name):
+                        continue
+                    if name.endswith(".json") and name in rebuilt:
+                        diffs += _json_differences(
+                            json.loads(stored[name]), json.loads(rebuilt[name]), name
+                        )
+                    else:
+                        diffs.append(f"{name}: bytes differ")
+                expected = [d for d in diffs if any(k in d for k in _EXPECTED_REPORT_CHANGES)]
+                real = [d for d in diffs if d not in expected]
+                print(
+                    f"{report.report_uid} ({'sealed' if sealed else 'draft'}): "
+                    + ("identical" if not real else f"{len(real)} difference(s)")
+                    + (
+                        f"; {len(expected)} expected (audit trail since, commit)"
+                        if expected
+                        else ""
+                    )
+                )
+                for line in real[:40]:
+                    print(f"    {line}")
+                failures += bool(real)
+    finally:
+        wb.close()
+    return failures
+
+
 def main() -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--reports", action="store_true", help="also rebuild every report")
     args = parser.parse_args()
-    sys.exit(1 if reevaluate(args.workdir) else 0)
+    failures = reevaluate(args.workdir)
+    if args.reports:
+        failures += compare_reports(args.workdir)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

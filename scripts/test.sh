@@ -31,7 +31,24 @@ if [ -z "${WORKBENCH_TEST_RAY_ADDRESS:-}" ] && [ -x "$VENV/bin/ray" ]; then
 fi
 echo "Ray cluster for tests: ${WORKBENCH_TEST_RAY_ADDRESS:-none (Ray executor tests will be skipped)}"
 
+# Orthanc with its DICOMweb plugin on loopback for the PACS tests, stopped on exit (chained
+# in front of any EXIT trap set above); without it tests/dicomweb start their own or skip.
+if [ -z "${WORKBENCH_TEST_ORTHANC_URL:-}" ] && orthanc_env=$(bash scripts/orthanc_test_server.sh start 2>/dev/null); then
+  eval "$orthanc_env"
+  export WORKBENCH_TEST_ORTHANC_URL WORKBENCH_TEST_ORTHANC_USER WORKBENCH_TEST_ORTHANC_PASSWORD WORKBENCH_TEST_ORTHANC_DIR
+  orthanc_prev_trap=""
+  if [ -n "$(trap -p EXIT)" ]; then eval "set -- $(trap -p EXIT)"; orthanc_prev_trap=$3; set --; fi
+  trap "bash scripts/orthanc_test_server.sh stop '$WORKBENCH_TEST_ORTHANC_DIR' --purge >/dev/null 2>&1 || true; ${orthanc_prev_trap}" EXIT
+fi
+echo "Orthanc for tests: ${WORKBENCH_TEST_ORTHANC_URL:-none (DICOMweb tests start their own or are skipped)}"
+
 "$VENV/bin/ruff" check workbench tests benchmarks
 "$VENV/bin/ruff" format --check workbench tests benchmarks
 "$VENV/bin/mypy"
+# Two workers; every test file stays on one worker (its module fixtures, servers and scratch
+# folders are its own). WORKBENCH_TEST_WORKERS=0 runs the suite in one process.
+workers=${WORKBENCH_TEST_WORKERS:-2}
+if [ "$workers" -gt 0 ]; then
+  set -- -n "$workers" --dist loadfile "$@"
+fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -531,8 +531,9 @@ def testset_check(
     if details:
         for f in report.findings:
             typer.echo(
-                f"  {f.severity:8} {f.check:22} {f.path or '(test set)'}  {f.attribute or '-'}"
-                f"  expected: {f.expected or '-'}  found: {f.found or '-'}  ({f.message})"
+                f"  {f.id} {f.severity:8} {f.check:22} {f.path or '(test set)'}  "
+                f"{f.attribute or '-'}  expected: {f.expected or '-'}  found: {f.found or '-'}"
+                f"  ({f.message})"
             )
     else:
         groups = report.grouped()
@@ -552,6 +553,34 @@ def testset_check(
         typer.echo(f"findings written to {report.export(export)}")
     if report.blocking:
         raise typer.Exit(2)
+
+
+@testset_app.command("waive")
+@_guarded
+def testset_waive(
+    name: str,
+    finding: Annotated[str, typer.Argument(help="Finding id (testset check --details).")],
+    justification: Annotated[
+        str, typer.Option("--justification", help="Why the finding does not matter.")
+    ],
+    workdir: WorkdirOpt = None,
+    db: DbOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
+) -> None:
+    """Waive a finding with your e-signature (a critical one needs a second QA user)."""
+    from workbench.services.testsets import waive_finding
+
+    with _workbench(workdir, db) as wb:
+        actor, secret = _login(wb, user, password)
+        waiver = waive_finding(
+            wb, actor, name, finding, justification=justification, password=secret
+        )
+    state = "waived" if waiver.complete else "needs a second QA signature"
+    typer.echo(
+        f"{waiver.finding_id} ({waiver.severity} {waiver.check} {waiver.path}): {state}; "
+        f"signed by {', '.join(waiver.signed_by)}"
+    )
 
 
 @testset_app.command("lock")

@@ -127,6 +127,7 @@ def test_report_serialisation(defect_set: CheckedSet) -> None:
     assert data["blocking"] == len(defect_set.report.blocking) > 0
     frame = defect_set.report.to_frame()
     assert list(frame.columns) == [
+        "id",
         "check",
         "severity",
         "path",

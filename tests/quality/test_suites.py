@@ -189,7 +189,9 @@ def test_grouped_summary_and_export(mixed_report: QualityReport, tmp_path: Path)
     }
     rows = list(csv.DictReader(mixed_report.export(tmp_path / "f.csv").open()))
     assert len(rows) == len(mixed_report.findings)
+    assert rows[0]["id"] == mixed_report.findings[0].id
     assert set(rows[0]) == {
+        "id",
         "check",
         "severity",
         "path",

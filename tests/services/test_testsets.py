@@ -160,3 +160,57 @@ def test_classification_set_locks_without_segmentations(team: Team, tmp_path: Pa
     assert not report.blocking, report.to_frame().to_string()
     info = testsets.lock_test_set(team.wb, qa, "cls", password=team.password("qa1"))
     assert info.status == "locked"
+
+
+def test_waivers_are_signed_audited_and_need_two_qa_for_critical(
+    team: Team, tmp_path: Path
+) -> None:
+    root = tmp_path / "waived"
+    generate_test_set(
+        root, n_cases=2, seed=6, matrix=96, slices=(24, 24), workers=1, defects=("wrong_modality",)
+    )
+    qa1, qa2 = team["qa1"], team["qa2"]
+    testsets.import_test_set(team.wb, qa1, root, name="w", workers=1)
+    report = testsets.check_quality(team.wb, qa1, "w")
+    (critical,) = report.blocking
+    why = "The MR slice is a scout kept by the exporter; it is not read by the model."
+    with pytest.raises(WorkflowError, match="justification"):
+        testsets.waive_finding(
+            team.wb, qa1, "w", critical.id, justification="ok", password=team.password("qa1")
+        )
+    first = testsets.waive_finding(
+        team.wb, qa1, "w", critical.id, justification=why, password=team.password("qa1")
+    )
+    assert (first.complete, first.signed_by) == (False, ("qa1",))
+    with pytest.raises(WorkflowError, match="second, different QA user"):
+        testsets.waive_finding(
+            team.wb, qa1, "w", critical.id, justification=why, password=team.password("qa1")
+        )
+    with pytest.raises(QualityGateError, match="has 1 critical"):
+        testsets.lock_test_set(team.wb, qa1, "w", password=team.password("qa1"))
+    with pytest.raises(WorkflowError, match="same text"):
+        testsets.waive_finding(
+            team.wb,
+            qa2,
+            "w",
+            critical.id,
+            justification=why + " Noted.",
+            password=team.password("qa2"),
+        )
+    second = testsets.waive_finding(
+        team.wb, qa2, "w", critical.id, justification=why, password=team.password("qa2")
+    )
+    assert (second.complete, second.signed_by) == (True, ("qa1", "qa2"))
+    assert [w.finding_id for w in testsets.list_waivers(team.wb, qa1, "w")] == [critical.id]
+    with team.wb.transaction(readonly=True) as session:
+        entries = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "testset.waive_finding")
+        ).all()
+        signed = session.scalars(
+            select(Signature).where(Signature.record_type == "quality_waiver")
+        ).all()
+    assert [e.new_value["justification"] for e in entries] == [why, why]
+    assert sorted(s.username for s in signed) == ["qa1", "qa2"]
+    assert testsets.lock_test_set(team.wb, qa1, "w", password=team.password("qa1")).status == (
+        "locked"
+    )

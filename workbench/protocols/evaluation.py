@@ -21,13 +21,31 @@ Handling of cases
     A completed segmentation whose distance is undefined (e.g. an empty
     predicted mask) gets the same worst value; a completed classification case
     without a score is handled as a failed case. Each is named in ``notes``.
+
+Classification endpoints a clinician acts on
+--------------------------------------------
+Threshold metrics are evaluated at the protocol's locked operating point
+(:meth:`~workbench.protocols.schema.Protocol.threshold_of`). Calibration
+(intercept, slope, Brier, ECE; Van Calster et al. 2019 [1]_, Steyerberg [2]_) and
+net benefit (Vickers & Elkin 2006 [3]_) need probabilities: under
+``score_is_probability: false`` they are NOT EVALUABLE with that reason, and a
+failed case counted as an error gets the worst probability (0 for a positive
+case, 1 for a negative one).
+
+References
+----------
+.. [1] Van Calster B, McLernon DJ, van Smeden M, Wynants L, Steyerberg EW.
+   Calibration: the Achilles heel of predictive analytics. BMC Med 17:230, 2019.
+.. [2] Steyerberg EW. Clinical Prediction Models, 2nd ed. Springer, 2019, ch. 15.
+.. [3] Vickers AJ, Elkin EB. Decision curve analysis: a novel method for evaluating
+   prediction models. Med Decis Making 26:565-574, 2006.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -52,6 +70,7 @@ from workbench.protocols.schema import (
     StratumFactor,
     SubgroupRule,
 )
+from workbench.stats.bootstrap import case_weight_batches, interval_from_replicates
 from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
 __all__ = [
@@ -131,13 +150,19 @@ def _prepare(protocol: Protocol, cases: pd.DataFrame) -> _Prepared:
             s = score[~failed_mask]
         else:
             ok = score[~failed_mask]
-            thresholds = [ep.operating_threshold for ep in protocol.endpoints]
+            thresholds = [protocol.threshold_of(ep) for ep in protocol.endpoints]
             pool = [*ok.tolist(), *[t for t in thresholds if t is not None]] or [0.0]
             low, high = min(pool) - 1.0, max(pool) + 1.0
             y = y_raw.astype(int)
             s = score.where(~failed_mask, np.where(y == 1, low, high))
         frame["_y"] = y.to_numpy()
         frame["_s"] = s.to_numpy(dtype=float)
+        # probability metrics: a failed case counted as an error gets the worst probability
+        if exclude_failed:
+            frame["_p"] = frame["_s"]
+        else:
+            worst_p = np.where(frame["_y"].to_numpy() == 1, 0.0, 1.0)
+            frame["_p"] = np.where(failed_mask.to_numpy(), worst_p, frame["_s"].to_numpy())
         return _Prepared(frame, failed, excluded, tuple(notes))
 
     failed_mask = frame["status"] == "failed"
@@ -170,8 +195,160 @@ def _metric_for_column(column: str) -> Metric:
 # -- computing one metric --------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Context:
+    """What the estimators need from the protocol, and the calibration fits already made."""
+
+    protocol: Protocol
+    calibrations: dict[tuple[object, ...], wstats.CalibrationResult] = field(default_factory=dict)
+
+
+NOT_PROBABILITY_REASON = (
+    "the protocol states that the model score is not a probability "
+    "(score_is_probability: false); {what} is not defined for it"
+)
+
+_CALIBRATION_FIELDS = {
+    Metric.CALIBRATION_INTERCEPT: "intercept",
+    Metric.CALIBRATION_SLOPE: "slope",
+    Metric.BRIER: "brier",
+    Metric.ECE: "ece",
+}
+
+
+def _f1(y: np.ndarray, called: np.ndarray, endpoint: Endpoint, level: float) -> wstats.Estimate:
+    """F1 = 2 TP / (2 TP + FP + FN) with a percentile bootstrap interval over cases."""
+    tp_i = (called & (y == 1)).astype(np.float64)
+    err_i = (called != (y == 1)).astype(np.float64)  # FP + FN per case
+    denom = 2 * tp_i.sum() + err_i.sum()
+    if denom == 0:
+        raise NotEstimableError("F1 is undefined: no positive cases and no positive calls")
+    theta = float(2 * tp_i.sum() / denom)
+    reps = []
+    for w in case_weight_batches(len(y), None, endpoint.ci.n_boot, endpoint.ci.seed):
+        w64 = w.astype(np.float64)
+        tp_b, err_b = w64 @ tp_i, w64 @ err_i
+        d = 2 * tp_b + err_b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps.append(np.where(d > 0, 2 * tp_b / d, np.nan))
+    rep = np.concatenate(reps)
+    good = rep[np.isfinite(rep)]
+    if len(good) < max(2, endpoint.ci.n_boot // 2):
+        raise NotEstimableError(
+            "The bootstrap interval of F1 is not estimable: more than half of the resamples "
+            "hold neither a positive case nor a positive call."
+        )
+    lo, hi = interval_from_replicates(theta, good, level=level, method="percentile")
+    method = f"bootstrap-percentile ({endpoint.ci.n_boot} replicates, {len(y)} cases)"
+    return wstats.Estimate(theta, lo, hi, level, method, len(y), float(good.std(ddof=1)))
+
+
+def _calibration_fit(
+    ctx: _Context, endpoint: Endpoint, frame: pd.DataFrame, level: float
+) -> wstats.CalibrationResult:
+    spec = ctx.protocol.calibration
+    key = (
+        tuple(frame["case_id"]),
+        level,
+        endpoint.ci.n_boot,
+        endpoint.ci.seed,
+        spec.bins,
+        spec.strategy.value,
+    )
+    if key not in ctx.calibrations:
+        ctx.calibrations[key] = wstats.calibration(
+            frame["_y"].to_numpy(dtype=int),
+            frame["_p"].to_numpy(dtype=float),
+            bins=spec.bins,
+            strategy=spec.strategy.value,
+            ci="bootstrap",
+            level=level,
+            n_boot=endpoint.ci.n_boot,
+            seed=endpoint.ci.seed,
+        )
+    return ctx.calibrations[key]
+
+
+def _utility_estimate(
+    ctx: _Context, endpoint: Endpoint, frame: pd.DataFrame, level: float
+) -> tuple[wstats.Estimate | None, str]:
+    """Estimate a calibration, net-benefit, F1 or predictive-value-at-prevalence endpoint."""
+    protocol = ctx.protocol
+    metric = endpoint.metric
+    info = metric_info(metric)
+    y = frame["_y"].to_numpy(dtype=int)
+    if info.needs_probability and not protocol.score_is_probability:
+        what = "net benefit" if metric is Metric.NET_BENEFIT_GAIN else "calibration"
+        return None, NOT_PROBABILITY_REASON.format(what=what)
+    if metric in _CALIBRATION_FIELDS:
+        fit = _calibration_fit(ctx, endpoint, frame, level)
+        name = _CALIBRATION_FIELDS[metric]
+        est = getattr(fit, name)
+        if est is None:
+            return None, fit.not_estimable.get(name, "not estimable")
+        return est, ""
+    if metric is Metric.NET_BENEFIT_GAIN:
+        assert protocol.decision_curve is not None
+        assert protocol.decision_curve.criterion_at is not None
+        cmp = wstats.net_benefit_comparison(
+            y,
+            frame["_p"].to_numpy(dtype=float),
+            protocol.decision_curve.criterion_at,
+            level=level,
+            n_boot=endpoint.ci.n_boot,
+            seed=endpoint.ci.seed,
+        )
+        # the binding comparison: its lower limit > 0 iff the model beats both defaults
+        if cmp.over_treat_all.ci_low <= cmp.over_treat_none.ci_low:
+            est, against = cmp.over_treat_all, "treat-all"
+        else:
+            est, against = cmp.over_treat_none, "treat-none"
+        return (
+            wstats.Estimate(
+                est.value,
+                est.ci_low,
+                est.ci_high,
+                est.level,
+                f"{est.method}; net benefit minus that of {against}",
+                est.n,
+                est.se,
+            ),
+            "",
+        )
+    threshold = protocol.threshold_of(endpoint)
+    assert threshold is not None
+    s = frame["_s"].to_numpy(dtype=float)
+    if metric is Metric.F1:
+        return _f1(y, s >= threshold, endpoint, level), ""
+    # PPV / NPV at the deployment prevalence
+    assert protocol.deployment_prevalence is not None
+    bm = wstats.binary_metrics(y, s, threshold=threshold, method="wilson", level=level)
+    if bm.sensitivity is None or bm.specificity is None:
+        missing = "sensitivity" if bm.sensitivity is None else "specificity"
+        return None, bm.not_estimable.get(missing, f"{missing} not estimable")
+    pv = wstats.predictive_values(
+        bm.sensitivity,
+        bm.specificity,
+        protocol.deployment_prevalence,
+        level=level,
+        method=endpoint.ci_method,
+    )
+    return (pv.ppv if metric is Metric.PPV_AT_PREVALENCE else pv.npv), ""
+
+
+_UTILITY_METRICS = frozenset(
+    {
+        Metric.F1,
+        Metric.PPV_AT_PREVALENCE,
+        Metric.NPV_AT_PREVALENCE,
+        Metric.NET_BENEFIT_GAIN,
+        *_CALIBRATION_FIELDS,
+    }
+)
+
+
 def _estimate(
-    endpoint: Endpoint, frame: pd.DataFrame, level: float
+    endpoint: Endpoint, frame: pd.DataFrame, level: float, ctx: _Context
 ) -> tuple[wstats.Estimate | None, str]:
     """Estimate ``endpoint`` on ``frame`` at ``level``; (None, reason) when not estimable."""
     info = metric_info(endpoint.metric)
@@ -192,6 +369,8 @@ def _estimate(
         s = frame["_s"].to_numpy(dtype=float)
         if len(y) == 0:
             return None, "no cases"
+        if endpoint.metric in _UTILITY_METRICS:
+            return _utility_estimate(ctx, endpoint, frame, level)
         if endpoint.metric is Metric.AUC:
             return (
                 wstats.auc(
@@ -204,12 +383,13 @@ def _estimate(
                 ),
                 "",
             )
-        assert endpoint.operating_threshold is not None
+        threshold = ctx.protocol.threshold_of(endpoint)
+        assert threshold is not None
         if endpoint.metric is Metric.KAPPA_MODEL_VS_CONSENSUS:
-            decision = (s >= endpoint.operating_threshold).astype(int)
+            decision = (s >= threshold).astype(int)
             return wstats.cohen_kappa(y, decision, level=level, categories=[0, 1]), ""
         bm = wstats.binary_metrics(
-            y, s, threshold=endpoint.operating_threshold, method=endpoint.ci_method, level=level
+            y, s, threshold=threshold, method=endpoint.ci_method, level=level
         )
         est = getattr(bm, endpoint.metric.value)
         if est is None:
@@ -291,7 +471,7 @@ class _StratumWork:
 
 
 def _judge_adjusted(
-    endpoint: Endpoint, family: list[_StratumWork], multiplicity: Multiplicity
+    endpoint: Endpoint, family: list[_StratumWork], multiplicity: Multiplicity, ctx: _Context
 ) -> None:
     """Judge a family of strata on the endpoint's criterion with adjusted CI levels.
 
@@ -321,7 +501,7 @@ def _judge_adjusted(
             level = 1.0 - alpha / (m - passed)
         now_passing = []
         for work in remaining:
-            work.estimate, work.reason = _estimate(endpoint, work.frame, level)
+            work.estimate, work.reason = _estimate(endpoint, work.frame, level, ctx)
             work.level = level
             if work.estimate is None:
                 work.verdict = Verdict.NOT_EVALUABLE
@@ -341,9 +521,11 @@ def _judge_adjusted(
             work.reason = f"criterion not met at adjusted CI level {work.level:.4g}"
 
 
-def _judge_fixed(endpoint: Endpoint, work: _StratumWork, criteria: list[Criterion]) -> None:
+def _judge_fixed(
+    endpoint: Endpoint, work: _StratumWork, criteria: list[Criterion], ctx: _Context
+) -> None:
     work.level = endpoint.ci.level
-    work.estimate, work.reason = _estimate(endpoint, work.frame, work.level)
+    work.estimate, work.reason = _estimate(endpoint, work.frame, work.level, ctx)
     if work.estimate is None:
         work.verdict = Verdict.NOT_EVALUABLE
         return
@@ -415,6 +597,20 @@ def evaluate_endpoints(
     are handled. Strata with ``n < min_n`` and strata of report-only factors
     are estimated for the report and marked ``NOT_ASSESSED``.
     """
+    unresolved = [
+        ep.id
+        for ep in protocol.endpoints
+        if metric_info(ep.metric).needs_threshold and protocol.threshold_of(ep) is None
+    ]
+    if unresolved:
+        op = protocol.operating_point
+        rule = op.describe() if op is not None else "none"
+        raise ProtocolError(
+            f"Endpoint(s) {unresolved} have no threshold: the protocol's operating point "
+            f"({rule}) is a rule that was not resolved. Resolve it with "
+            "workbench.protocols.operating_points.resolve_operating_point before evaluating."
+        )
+    ctx = _Context(protocol)
     prepared = _prepare(protocol, cases)
     frame = prepared.frame
     labels = {f.factor: stratum_labels(frame, f) for f in protocol.strata}
@@ -423,7 +619,7 @@ def evaluate_endpoints(
     results: list[EndpointResult] = []
     total = len(protocol.endpoints)
     for i, ep in enumerate(protocol.endpoints):
-        est, reason = _estimate(ep, frame, ep.ci.level)
+        est, reason = _estimate(ep, frame, ep.ci.level, ctx)
         if est is None:
             overall = Verdict.NOT_EVALUABLE
         elif ep.criterion.holds(est.value, est.ci_low, est.ci_high):
@@ -443,7 +639,7 @@ def evaluate_endpoints(
         for w in works:
             if not w.assessed:
                 w.level = ep.ci.level
-                w.estimate, w.reason = _estimate(ep, w.frame, w.level)
+                w.estimate, w.reason = _estimate(ep, w.frame, w.level, ctx)
                 if not (judged and w.factor.assess):
                     w.reason = "report only" + (f"; {w.reason}" if w.reason else "")
                 else:
@@ -458,9 +654,9 @@ def evaluate_endpoints(
             for fam in families.values():
                 if sub.rule is SubgroupRule.FIXED_CRITERIA:
                     for w in fam:
-                        _judge_fixed(ep, w, list(sub.criteria or []))
+                        _judge_fixed(ep, w, list(sub.criteria or []), ctx)
                 else:
-                    _judge_adjusted(ep, fam, sub.multiplicity)
+                    _judge_adjusted(ep, fam, sub.multiplicity, ctx)
         verdict = overall
         assessed_works = [w for w in works if w.assessed]
         if overall is Verdict.PASS and assessed_works:
@@ -482,14 +678,14 @@ def evaluate_endpoints(
                 metric=ep.metric.value,
                 primary=ep.primary,
                 estimate=est,
-                criterion_text=ep.criterion_text(),
+                criterion_text=protocol.criterion_text(ep),
                 overall_verdict=overall,
                 subgroup_rule_text=_subgroup_rule_text(protocol, ep) if judged else None,
                 strata=tuple(w.result() for w in works),
                 verdict=verdict,
                 reason=reason if verdict is not Verdict.PASS else "",
                 n_cases=len(frame),
-                operating_threshold=ep.operating_threshold,
+                operating_threshold=protocol.threshold_of(ep),
             )
         )
         if progress is not None:

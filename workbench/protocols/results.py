@@ -36,11 +36,15 @@ from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 __all__ = [
     "SCHEMA_VERSION",
     "AgreementResult",
+    "CalibrationSummary",
     "CaseAccounting",
     "CaseNote",
+    "DecisionCurveSummary",
     "EndpointResult",
     "HeterogeneityResult",
+    "OperatingPointSummary",
     "ProtocolEvaluation",
+    "ReliabilityBin",
     "RocSummary",
     "RunContext",
     "RunResults",
@@ -729,6 +733,284 @@ class HeterogeneityResult:
         )
 
 
+def _optional_floats(values: Any) -> tuple[float | None, ...]:
+    """A stored list of numbers with nulls (undefined values) as a tuple."""
+    return tuple(None if v is None else float(v) for v in values or ())
+
+
+@dataclass(frozen=True, slots=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram.
+
+    Parameters
+    ----------
+    bin_low, bin_high : float
+        Bin edges (equal-width bins) or the smallest and largest prediction (equal-mass).
+    n, events : int
+        Cases in the bin and cases with the outcome.
+    mean_predicted, observed : float
+        Mean predicted probability and observed fraction with the outcome.
+    observed_ci_low, observed_ci_high : float
+        Wilson interval of the observed fraction.
+    """
+
+    bin_low: float
+    bin_high: float
+    n: int
+    events: int
+    mean_predicted: float
+    observed: float
+    observed_ci_low: float
+    observed_ci_high: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return _jsonable({k: getattr(self, k) for k in _BIN_FIELDS})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReliabilityBin:
+        """Read :meth:`to_dict`'s form."""
+        return cls(
+            bin_low=float(data["bin_low"]),
+            bin_high=float(data["bin_high"]),
+            n=int(data["n"]),
+            events=int(data["events"]),
+            mean_predicted=float(data["mean_predicted"]),
+            observed=float(data["observed"]),
+            observed_ci_low=float(data["observed_ci_low"]),
+            observed_ci_high=float(data["observed_ci_high"]),
+        )
+
+
+_BIN_FIELDS = (
+    "bin_low",
+    "bin_high",
+    "n",
+    "events",
+    "mean_predicted",
+    "observed",
+    "observed_ci_low",
+    "observed_ci_high",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationSummary:
+    """Calibration of the model's probabilities overall or in one stratum, for figures and tables.
+
+    The levels of the calibration hierarchy of Van Calster et al. (2016, 2019):
+    calibration-in-the-large (``intercept``, ideal 0), the calibration slope
+    (ideal 1), the Brier score and the expected calibration error, the reliability
+    table and a flexible (spline) calibration curve with its bootstrap band.
+
+    Parameters
+    ----------
+    factor, stratum : str
+        ``("", "overall")`` for all cases, else the stratum factor and level.
+    n, events : int
+        Cases and cases with the outcome.
+    intercept, slope, brier, ece : Estimate or None
+        ``None`` when not estimable (reason in ``reasons``).
+    bins : int
+    strategy : str
+        ``uniform`` or ``quantile`` bins.
+    reliability : tuple of ReliabilityBin
+        Non-empty bins.
+    curve_predicted, curve_observed, curve_lower, curve_upper : tuple of float
+        The smoothed calibration curve and its pointwise band (empty when not estimable).
+    curve_level : float
+    reasons : tuple of (str, str)
+        ``(field, reason)`` for every part that is not estimable.
+    """
+
+    factor: str
+    stratum: str
+    n: int
+    events: int
+    intercept: Estimate | None
+    slope: Estimate | None
+    brier: Estimate | None
+    ece: Estimate | None
+    bins: int
+    strategy: str
+    reliability: tuple[ReliabilityBin, ...] = ()
+    curve_predicted: tuple[float, ...] = ()
+    curve_observed: tuple[float, ...] = ()
+    curve_lower: tuple[float, ...] = ()
+    curve_upper: tuple[float, ...] = ()
+    curve_level: float = 0.95
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``overall`` or ``factor = level``."""
+        return self.stratum if not self.factor else f"{self.factor} = {self.stratum}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return _jsonable(
+            {
+                "factor": self.factor,
+                "stratum": self.stratum,
+                "n": self.n,
+                "events": self.events,
+                "intercept": estimate_to_dict(self.intercept),
+                "slope": estimate_to_dict(self.slope),
+                "brier": estimate_to_dict(self.brier),
+                "ece": estimate_to_dict(self.ece),
+                "bins": self.bins,
+                "strategy": self.strategy,
+                "reliability": [b.to_dict() for b in self.reliability],
+                "curve": {
+                    "predicted": self.curve_predicted,
+                    "observed": self.curve_observed,
+                    "lower": self.curve_lower,
+                    "upper": self.curve_upper,
+                    "level": self.curve_level,
+                },
+                "reasons": {k: v for k, v in self.reasons},
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSummary:
+        """Read :meth:`to_dict`'s form."""
+        curve = data.get("curve") or {}
+        return cls(
+            factor=str(_or(data, "factor", "")),
+            stratum=str(_or(data, "stratum", "overall")),
+            n=int(_or(data, "n", 0)),
+            events=int(_or(data, "events", 0)),
+            intercept=estimate_from_dict(data.get("intercept")),
+            slope=estimate_from_dict(data.get("slope")),
+            brier=estimate_from_dict(data.get("brier")),
+            ece=estimate_from_dict(data.get("ece")),
+            bins=int(_or(data, "bins", 10)),
+            strategy=str(_or(data, "strategy", "uniform")),
+            reliability=tuple(ReliabilityBin.from_dict(b) for b in data.get("reliability") or ()),
+            curve_predicted=tuple(float(v) for v in curve.get("predicted") or ()),
+            curve_observed=tuple(float(v) for v in curve.get("observed") or ()),
+            curve_lower=tuple(float(v) for v in curve.get("lower") or ()),
+            curve_upper=tuple(float(v) for v in curve.get("upper") or ()),
+            curve_level=float(_or(curve, "level", 0.95)),
+            reasons=tuple((str(k), str(v)) for k, v in (data.get("reasons") or {}).items()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionCurveSummary:
+    """The decision curve: net benefit of the model, treat-all and treat-none per threshold.
+
+    Net benefit ``TP/n - FP/n * p_t / (1 - p_t)`` (Vickers & Elkin 2006) over the
+    protocol's range of threshold probabilities, with percentile bootstrap
+    intervals; treat-none is 0 everywhere. ``None`` in a tuple marks a value that is
+    undefined at that threshold (e.g. interventions avoided at ``p_t = 0``).
+
+    Parameters
+    ----------
+    thresholds : tuple of float
+    net_benefit, net_benefit_low, net_benefit_high : tuple of float or None
+        The model.
+    treat_all, treat_all_low, treat_all_high : tuple of float or None
+    interventions_avoided, interventions_avoided_low, interventions_avoided_high :
+        tuple of float or None
+        Net interventions avoided per 100 patients against treat-all.
+    prevalence : float
+        Prevalence behind the curves.
+    level : float
+    method : str
+    n : int
+    criterion_at : float or None
+        Threshold probability at which net-benefit endpoints are judged.
+    """
+
+    thresholds: tuple[float, ...]
+    net_benefit: tuple[float | None, ...]
+    net_benefit_low: tuple[float | None, ...]
+    net_benefit_high: tuple[float | None, ...]
+    treat_all: tuple[float | None, ...]
+    treat_all_low: tuple[float | None, ...]
+    treat_all_high: tuple[float | None, ...]
+    interventions_avoided: tuple[float | None, ...]
+    interventions_avoided_low: tuple[float | None, ...]
+    interventions_avoided_high: tuple[float | None, ...]
+    prevalence: float
+    level: float
+    method: str
+    n: int
+    criterion_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecisionCurveSummary:
+        """Read :meth:`to_dict`'s form."""
+        at = data.get("criterion_at")
+        return cls(
+            thresholds=tuple(float(v) for v in data["thresholds"]),
+            **{
+                k: _optional_floats(data.get(k))
+                for k in (
+                    "net_benefit",
+                    "net_benefit_low",
+                    "net_benefit_high",
+                    "treat_all",
+                    "treat_all_low",
+                    "treat_all_high",
+                    "interventions_avoided",
+                    "interventions_avoided_low",
+                    "interventions_avoided_high",
+                )
+            },
+            prevalence=float(_or(data, "prevalence", 0.0)),
+            level=float(_or(data, "level", 0.95)),
+            method=str(_or(data, "method", "")),
+            n=int(_or(data, "n", 0)),
+            criterion_at=None if at is None else float(at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPointSummary:
+    """The locked operating point the threshold endpoints were evaluated at.
+
+    Parameters
+    ----------
+    threshold : float
+        Scores ``>= threshold`` are called positive.
+    description : str
+        How it was locked (a number in the protocol, or a rule on a tuning set).
+    deployment_prevalence : float or None
+        The protocol's intended-use prevalence, for PPV/NPV at prevalence.
+    """
+
+    threshold: float
+    description: str
+    deployment_prevalence: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return _jsonable(
+            {
+                "threshold": self.threshold,
+                "description": self.description,
+                "deployment_prevalence": self.deployment_prevalence,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OperatingPointSummary:
+        """Read :meth:`to_dict`'s form."""
+        prevalence = data.get("deployment_prevalence")
+        return cls(
+            threshold=float(data["threshold"]),
+            description=str(_or(data, "description", "")),
+            deployment_prevalence=None if prevalence is None else float(prevalence),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SupplementaryAnalyses:
     """Descriptive and secondary analyses stored with the results (not judged).
@@ -749,6 +1031,15 @@ class SupplementaryAnalyses:
         Per-case metric whose distribution per scanner is kept ('' when none).
     distributions : tuple of (str, tuple of float)
         Per scanner: the per-case values of ``distribution_metric``.
+    calibration : tuple of CalibrationSummary
+        Classification with probability scores: overall first, then per stratum of
+        the protocol's ``calibration.by`` factors; ``calibration_reason`` when not
+        assessed (e.g. ``score_is_probability: false``).
+    decision_curve : DecisionCurveSummary or None
+        Over the protocol's ``decision_curve`` range; ``decision_curve_reason`` when
+        not estimable or not requested.
+    operating_point : OperatingPointSummary or None
+        The locked threshold of the threshold endpoints.
     """
 
     roc: RocSummary | None = None
@@ -760,6 +1051,16 @@ class SupplementaryAnalyses:
     heterogeneity: tuple[HeterogeneityResult, ...] = ()
     distribution_metric: str = ""
     distributions: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    calibration: tuple[CalibrationSummary, ...] = ()
+    calibration_reason: str = ""
+    decision_curve: DecisionCurveSummary | None = None
+    decision_curve_reason: str = ""
+    operating_point: OperatingPointSummary | None = None
+
+    @property
+    def calibration_overall(self) -> CalibrationSummary | None:
+        """The calibration of all cases (None when not assessed)."""
+        return next((c for c in self.calibration if not c.factor), None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -779,6 +1080,17 @@ class SupplementaryAnalyses:
             out["fleiss_kappa_readers"] = {"not_estimable": self.readers_fleiss_reason}
         if self.distribution_metric:
             out["distribution_metric"] = self.distribution_metric
+        if self.calibration or self.calibration_reason:
+            out["calibration"] = {
+                "summaries": [c.to_dict() for c in self.calibration],
+                "not_estimable": self.calibration_reason,
+            }
+        if self.decision_curve is not None or self.decision_curve_reason:
+            out["decision_curve"] = (
+                self.decision_curve.to_dict() if self.decision_curve is not None else {}
+            ) | {"not_estimable": self.decision_curve_reason}
+        if self.operating_point is not None:
+            out["operating_point"] = self.operating_point.to_dict()
         return _jsonable(out)
 
     @classmethod
@@ -786,6 +1098,8 @@ class SupplementaryAnalyses:
         """Read :meth:`to_dict`'s form (schema version 1 or 2)."""
         roc_data = data.get("roc") or {}
         fleiss = data.get("fleiss_kappa_readers") or {}
+        calibration = data.get("calibration") or {}
+        curve = data.get("decision_curve") or {}
         readers = tuple(str(c) for c in data.get("reader_columns") or ())
         if "reader_columns" not in data:
             # Schema version 1 stored no reader columns; its readers were the raters compared.
@@ -811,6 +1125,19 @@ class SupplementaryAnalyses:
             distributions=tuple(
                 (str(k), tuple(float(v) for v in values))
                 for k, values in sorted((data.get("distributions") or {}).items())
+            ),
+            calibration=tuple(
+                CalibrationSummary.from_dict(c) for c in calibration.get("summaries") or ()
+            ),
+            calibration_reason=str(calibration.get("not_estimable") or ""),
+            decision_curve=(
+                DecisionCurveSummary.from_dict(curve) if "thresholds" in curve else None
+            ),
+            decision_curve_reason=str(curve.get("not_estimable") or ""),
+            operating_point=(
+                OperatingPointSummary.from_dict(data["operating_point"])
+                if data.get("operating_point")
+                else None
             ),
         )
 

@@ -368,8 +368,7 @@ class OperatingPoint(_Strict):
                 raise ValueError(f"threshold must be a finite number, found {self.threshold!r}")
             if self.rule is not None or self.value is not None or self.tuning_set is not None:
                 raise ValueError(
-                    "an operating point is either a threshold or a rule on a tuning set; "
-                    "found both"
+                    "an operating point is either a threshold or a rule on a tuning set; found both"
                 )
             return self
         if self.rule is None or self.tuning_set is None:
@@ -566,7 +565,9 @@ def _check_criterion_against_metric(criterion: Criterion, metric: Metric) -> Non
     if info.target is not None:
         # two-sided metric: a floor is shown by the lower CI limit, a ceiling by the upper
         anti_two = (
-            CriterionStatistic.CI_HIGH if criterion.operator.is_lower_bound else CriterionStatistic.CI_LOW
+            CriterionStatistic.CI_HIGH
+            if criterion.operator.is_lower_bound
+            else CriterionStatistic.CI_LOW
         )
         if criterion.statistic is anti_two:
             raise LocatedValueError(
@@ -798,6 +799,27 @@ class Protocol(_Strict):
     failed_cases: FailedCasePolicy = FailedCasePolicy.COUNT_AS_ERROR
     failed_case_distance_mm: float = Field(default=100.0, gt=0)
     not_evaluable_counts_as: NotEvaluablePolicy = NotEvaluablePolicy.FAIL
+    operating_point: OperatingPoint | None = Field(
+        default=None,
+        description=(
+            "The locked operating threshold of threshold endpoints that name none of their own."
+        ),
+    )
+    deployment_prevalence: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Prevalence of the intended-use population, for PPV/NPV at prevalence.",
+    )
+    score_is_probability: bool = Field(
+        default=True,
+        description=(
+            "Whether the model score is a probability; if false, calibration and net-benefit "
+            "endpoints are not evaluable."
+        ),
+    )
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    decision_curve: DecisionCurveSpec | None = None
     endpoints: list[Endpoint] = Field(min_length=1)
     strata: list[StratumFactor] = Field(default_factory=list)
     subgroup_acceptance: SubgroupAcceptance | None = None
@@ -812,6 +834,7 @@ class Protocol(_Strict):
 
     _sha256: str = PrivateAttr(default="")
     _source_text: str = PrivateAttr(default="")
+    _resolved_threshold: float | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> Protocol:
@@ -831,6 +854,39 @@ class Protocol(_Strict):
                 )
         if not any(ep.primary for ep in self.endpoints):
             raise LocatedValueError(("endpoints",), "at least one endpoint must be primary")
+        for i, ep in enumerate(self.endpoints):
+            info = metric_info(ep.metric)
+            if (
+                info.needs_threshold
+                and ep.operating_threshold is None
+                and self.operating_point is None
+            ):
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} needs an operating_threshold on the model score "
+                    "(on the endpoint, or the protocol's operating_point)",
+                )
+            if info.needs_prevalence and self.deployment_prevalence is None:
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} needs the protocol's deployment_prevalence "
+                    "(e.g. deployment_prevalence: 0.05)",
+                )
+            if info.needs_decision_curve and (
+                self.decision_curve is None or self.decision_curve.criterion_at is None
+            ):
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} is judged at decision_curve.criterion_at; add "
+                    "decision_curve: {thresholds: [low, high], criterion_at: p}",
+                )
+        factor_names = {s.factor for s in self.strata}
+        for j, name in enumerate(self.calibration.by or []):
+            if name not in factor_names:
+                raise LocatedValueError(
+                    ("calibration", "by", j),
+                    f"{name!r} is not a stratum factor; expected one of {sorted(factor_names)}",
+                )
         ref = self.reference_standard
         if self.task is Task.CLASSIFICATION and not ref.labels_column:
             raise LocatedValueError(
@@ -868,6 +924,16 @@ class Protocol(_Strict):
                         ("subgroup_acceptance",),
                         f"endpoint {ep.id!r} judges a point estimate, which a multiplicity "
                         "adjustment cannot widen; use a CI bound or rule 'fixed_criteria'",
+                    )
+                if sub.rule is SubgroupRule.ADJUSTED_CRITERION and ep.criterion.statistic in (
+                    CriterionStatistic.CI,
+                    CriterionStatistic.ABS_VALUE,
+                ):
+                    raise LocatedValueError(
+                        ("subgroup_acceptance",),
+                        f"endpoint {ep.id!r} has a {ep.criterion.statistic.value!r} criterion, "
+                        "which a widened CI makes easier, not harder, to meet; use rule "
+                        "'fixed_criteria'",
                     )
                 for j, crit in enumerate(sub.criteria or []):
                     try:
@@ -932,6 +998,54 @@ class Protocol(_Strict):
         raise KeyError(
             f"no endpoint {endpoint_id!r}; expected one of {[e.id for e in self.endpoints]}"
         )
+
+    def threshold_of(self, endpoint: Endpoint) -> float | None:
+        """The score threshold a threshold endpoint is evaluated at.
+
+        The endpoint's own ``operating_threshold``, else the protocol's
+        ``operating_point``: its number, or the threshold its rule was resolved to
+        (:func:`workbench.protocols.operating_points.resolve_operating_point`).
+        ``None`` for metrics without a threshold and for an unresolved rule.
+        """
+        if not metric_info(endpoint.metric).needs_threshold:
+            return None
+        if endpoint.operating_threshold is not None:
+            return endpoint.operating_threshold
+        op = self.operating_point
+        if op is None:
+            return None
+        if op.threshold is not None:
+            return op.threshold
+        return self._resolved_threshold
+
+    @property
+    def resolved_threshold(self) -> float | None:
+        """The threshold an operating-point rule was resolved to (None when not resolved)."""
+        return self._resolved_threshold
+
+    def endpoint_condition(self, endpoint: Endpoint) -> str:
+        """Where an endpoint is evaluated, in words ('' for threshold-free metrics).
+
+        E.g. ``"at deployment prevalence 0.05, score >= 0.5"`` or
+        ``"at threshold probability 0.2"``.
+        """
+        info = metric_info(endpoint.metric)
+        parts = []
+        if info.needs_prevalence and self.deployment_prevalence is not None:
+            parts.append(f"at deployment prevalence {self.deployment_prevalence:g}")
+        if info.needs_threshold and info.needs_prevalence:
+            threshold = self.threshold_of(endpoint)
+            if threshold is not None:
+                parts.append(f"score >= {threshold:g}")
+        if info.needs_decision_curve and self.decision_curve is not None:
+            parts.append(f"at threshold probability {self.decision_curve.criterion_at:g}")
+        return ", ".join(parts)
+
+    def criterion_text(self, endpoint: Endpoint) -> str:
+        """The endpoint's criterion in words, with where it is evaluated."""
+        text = endpoint.criterion_text()
+        condition = self.endpoint_condition(endpoint)
+        return f"{text} ({condition})" if condition else text
 
     def subgroup_endpoints(self) -> list[Endpoint]:
         """Endpoints the subgroup acceptance rule applies to (none without a rule)."""

@@ -2,10 +2,21 @@
 
 Pure: a function of the protocol and the run's case frame, next to the
 protocol evaluation. Nothing here is judged against a criterion; the report
-prints it beside the acceptance table.
+prints it beside the acceptance table (the calibration and net-benefit
+endpoints that are judged go through :mod:`workbench.protocols.evaluation`).
+
+References
+----------
+.. [1] Van Calster B, McLernon DJ, van Smeden M, Wynants L, Steyerberg EW.
+   Calibration: the Achilles heel of predictive analytics. BMC Med 17:230, 2019.
+.. [2] Vickers AJ, Elkin EB. Decision curve analysis: a novel method for evaluating
+   prediction models. Med Decis Making 26:565-574, 2006.
+.. [3] Steyerberg EW. Clinical Prediction Models, 2nd ed. Springer, 2019, ch. 15.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -15,15 +26,21 @@ from workbench.protocols.evaluation import stratum_labels
 from workbench.protocols.metrics import Task
 from workbench.protocols.results import (
     AgreementResult,
+    CalibrationSummary,
+    DecisionCurveSummary,
     HeterogeneityResult,
+    OperatingPointSummary,
+    ReliabilityBin,
     RocSummary,
     SupplementaryAnalyses,
 )
 from workbench.protocols.schema import Protocol
 from workbench.stats import (
     Estimate,
+    calibration,
     fleiss_kappa,
     heterogeneity_test,
+    net_benefit,
     pairwise_kappas,
     roc_curve_with_band,
 )
@@ -33,6 +50,10 @@ __all__ = ["supplementary_analysis"]
 
 #: Bootstrap replicates behind the ROC curve's pointwise band.
 ROC_BAND_REPLICATES = 500
+#: Bootstrap replicates behind the calibration summaries and their curve's band.
+CALIBRATION_REPLICATES = 1000
+#: Bootstrap replicates behind the decision curve's intervals.
+DECISION_CURVE_REPLICATES = 1000
 
 _SEGMENTATION_COLUMNS = ("dice", "surface_dice", "hd95", "assd")
 
@@ -108,10 +129,161 @@ def _agreement(
     return tuple(rows), fleiss, fleiss_reason
 
 
+def _calibration_summary(
+    protocol: Protocol, y: np.ndarray, p: np.ndarray, factor: str, stratum: str
+) -> CalibrationSummary:
+    """Calibration of one group of cases (raises WorkbenchError when not estimable)."""
+    spec = protocol.calibration
+    res = calibration(
+        y,
+        p,
+        bins=spec.bins,
+        strategy=spec.strategy.value,
+        ci="bootstrap",
+        n_boot=CALIBRATION_REPLICATES,
+        seed=0,
+    )
+    bins = tuple(
+        ReliabilityBin(
+            bin_low=float(r["bin_low"]),
+            bin_high=float(r["bin_high"]),
+            n=int(r["n"]),
+            events=int(r["events"]),
+            mean_predicted=float(r["mean_predicted"]),
+            observed=float(r["observed"]),
+            observed_ci_low=float(r["observed_ci_low"]),
+            observed_ci_high=float(r["observed_ci_high"]),
+        )
+        for r in res.reliability.to_dict("records")
+    )
+    curve = res.curve
+
+    def floats(values: np.ndarray | None) -> tuple[float, ...]:
+        return () if values is None else tuple(float(v) for v in values)
+
+    return CalibrationSummary(
+        factor=factor,
+        stratum=stratum,
+        n=res.n,
+        events=res.events,
+        intercept=res.intercept,
+        slope=res.slope,
+        brier=res.brier,
+        ece=res.ece,
+        bins=res.bins,
+        strategy=res.strategy,
+        reliability=bins,
+        curve_predicted=floats(None if curve is None else curve.predicted),
+        curve_observed=floats(None if curve is None else curve.observed),
+        curve_lower=floats(None if curve is None else curve.lower),
+        curve_upper=floats(None if curve is None else curve.upper),
+        curve_level=0.95 if curve is None else float(curve.level),
+        reasons=tuple(sorted(res.not_estimable.items())),
+    )
+
+
+def _calibration(
+    protocol: Protocol, done: pd.DataFrame
+) -> tuple[tuple[CalibrationSummary, ...], str]:
+    if not protocol.score_is_probability:
+        return (), (
+            "the protocol states that the model score is not a probability "
+            "(score_is_probability: false); calibration is not assessed"
+        )
+    y = done["y_true"].astype(int).to_numpy()
+    p = done["score"].astype(float).to_numpy()
+    try:
+        summaries = [_calibration_summary(protocol, y, p, "", "overall")]
+    except WorkbenchError as error:
+        return (), str(error)
+    by = protocol.calibration.by
+    factors = [f.factor for f in protocol.strata if by is None or f.factor in by]
+    for factor in factors:
+        for level, group in done.groupby(factor, sort=True):
+            try:
+                summaries.append(
+                    _calibration_summary(
+                        protocol,
+                        group["y_true"].astype(int).to_numpy(),
+                        group["score"].astype(float).to_numpy(),
+                        factor,
+                        str(level),
+                    )
+                )
+            except WorkbenchError:
+                continue  # a stratum with one class only has no calibration; the table says so
+    return tuple(summaries), ""
+
+
+def _optional(values: pd.Series) -> tuple[float | None, ...]:
+    return tuple(None if not math.isfinite(float(v)) else float(v) for v in values)
+
+
+def _decision_curve(
+    protocol: Protocol, done: pd.DataFrame
+) -> tuple[DecisionCurveSummary | None, str]:
+    spec = protocol.decision_curve
+    if spec is None:
+        return None, ""
+    if not protocol.score_is_probability:
+        return None, (
+            "the protocol states that the model score is not a probability "
+            "(score_is_probability: false); net benefit is not defined for it"
+        )
+    try:
+        curve = net_benefit(
+            done["y_true"].astype(int).to_numpy(),
+            done["score"].astype(float).to_numpy(),
+            list(spec.grid()),
+            ci="bootstrap",
+            n_boot=DECISION_CURVE_REPLICATES,
+            seed=0,
+        )
+    except WorkbenchError as error:
+        return None, str(error)
+    return (
+        DecisionCurveSummary(
+            thresholds=tuple(float(t) for t in curve["threshold"]),
+            net_benefit=_optional(curve["net_benefit"]),
+            net_benefit_low=_optional(curve["net_benefit_ci_low"]),
+            net_benefit_high=_optional(curve["net_benefit_ci_high"]),
+            treat_all=_optional(curve["treat_all"]),
+            treat_all_low=_optional(curve["treat_all_ci_low"]),
+            treat_all_high=_optional(curve["treat_all_ci_high"]),
+            interventions_avoided=_optional(curve["interventions_avoided"]),
+            interventions_avoided_low=_optional(curve["interventions_avoided_ci_low"]),
+            interventions_avoided_high=_optional(curve["interventions_avoided_ci_high"]),
+            prevalence=float(curve["prevalence"].iloc[0]),
+            level=float(curve["level"].iloc[0]),
+            method=str(curve["method"].iloc[0]),
+            n=int(curve["n"].iloc[0]),
+            criterion_at=spec.criterion_at,
+        ),
+        "",
+    )
+
+
+def _operating_point(protocol: Protocol) -> OperatingPointSummary | None:
+    op = protocol.operating_point
+    if op is None:
+        return None
+    threshold = op.threshold if op.threshold is not None else protocol.resolved_threshold
+    if threshold is None:
+        return None
+    text = op.describe()
+    if op.is_rule:
+        text = f"{text}, resolved to score >= {threshold:g}"
+    return OperatingPointSummary(
+        threshold=float(threshold),
+        description=text,
+        deployment_prevalence=protocol.deployment_prevalence,
+    )
+
+
 def _heterogeneity(protocol: Protocol, done: pd.DataFrame) -> tuple[HeterogeneityResult, ...]:
     out: list[HeterogeneityResult] = []
     for endpoint in protocol.endpoints:
-        args = _heterogeneity_args(endpoint.metric.value, endpoint.operating_threshold)
+        args = _heterogeneity_args(endpoint.metric.value, protocol.threshold_of(endpoint))
         if args is None:
             continue
         name, options = args
@@ -156,7 +328,11 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> Supplemen
     the model against each reader named in the protocol's
     ``reference_standard.reader_label_columns`` and among those readers,
     Fleiss' kappa of the readers, heterogeneity tests across the strata of
-    every endpoint, and the per-scanner distribution of the per-case Dice.
+    every endpoint, the per-scanner distribution of the per-case Dice, and for
+    classification with probability scores the calibration (intercept, slope,
+    Brier, ECE, reliability table, smoothed curve; overall and per stratum of the
+    protocol's ``calibration.by`` factors [1]_ [3]_) and the decision curve over the
+    protocol's ``decision_curve`` range [2]_, with the locked operating point.
     Only completed cases enter these descriptive analyses.
 
     Parameters
@@ -179,12 +355,18 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> Supplemen
     for factor in protocol.strata:
         done[factor.factor] = stratum_labels(done, factor)
     threshold = next(
-        (ep.operating_threshold for ep in protocol.endpoints if ep.operating_threshold is not None),
+        (t for ep in protocol.endpoints if (t := protocol.threshold_of(ep)) is not None),
         0.5,
     )
     roc, roc_reason = None, ""
+    cal: tuple[CalibrationSummary, ...] = ()
+    cal_reason = ""
+    curve: DecisionCurveSummary | None = None
+    curve_reason = ""
     if protocol.task is Task.CLASSIFICATION and "y_true" in done:
         roc, roc_reason = _roc(done, threshold)
+        cal, cal_reason = _calibration(protocol, done)
+        curve, curve_reason = _decision_curve(protocol, done)
     readers = [c for c in protocol.reference_standard.reader_label_columns if c in done]
     agreement: tuple[AgreementResult, ...] = ()
     fleiss: Estimate | None = None
@@ -208,4 +390,9 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> Supplemen
         heterogeneity=_heterogeneity(protocol, done),
         distribution_metric=distribution_metric,
         distributions=tuple(distributions),
+        calibration=cal,
+        calibration_reason=cal_reason,
+        decision_curve=curve,
+        decision_curve_reason=curve_reason,
+        operating_point=_operating_point(protocol),
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,10 +19,40 @@ from pydicom.datadict import tag_for_keyword
 
 from workbench.errors import QualityGateError
 
-__all__ = ["FINDING_COLUMNS", "Finding", "FindingGroup", "QualityReport", "Severity", "attribute"]
+__all__ = [
+    "FINDING_COLUMNS",
+    "Finding",
+    "FindingGroup",
+    "QualityReport",
+    "Severity",
+    "attribute",
+    "finding_id",
+]
 
-FINDING_COLUMNS = ("check", "severity", "path", "attribute", "expected", "found", "message")
+FINDING_COLUMNS = (
+    "id",
+    "check",
+    "severity",
+    "path",
+    "attribute",
+    "expected",
+    "found",
+    "message",
+)
 """Columns of :meth:`QualityReport.to_frame` and of the CSV export."""
+
+
+def finding_id(data: Mapping[str, Any]) -> str:
+    """Stable identifier of a finding: SHA-256 (16 hex digits) of its canonical content.
+
+    The same finding found again by a later check has the same identifier; waivers
+    refer to it.
+    """
+    key = {
+        k: str(data.get(k, "") or "") for k in ("check", "severity", "path", "attribute", "message")
+    }
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def attribute(keyword: str) -> str:
@@ -94,9 +126,23 @@ class Finding:
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", Severity(self.severity))
 
+    @property
+    def id(self) -> str:
+        """See :func:`finding_id`."""
+        return finding_id(
+            {
+                "check": self.check,
+                "severity": self.severity.value,
+                "path": self.path,
+                "attribute": self.attribute,
+                "message": self.message,
+            }
+        )
+
     def to_dict(self) -> dict[str, str]:
         """The finding as a JSON-serialisable dict."""
         return {
+            "id": self.id,
             "check": self.check,
             "severity": self.severity.value,
             "path": self.path,

@@ -32,9 +32,13 @@ __all__ = [
     "AdjudicationSummary",
     "AgreementRow",
     "AuditEntry",
+    "CalibrationPanel",
+    "CalibrationRow",
+    "CalibrationSection",
     "CaseNote",
     "DataQualitySummary",
     "DatasetSummary",
+    "DecisionCurve",
     "Deviation",
     "DistributionGroup",
     "EstimateStatus",
@@ -49,6 +53,7 @@ __all__ = [
     "ProtocolInfo",
     "QualityFinding",
     "ReaderInfo",
+    "ReliabilityPoint",
     "ReportContent",
     "ReportEstimate",
     "ReportStatus",
@@ -499,8 +504,128 @@ class AgreementRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ReliabilityPoint:
+    """One bin of a reliability diagram: mean prediction against the observed fraction."""
+
+    mean_predicted: float
+    observed: float
+    observed_low: float
+    observed_high: float
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationPanel:
+    """A reliability diagram of one group of cases (overall or one scanner).
+
+    ``curve_*`` hold the smoothed (spline) calibration curve and its band; empty
+    when the curve is not estimable.
+    """
+
+    label: str
+    n: int
+    events: int
+    points: tuple[ReliabilityPoint, ...]
+    curve_predicted: tuple[float, ...] = ()
+    curve_observed: tuple[float, ...] = ()
+    curve_low: tuple[float, ...] = ()
+    curve_high: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        lengths = {
+            len(self.curve_predicted),
+            len(self.curve_observed),
+            len(self.curve_low),
+            len(self.curve_high),
+        }
+        if len(lengths) != 1:
+            raise ReportError(
+                "CalibrationPanel needs curve_predicted, curve_observed, curve_low and "
+                f"curve_high of one equal length. Found lengths {sorted(lengths)}."
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    """Calibration summary of one group: intercept, slope, Brier score and ECE with CIs."""
+
+    group: str
+    n: int
+    intercept: ReportEstimate
+    slope: ReportEstimate
+    brier: ReportEstimate
+    ece: ReportEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionCurve:
+    """Net benefit of the model, treat-all and treat-none over threshold probabilities.
+
+    ``None`` in ``model_low``/``model_high`` marks an interval that is undefined
+    at that threshold.
+    """
+
+    thresholds: tuple[float, ...]
+    model: tuple[float, ...]
+    model_low: tuple[float | None, ...]
+    model_high: tuple[float | None, ...]
+    treat_all: tuple[float, ...]
+    prevalence: float
+    method: str = ""
+    level: float = 0.95
+    criterion_at: float | None = None
+
+    def __post_init__(self) -> None:
+        lengths = {
+            len(self.thresholds),
+            len(self.model),
+            len(self.model_low),
+            len(self.model_high),
+            len(self.treat_all),
+        }
+        if len(lengths) != 1 or len(self.thresholds) < 2:
+            raise ReportError(
+                "DecisionCurve needs thresholds, model, model_low, model_high and treat_all "
+                f"of one equal length >= 2. Found lengths {sorted(lengths)}."
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationSection:
+    """Calibration and clinical utility: reliability diagrams, summary table, decision curve.
+
+    Parameters
+    ----------
+    rows : tuple of CalibrationRow
+        Overall first, then per stratum.
+    panels : tuple of CalibrationPanel
+        Reliability diagrams, overall first.
+    bins : int
+    strategy : str
+        ``uniform`` (equal-width) or ``quantile`` (equal-mass) bins.
+    decision_curve : DecisionCurve or None
+    operating_point : str
+        The locked operating point in words ('' when none).
+    note : str
+        Why a part is missing (e.g. the scores are not probabilities).
+    """
+
+    rows: tuple[CalibrationRow, ...] = ()
+    panels: tuple[CalibrationPanel, ...] = ()
+    bins: int = 10
+    strategy: str = "uniform"
+    decision_curve: DecisionCurve | None = None
+    operating_point: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ResultsSection:
-    """Primary results: metrics, figures' data and agreement."""
+    """Primary results: metrics, figures' data and agreement.
+
+    ``calibration`` is the calibration and decision-curve section of a
+    classification run (None when the run has none).
+    """
 
     metrics: tuple[MetricResult, ...]
     heterogeneity: tuple[HeterogeneityTest, ...] = ()
@@ -508,6 +633,7 @@ class ResultsSection:
     distribution_metric: str = ""
     distributions: tuple[DistributionGroup, ...] = ()
     agreement: tuple[AgreementRow, ...] = ()
+    calibration: CalibrationSection | None = None
 
 
 @dataclass(frozen=True, slots=True)

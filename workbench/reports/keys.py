@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from workbench.errors import ConfigurationError
 
-__all__ = ["SigningIdentity", "ensure_signing_identity"]
+__all__ = ["SigningIdentity", "ensure_signing_identity", "existing_trust_roots"]
 
 CA_CERT = "ca-cert.pem"
 CA_KEY = "ca-key.pem"
@@ -126,6 +126,30 @@ class SigningIdentity:
                 "for a different public key."
             )
         return cls(key=private, certificate=certificate, chain=issuers)
+
+
+def existing_trust_roots(keys_dir: str | Path, *, required: bool) -> tuple[x509.Certificate, ...]:
+    """Trust roots of the workbench identity in ``keys_dir``, never creating one.
+
+    Parameters
+    ----------
+    keys_dir : str or Path
+        The workdir's ``keys`` folder.
+    required : bool
+        Whether an identity must exist (reports were sealed with it). When
+        False and the folder holds none, nothing is trusted (empty tuple).
+
+    Raises
+    ------
+    ConfigurationError
+        The identity is partial, or missing while ``required``.
+    """
+    folder = Path(keys_dir)
+    if not required and not any(
+        (folder / n).exists() for n in (CA_CERT, CA_KEY, SIGNING_CERT, SIGNING_KEY)
+    ):
+        return ()
+    return ensure_signing_identity(folder, create=False).trust_roots
 
 
 def ensure_signing_identity(

@@ -468,11 +468,17 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
         return ReportCheck(
             str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")]
         )
-    if not (os.environ.get("WORKBENCH_SIGNING_KEY") and os.environ.get("WORKBENCH_SIGNING_CERT")):
-        from workbench.reports.keys import ensure_signing_identity
+    if os.environ.get("WORKBENCH_SIGNING_KEY") and os.environ.get("WORKBENCH_SIGNING_CERT"):
+        roots = signing_identity(wb).trust_roots
+    else:  # never new keys to verify with; missing keys are an error once reports were sealed
+        from workbench.reports.keys import existing_trust_roots
 
-        ensure_signing_identity(wb.workdir.keys_dir, create=False)  # never new keys to verify
-    outcome = verify_pdf(pdf, trust_roots=signing_identity(wb).trust_roots)
+        with wb.transaction(readonly=True) as session:
+            sealed = session.scalars(
+                select(Report.id).where(Report.sealed_sha256.is_not(None)).limit(1)
+            ).first()
+        roots = existing_trust_roots(wb.workdir.keys_dir, required=sealed is not None)
+    outcome = verify_pdf(pdf, trust_roots=roots)
     checks.append(
         ("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature")
     )

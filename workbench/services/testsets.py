@@ -11,6 +11,7 @@ frozen manifest.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from workbench.dicom.index import FILE_COLUMNS, DicomIndex, index_folder
-from workbench.dicom.manifest import Manifest, ManifestDiff, build_manifest, verify_manifest
+from workbench.dicom.manifest import (
+    Manifest,
+    ManifestDiff,
+    build_manifest,
+    canonical_json,
+    verify_manifest,
+)
 from workbench.errors import (
     DuplicateError,
     QualityGateError,
@@ -29,11 +36,15 @@ from workbench.errors import (
     WorkflowError,
 )
 from workbench.quality import DEFAULT_SUITE, run_quality_checks
+from workbench.quality import Finding as QualityFinding
 from workbench.quality import QualityReport as QualityResult
+from workbench.quality.findings import finding_id as _finding_id
 from workbench.records import audit, signatures
 from workbench.records.models import (
+    AuditEntry,
     FileKind,
     QualityReport,
+    Signature,
     SignatureMeaning,
     TestSet,
     TestSetFile,
@@ -52,7 +63,17 @@ __all__ = [
     "get_test_set",
     "load_index",
     "LABELS_PATH",
+    "Waiver",
+    "finding_id",
+    "list_waivers",
+    "quality_gate",
+    "waive_finding",
 ]
+
+#: Record type of the e-signatures that waive a data-quality finding.
+WAIVER_RECORD = "quality_waiver"
+#: Shortest justification accepted for a waiver.
+MIN_JUSTIFICATION = 20
 
 #: Where a test set keeps its per-case reference labels, relative to its root.
 LABELS_PATH = "reference/labels.csv"
@@ -508,13 +529,15 @@ def lock_test_set(
                 f"Test set '{name}' has no data-quality report; run "
                 f"'workbench testset check {name}' before locking."
             )
-        if not quality.passed:
-            stored = (quality.findings or {}).get("findings", [])
-            n_critical = sum(1 for f in stored if f.get("severity") == "critical")
+        open_gate, unwaived = quality_gate(session, test_set)
+        if not open_gate:
+            waived = quality.n_critical - unwaived
+            extra = f" ({waived} more waived)" if waived > 0 else ""
             raise QualityGateError(
-                f"Test set '{name}' has {max(n_critical, quality.n_critical)} critical "
-                "data-quality finding(s); fix them and import the corrected folder as a new "
-                f"test set ('workbench testset check {name} --details' lists them)."
+                f"Test set '{name}' has {unwaived} critical data-quality finding(s){extra}; "
+                "fix them and import the corrected folder as a new test set, or waive them "
+                f"with two QA signatures ('workbench testset check {name} --details' lists "
+                "them)."
             )
         index = load_index(session, test_set)
         root = Path(test_set.root_path)
@@ -648,3 +671,220 @@ def ensure_not_locked(test_set: TestSet) -> None:
     """Raise :class:`TestSetLockedError` for a locked test set."""
     if test_set.status == TestSetStatus.LOCKED.value:
         raise TestSetLockedError(f"Test set '{test_set.name}' is locked and cannot change.")
+
+
+def finding_id(finding: dict[str, Any] | QualityFinding) -> str:
+    """Stable identifier of a finding (:func:`workbench.quality.findings.finding_id`)."""
+    if isinstance(finding, QualityFinding):
+        return finding.id
+    return _finding_id(finding)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiver:
+    """A written, e-signed decision that a finding does not block the test set.
+
+    Parameters
+    ----------
+    finding_id : str
+        See :func:`finding_id`.
+    check, severity, path, attribute : str
+        Of the waived finding.
+    justification : str
+    signed_by : tuple of str
+        Usernames of the QA users who signed it, in order.
+    complete : bool
+        One signature for a non-critical finding, two different QA users for a
+        critical one.
+    """
+
+    finding_id: str
+    check: str
+    severity: str
+    path: str
+    attribute: str
+    justification: str
+    signed_by: tuple[str, ...]
+    complete: bool
+
+
+def _latest_findings(session: Session, test_set: TestSet) -> list[dict[str, Any]]:
+    quality = latest_quality(session, test_set)
+    return list((quality.findings or {}).get("findings", [])) if quality else []
+
+
+def _waiver_content(finding: dict[str, Any], justification: str) -> str:
+    body = {"finding_id": finding_id(finding), "justification": justification}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _waivers(session: Session, test_set: TestSet) -> dict[str, Waiver]:
+    findings = {finding_id(f): f for f in _latest_findings(session, test_set)}
+    prefix = f"{test_set.name}/"
+    rows = session.scalars(
+        select(Signature)
+        .where(Signature.record_type == WAIVER_RECORD, Signature.record_id.like(prefix + "%"))
+        .order_by(Signature.id)
+    ).all()
+    entries = session.scalars(
+        select(AuditEntry).where(
+            AuditEntry.action == "testset.waive_finding", AuditEntry.record_id == test_set.name
+        )
+    ).all()
+    texts = {
+        str((e.new_value or {}).get("content_sha256")): str(
+            (e.new_value or {}).get("justification", "")
+        )
+        for e in entries
+    }
+    out: dict[str, Waiver] = {}
+    for fid, finding in findings.items():
+        signed = [r for r in rows if r.record_id == prefix + fid]
+        if not signed:
+            continue
+        content = signed[0].content_sha256
+        signers = tuple(dict.fromkeys(r.username for r in signed if r.content_sha256 == content))
+        needed = 2 if finding.get("severity") == "critical" else 1
+        out[fid] = Waiver(
+            finding_id=fid,
+            check=str(finding.get("check", "")),
+            severity=str(finding.get("severity", "")),
+            path=str(finding.get("path", "")),
+            attribute=str(finding.get("attribute", "")),
+            justification=texts.get(content, ""),
+            signed_by=signers,
+            complete=len(signers) >= needed,
+        )
+    return out
+
+
+def quality_gate(session: Session, test_set: TestSet) -> tuple[bool, int]:
+    """Whether the latest data-quality report lets the test set be locked and used.
+
+    Returns
+    -------
+    (bool, int)
+        Open or not, and the number of critical findings not waived (a critical
+        finding is waived by two QA signatures). No report: ``(False, 0)``.
+    """
+    quality = latest_quality(session, test_set)
+    if quality is None:
+        return False, 0
+    if quality.passed:
+        return True, 0
+    waivers = _waivers(session, test_set)
+    unwaived = [
+        f
+        for f in _latest_findings(session, test_set)
+        if f.get("severity") == "critical"
+        and not (finding_id(f) in waivers and waivers[finding_id(f)].complete)
+    ]
+    return not unwaived, len(unwaived)
+
+
+def list_waivers(wb: Workbench, actor: Actor, name: str) -> list[Waiver]:
+    """The waivers that apply to the latest data-quality report of a test set."""
+    with wb.transaction(readonly=True) as session:
+        current_user(session, actor, "testset.import")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        return sorted(_waivers(session, test_set).values(), key=lambda w: w.finding_id)
+
+
+def waive_finding(
+    wb: Workbench,
+    actor: Actor,
+    name: str,
+    finding: str,
+    *,
+    justification: str,
+    password: str,
+) -> Waiver:
+    """Waive one finding of the latest data-quality report, e-signed and audited.
+
+    A non-critical finding is waived by one QA signature. A critical one needs a
+    second QA user to sign the same justification (21 CFR 11.50 signature with
+    meaning ``approved``); until then it still blocks the lock.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        A QA user (needs ``testset.lock``).
+    name : str
+        Test-set name (draft).
+    finding : str
+        :func:`finding_id` of the finding (``testset check --export`` lists them).
+    justification : str
+        Why the finding does not affect the validation; at least
+        :data:`MIN_JUSTIFICATION` characters; a second signer must give the same text.
+    password : str
+        Re-authentication for the e-signature.
+
+    Returns
+    -------
+    Waiver
+
+    Raises
+    ------
+    WorkflowError
+        Unknown finding, short justification, a second signature by the same
+        user or on another justification, or a locked test set.
+    """
+    text = " ".join(justification.split())
+    if len(text) < MIN_JUSTIFICATION:
+        raise WorkflowError(
+            f"A waiver needs a written justification of at least {MIN_JUSTIFICATION} "
+            f"characters; found {len(text)}."
+        )
+    with wb.transaction() as session:
+        user = current_user(session, actor, "testset.lock")
+        test_set = get_one(session, TestSet, "test set", name=name)
+        ensure_not_locked(test_set)
+        findings = {finding_id(f): f for f in _latest_findings(session, test_set)}
+        if finding not in findings:
+            raise WorkflowError(
+                f"No finding {finding!r} in the latest data-quality report of '{name}'; "
+                "expected an id from 'workbench testset check --export'."
+            )
+        target = findings[finding]
+        content = _waiver_content(target, text)
+        existing = _waivers(session, test_set).get(finding)
+        if existing is not None:
+            if user.username in existing.signed_by:
+                raise WorkflowError(
+                    f"{user.username} has already signed the waiver of {finding}; a critical "
+                    "finding needs a second, different QA user."
+                )
+            if existing.justification != text:
+                raise WorkflowError(
+                    f"The waiver of {finding} was signed with another justification; the "
+                    "second signer must sign the same text."
+                )
+        signature = signatures.sign(
+            session,
+            username=user.username,
+            password=password,
+            meaning=SignatureMeaning.APPROVED,
+            record_type=WAIVER_RECORD,
+            record_id=f"{name}/{finding}",
+            content_sha256=content,
+        )
+        audit.append(
+            session,
+            actor=user.username,
+            action="testset.waive_finding",
+            record_type="test_set",
+            record_id=name,
+            new={
+                "finding_id": finding,
+                "check": target.get("check"),
+                "severity": target.get("severity"),
+                "path": target.get("path"),
+                "attribute": target.get("attribute"),
+                "justification": text,
+                "content_sha256": content,
+                "signature_id": signature.id,
+            },
+        )
+        session.flush()
+        return _waivers(session, test_set)[finding]

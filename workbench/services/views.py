@@ -162,25 +162,31 @@ def run_detail(wb: Workbench, actor: Actor, run_uid: str) -> RunDetail:
     NotFoundError
         No run with this uid.
     """
-    summary = runs.get_run(wb, actor, run_uid)
     with wb.transaction(readonly=True) as session:
         user = current_user(session, actor, _VIEW)
         run: Run = get_one(session, Run, "run", run_uid=run_uid)
         pv, protocol = _protocol_of(session, run)
+        # Read before the summary: results only ever become visible (discrepancies are
+        # adjudicated, never reopened), so the summary read next is never more hidden.
         hidden = runs.results_hidden_reason(session, user, run)
-        return RunDetail(
-            summary=summary,
-            protocol_ref=f"{pv.protocol_id}@{pv.version}",
-            protocol_yaml=pv.yaml_text,
-            protocol=protocol,
-            task=protocol.task.value,
-            hidden_reason=hidden,
-            started_by=run.started_by,
-            started_at=run.started_at.isoformat() if run.started_at else None,
-            finished_at=run.finished_at.isoformat() if run.finished_at else None,
-            device=run.device,
-            environment={} if hidden else dict(run.environment or {}),
-        )
+        protocol_ref, protocol_yaml = f"{pv.protocol_id}@{pv.version}", pv.yaml_text
+        started_by, device = run.started_by, run.device
+        started_at = run.started_at.isoformat() if run.started_at else None
+        finished_at = run.finished_at.isoformat() if run.finished_at else None
+        environment = {} if hidden else dict(run.environment or {})
+    return RunDetail(
+        summary=runs.get_run(wb, actor, run_uid),
+        protocol_ref=protocol_ref,
+        protocol_yaml=protocol_yaml,
+        protocol=protocol,
+        task=protocol.task.value,
+        hidden_reason=hidden,
+        started_by=started_by,
+        started_at=started_at,
+        finished_at=finished_at,
+        device=device,
+        environment=environment,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,18 +218,18 @@ def list_runs(wb: Workbench, actor: Actor) -> list[RunListing]:
     PermissionDeniedError
         The role may not view runs.
     """
-    summaries = runs.list_runs(wb, actor)
     with wb.transaction(readonly=True) as session:
         user = current_user(session, actor, _VIEW)
-        by_uid = {r.run_uid: r for r in session.scalars(select(Run))}
-        return [
-            RunListing(
-                summary=s,
-                hidden_reason=runs.results_hidden_reason(session, user, by_uid[s.run_uid]),
-            )
-            for s in summaries
-            if s.run_uid in by_uid
-        ]
+        # Read before the summaries (see run_detail); a run that started in between has
+        # no discrepancies yet, so nothing of it is hidden.
+        hidden = {
+            r.run_uid: runs.results_hidden_reason(session, user, r)
+            for r in session.scalars(select(Run))
+        }
+    return [
+        RunListing(summary=s, hidden_reason=hidden.get(s.run_uid))
+        for s in runs.list_runs(wb, actor)
+    ]
 
 
 def results_refusal(wb: Workbench, actor: Actor, run_uid: str) -> str | None:

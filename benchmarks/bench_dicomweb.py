@@ -1,0 +1,180 @@
+"""Benchmark: a PACS round trip against a local Orthanc (DICOMweb, PS3.18).
+
+(a) Import of a 60-study test set from Orthanc (QIDO-RS listing, WADO-RS retrieval
+    byte for byte on two threads, then the same indexing as a folder import) against
+    ``cp -r`` of the same files out of Orthanc's storage folder, in the same run.
+    Target: import / cp <= 2.
+(b) Export throughput: building each case's SEG (re-identified for the run) and TID 1500
+    SR and storing them with STOW-RS (after the QIDO-RS check for what is there), in
+    instances per second; then the same export again (nothing to send: idempotent).
+
+Usage::
+
+    python benchmarks/bench_dicomweb.py               # 60 studies of 128 x 128 x 40
+    python benchmarks/bench_dicomweb.py --cases 20
+
+Needs Orthanc and its DICOMweb plugin (``apt-get install orthanc orthanc-dicomweb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "orthanc_test_server.sh"
+os.environ.setdefault("WORKBENCH_ARGON2_PROFILE", "fast")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from workbench.dicom.synth import generate_test_set  # noqa: E402
+from workbench.dicom.volume import sort_slices  # noqa: E402
+from workbench.dicomweb import Credentials, DicomWebServer, store_instances  # noqa: E402
+from workbench.services import accounts  # noqa: E402
+from workbench.services.context import Workbench  # noqa: E402
+from workbench.services.pacs import export_uid, import_from_dicomweb  # noqa: E402
+
+
+def start_orthanc(state: Path) -> dict[str, str]:
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        sys.exit(f"Orthanc did not start: {done.stderr.strip()}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def upload(env: dict[str, str], files: list[Path]) -> None:
+    rest = env["WORKBENCH_TEST_ORTHANC_URL"].rsplit("/dicom-web", 1)[0]
+    with requests.Session() as session:
+        session.auth = (env["WORKBENCH_TEST_ORTHANC_USER"], env["WORKBENCH_TEST_ORTHANC_PASSWORD"])
+        for path in files:
+            session.post(f"{rest}/instances", data=path.read_bytes(), timeout=60).raise_for_status()
+
+
+def copy_storage(storage: Path, target: Path) -> float:
+    """Seconds for ``cp -r`` of Orthanc's attachment folders (not its index database)."""
+    folders = sorted(str(p) for p in storage.iterdir() if p.is_dir() and len(p.name) == 2)
+    target.mkdir(parents=True)
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", *folders, str(target)], check=True)
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - start
+
+
+def export_objects(root: Path, run_uid: str) -> list[pydicom.Dataset]:
+    """Per case: its reader SEG re-identified for the run, and the TID 1500 SR."""
+    from workbench.dicom.sr import build_measurement_report, segment_volumes
+
+    datasets = []
+    when = dt.datetime(2026, 1, 1, 12, 0, 0)
+    for case in sorted((root / "cases").iterdir()):
+        ct = sorted((case / "CT").glob("*.dcm"))
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct]
+        order, _, _ = sort_slices(headers, [str(p) for p in ct])
+        headers = [headers[i] for i in order]
+        seg = pydicom.dcmread(sorted(case.rglob("SEG/*.dcm"))[0])
+        seg.SOPInstanceUID = export_uid(run_uid, case.name, "seg")
+        seg.file_meta.MediaStorageSOPInstanceUID = seg.SOPInstanceUID
+        seg.SeriesInstanceUID = export_uid(run_uid, case.name, "seg-series")
+        sr = build_measurement_report(
+            headers,
+            seg=seg,
+            volumes=segment_volumes(seg),
+            score=0.5,
+            score_name="malignancy",
+            model_name="bench-model",
+            model_version="1.0",
+            run_uid=run_uid,
+            device_uid=export_uid(run_uid, None, "device"),
+            series_instance_uid=export_uid(run_uid, case.name, "sr-series"),
+            sop_instance_uid=export_uid(run_uid, case.name, "sr"),
+            content_datetime=when,
+        )
+        datasets += [seg, sr]
+    return datasets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-dicomweb-") as tmp:
+        base = Path(tmp)
+        synth = base / "synth"
+        generate_test_set(synth, n_cases=args.cases, seed=5, matrix=128, slices=(40, 40))
+        files = sorted(synth.rglob("*.dcm"))
+        state = base / "orthanc"
+        env = start_orthanc(state)
+        try:
+            upload(env, files)
+            studies = sorted(
+                {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files}
+            )
+            size_mb = sum(p.stat().st_size for p in files) / 1e6
+            cp_s = copy_storage(state / "storage", base / "cp-copy")
+            server = DicomWebServer(
+                env["WORKBENCH_TEST_ORTHANC_URL"],
+                credentials=Credentials(
+                    user=env["WORKBENCH_TEST_ORTHANC_USER"],
+                    password=env["WORKBENCH_TEST_ORTHANC_PASSWORD"],
+                ),
+            )
+            wb = Workbench.open(base / "wb")
+            try:
+                accounts.bootstrap_admin(
+                    wb, username="admin", full_name="Ada Admin", password="Harbor-Lamp-2026!"
+                )
+                admin = accounts.login(wb, "admin", "Harbor-Lamp-2026!")
+                accounts.create_user(
+                    wb,
+                    admin,
+                    username="qa1",
+                    full_name="Quinn Avery",
+                    role="qa",
+                    password="Quill-Maple-2026!",
+                    must_change_password=False,
+                )
+                qa = accounts.login(wb, "qa1", "Quill-Maple-2026!")
+                start = time.perf_counter()
+                done = import_from_dicomweb(
+                    wb, qa, server, name="bench", studies=studies, reference=synth, workers=2
+                )
+                import_s = time.perf_counter() - start
+            finally:
+                wb.close()
+            objects = export_objects(synth, "BENCH-RUN-1")
+            start = time.perf_counter()
+            first = store_instances(server, objects)
+            export_s = time.perf_counter() - start
+            start = time.perf_counter()
+            again = store_instances(server, objects)
+            again_s = time.perf_counter() - start
+        finally:
+            subprocess.run(["bash", str(SCRIPT), "stop", str(state)], capture_output=True)
+    print(f"studies {len(studies)}, instances {len(files)}, {size_mb:.0f} MB")
+    print(f"(a) cp -r of Orthanc's storage: {cp_s:.2f} s")
+    print(
+        f"    import over DICOMweb (retrieve + index, {done.n_fetched} instances): "
+        f"{import_s:.2f} s  ratio {import_s / cp_s:.2f}x (target <= 2x)"
+    )
+    print(
+        f"(b) export (QIDO check + STOW-RS) of {len(first.stored)} SEG + SR: {export_s:.2f} s, "
+        f"{len(first.stored) / export_s:.1f} instances/s"
+    )
+    print(
+        f"    repeated export: {len(again.stored)} sent, {len(again.already_present)} already "
+        f"there, {again_s:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
