@@ -125,3 +125,25 @@ def test_the_bundle_registers_and_runs(bundle: Path, tiny_test_set: Path, tmp_pa
     assert output.status == CaseStatus.COMPLETED, output.reason
     assert output.mask_path is not None and output.mask_path.is_file()
     assert summary.model_digest == info.digest
+
+
+def test_input_spec_read_from_the_bundle(tmp_path: Path) -> None:
+    from workbench.inference.registry import ModelSpecError, input_spec_from_bundle
+
+    read = input_spec_from_bundle(BUNDLE)
+    assert read.target_spacing == (2.0, 1.5, 1.5)  # pixdim [1.5, 1.5, 2.0] in RAS order
+    assert (read.roi_size, read.sw_batch_size, read.sw_overlap) == ((96, 96, 96), 4, 0.5)
+    small = input_spec_from_bundle(BUNDLE, roi_size=(32, 32, 32), sw_batch_size=1)
+    assert small == _spec().input
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    config = _config()
+    config["inferer"]["roi_size"] = "@roi_size"
+    (copy / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ModelSpecError,
+        match=r"field input.roi_size: expected a literal value in the bundle's inferer.roi_size, "
+        r"found '@roi_size'",
+    ):
+        input_spec_from_bundle(copy)
+    assert input_spec_from_bundle(copy, roi_size=(64, 64, 64)).roi_size == (64, 64, 64)

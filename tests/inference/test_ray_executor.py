@@ -335,3 +335,30 @@ def test_validation_on_ray_matches_local_and_survives_a_killed_worker(
     finally:
         wb.close()
     assert harness.verify_chain(pipe.workdir).count > 0  # raises on any broken entry
+
+
+@needs_cluster
+@pytest.mark.slow
+def test_cli_validate_runs_on_ray(pipeline: harness.Pipeline, tmp_path: Path) -> None:
+    """``workbench validate --executor ray --ray-address ...`` stores a complete run
+    whose environment names the cluster; a misspelt executor is refused."""
+    pipe = harness.copy_workdir(pipeline, tmp_path / "wb")
+    args = ["validate", "--protocol", pipe.protocol_ref, "--model", pipe.model_ref]
+    args += ["--testset", harness.TEST_SET, "--device", "cpu"]
+    wrong = harness.cli(pipe.workdir, *args, "--executor", "rya", user="qa1")
+    assert wrong.returncode == 2 and "Did you mean 'ray'" in wrong.stderr
+    result = harness.cli(
+        pipe.workdir,
+        *args,
+        user="qa1",
+        env={"WORKBENCH_EXECUTOR": "ray", "WORKBENCH_RAY_ADDRESS": str(ADDRESS)},
+    )
+    assert result.returncode in (0, 3), result.stderr
+    assert "cases 4: completed 4, failed 0, excluded 0" in result.stdout
+    wb = harness.open_wb(pipe.workdir)
+    try:
+        run_uid = result.stdout.split()[1].rstrip(":")
+        with wb.transaction(readonly=True) as session:
+            assert _run(session, run_uid).environment["ray"]["nodes"]
+    finally:
+        wb.close()

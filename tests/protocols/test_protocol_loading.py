@@ -215,7 +215,11 @@ def test_missing_operating_threshold(text: str) -> None:
     bad = text.replace(
         "    operating_threshold: 0.5\n    ci: {method: wilson", "    ci: {method: wilson", 1
     )
-    assert "metric sensitivity needs an operating_threshold" in _error(bad)
+    assert "operating_point: {threshold: 0.5}\n" in bad
+    bad = bad.replace("operating_point: {threshold: 0.5}\n", "")
+    msg = _error(bad)
+    assert "metric sensitivity needs an operating_threshold" in msg
+    assert f"line {_line_of(bad, 'metric: sensitivity')}" in msg
 
 
 def test_duplicate_endpoint_ids(text: str) -> None:

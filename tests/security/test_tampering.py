@@ -370,7 +370,11 @@ def test_resealed_changed_report_with_updated_hash_column_is_invalid(
 def test_deleted_review_and_approval_signatures_are_detected(wb_copy: harness.Pipeline) -> None:
     info = _seal(wb_copy)
     saved = _drop_triggers(wb_copy)
-    _sql(wb_copy, "delete from signatures where meaning in ('reviewed', 'approved')")
+    _sql(
+        wb_copy,
+        "delete from signatures where record_type = 'report' "
+        "and meaning in ('reviewed', 'approved')",
+    )
     check = _verify_report(wb_copy, info.sealed_path or "")
     failed = _failed(check)
     assert not check.valid
@@ -570,4 +574,31 @@ def test_untrusted_record_ids_are_bounded_and_printable(wb_copy: harness.Pipelin
         wb.close()
     assert stored is not None and len(stored) <= 128
     assert stored.isprintable() and "\u202e" not in stored and stored.endswith("...")
+    _audit_verify(wb_copy)
+
+
+def test_report_verify_of_a_pdf_with_a_hostile_report_id_audits_a_bounded_id(
+    wb_copy: harness.Pipeline, tmp_path: Path
+) -> None:
+    import io
+
+    from generate_corpus import pdf_from_elsewhere
+    from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+
+    hostile = "\u202e" + "VR-" + "A" * 3000 + "\n"
+    plain = pdf_from_elsewhere(tmp_path / "plain.pdf")
+    writer = IncrementalPdfFileWriter(io.BytesIO(plain.read_bytes()))
+    data = json.dumps({"report_id": hostile}).encode()
+    stream = EmbeddedFileObject.from_file_data(writer, data=data, mime_type="application/json")
+    embed_file(writer, FileSpec(file_spec_string="results.json", embedded_data=stream))
+    crafted = tmp_path / "crafted.pdf"
+    with crafted.open("wb") as handle:
+        writer.write(handle)
+    check = _verify_report(wb_copy, crafted)
+    assert not check.valid
+    assert "\u202e" not in check.reason and len(check.reason) < 1000
+    [entry] = [e for e in _entries(wb_copy) if e["action"] == "report.verify"]
+    assert len(entry["record_id"]) <= 128 and "\u202e" not in entry["record_id"]
+    assert "\u202e" not in entry["new_value"] and "\\u202e" not in entry["new_value"]
     _audit_verify(wb_copy)

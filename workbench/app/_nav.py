@@ -76,6 +76,16 @@ PAGES: tuple[PageDef, ...] = (
         ("run.view",),
         hidden=True,
     ),
+    # Unblinded: QA and auditors only (the roles that verify test sets), never clinical
+    # reviewers; workbench.services.explorer refuses reviewers again on every call.
+    PageDef(
+        "case_explorer",
+        "pages/case_explorer.py",
+        "Case explorer",
+        ":material/biotech:",
+        "Validation",
+        ("testset.verify",),
+    ),
     PageDef(
         "adjudication",
         "pages/adjudication.py",

@@ -300,33 +300,23 @@ def _transfer_syntax_param(content_type: str) -> str | None:
     return match.group(1) if match else None
 
 
-def fetch_instance(server: DicomWebServer, ref: InstanceRef) -> bytes:
-    """The bytes of one instance as the server stores it (WADO-RS, PS3.18 10.4).
-
-    Raises
-    ------
-    DicomWebError
-        The server fails, sends another instance, not DICOM, a truncated file,
-        or another transfer syntax than the one it reports the instance in.
-    """
-    url = f"{server.url}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
+def _get_parts(server: DicomWebServer, url: str, what: str) -> list[tuple[dict[str, str], bytes]]:
     try:
         response = server.session().get(
             url, headers={"Accept": ACCEPT_AS_STORED}, timeout=server.timeout
         )
         response.raise_for_status()
     except Exception as exc:
-        raise describe_failure(server, exc, ref.label) from exc
+        raise describe_failure(server, exc, what) from exc
     content_type = response.headers.get("Content-Type", "")
     if content_type.lower().startswith("application/dicom"):
-        parts = [({"content-type": content_type}, response.content)]
-    else:
-        parts = split_multipart(response.content, content_type)
-    if len(parts) != 1:
-        raise DicomWebError(
-            f"{server.public_url} sent {len(parts)} parts for {ref.label}; expected 1."
-        )
-    headers, data = parts[0]
+        return [({"content-type": content_type}, response.content)]
+    return split_multipart(response.content, content_type)
+
+
+def _checked_payload(
+    server: DicomWebServer, ref: InstanceRef, headers: dict[str, str], data: bytes
+) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) != len(data):
         raise DicomWebError(
@@ -335,6 +325,75 @@ def fetch_instance(server: DicomWebServer, ref: InstanceRef) -> bytes:
         )
     _check_instance(server, ref, data, _transfer_syntax_param(headers.get("content-type", "")))
     return data
+
+
+def fetch_instance(server: DicomWebServer, ref: InstanceRef) -> bytes:
+    """The bytes of one instance as the server stores it (WADO-RS, PS3.18 10.4.1.1.3).
+
+    Raises
+    ------
+    DicomWebError
+        The server fails, sends another instance, not DICOM, a truncated file,
+        or another transfer syntax than the one it reports the instance in.
+    """
+    url = f"{server.url}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
+    parts = _get_parts(server, url, ref.label)
+    if len(parts) != 1:
+        raise DicomWebError(
+            f"{server.public_url} sent {len(parts)} parts for {ref.label}; expected 1."
+        )
+    return _checked_payload(server, ref, *parts[0])
+
+
+def fetch_series(server: DicomWebServer, refs: Sequence[InstanceRef]) -> dict[str, bytes]:
+    """The bytes of every instance of one series in one request (WADO-RS, PS3.18 10.4.1.1.2).
+
+    Parameters
+    ----------
+    server : DicomWebServer
+    refs : sequence of InstanceRef
+        Every instance of the series, as listed by QIDO-RS.
+
+    Returns
+    -------
+    dict
+        ``{sop_instance_uid: bytes}``, each checked as in :func:`fetch_instance`.
+
+    Raises
+    ------
+    DicomWebError
+        As :func:`fetch_instance`, or the server sends another set of instances.
+    """
+    first = refs[0]
+    what = f"series {first.series_uid} of study {first.study_uid}"
+    url = f"{server.url}/studies/{first.study_uid}/series/{first.series_uid}"
+    by_sop = {ref.sop_uid: ref for ref in refs}
+    out: dict[str, bytes] = {}
+    for headers, data in _get_parts(server, url, what):
+        sop = _sop_of(data)
+        ref = by_sop.get(sop or "")
+        if ref is None:
+            raise DicomWebError(
+                f"{server.public_url} sent an instance ({sop or 'not DICOM'}) that QIDO-RS did "
+                f"not list for {what}."
+            )
+        out[ref.sop_uid] = _checked_payload(server, ref, headers, data)
+    missing = sorted(set(by_sop) - set(out))
+    if missing:
+        raise DicomWebError(
+            f"{server.public_url} sent {len(out)} of {len(by_sop)} instances of {what} "
+            f"(missing e.g. instance {missing[0]}): partial results; run the command again "
+            "to resume."
+        )
+    return out
+
+
+def _sop_of(data: bytes) -> str | None:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=["SOPInstanceUID"])
+        return str(ds.file_meta.MediaStorageSOPInstanceUID)
+    except Exception:  # the full check of the instance reports what is wrong
+        return None
 
 
 def _check_instance(
@@ -413,10 +472,9 @@ def _store(dest: Path, ref: InstanceRef, data: bytes) -> str:
     incoming = dest / _INCOMING
     incoming.mkdir(parents=True, exist_ok=True)
     partial = incoming / f"{ref.sop_uid}.part"
-    with partial.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # No fsync per file: a file damaged by a crash fails the hash-against-name check of the
+    # next run and is fetched again, and the import re-hashes every file before recording it.
+    partial.write_bytes(data)
     os.replace(partial, target)
     return rel
 
@@ -470,13 +528,34 @@ def retrieve_instances(
     if progress is not None:
         progress(done, total, f"{skipped} already here" if skipped else "retrieving")
 
-    def work(ref: InstanceRef) -> tuple[str, str, int]:
-        data = fetch_instance(server, ref)
-        return ref.sop_uid, _store(root, ref, data), len(data)
+    # Whole series in one request where nothing of it is here yet; otherwise instance by
+    # instance (what an interrupted retrieval left to do).
+    listed: dict[str, int] = {}
+    for ref in instances:
+        listed[ref.series_uid] = listed.get(ref.series_uid, 0) + 1
+    by_series: dict[str, list[InstanceRef]] = {}
+    for ref in todo:
+        by_series.setdefault(ref.series_uid, []).append(ref)
+    units: list[list[InstanceRef]] = []
+    for series_uid, refs in by_series.items():
+        if len(refs) == listed[series_uid] and len(refs) > 1:
+            units.append(refs)
+        else:
+            units.extend([ref] for ref in refs)
+
+    def work(unit: list[InstanceRef]) -> list[tuple[str, str, int]]:
+        if len(unit) == 1:
+            payloads = {unit[0].sop_uid: fetch_instance(server, unit[0])}
+        else:
+            payloads = fetch_series(server, unit)
+        return [
+            (ref.sop_uid, _store(root, ref, payloads[ref.sop_uid]), len(payloads[ref.sop_uid]))
+            for ref in unit
+        ]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: set[Future[tuple[str, str, int]]] = set()
-        queue = iter(todo)
+        pending: set[Future[list[tuple[str, str, int]]]] = set()
+        queue = iter(units)
         failure: BaseException | None = None
 
         def refill() -> None:
@@ -491,12 +570,12 @@ def retrieve_instances(
                 if error is not None:
                     failure = failure or error
                     continue
-                sop, rel, size = future.result()
-                files[sop] = rel
-                n_bytes += size
-                done += 1
-                if progress is not None:
-                    progress(done, total, "retrieving")
+                for sop, rel, size in future.result():
+                    files[sop] = rel
+                    n_bytes += size
+                    done += 1
+                    if progress is not None:
+                        progress(done, total, "retrieving")
             if failure is not None:
                 wait(pending)
                 break
@@ -515,8 +594,8 @@ def retrieve_instances(
     )
 
 
-def _take(items: Iterable[InstanceRef], n: int) -> list[InstanceRef]:
-    out: list[InstanceRef] = []
+def _take(items: Iterable[list[InstanceRef]], n: int) -> list[list[InstanceRef]]:
+    out: list[list[InstanceRef]] = []
     if n <= 0:
         return out
     for item in items:

@@ -1,7 +1,7 @@
 """Store instances with STOW-RS (PS3.18 10.5), idempotently.
 
 Before storing, QIDO-RS (PS3.18 10.6) lists the SOP Instance UIDs the server
-already holds in each study concerned; instances already there are not sent
+already holds in each series concerned; instances already there are not sent
 again. With deterministic UIDs this makes a repeated export add nothing.
 """
 
@@ -42,20 +42,21 @@ class StoreOutcome:
     already_present: tuple[str, ...]
 
 
-def existing_instances(server: DicomWebServer, study_uid: str) -> set[str]:
-    """SOP Instance UIDs the server holds in a study (empty when it has no such study)."""
+def existing_instances(server: DicomWebServer, study_uid: str, series_uid: str) -> set[str]:
+    """SOP Instance UIDs the server holds in a series (empty when it has no such series)."""
     try:
         found = search_all(
             server.client().search_for_instances,
             _SOP_UID,
             study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
             fields=["SOPInstanceUID"],
         )
     except Exception as exc:
         response = getattr(exc, "response", None)
         if response is not None and response.status_code == 404:
             return set()
-        raise describe_failure(server, exc, f"the instances of study {study_uid}") from exc
+        raise describe_failure(server, exc, f"the instances of series {series_uid}") from exc
     out: set[str] = set()
     for item in found:
         values = item.get(_SOP_UID, {}).get("Value") or []
@@ -101,10 +102,12 @@ def store_instances(
     DicomWebError
         The server is unreachable or refuses an instance (named in the message).
     """
-    studies = sorted({str(ds.StudyInstanceUID) for ds in datasets})
+    # Per series, not per study: the series written by an export are small, and a QIDO-RS
+    # answer costs the server time in proportion to the instances it lists.
+    series = sorted({(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)) for ds in datasets})
     present: set[str] = set()
-    for study in studies:
-        present |= existing_instances(server, study)
+    for study_uid, series_uid in series:
+        present |= existing_instances(server, study_uid, series_uid)
     stored: list[str] = []
     already: list[str] = []
     total = len(datasets)

@@ -46,14 +46,17 @@ import contextlib
 import os
 import platform
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from workbench.errors import InferenceError
+from workbench.inference.executor import lower_thread_priority
 
 __all__ = ["RayExecutor", "RayStorage", "ray_available"]
 
@@ -153,6 +156,10 @@ class _CaseWorker:
         self.process: Any = None
         self.prepare: Callable[[Any], Any] | None = None
         self.threads = threads
+        # Prefetched cases: case -> Future of prepare(case), or _TAKEN when run() came first.
+        self._prefetched: dict[Any, Any] = {}
+        self._prefetch_lock = threading.Lock()
+        self._reader_priority_lowered = False
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # only possible before the first parallel op
             torch.set_num_interop_threads(1)
@@ -191,14 +198,48 @@ class _CaseWorker:
     def unload(self) -> None:
         """Drop the run's model (and its GPU memory) once the run is over."""
         self.process = self.prepare = None
+        with self._prefetch_lock:
+            self._prefetched.clear()
+
+    def prefetch(self, case: Any) -> None:
+        """Read and prepare a case that :meth:`run` will get next (``reading`` group).
+
+        Runs in its own thread, at low priority, while the current case computes:
+        the pipeline of the local executor, inside one worker.
+        """
+        if self.prepare is None:
+            return
+        if not self._reader_priority_lowered:
+            lower_thread_priority()
+            self._reader_priority_lowered = True
+        future: Future[Any] = Future()
+        with self._prefetch_lock:
+            if self._prefetched.pop(case, None) is _TAKEN:
+                return  # run() started this case before its prefetch: nothing to do
+            self._prefetched[case] = future
+        try:
+            future.set_result(self.prepare(case))
+        except BaseException as error:  # handed to run(), which raises it there
+            future.set_exception(error)
 
     def run(self, case: Any) -> Any:
         """``process(prepare(case))``, as the local executors do."""
-        return self.process(self.prepare(case) if self.prepare is not None else case)
+        if self.prepare is None:
+            return self.process(case)
+        with self._prefetch_lock:
+            future = self._prefetched.pop(case, None)
+            if future is None:
+                self._prefetched[case] = _TAKEN
+        prepared = future.result() if future is not None else self.prepare(case)
+        return self.process(prepared)
 
     def run_packed(self, packed: Any) -> Any:
         """A case whose files were shipped by the driver (``storage="object_store"``)."""
         return self.process.run_packed(packed)
+
+
+#: Marks a case that :meth:`_CaseWorker.run` prepared itself, so that a late prefetch skips it.
+_TAKEN = object()
 
 
 @dataclass(eq=False)
@@ -358,6 +399,7 @@ class RayExecutor:
             "max_restarts": 0,  # the driver replaces lost workers and retries their cases
             "max_task_retries": 0,
             "max_concurrency": 1,  # one case at a time, in submission order
+            "concurrency_groups": {"reading": 1},  # prefetch() beside the running case
         }
         if use_gpu:
             options["num_gpus"] = self.gpus_per_worker
@@ -505,6 +547,9 @@ class RayExecutor:
                     payloads[index] = ray.put(process.pack_case(items[index]))  # type: ignore[attr-defined]
                 ref = worker.handle.run_packed.remote(payloads[index])
             else:
+                if worker.in_flight:  # it is busy: let it read this case meanwhile
+                    reading = worker.handle.prefetch.options(concurrency_group="reading")
+                    reading.remote(items[index])
                 ref = worker.handle.run.remote(items[index])
             worker.in_flight.append(ref)
             refs[ref] = (index, worker)

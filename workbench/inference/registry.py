@@ -43,6 +43,7 @@ __all__ = [
     "ModelSpecError",
     "parse_model_spec",
     "model_spec_schema",
+    "input_spec_from_bundle",
     "hash_model_files",
     "verify_model_files",
     "model_digest",
@@ -514,6 +515,137 @@ def _problems(error: ValidationError) -> list[str]:
             expected = message[:1].lower() + message[1:].rstrip(".")
             lines.append(f"{where}: expected: {expected}; found {_shown(item.get('input'))}")
     return lines
+
+
+def _bundle_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ModelError(f"Expected the bundle file {path}. Found nothing there.") from error
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"Expected JSON in {path}. Found unreadable content: {error}") from error
+    if not isinstance(data, dict):
+        raise ModelError(f"Expected a JSON object in {path}. Found {type(data).__name__}.")
+    return data
+
+
+def _transforms(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bundle's preprocessing transforms by class name (``Spacingd`` -> ``Spacing``)."""
+    found: dict[str, dict[str, Any]] = {}
+    steps = config.get("preprocessing", {})
+    for step in steps.get("transforms", []) if isinstance(steps, dict) else []:
+        if isinstance(step, dict) and isinstance(step.get("_target_"), str):
+            name = step["_target_"].rsplit(".", 1)[-1]
+            found.setdefault(name.removesuffix("d"), step)
+    return found
+
+
+def input_spec_from_bundle(root: str | Path, **overrides: Any) -> InputSpec:
+    """Read a MONAI bundle's own preprocessing and outputs into an :class:`InputSpec`.
+
+    Only literal JSON values are read, nothing of the bundle is executed:
+    ``Orientation(d)`` ``axcodes`` -> ``orientation``; ``Spacing(d)``
+    ``pixdim`` (in the order of ``axcodes``) -> ``target_spacing`` (z, y, x);
+    ``ScaleIntensityRange(d)`` ``a_min``/``a_max`` -> ``hu_window``; the
+    ``inferer``'s ``roi_size``, ``sw_batch_size`` and ``overlap``; and from
+    ``configs/metadata.json`` the first input's ``num_channels`` and the first
+    output's ``channel_def`` -> ``in_channels`` and ``output_classes``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The bundle folder.
+    **overrides
+        InputSpec fields that replace what was read (e.g. a smaller
+        ``roi_size``), or supply what the bundle does not state.
+
+    Returns
+    -------
+    InputSpec
+        A segmentation input spec (``score_output`` null); check it against
+        the bundle's documentation before registering.
+
+    Raises
+    ------
+    ModelSpecError
+        A value is missing, is an expression or reference (``$...``,
+        ``@...``) rather than a literal, or does not validate; each line names
+        the spec field and where in the bundle it came from.
+    """
+    folder = Path(root)
+    config = _bundle_json(folder / "configs" / "inference.json")
+    metadata = _bundle_json(folder / "configs" / "metadata.json")
+    steps = _transforms(config)
+    values: dict[str, Any] = {"segmentation_output": None, "score_output": None}
+    where: dict[str, str] = {}
+
+    def take(field: str, value: Any, origin: str) -> None:
+        where[field] = origin
+        values[field] = value
+
+    if "Orientation" in steps:
+        take("orientation", steps["Orientation"].get("axcodes"), "Orientationd.axcodes")
+    if "Spacing" in steps:
+        pixdim = steps["Spacing"].get("pixdim")
+        codes = str(values.get("orientation", "RAS")).upper()
+        if isinstance(pixdim, list) and len(pixdim) == 3 and len(codes) == 3:
+            by_axis = {_AXIS_OF_CODE.get(c, "?"): v for c, v in zip(codes, pixdim, strict=True)}
+            pixdim = [by_axis.get(axis) for axis in ("z", "y", "x")]
+        take("target_spacing", pixdim, "Spacingd.pixdim")
+    if "ScaleIntensityRange" in steps:
+        step = steps["ScaleIntensityRange"]
+        take(
+            "hu_window", [step.get("a_min"), step.get("a_max")], "ScaleIntensityRanged.a_min/a_max"
+        )
+    inferer = config.get("inferer")
+    if isinstance(inferer, dict):
+        for field, key in (
+            ("roi_size", "roi_size"),
+            ("sw_batch_size", "sw_batch_size"),
+            ("sw_overlap", "overlap"),
+        ):
+            if key in inferer:
+                take(field, inferer[key], f"inferer.{key}")
+    formats = metadata.get("network_data_format", {})
+    inputs = list(formats.get("inputs", {}).values()) if isinstance(formats, dict) else []
+    outputs = list(formats.get("outputs", {}).values()) if isinstance(formats, dict) else []
+    if inputs and isinstance(inputs[0], dict) and "num_channels" in inputs[0]:
+        take("in_channels", inputs[0]["num_channels"], "metadata inputs.num_channels")
+    if outputs and isinstance(outputs[0], dict) and isinstance(outputs[0].get("channel_def"), dict):
+        channels = outputs[0]["channel_def"]
+        take(
+            "output_classes",
+            [str(channels[key]) for key in sorted(channels, key=lambda k: int(k))],
+            "metadata outputs.channel_def",
+        )
+    values.update(overrides)
+    problems = [
+        f"field input.{field}: expected a literal value in the bundle's {where[field]}, "
+        f"found {_shown(value)} (set it with an override)"
+        for field, value in values.items()
+        if field not in overrides
+        and field in where
+        and (
+            (isinstance(value, str) and value[:1] in ("$", "@", "%"))
+            or (
+                isinstance(value, list)
+                and any(v is None or isinstance(v, str) for v in value)
+                and field != "output_classes"
+            )
+        )
+    ]
+    if problems:
+        raise ModelSpecError(problems, source=f"the bundle {folder}")
+    try:
+        return InputSpec.model_validate(values)
+    except ValidationError as error:
+        lines = [
+            line.replace("field ", "field input.", 1) if line.startswith("field ") else line
+            for line in _problems(error)
+        ]
+        raise ModelSpecError(
+            lines, source=f"the input spec read from the bundle {folder}"
+        ) from None
 
 
 def model_spec_schema() -> dict[str, Any]:

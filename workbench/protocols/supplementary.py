@@ -50,8 +50,9 @@ __all__ = ["supplementary_analysis"]
 
 #: Bootstrap replicates behind the ROC curve's pointwise band.
 ROC_BAND_REPLICATES = 500
-#: Bootstrap replicates behind the calibration summaries and their curve's band.
-CALIBRATION_REPLICATES = 1000
+#: Bootstrap replicates behind the calibration summaries and their curve's band (the
+#: endpoints' default, so that a summary of the same cases equals the endpoint's estimate).
+CALIBRATION_REPLICATES = 2000
 #: Bootstrap replicates behind the decision curve's intervals.
 DECISION_CURVE_REPLICATES = 1000
 

@@ -19,7 +19,7 @@ locking
     :func:`locking.ensure_modifiable` for locked, approved and signed records.
 """
 
-from workbench.records import audit, locking, models, permissions, signatures, users
+from workbench.records import audit, locking, models, permissions, signatures, studies, users
 from workbench.records.audit import ChainStatus, verify_chain
 from workbench.records.db import Database, open_database, run_durably
 from workbench.records.locking import ensure_modifiable
@@ -35,6 +35,7 @@ __all__ = [
     "ensure_modifiable",
     "locking",
     "models",
+    "studies",
     "open_database",
     "permissions",
     "require",

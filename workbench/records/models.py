@@ -132,6 +132,8 @@ class SignatureMeaning(StrEnum):
     APPROVED = "approved"
     RESPONSIBILITY = "responsibility"
     ADJUDICATED = "adjudicated"
+    READ = "read"
+    """A reader completed the reading of one arm of a reader study."""
 
 
 class TestSetStatus(StrEnum):

@@ -50,6 +50,9 @@ class Action(StrEnum):
     AUDIT_EXPORT = "audit.export"
     AUDIT_VERIFY = "audit.verify"
     USER_MANAGE = "user.manage"
+    STUDY_DESIGN = "study.design"
+    STUDY_READ = "study.read"
+    STUDY_VIEW = "study.view"
 
 
 A = Action
@@ -74,10 +77,19 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
             A.REPORT_VERIFY,
             A.AUDIT_VIEW,
             A.AUDIT_VERIFY,
+            A.STUDY_DESIGN,
+            A.STUDY_VIEW,
         }
     ),
     Role.REVIEWER: frozenset(
-        {A.RUN_VIEW, A.DISCREPANCY_ADJUDICATE, A.REPORT_SIGN_REVIEW, A.REPORT_VERIFY, A.AUDIT_VIEW}
+        {
+            A.RUN_VIEW,
+            A.DISCREPANCY_ADJUDICATE,
+            A.REPORT_SIGN_REVIEW,
+            A.REPORT_VERIFY,
+            A.AUDIT_VIEW,
+            A.STUDY_READ,
+        }
     ),
     Role.AUDITOR: frozenset(
         {
@@ -87,6 +99,7 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
             A.AUDIT_VIEW,
             A.AUDIT_EXPORT,
             A.AUDIT_VERIFY,
+            A.STUDY_VIEW,
         }
     ),
     Role.ADMIN: frozenset({A.USER_MANAGE, A.AUDIT_VIEW, A.AUDIT_VERIFY}),

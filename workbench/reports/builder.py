@@ -60,9 +60,11 @@ from workbench.reports._style import (
 )
 from workbench.reports.attachments import RESULTS_JSON, Attachment, report_attachments
 from workbench.reports.content import (
+    CalibrationSection,
     EstimateStatus,
     MetricResult,
     ReportContent,
+    ReportEstimate,
     ReportStatus,
     SignatureEntry,
     Verdict,
@@ -864,6 +866,111 @@ def _results(content: ReportContent) -> list[Flowable]:
                     for a in r.agreement
                 ],
                 [45 * mm, 28 * mm, 35 * mm, 25 * mm, 35 * mm, 12 * mm],
+            )
+        )
+    if r.calibration is not None:
+        out += _calibration(r.calibration, figure_number + (1 if r.distributions else 0))
+    return out
+
+
+def _estimate_cell(estimate: ReportEstimate, digits: int = 3) -> str:
+    """``0.812 (0.701 to 0.905)``, or the reason the estimate is missing."""
+    if not estimate.ok:
+        return format_estimate(estimate, digits)
+    return f"{format_estimate(estimate, digits)} ({format_ci(estimate, digits)})"
+
+
+def _calibration(section: CalibrationSection, figure_number: int) -> list[Flowable]:
+    """Calibration (Van Calster et al. 2019) and decision curve (Vickers & Elkin 2006)."""
+    out: list[Flowable] = [_h2("Calibration and clinical utility")]
+    intro = []
+    if section.operating_point:
+        intro.append(f"Locked operating point: {section.operating_point}.")
+    if section.rows:
+        strategy = "equal-mass" if section.strategy == "quantile" else "equal-width"
+        intro.append(
+            "Calibration-in-the-large (intercept, ideal 0) and calibration slope (ideal 1) "
+            "are logistic recalibration fits on logit(p); Brier score and expected "
+            f"calibration error (ECE, {section.bins} {strategy} bins) are lower for better "
+            "calibration. Intervals are percentile bootstrap intervals over cases."
+        )
+    if section.note:
+        intro.append(section.note)
+    if intro:
+        out.append(_p(" ".join(intro)))
+    if section.rows:
+        level = format_level(section.rows[0].brier.level)
+        out.append(
+            _table(
+                [["Group", "n", "Intercept", "Slope", "Brier", "ECE"]]
+                + [
+                    [
+                        row.group,
+                        row.n,
+                        _estimate_cell(row.intercept, 2),
+                        _estimate_cell(row.slope, 2),
+                        _estimate_cell(row.brier, 3),
+                        _estimate_cell(row.ece, 3),
+                    ]
+                    for row in section.rows
+                ],
+                [40 * mm, 10 * mm, 33 * mm, 33 * mm, 31 * mm, 31 * mm],
+            )
+        )
+        out.append(_p(f"Estimates with {level} CIs.", "Caption"))
+    if section.panels:
+        half = CONTENT_WIDTH / 2
+        drawings = [
+            figures.reliability_diagram(panel, width=half - 4, height=half - 24)
+            for panel in section.panels
+        ]
+        grid = [
+            drawings[i : i + 2] + [""] * (2 - len(drawings[i : i + 2]))
+            for i in range(0, len(drawings), 2)
+        ]
+        table = Table(grid, colWidths=[half, half], hAlign="LEFT")
+        table.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 0),
+                ]
+            )
+        )
+        out.append(table)
+        out.append(
+            _p(
+                f"Figure {figure_number}. Reliability diagrams: dots are bins (area by number of "
+                "cases) at their mean predicted probability against the observed fraction with "
+                "Wilson 95% intervals; line and band: smoothed calibration curve (restricted "
+                "cubic spline of logit(p)) with its pointwise bootstrap band, absent where the "
+                "spline is not estimable (e.g. a perfectly separated stratum); dashed: perfect "
+                "calibration.",
+                "Caption",
+            )
+        )
+        figure_number += 1
+    curve = section.decision_curve
+    if curve is not None:
+        caption = (
+            f"Figure {figure_number}. Decision curve: net benefit (true positives per patient "
+            "net of false positives weighted by p_t / (1 - p_t)) of acting on the model, of "
+            f"treating all and of treating none, with the model's {format_level(curve.level)} "
+            f"pointwise bootstrap band; prevalence {curve.prevalence:.3g}."
+        )
+        if curve.criterion_at is not None:
+            caption += (
+                f" The dotted line marks p_t = {curve.criterion_at:g}, where the net-benefit "
+                "endpoint is judged (see the acceptance table)."
+            )
+        out.append(
+            KeepTogether(
+                [
+                    _h2("Decision curve"),
+                    figures.decision_curve_figure(curve, width=CONTENT_WIDTH),
+                    _p(caption, "Caption"),
+                ]
             )
         )
     return out

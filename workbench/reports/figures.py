@@ -12,7 +12,16 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from reportlab.graphics.shapes import Drawing, Group, Line, Polygon, PolyLine, Rect, String
+from reportlab.graphics.shapes import (
+    Circle,
+    Drawing,
+    Group,
+    Line,
+    Polygon,
+    PolyLine,
+    Rect,
+    String,
+)
 from reportlab.lib import colors
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
@@ -29,6 +38,8 @@ from workbench.reports._style import (
     register_fonts,
 )
 from workbench.reports.content import (
+    CalibrationPanel,
+    DecisionCurve,
     DistributionGroup,
     EstimateStatus,
     MetricResult,
@@ -37,10 +48,17 @@ from workbench.reports.content import (
 )
 from workbench.reports.formatting import format_ci, format_estimate, format_level, format_number
 
-__all__ = ["dice_distribution_figure", "forest_plot", "roc_figure"]
+__all__ = [
+    "decision_curve_figure",
+    "dice_distribution_figure",
+    "forest_plot",
+    "reliability_diagram",
+    "roc_figure",
+]
 
 _TICK_FONT = 7
 _LABEL_FONT = 8
+INK_DOT = colors.HexColor("#1a1a1a")
 
 
 def _drawing(width: float, height: float) -> Drawing:
@@ -576,4 +594,334 @@ def dice_distribution_figure(
                 fillColor=colour,
             )
         )
+    return drawing
+
+
+def _frame_axes(
+    drawing: Drawing,
+    *,
+    left: float,
+    bottom: float,
+    plot_w: float,
+    plot_h: float,
+    x_ticks: Sequence[float],
+    y_ticks: Sequence[float],
+    x_of: object,
+    y_of: object,
+) -> None:
+    """Plot frame, light grid lines and tick labels (shared by the utility figures)."""
+    assert callable(x_of) and callable(y_of)
+    grid = colors.HexColor("#eeeeee")
+    drawing.add(
+        Rect(left, bottom, plot_w, plot_h, strokeColor=RULE, fillColor=None, strokeWidth=0.6)
+    )
+    for t in x_ticks:
+        x = x_of(t)
+        drawing.add(Line(x, bottom, x, bottom + plot_h, strokeColor=grid, strokeWidth=0.4))
+        drawing.add(Line(x, bottom, x, bottom - 3, strokeColor=MUTED, strokeWidth=0.5))
+        drawing.add(
+            String(
+                x,
+                bottom - 11,
+                _tick_label(t, x_ticks),
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+                textAnchor="middle",
+            )
+        )
+    for t in y_ticks:
+        y = y_of(t)
+        drawing.add(Line(left, y, left + plot_w, y, strokeColor=grid, strokeWidth=0.4))
+        drawing.add(Line(left, y, left - 3, y, strokeColor=MUTED, strokeWidth=0.5))
+        drawing.add(
+            String(
+                left - 5,
+                y - 2.5,
+                _tick_label(t, y_ticks),
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+                textAnchor="end",
+            )
+        )
+
+
+def _axis_labels(
+    drawing: Drawing,
+    x_label: str,
+    y_label: str,
+    *,
+    left: float,
+    bottom: float,
+    plot_w: float,
+    plot_h: float,
+) -> None:
+    drawing.add(
+        String(
+            left + plot_w / 2, 6, x_label, fontName=SANS, fontSize=_LABEL_FONT, textAnchor="middle"
+        )
+    )
+    label = String(0, 0, y_label, fontName=SANS, fontSize=_LABEL_FONT, textAnchor="middle")
+    rotated = Group(label)
+    rotated.transform = (0, 1, -1, 0, 10, bottom + plot_h / 2)
+    drawing.add(rotated)
+
+
+def reliability_diagram(
+    panel: CalibrationPanel, *, width: float = 235, height: float = 235
+) -> Drawing:
+    """Reliability diagram: observed fraction per bin against the mean prediction.
+
+    Each bin is a dot (area by its number of cases) with its Wilson interval; the
+    smoothed calibration curve (a logistic regression on a restricted cubic spline of
+    ``logit(p)``) is drawn with its pointwise bootstrap band, and the diagonal marks
+    perfect calibration (Van Calster et al. 2019; Steyerberg, Clinical Prediction
+    Models, ch. 15).
+
+    Parameters
+    ----------
+    panel : CalibrationPanel
+        Bins and curve of one group of cases.
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    left, bottom, right, top = 40.0, 34.0, 8.0, 20.0
+    plot_w, plot_h = width - left - right, height - bottom - top
+
+    def x_of(v: float) -> float:
+        return left + min(max(v, 0.0), 1.0) * plot_w
+
+    def y_of(v: float) -> float:
+        return bottom + min(max(v, 0.0), 1.0) * plot_h
+
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    _frame_axes(
+        drawing,
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_ticks=ticks,
+        y_ticks=ticks,
+        x_of=x_of,
+        y_of=y_of,
+    )
+    drawing.add(
+        Line(
+            x_of(0),
+            y_of(0),
+            x_of(1),
+            y_of(1),
+            strokeColor=MUTED,
+            strokeWidth=0.6,
+            strokeDashArray=[3, 3],
+        )
+    )
+    if panel.curve_predicted:
+        band: list[float] = []
+        for x, y in zip(panel.curve_predicted, panel.curve_high, strict=True):
+            band.extend((x_of(x), y_of(y)))
+        for x, y in zip(reversed(panel.curve_predicted), reversed(panel.curve_low), strict=True):
+            band.extend((x_of(x), y_of(y)))
+        drawing.add(Polygon(band, fillColor=BAND, strokeColor=None, strokeWidth=0))
+        line: list[float] = []
+        for x, y in zip(panel.curve_predicted, panel.curve_observed, strict=True):
+            line.extend((x_of(x), y_of(y)))
+        drawing.add(PolyLine(line, strokeColor=ACCENT, strokeWidth=1.2))
+    largest = max((pt.n for pt in panel.points), default=1)
+    for pt in panel.points:
+        x = x_of(pt.mean_predicted)
+        drawing.add(
+            Line(
+                x,
+                y_of(pt.observed_low),
+                x,
+                y_of(pt.observed_high),
+                strokeColor=INK_DOT,
+                strokeWidth=0.7,
+            )
+        )
+        radius = 1.8 + 2.2 * math.sqrt(pt.n / largest)
+        drawing.add(
+            Circle(
+                x,
+                y_of(pt.observed),
+                radius,
+                fillColor=INK_DOT,
+                strokeColor=colors.white,
+                strokeWidth=0.5,
+            )
+        )
+    title = _fit_width(
+        panel.label, f" (n={panel.n}, {panel.events} events)", width - 8, SANS_BOLD, _LABEL_FONT
+    )
+    drawing.add(String(4, height - 13, title, fontName=SANS_BOLD, fontSize=_LABEL_FONT))
+    _axis_labels(
+        drawing,
+        "Predicted probability",
+        "Observed fraction",
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+    )
+    return drawing
+
+
+def decision_curve_figure(
+    curve: DecisionCurve, *, width: float = 480, height: float = 250
+) -> Drawing:
+    """Decision curve: net benefit of the model, treat-all and treat-none per threshold.
+
+    Net benefit ``TP/n - FP/n * p_t / (1 - p_t)`` against the threshold probability
+    ``p_t`` (Vickers & Elkin 2006), with the model's pointwise bootstrap band; the
+    threshold at which the protocol judges the net-benefit endpoint is marked.
+
+    Parameters
+    ----------
+    curve : DecisionCurve
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    left, bottom, right, top = 48.0, 34.0, 120.0, 14.0
+    plot_w, plot_h = width - left - right, height - bottom - top
+    t = curve.thresholds
+    highs = [v for v in (*curve.model_high, *curve.model) if v is not None]
+    y_high = max([*highs, curve.prevalence, 0.05])
+    # treat-all plunges below zero at high thresholds; clip the axis a little below zero
+    y_low = min([*(v for v in curve.model_low if v is not None), 0.0])
+    y_low = max(y_low, -0.25 * y_high) - 0.02 * y_high
+    y_high += 0.05 * y_high
+    x_low, x_high = t[0], t[-1]
+
+    def x_of(v: float) -> float:
+        return left + (v - x_low) / (x_high - x_low) * plot_w
+
+    def y_of(v: float) -> float:
+        return bottom + (min(max(v, y_low), y_high) - y_low) / (y_high - y_low) * plot_h
+
+    _frame_axes(
+        drawing,
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_ticks=_nice_ticks(x_low, x_high, count=6),
+        y_ticks=_nice_ticks(y_low, y_high, count=5),
+        x_of=x_of,
+        y_of=y_of,
+    )
+    pairs = [
+        (x, lo, hi)
+        for x, lo, hi in zip(t, curve.model_low, curve.model_high, strict=True)
+        if lo is not None and hi is not None
+    ]
+    if len(pairs) >= 2:
+        band: list[float] = []
+        for x, _, hi in pairs:
+            band.extend((x_of(x), y_of(hi)))
+        for x, lo, _ in reversed(pairs):
+            band.extend((x_of(x), y_of(lo)))
+        drawing.add(Polygon(band, fillColor=BAND, strokeColor=None, strokeWidth=0))
+    drawing.add(
+        Line(x_of(x_low), y_of(0), x_of(x_high), y_of(0), strokeColor=MUTED, strokeWidth=1.0)
+    )
+    visible = [(x, v) for x, v in zip(t, curve.treat_all, strict=True) if v >= y_low]
+    if len(visible) >= 2:
+        drawing.add(
+            PolyLine(
+                [c for x, v in visible for c in (x_of(x), y_of(v))],
+                strokeColor=SERIES_COLOURS[1],
+                strokeWidth=1.0,
+                strokeDashArray=[4, 2],
+            )
+        )
+    drawing.add(
+        PolyLine(
+            [c for x, v in zip(t, curve.model, strict=True) for c in (x_of(x), y_of(v))],
+            strokeColor=ACCENT,
+            strokeWidth=1.4,
+        )
+    )
+    if curve.criterion_at is not None:
+        x = x_of(curve.criterion_at)
+        drawing.add(
+            Line(
+                x,
+                bottom,
+                x,
+                bottom + plot_h,
+                strokeColor=FAIL_INK,
+                strokeWidth=0.7,
+                strokeDashArray=[2, 2],
+            )
+        )
+    _axis_labels(
+        drawing,
+        "Threshold probability",
+        "Net benefit",
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+    )
+    lx, ly = left + plot_w + 10, bottom + plot_h - 8
+    legend = [
+        ("model", ACCENT, None),
+        ("treat all", SERIES_COLOURS[1], [4, 2]),
+        ("treat none", MUTED, None),
+    ]
+    for i, (name, colour, dash) in enumerate(legend):
+        y = ly - 13 * i
+        drawing.add(
+            Line(lx, y, lx + 16, y, strokeColor=colour, strokeWidth=1.2, strokeDashArray=dash)
+        )
+        drawing.add(String(lx + 20, y - 2.5, name, fontName=SANS, fontSize=_TICK_FONT))
+    y = ly - 13 * len(legend)
+    drawing.add(Rect(lx, y - 3, 16, 7, fillColor=BAND, strokeColor=None))
+    drawing.add(
+        String(
+            lx + 20,
+            y - 2.5,
+            f"{format_level(curve.level)} band (model)",
+            fontName=SANS,
+            fontSize=_TICK_FONT,
+        )
+    )
+    if curve.criterion_at is not None:
+        y -= 13
+        drawing.add(
+            Line(lx, y, lx + 16, y, strokeColor=FAIL_INK, strokeWidth=0.7, strokeDashArray=[2, 2])
+        )
+        drawing.add(
+            String(
+                lx + 20,
+                y - 2.5,
+                f"criterion at {curve.criterion_at:g}",
+                fontName=SANS,
+                fontSize=_TICK_FONT,
+            )
+        )
+    y -= 16
+    drawing.add(
+        String(
+            lx,
+            y,
+            f"prevalence {curve.prevalence:.3g}",
+            fontName=SANS,
+            fontSize=_TICK_FONT,
+            fillColor=MUTED,
+        )
+    )
     return drawing

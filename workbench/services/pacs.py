@@ -28,6 +28,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,8 +230,9 @@ def import_from_dicomweb(
     if not wanted:
         raise DicomWebError(f"{server.public_url}: the query {query!r} matched no study.")
     refs: list[InstanceRef] = []
-    for study in wanted:
-        refs.extend(list_study_instances(server, study))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for listed in pool.map(lambda uid: list_study_instances(server, uid), wanted):
+            refs.extend(listed)
 
     final = wb.workdir.testsets_dir / name
     staging = wb.workdir.testsets_dir / f"{name}.partial"

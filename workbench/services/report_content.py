@@ -34,6 +34,7 @@ from workbench.protocols import (
     metric_info,
     stratum_labels,
 )
+from workbench.protocols.results import CalibrationSummary
 from workbench.records import audit
 from workbench.records.models import (
     AuditEntry,
@@ -60,6 +61,7 @@ __all__ = [
     "dataset_section",
     "methods_section",
     "results_section",
+    "calibration_section",
     "acceptance_rows",
     "adjudication_section",
     "audit_section",
@@ -363,11 +365,10 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
                 ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})",
             )
         )
-        if ep.operating_threshold is not None:
+        threshold = protocol.threshold_of(ep)
+        if threshold is not None:
             thresholds.append(
-                rc.ThresholdSpec(
-                    name=f"{ep.id} operating threshold", value=float(ep.operating_threshold)
-                )
+                rc.ThresholdSpec(name=f"{ep.id} operating threshold", value=float(threshold))
             )
     thresholds.append(
         rc.ThresholdSpec(
@@ -515,6 +516,124 @@ def results_section(inputs: ReportInputs) -> rc.ResultsSection:
         distribution_metric="Dice" if distributions else "",
         distributions=distributions,
         agreement=tuple(agreement),
+        calibration=calibration_section(inputs),
+    )
+
+
+_CALIBRATION_METRICS = {
+    "intercept": "calibration_intercept",
+    "slope": "calibration_slope",
+    "brier": "brier",
+    "ece": "ece",
+}
+
+
+def _calibration_estimate(
+    results: RunResults, summary: CalibrationSummary, name: str, estimate: Estimate | None
+) -> rc.ReportEstimate:
+    """The calibration endpoint's own estimate where the protocol has one, else the summary's.
+
+    So that the calibration table shows the numbers the acceptance table judged
+    (endpoints count failed cases as the protocol says; the summaries use completed cases).
+    """
+    endpoint = next((e for e in results.endpoints if e.metric == _CALIBRATION_METRICS[name]), None)
+    if endpoint is not None:
+        if not summary.factor:
+            return _overall_estimate(endpoint)
+        for stratum in endpoint.strata:
+            if (stratum.factor, stratum.stratum) == (summary.factor, summary.stratum):
+                return _stratum_estimate(stratum)
+    reason = dict(summary.reasons).get(name, "not estimable")
+    return _report_estimate(estimate, n=summary.n, reason=reason)
+
+
+def calibration_section(inputs: ReportInputs) -> rc.CalibrationSection | None:
+    """Calibration table and reliability diagrams, decision curve and operating point.
+
+    Reads the run's :class:`~workbench.protocols.results.SupplementaryAnalyses`:
+    the calibration summaries (overall first, then per stratum of the protocol's
+    ``calibration.by`` factors; Van Calster et al. 2019), the decision curve
+    (Vickers & Elkin 2006) and the locked operating point. None for a run that has
+    none of them (e.g. segmentation).
+    """
+    supplementary = inputs.results.supplementary
+    summaries = supplementary.calibration
+    curve = supplementary.decision_curve
+    op = supplementary.operating_point
+    notes = [
+        r for r in (supplementary.calibration_reason, supplementary.decision_curve_reason) if r
+    ]
+    if not summaries and curve is None and op is None and not notes:
+        return None
+    rows = tuple(
+        rc.CalibrationRow(
+            group=c.label,
+            n=c.n,
+            intercept=_calibration_estimate(inputs.results, c, "intercept", c.intercept),
+            slope=_calibration_estimate(inputs.results, c, "slope", c.slope),
+            brier=_calibration_estimate(inputs.results, c, "brier", c.brier),
+            ece=_calibration_estimate(inputs.results, c, "ece", c.ece),
+        )
+        for c in summaries
+    )
+    panels = tuple(
+        rc.CalibrationPanel(
+            label="All cases" if not c.factor else c.label,
+            n=c.n,
+            events=c.events,
+            points=tuple(
+                rc.ReliabilityPoint(
+                    mean_predicted=b.mean_predicted,
+                    observed=b.observed,
+                    observed_low=b.observed_ci_low,
+                    observed_high=b.observed_ci_high,
+                    n=b.n,
+                )
+                for b in c.reliability
+            ),
+            curve_predicted=c.curve_predicted,
+            curve_observed=c.curve_observed,
+            curve_low=c.curve_lower,
+            curve_high=c.curve_upper,
+        )
+        for c in summaries
+    )
+    decision = None
+    if curve is not None:
+        keep = [
+            i
+            for i, (m, a) in enumerate(zip(curve.net_benefit, curve.treat_all, strict=True))
+            if m is not None and a is not None
+        ]
+        if len(keep) >= 2:
+            decision = rc.DecisionCurve(
+                thresholds=tuple(curve.thresholds[i] for i in keep),
+                model=tuple(float(curve.net_benefit[i] or 0.0) for i in keep),
+                model_low=tuple(curve.net_benefit_low[i] for i in keep),
+                model_high=tuple(curve.net_benefit_high[i] for i in keep),
+                treat_all=tuple(float(curve.treat_all[i] or 0.0) for i in keep),
+                prevalence=curve.prevalence,
+                method=curve.method,
+                level=curve.level,
+                criterion_at=curve.criterion_at,
+            )
+    operating_point = ""
+    if op is not None:
+        operating_point = op.description
+        if op.deployment_prevalence is not None:
+            operating_point += (
+                "; PPV and NPV are also reported at the deployment prevalence "
+                f"{op.deployment_prevalence:g}"
+            )
+    first = summaries[0] if summaries else None
+    return rc.CalibrationSection(
+        rows=rows,
+        panels=panels,
+        bins=first.bins if first is not None else 10,
+        strategy=first.strategy if first is not None else "uniform",
+        decision_curve=decision,
+        operating_point=operating_point,
+        note=" ".join(f"{n[0].upper()}{n[1:]}." for n in notes),
     )
 
 

@@ -504,7 +504,8 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
             session.scalars(select(Report).where(Report.report_uid == uid)).first() if uid else None
         )
         if report is None:
-            checks.append(("database record", False, f"no report record '{uid}'"))
+            shown = audit.bounded_text(uid, limit=80)  # the id comes from the PDF: untrusted
+            checks.append(("database record", False, f"no report record '{shown}'"))
         else:
             checks.append(
                 (
@@ -560,7 +561,11 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
             action="report.verify",
             record_type="report",
             record_id=uid or pdf.name,
-            new={"file_sha256": outcome.file_sha256, "valid": valid, "reason": reason[:500]},
+            new={
+                "file_sha256": outcome.file_sha256,
+                "valid": valid,
+                "reason": audit.bounded_text(reason, limit=500),
+            },
         )
     return ReportCheck(str(pdf), valid, reason or "valid", uid, checks)
 

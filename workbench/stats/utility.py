@@ -122,8 +122,15 @@ def predictive_values(
     if not 0.0 < pi < 1.0:
         raise StatisticsError(f"prevalence must lie strictly between 0 and 1, found {pi!r}.")
     z = z_crit(level)
-    ppv = se * pi / (se * pi + (1.0 - sp) * (1.0 - pi))
-    npv = sp * (1.0 - pi) / (sp * (1.0 - pi) + (1.0 - se) * pi)
+    called_positive = se * pi + (1.0 - sp) * (1.0 - pi)
+    called_negative = sp * (1.0 - pi) + (1.0 - se) * pi
+    if called_positive == 0.0 or called_negative == 0.0:
+        raise NotEstimableError(
+            f"Predictive values are undefined with sensitivity {se:g} and specificity {sp:g}: "
+            f"the model calls no case {'positive' if called_positive == 0.0 else 'negative'}."
+        )
+    ppv = se * pi / called_positive
+    npv = sp * (1.0 - pi) / called_negative
     if method == "adjusted-logit":
         half = z * z / 2.0
         se_c, n1_c = (se * n1 + half) / (n1 + 2 * half), n1 + 2 * half

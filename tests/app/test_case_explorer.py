@@ -1,0 +1,107 @@
+"""Case explorer page: QA and auditors explore; blinded reviewers never reach it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app._seed import Seeded
+from workbench.app._nav import page_by_key, pages_for
+
+PAGE = "pages/case_explorer.py"
+
+
+def _text(at: AppTest) -> str:
+    parts = [
+        str(e.value)
+        for kind in ("error", "warning", "success", "info", "markdown", "caption", "title")
+        for e in getattr(at, kind)
+    ]
+    return "\n".join(parts)
+
+
+def _open(app: Callable[..., AppTest], user: str, **query: str) -> AppTest:
+    at = app(user)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(PAGE).run(timeout=120)
+    assert not at.exception, at.exception
+    return at
+
+
+def test_navigation_lists_the_explorer_for_qa_and_auditors_only() -> None:
+    page = page_by_key("case_explorer")
+    assert page.path == PAGE
+    assert [r for r in ("qa", "auditor", "reviewer", "admin") if page.visible_to(r)] == [
+        "qa",
+        "auditor",
+    ]
+    assert "case_explorer" not in {p.key for p in pages_for("reviewer")}
+
+
+def test_qa_explores_worst_cases_in_three_planes(
+    app: Callable[..., AppTest], seeded: Seeded
+) -> None:
+    at = _open(app, "qa.author", run=seeded.run_uids["lesion-segmentation"])
+    table = at.dataframe[0].value
+    assert {"case_id", "dice", "false_negative", "manufacturer"} <= set(table.columns)
+    dice = table["dice"].dropna().tolist()
+    assert dice == sorted(dice)  # worst Dice first by default
+    assert at.get("imgs"), "the three-plane view is shown"
+    text = _text(at)
+    assert "Unblinded view" in text
+    # Filter to one scanner.
+    at.selectbox(key="explorer-factor").select("manufacturer").run(timeout=120)
+    assert not at.exception, at.exception
+    level = at.selectbox(key="explorer-level").value
+    assert set(at.dataframe[0].value["manufacturer"]) == {level}
+    # Move the crosshair and change the window: the view re-renders.
+    at.slider(key=next(s.key for s in at.slider if str(s.key).endswith("-axial"))).set_value(
+        1
+    ).run(timeout=120)
+    assert not at.exception, at.exception
+
+
+def test_explanation_map_is_labelled_as_an_aid(app: Callable[..., AppTest], seeded: Seeded) -> None:
+    at = _open(app, "inspector", run=seeded.run_uids["lesion-segmentation"])
+    go = next(b for b in at.button if str(b.key).endswith("-go"))
+    go.click().run(timeout=300)
+    assert not at.exception, at.exception
+    text = _text(at)
+    assert "Aid to review only" in text and "Deletion check" in text
+    assert at.get("imgs")
+
+
+def test_classification_run_opens(app: Callable[..., AppTest], seeded: Seeded) -> None:
+    at = _open(app, "inspector", run=seeded.run_uids["malignancy-classification"])
+    assert "operating threshold 0.5" in _text(at)
+
+
+@pytest.mark.parametrize("user", ["dr.reviewer", "dr.second"])
+def test_blinded_reviewers_cannot_reach_the_explorer(
+    app: Callable[..., AppTest], seeded: Seeded, user: str
+) -> None:
+    at = app(user)
+    try:
+        at.switch_page(PAGE)
+    except ValueError:
+        return  # not registered for the role at all
+    at.query_params["run"] = seeded.run_uids["malignancy-classification"]
+    at.run(timeout=120)
+    assert not at.exception
+    assert any("not available to the role" in str(e.value) for e in at.error)
+    assert not at.dataframe and not at.get("imgs")
+
+
+def test_blinded_adjudication_shows_no_explanation(
+    app: Callable[..., AppTest], seeded: Seeded
+) -> None:
+    at = app("dr.second")
+    at.query_params["run"] = seeded.run_uids["lesion-segmentation"]
+    at.switch_page("pages/adjudication.py").run(timeout=120)
+    assert not at.exception, at.exception
+    text = _text(at).lower()
+    assert "explanation" not in text and "saliency" not in text and "grad-cam" not in text
+    assert not any("explain" in str(b.key) for b in at.button)
