@@ -7,7 +7,7 @@ Usage (after ``workbench demo --workdir DIR``)::
 
 Starts ``workbench app`` on a free port, signs in with the demo accounts in Debian's
 chromium (``/usr/bin/chromium``, driven by Playwright) and writes
-``docs/screenshots/{login,results,viewer,reports,audit}.png``.
+``docs/screenshots/{login,results,viewer,reports,audit,explorer}.png``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,11 @@ def main() -> None:
             _nav(page, "Audit trail")
             page.get_by_text("entries").first.wait_for(timeout=60_000)
             page.screenshot(path=str(SHOTS / "audit.png"))
+            _nav(page, "Case explorer")
+            page.get_by_text("Unblinded view").first.wait_for(timeout=60_000)
+            page.locator('[data-testid="stImage"] img').first.wait_for(timeout=90_000)
+            _idle(page)
+            page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
             reviewer = browser.new_page(viewport={"width": 1500, "height": 1100})
             _sign_in(reviewer, url, "dr.second")
             _nav(reviewer, "Adjudication")
@@ -144,7 +149,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
-    for name in ("login", "results", "viewer", "reports", "audit"):
+    for name in ("login", "results", "viewer", "reports", "audit", "explorer"):
         print(SHOTS / f"{name}.png")
 
 

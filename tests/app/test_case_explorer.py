@@ -49,7 +49,7 @@ def test_qa_explores_worst_cases_in_three_planes(
     assert {"case_id", "dice", "false_negative", "manufacturer"} <= set(table.columns)
     dice = table["dice"].dropna().tolist()
     assert dice == sorted(dice)  # worst Dice first by default
-    assert at.get("imgs"), "the three-plane view is shown"
+    assert at.get("image"), "the three-plane view is shown"
     text = _text(at)
     assert "Unblinded view" in text
     # Filter to one scanner.
@@ -58,9 +58,9 @@ def test_qa_explores_worst_cases_in_three_planes(
     level = at.selectbox(key="explorer-level").value
     assert set(at.dataframe[0].value["manufacturer"]) == {level}
     # Move the crosshair and change the window: the view re-renders.
-    at.slider(key=next(s.key for s in at.slider if str(s.key).endswith("-axial"))).set_value(
-        1
-    ).run(timeout=120)
+    at.slider(key=next(s.key for s in at.slider if str(s.key).endswith("-axial"))).set_value(1).run(
+        timeout=120
+    )
     assert not at.exception, at.exception
 
 
@@ -71,7 +71,7 @@ def test_explanation_map_is_labelled_as_an_aid(app: Callable[..., AppTest], seed
     assert not at.exception, at.exception
     text = _text(at)
     assert "Aid to review only" in text and "Deletion check" in text
-    assert at.get("imgs")
+    assert at.get("image")
 
 
 def test_classification_run_opens(app: Callable[..., AppTest], seeded: Seeded) -> None:
@@ -92,7 +92,7 @@ def test_blinded_reviewers_cannot_reach_the_explorer(
     at.run(timeout=120)
     assert not at.exception
     assert any("not available to the role" in str(e.value) for e in at.error)
-    assert not at.dataframe and not at.get("imgs")
+    assert not at.dataframe and not at.get("image")
 
 
 def test_blinded_adjudication_shows_no_explanation(

@@ -24,7 +24,13 @@ import pytest
 from pydicom.pixels import pixel_array
 
 from workbench.dicom.index import DicomIndex, index_folder
-from workbench.dicom.pixels import decode_frames, frame_geometry, frame_shape, read_dicom
+from workbench.dicom.pixels import (
+    decode_frames,
+    frame_geometry,
+    frame_shape,
+    frame_table,
+    read_dicom,
+)
 from workbench.errors import DicomReadError, GeometryError
 from workbench.quality import QualityReport, Severity, run_quality_checks
 
@@ -145,6 +151,11 @@ def test_enhanced_ct_geometry_comes_from_functional_groups(real: RealSet) -> Non
     assert geometry.source == "functional-groups"
     assert geometry.positions is not None and geometry.positions.shape == (2, 3)
     assert geometry.n_orientations == 1 and geometry.pixel_spacing is not None
+    frames = frame_table(real.root, ["pydicom-data/eCT_Supplemental.dcm", "pydicom/CT_small.dcm"])
+    assert list(frames["frame"]) == [0, 1, 0]
+    assert frames["image_position_z"].notna().all()
+    ect = frames[frames["path"] == "pydicom-data/eCT_Supplemental.dcm"]
+    assert ect["image_position_z"].nunique() == 2  # one position per frame
     row = real.index.files.set_index("path").loc["pydicom-data/eCT_Supplemental.dcm"]
     assert row["pixel_spacing_row"] == pytest.approx(geometry.pixel_spacing[0])
     assert row["image_orientation"] is not None

@@ -25,6 +25,12 @@ from workbench.protocols import (
     StratumResult,
     SupplementaryAnalyses,
 )
+from workbench.protocols.results import (
+    CalibrationSummary,
+    DecisionCurveSummary,
+    OperatingPointSummary,
+    ReliabilityBin,
+)
 from workbench.stats import Estimate
 from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
@@ -87,6 +93,65 @@ def endpoints(draw: st.DrawFn) -> EndpointResult:
 
 
 @st.composite
+def calibration_summaries(draw: st.DrawFn) -> CalibrationSummary:
+    grid = st.lists(_number, max_size=4).map(tuple)
+    bins = st.builds(
+        ReliabilityBin,
+        bin_low=_number,
+        bin_high=_number,
+        n=st.integers(0, 500),
+        events=st.integers(0, 500),
+        mean_predicted=_number,
+        observed=_number,
+        observed_ci_low=_number,
+        observed_ci_high=_number,
+    )
+    overall = draw(st.booleans())
+    return CalibrationSummary(
+        factor="" if overall else draw(_ident),
+        stratum="overall" if overall else draw(_text),
+        n=draw(st.integers(0, 500)),
+        events=draw(st.integers(0, 500)),
+        intercept=draw(st.none() | estimates()),
+        slope=draw(st.none() | estimates()),
+        brier=draw(st.none() | estimates()),
+        ece=draw(st.none() | estimates()),
+        bins=draw(st.integers(2, 50)),
+        strategy=draw(st.sampled_from(["uniform", "quantile"])),
+        reliability=tuple(draw(st.lists(bins, max_size=3))),
+        curve_predicted=draw(grid),
+        curve_observed=draw(grid),
+        curve_lower=draw(grid),
+        curve_upper=draw(grid),
+        curve_level=draw(_level),
+        reasons=tuple(sorted(draw(st.dictionaries(_ident, _text, max_size=2)).items())),
+    )
+
+
+@st.composite
+def decision_curves(draw: st.DrawFn) -> DecisionCurveSummary:
+    size = draw(st.integers(1, 4))
+    values = st.lists(st.none() | _number, min_size=size, max_size=size).map(tuple)
+    return DecisionCurveSummary(
+        thresholds=tuple(draw(st.lists(_number, min_size=size, max_size=size))),
+        net_benefit=draw(values),
+        net_benefit_low=draw(values),
+        net_benefit_high=draw(values),
+        treat_all=draw(values),
+        treat_all_low=draw(values),
+        treat_all_high=draw(values),
+        interventions_avoided=draw(values),
+        interventions_avoided_low=draw(values),
+        interventions_avoided_high=draw(values),
+        prevalence=draw(_number),
+        level=draw(_level),
+        method=draw(_text),
+        n=draw(st.integers(0, 1000)),
+        criterion_at=draw(st.none() | _number),
+    )
+
+
+@st.composite
 def supplementary(draw: st.DrawFn) -> SupplementaryAnalyses:
     grid = tuple(draw(st.lists(_number, min_size=1, max_size=5)))
     roc = draw(
@@ -124,6 +189,8 @@ def supplementary(draw: st.DrawFn) -> SupplementaryAnalyses:
         method=_text,
     )
     fleiss = draw(st.none() | estimates())
+    calibration = tuple(draw(st.lists(calibration_summaries(), max_size=3)))
+    curve = draw(st.none() | decision_curves())
     return SupplementaryAnalyses(
         roc=roc,
         roc_reason="" if roc is not None else draw(_text),
@@ -138,6 +205,19 @@ def supplementary(draw: st.DrawFn) -> SupplementaryAnalyses:
                 draw(
                     st.dictionaries(_ident, st.lists(_number, max_size=4).map(tuple), max_size=3)
                 ).items()
+            )
+        ),
+        calibration=calibration,
+        calibration_reason="" if calibration else draw(_text),
+        decision_curve=curve,
+        decision_curve_reason="" if curve is not None else draw(_text),
+        operating_point=draw(
+            st.none()
+            | st.builds(
+                OperatingPointSummary,
+                threshold=_number,
+                description=_text,
+                deployment_prevalence=st.none() | _number,
             )
         ),
     )

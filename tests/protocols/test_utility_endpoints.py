@@ -264,12 +264,16 @@ def test_f1_and_predictive_values_at_the_deployment_prevalence() -> None:
     pv = stats.predictive_values(bm.sensitivity, bm.specificity, 0.05, method="adjusted-logit")
     assert result.endpoint("ppv-dep").estimate == pv.ppv
     assert result.endpoint("npv-dep").estimate == pv.npv
-    assert "at deployment prevalence 0.05, score >= 0.5" in result.endpoint("npv-dep").criterion_text
+    assert (
+        "at deployment prevalence 0.05, score >= 0.5" in result.endpoint("npv-dep").criterion_text
+    )
     # per stratum: the same statistic on the stratum's cases
     part = frame[frame["manufacturer"] == "B"]
     bm_b = stats.binary_metrics(part["y_true"], part["score"], threshold=0.5)
     assert bm_b.sensitivity is not None and bm_b.specificity is not None
-    pv_b = stats.predictive_values(bm_b.sensitivity, bm_b.specificity, 0.05, method="adjusted-logit")
+    pv_b = stats.predictive_values(
+        bm_b.sensitivity, bm_b.specificity, 0.05, method="adjusted-logit"
+    )
     assert result.endpoint("ppv-dep").stratum("manufacturer", "B").estimate == pv_b.ppv
 
 
@@ -303,7 +307,8 @@ def test_calibration_endpoints_overall_and_per_stratum() -> None:
     slope = result.endpoint("slope")
     assert slope.criterion_text == "the 95% CI (bootstrap) of calibration slope contains 1"
     assert slope.overall_verdict is (
-        Verdict.PASS if slope.estimate and slope.estimate.ci_low <= 1 <= slope.estimate.ci_high
+        Verdict.PASS
+        if slope.estimate and slope.estimate.ci_low <= 1 <= slope.estimate.ci_high
         else Verdict.FAIL
     )
 
@@ -393,3 +398,10 @@ def test_calibration_summaries_overall_and_by_factor() -> None:
     assert overall is not None and overall.n == 80 and overall.bins == 4
     assert sum(b.n for b in overall.reliability) == 80
     assert overall.curve_predicted and len(overall.curve_lower) == len(overall.curve_predicted)
+
+
+def test_protocols_without_calibration_keep_their_supplementary_analyses() -> None:
+    extra = supplementary_analysis(_protocol(""), _frame())
+    assert extra.calibration == () and extra.calibration_reason == ""
+    assert extra.decision_curve is None and extra.operating_point is None
+    assert "calibration" not in extra.to_dict() and "decision_curve" not in extra.to_dict()

@@ -237,3 +237,25 @@ def test_phi_findings_name_the_attribute_and_group_private_tags(tmp_path: Path) 
         ("private attributes (0019,xxxx)", "12 with values")
     ]
     assert "Berger" not in json.dumps(report.to_dict())
+
+
+def test_missing_values_of_extension_dtypes_are_shown_not_compared() -> None:
+    from workbench.quality import expectations as gxs
+
+    frame = pd.DataFrame(
+        {"rows": pd.array([512, pd.NA, 16], dtype="Int64"), "path": ["a", "b", "c"]}
+    )
+    spec = (
+        "ExpectColumnValuesToBeBetween",
+        {"column": "rows", "min_value": 32, "max_value": 4096},
+        {
+            "check": "geometry_range",
+            "severity": "major",
+            "attribute": "Rows (0028,0010)",
+            "message": "Rows {value} outside 32 to 4096",
+            "expected": "32 to 4096",
+        },
+    )
+    findings = gxs.run_suite(frame, [spec], name="na", path_of=lambda i: str(frame.at[i, "path"]))
+    assert [(f.path, f.found) for f in findings] == [("c", "16")]
+    assert gxs._show(pd.NA) == "no value" and gxs._show(float("nan")) == "no value"

@@ -23,7 +23,11 @@ from workbench.protocols.supplementary import supplementary_analysis
 from workbench.reports import build_report
 from workbench.reports.content import CalibrationPanel, DecisionCurve, ReportContent
 from workbench.reports.figures import decision_curve_figure, reliability_diagram
-from workbench.services.report_content import acceptance_rows, calibration_section
+from workbench.services.report_content import (
+    acceptance_rows,
+    calibration_section,
+    results_section,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFICATION = ROOT / "validation_protocols" / "malignancy-classification-v1.yaml"
@@ -77,12 +81,12 @@ def results() -> RunResults:
 
 @pytest.fixture(scope="module")
 def calibration_content(results: RunResults) -> ReportContent:
-    inputs = SimpleNamespace(results=results)
+    """The fixture report with the results and acceptance sections of a demo-like run."""
+    inputs = SimpleNamespace(protocol=load_protocol(CLASSIFICATION), results=results)
     base = make_report_content()
-    section = calibration_section(inputs)  # type: ignore[arg-type]
     return dataclasses.replace(
         base,
-        results=dataclasses.replace(base.results, calibration=section),
+        results=results_section(inputs),  # type: ignore[arg-type]
         acceptance=acceptance_rows(inputs),  # type: ignore[arg-type]
     )
 
@@ -150,3 +154,4 @@ def test_report_prints_the_section_and_its_criteria(
     assert "manufacturer = Cygnus" in text
     assert "calibration slope contains 1" in text
     assert "at threshold probability 0.2" in text
+    assert "calibration slope per stratum" in text  # forest plot of a two-sided metric

@@ -141,9 +141,7 @@ def test_select_case_for_report_is_audited(wb: Workbench, seeded: Seeded) -> Non
     assert chosen.png_path.is_file() and chosen.png_path.is_relative_to(seeded.workdir)
     assert chosen.sha256 == hashlib.sha256(png).hexdigest()
     with wb.transaction(readonly=True) as session:
-        entry = session.scalars(
-            select(AuditEntry).where(AuditEntry.seq == chosen.audit_seq)
-        ).one()
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.seq == chosen.audit_seq)).one()
     assert entry.action == "explorer.case_select" and entry.actor == "qa.author"
     assert entry.new_value["png_sha256"] == chosen.sha256
     listed = explorer.selected_cases(wb, _login(wb, "inspector"), run)

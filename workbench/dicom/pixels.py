@@ -20,12 +20,14 @@ multi-frame or single-frame.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -35,6 +37,7 @@ from workbench.errors import DicomReadError
 
 __all__ = [
     "FrameGeometry",
+    "frame_table",
     "read_dicom",
     "decode_frames",
     "frame_geometry",
@@ -106,7 +109,7 @@ def decode_frames(ds: Dataset, *, frames: list[int] | None = None) -> np.ndarray
         No pixel data, or it cannot be decoded; the message names the transfer
         syntax and the decoder's reason.
     """
-    from pydicom.pixels import apply_color_lut, pixel_array
+    from pydicom.pixels import apply_color_lut
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError("expected Pixel Data (7FE0,0010), found none")
@@ -114,20 +117,17 @@ def decode_frames(ds: Dataset, *, frames: list[int] | None = None) -> np.ndarray
     wanted = list(range(n_frames)) if frames is None else [f for f in frames if 0 <= f < n_frames]
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
     out: list[np.ndarray] = []
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    # each plugin's failure is logged by pydicom before the combined error is raised;
+    # the error (with every plugin's reason) is what the caller reports
+    logger.setLevel(logging.CRITICAL)
+    try:
+        arrays = _decode(ds, frames, wanted)
+    finally:
+        logger.setLevel(level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            if frames is None:
-                arrays = [pixel_array(ds)]
-            else:
-                arrays = [pixel_array(ds, index=f) for f in wanted]
-        except Exception as exc:  # noqa: BLE001 - every decoder failure has one meaning here
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = syntax.name if syntax is not None else "unknown transfer syntax"
-            raise DicomReadError(
-                f"pixel data ({name}) cannot be decoded: {type(exc).__name__}: "
-                + str(exc).splitlines()[0][:200]
-            ) from exc
         for arr in arrays:
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
@@ -142,6 +142,24 @@ def decode_frames(ds: Dataset, *, frames: list[int] | None = None) -> np.ndarray
     if stacked.ndim == 3:
         stacked = stacked[..., np.newaxis]
     return stacked
+
+
+def _decode(ds: Dataset, frames: list[int] | None, wanted: list[int]) -> list[np.ndarray]:
+    from pydicom.pixels import pixel_array
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if frames is None:
+                return [pixel_array(ds)]
+            return [pixel_array(ds, index=f) for f in wanted]
+        except Exception as exc:  # noqa: BLE001 - every decoder failure has one meaning here
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = syntax.name if syntax is not None else "unknown transfer syntax"
+            reasons = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise DicomReadError(
+                f"pixel data ({name}) cannot be decoded: {type(exc).__name__}: {reasons[:400]}"
+            ) from exc
 
 
 def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -311,3 +329,60 @@ def frame_geometry(ds: Dataset) -> FrameGeometry:
         slice_thickness=float(thickness) if thickness not in (None, "") else None,
         source="top-level" if pos is not None or spacing is not None else "none",
     )
+
+
+FRAME_COLUMNS = (
+    "path",
+    "frame",
+    "image_position_x",
+    "image_position_y",
+    "image_position_z",
+    "image_orientation",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+)
+
+
+def frame_table(root: str | Path, paths: list[str]) -> pd.DataFrame:
+    """One row per frame of the given image files, with its geometry.
+
+    Parameters
+    ----------
+    root : str or Path
+        Test-set root.
+    paths : list of str
+        Relative paths (for example the multi-frame rows of ``DicomIndex.files``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`FRAME_COLUMNS`; ``frame`` is 0-based; positions are None for
+        objects without patient geometry. Unreadable files are left out.
+    """
+    records: list[dict[str, Any]] = []
+    for rel in paths:
+        try:
+            ds = read_dicom(Path(root) / rel, stop_before_pixels=True)
+        except DicomReadError:
+            continue
+        geometry = frame_geometry(ds)
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        spacing = geometry.pixel_spacing or (None, None)
+        for k in range(n_frames):
+            pos = geometry.positions[k] if geometry.positions is not None else None
+            ori = geometry.orientations[k] if geometry.orientations is not None else None
+            records.append(
+                {
+                    "path": rel,
+                    "frame": k,
+                    "image_position_x": float(pos[0]) if pos is not None else None,
+                    "image_position_y": float(pos[1]) if pos is not None else None,
+                    "image_position_z": float(pos[2]) if pos is not None else None,
+                    "image_orientation": (
+                        ",".join(f"{v:g}" for v in ori) if ori is not None else None
+                    ),
+                    "pixel_spacing_row": spacing[0],
+                    "pixel_spacing_col": spacing[1],
+                }
+            )
+    return pd.DataFrame.from_records(records, columns=list(FRAME_COLUMNS))

@@ -399,7 +399,6 @@ class RayExecutor:
             "max_restarts": 0,  # the driver replaces lost workers and retries their cases
             "max_task_retries": 0,
             "max_concurrency": 1,  # one case at a time, in submission order
-            "concurrency_groups": {"reading": 1},  # prefetch() beside the running case
         }
         if use_gpu:
             options["num_gpus"] = self.gpus_per_worker
@@ -470,7 +469,10 @@ class RayExecutor:
         window = self.max_in_flight or 2 * n_workers
         per_worker = max(1, -(-window // n_workers))
         job = ray.put((process, prepare))
-        remote_cls = ray.remote(_CaseWorker).options(**self._worker_options(use_gpu))
+        # prefetch() runs in its own group, beside the case being computed.
+        remote_cls = ray.remote(concurrency_groups={"reading": 1})(_CaseWorker).options(
+            **self._worker_options(use_gpu)
+        )
         self.workers_info, self.workers_lost, self.retries = [], 0, 0
         # Workers of an earlier run are reused when they have the same shape.
         idle = [w for w in self._live if w.use_gpu == use_gpu][:n_workers]

@@ -45,6 +45,7 @@ __all__ = [
     "CaseSpec",
     "build_cases",
     "patient_age_years",
+    "series_labels",
 ]
 
 #: Index columns copied into every case's attributes (first image of the series).
@@ -144,11 +145,56 @@ def _label_rows(labels: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
     return rows
 
 
+_INDEX_COLUMN = {
+    LabelsKey.SERIES_INSTANCE_UID: "series_instance_uid",
+    LabelsKey.STUDY_INSTANCE_UID: "study_instance_uid",
+    LabelsKey.ACCESSION_NUMBER: "accession_number",
+    LabelsKey.CASE_ID: "patient_id",
+}
+
+
+def series_labels(
+    index_files: pd.DataFrame, labels: pd.DataFrame | None, key: LabelsKey | str
+) -> pd.DataFrame | None:
+    """``labels`` re-keyed by image series through the documented join.
+
+    Every labels row that joins an image series (see the module docstring) is given
+    that series' ``series_instance_uid`` (one row per joined series), so checks that
+    look labels up by series (the data-quality suite) use the same join as the run.
+
+    Returns
+    -------
+    DataFrame or None
+        ``None`` when ``labels`` is ``None``.
+    """
+    if labels is None:
+        return None
+    key = LabelsKey(key)
+    if key is LabelsKey.SERIES_INSTANCE_UID or key.value not in labels.columns:
+        return labels
+    column = _INDEX_COLUMN[key]
+    if column not in index_files.columns:
+        return labels.iloc[0:0].assign(series_instance_uid=pd.Series(dtype=str))
+    modality = index_files["modality"].fillna("").astype(str)
+    series = index_files[~modality.isin(_NON_IMAGE_MODALITIES)].drop_duplicates(
+        "series_instance_uid"
+    )[["series_instance_uid", column]]
+    series = series.dropna(subset=[column]).astype(str)
+    rekeyed = labels.drop(columns=["series_instance_uid"], errors="ignore").assign(
+        **{key.value: labels[key.value].astype(str)}
+    )
+    return rekeyed.merge(series, left_on=key.value, right_on=column, how="inner").drop(
+        columns=[column] if column != key.value else []
+    )
+
+
 def build_cases(
     index_files: pd.DataFrame,
     labels: pd.DataFrame | None,
     protocol: Protocol,
     root: Path,
+    *,
+    references: Mapping[str, Mapping[str, Path]] | None = None,
 ) -> list[CaseSpec]:
     """One case per image series, joined with its labels row and reference SEGs.
 
@@ -162,6 +208,12 @@ def build_cases(
         Names the join key, the labels column and the segmentation readers.
     root : Path
         The test-set folder; index paths are relative to it.
+    references : mapping, optional
+        ``{series_instance_uid: {reader name: path}}`` of the readers' reference
+        segmentations identified by content
+        (:func:`workbench.dicom.references.find_reference_files`); reader names are
+        matched case-insensitively. Without it, DICOM SEG files of the index that
+        reference the series are taken, by file name.
 
     Returns
     -------
@@ -173,12 +225,7 @@ def build_cases(
     reference = protocol.reference_standard
     key = reference.labels_key
     labels = labels if labels is not None else pd.DataFrame()
-    index_column = {
-        LabelsKey.SERIES_INSTANCE_UID: "series_instance_uid",
-        LabelsKey.STUDY_INSTANCE_UID: "study_instance_uid",
-        LabelsKey.ACCESSION_NUMBER: "accession_number",
-        LabelsKey.CASE_ID: "patient_id",
-    }[key]
+    index_column = _INDEX_COLUMN[key]
     by_key = _label_rows(labels, key.value)
     modality = index_files["modality"].fillna("").astype(str)
     images = index_files[~modality.isin(_NON_IMAGE_MODALITIES)]
@@ -198,7 +245,13 @@ def build_cases(
         patient = _clean(group["patient_id"].iloc[0]) if "patient_id" in group else None
         case_id = str(label.get("case_id") or patient or series_uid)
         seg_paths: dict[str, Path] = {}
-        if "referenced_series_uid" in segs:
+        if references is not None:
+            found = references.get(str(series_uid), {})
+            for reader in readers:
+                path = found.get(reader.lower())
+                if path is not None:
+                    seg_paths[reader] = Path(path)
+        elif "referenced_series_uid" in segs:
             for rel in segs.loc[segs["referenced_series_uid"] == series_uid, "path"]:
                 seg_paths[Path(str(rel)).stem] = root / str(rel)
         exclusion = None

@@ -212,11 +212,37 @@ class SegmentationReferenceRule(StrEnum):
     INTERSECTION = "intersection"
 
 
+class ReferenceSource(StrEnum):
+    """The format of the readers' reference segmentations.
+
+    ``seg``: DICOM SEG objects, each identified by content: the series it references
+    and its reader (Content Creator's Name, family name, matched case-insensitively;
+    else the file name without extension). ``rtstruct``: DICOM RTSTRUCT objects (same
+    identification; the reader from Operators' Name), contours rasterised onto the
+    referenced series by the centre rule (a voxel is inside when its centre is inside
+    the contour, even-odd rule). ``nifti``: NIfTI or NRRD masks listed in
+    ``reference/masks.csv`` (columns ``series_instance_uid``, ``reader``, ``path``
+    relative to the test-set folder), aligned through their affine.
+    """
+
+    SEG = "seg"
+    RTSTRUCT = "rtstruct"
+    NIFTI = "nifti"
+
+
 class SegmentationReference(_Strict):
-    """Reference segmentation: readers' SEG objects combined by a rule."""
+    """Reference segmentation: readers' masks combined by a rule."""
 
     readers: list[str] = Field(default_factory=lambda: ["reader1", "reader2"], min_length=1)
     rule: SegmentationReferenceRule = SegmentationReferenceRule.MAJORITY
+    source: ReferenceSource = ReferenceSource.SEG
+    roi: str | None = Field(
+        default=None,
+        description="RTSTRUCT ROI name (default: the only ROI) or SEG segment label to use.",
+    )
+    label: int | None = Field(
+        default=None, ge=1, description="NIfTI/NRRD label value of the structure (default: > 0)."
+    )
 
     @model_validator(mode="after")
     def _rule_names_reader(self) -> SegmentationReference:
@@ -466,7 +492,12 @@ class DecisionCurveSpec(_Strict):
 
 
 class Endpoint(_Strict):
-    """One pre-registered endpoint with its acceptance criterion."""
+    """One pre-registered endpoint with its acceptance criterion.
+
+    A threshold metric (sensitivity, PPV, F1, PPV at prevalence...) is evaluated at
+    its own ``operating_threshold`` when it names one, else at the protocol's
+    ``operating_point`` (:meth:`Protocol.threshold_of`).
+    """
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=64)
     metric: Metric

@@ -23,7 +23,7 @@ import pandas as pd
 
 from workbench.errors import WorkbenchError
 from workbench.protocols.evaluation import stratum_labels
-from workbench.protocols.metrics import Task
+from workbench.protocols.metrics import Task, metric_info
 from workbench.protocols.results import (
     AgreementResult,
     CalibrationSummary,
@@ -183,9 +183,23 @@ def _calibration_summary(
     )
 
 
+def _wants_calibration(protocol: Protocol) -> bool:
+    """Calibration is assessed when the protocol asks: a calibration endpoint or block.
+
+    Protocols written before calibration was part of the workbench keep exactly the
+    supplementary analyses they had, so re-deriving their runs gives the stored results.
+    """
+    return "calibration" in protocol.model_fields_set or any(
+        metric_info(ep.metric).needs_probability and not metric_info(ep.metric).needs_decision_curve
+        for ep in protocol.endpoints
+    )
+
+
 def _calibration(
     protocol: Protocol, done: pd.DataFrame
 ) -> tuple[tuple[CalibrationSummary, ...], str]:
+    if not _wants_calibration(protocol):
+        return (), ""
     if not protocol.score_is_probability:
         return (), (
             "the protocol states that the model score is not a probability "
@@ -330,10 +344,12 @@ def supplementary_analysis(protocol: Protocol, frame: pd.DataFrame) -> Supplemen
     ``reference_standard.reader_label_columns`` and among those readers,
     Fleiss' kappa of the readers, heterogeneity tests across the strata of
     every endpoint, the per-scanner distribution of the per-case Dice, and for
-    classification with probability scores the calibration (intercept, slope,
-    Brier, ECE, reliability table, smoothed curve; overall and per stratum of the
-    protocol's ``calibration.by`` factors [1]_ [3]_) and the decision curve over the
-    protocol's ``decision_curve`` range [2]_, with the locked operating point.
+    classification with probability scores, when the protocol asks for them, the
+    calibration (intercept, slope, Brier, ECE, reliability table, smoothed curve;
+    overall and per stratum of the protocol's ``calibration.by`` factors [1]_ [3]_;
+    asked for by a ``calibration`` block or a calibration endpoint) and the decision
+    curve over the protocol's ``decision_curve`` range [2]_, with the locked
+    operating point.
     Only completed cases enter these descriptive analyses.
 
     Parameters

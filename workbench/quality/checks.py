@@ -1,11 +1,22 @@
 """Data-quality checks of a test set: the entry :func:`run_quality_checks`.
 
+A suite (:data:`SUITE_DEFINITIONS`) fixes the modalities a test set may hold; the
+checks each image gets follow its modality family (:data:`MODALITY_CATEGORIES`):
+cross-sectional series (CT, MR, PT) get the Image Plane and slice-spacing checks,
+and CT the HU range; projection images (CR, DX, MG) Pixel Spacing or Imager Pixel
+Spacing, MONOCHROME1 and VOI checks; ultrasound its calibrated regions. A
+single-frame cross-sectional series is one case; every other image file is a case
+of its own. The reference standard each case needs follows the protocol's task.
+
 Table checks run as great-expectations suites (:mod:`workbench.quality.expectations`)
-over the DICOM index and two derived tables (one row per series, one per
-case). What GX cannot express is checked here on the files themselves:
-pixel geometry and HU sanity on sampled slices, burned-in annotation, the
-PS3.15 confidentiality profile (:mod:`workbench.quality.phi`) and leakage
-against a registered training-set manifest.
+over the DICOM index and two derived tables (one row per series, one per case).
+What GX cannot express is checked here on the files themselves: pixel geometry
+(frames and samples per pixel), decodability and value sanity on sampled frames,
+per-frame geometry of enhanced multi-frame objects, burned-in annotation (header,
+and OCR with :mod:`workbench.quality.burned_in`), the PS3.15 confidentiality
+profile (:mod:`workbench.quality.phi`) and leakage against a registered
+training-set manifest. Objects that are not images (DICOMDIR, SR, KOS, PR, RT) and
+files that are not DICOM are reported as what they are and do not block.
 """
 
 from __future__ import annotations
@@ -677,8 +688,13 @@ def case_frame(
     series: pd.DataFrame,
     segs: pd.DataFrame,
     labels: pd.DataFrame | None,
+    references: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """One row per case with how much reference standard it has.
+
+    ``references`` (reference segmentations per series UID, found by content in the
+    protocol's format: SEG, RTSTRUCT or NIfTI) replaces the count of DICOM SEGs that
+    reference each series.
 
     A single-frame cross-sectional series is one case (a volume); every other
     image file (projection image, ultrasound, multi-frame object, secondary
@@ -717,6 +733,8 @@ def case_frame(
     )
     ref = segs.get("referenced_series_uid", pd.Series(dtype=object)).dropna().astype(str)
     counts = ref.str.split("\\").explode().value_counts()
+    if references is not None:
+        counts = pd.Series(references, dtype="int64")
     out["n_seg"] = [int(counts.get(str(uid), 0)) for uid in out["series_instance_uid"]]
     n_label = [0] * len(out)
     if labels is not None:
@@ -746,6 +764,7 @@ def run_quality_checks(
     task: str | None = None,
     ocr: bool = False,
     progress: Progress | None = None,
+    references: Mapping[str, int] | None = None,
 ) -> QualityReport:
     """Run every data-quality check of a test set.
 
@@ -774,6 +793,9 @@ def run_quality_checks(
         (:mod:`workbench.quality.burned_in`); slower, off by default.
     progress : callable, optional
         ``progress(done, total, message)``.
+    references : mapping of str to int, optional
+        Reference segmentations per image series, found by content in the protocol's
+        format (SEG, RTSTRUCT, NIfTI); default: the DICOM SEGs that reference each series.
 
     Returns
     -------
@@ -854,7 +876,7 @@ def run_quality_checks(
     if not series.empty:
         findings += gxs.run_suite(series, gxs.series_suite(), name="series", path_of=folder_of)
     if not images.empty:
-        cases = case_frame(images, series, segs, _read_labels(base, labels))
+        cases = case_frame(images, series, segs, _read_labels(base, labels), references)
         case_path: Callable[[Any], str] = lambda i: str(cases.at[i, "path"])  # noqa: E731
         findings += gxs.run_suite(cases, gxs.case_suite(task), name="cases", path_of=case_path)
     checks += [

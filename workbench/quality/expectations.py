@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -449,6 +450,9 @@ def case_suite(task: str | None = None) -> list[ExpectationSpec]:
     return specs
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 def _show(value: Any) -> str:
     try:
         missing = bool(pd.isna(value))
@@ -456,6 +460,10 @@ def _show(value: Any) -> str:
         missing = False
     if value is None or missing:
         return "no value"
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()  # numpy scalars
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        value = float(value)  # numbers GX hands back as text
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, int | float):

@@ -544,7 +544,7 @@ def case_explanation(
     WorkbenchError
         The case has no images, or the method does not fit the run's task or model.
     """
-    from workbench.inference import explain
+    import workbench.inference.explain as explain
     from workbench.inference.registry import ModelSpec
 
     chosen = explain.ExplanationMethod(method)

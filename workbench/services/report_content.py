@@ -35,6 +35,7 @@ from workbench.protocols import (
     stratum_labels,
 )
 from workbench.protocols.results import CalibrationSummary
+from workbench.protocols.schema import CriterionStatistic
 from workbench.records import audit
 from workbench.records.models import (
     AuditEntry,
@@ -415,9 +416,17 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
 
 
 def _criterion(protocol: Protocol, endpoint_id: str) -> tuple[float | None, str]:
+    """The acceptance line of a forest plot: threshold and direction (``>=`` or ``<=``).
+
+    A criterion on the whole interval (``ci contains 1``) or on the absolute value has
+    no one-sided line: ``(None, ">=")``.
+    """
     for ep in protocol.endpoints:
         if ep.id == endpoint_id:
-            return float(ep.criterion.threshold), str(ep.criterion.operator.value)
+            crit = ep.criterion
+            if crit.statistic in (CriterionStatistic.CI, CriterionStatistic.ABS_VALUE):
+                return None, ">="
+            return float(crit.threshold), ">=" if crit.operator.is_lower_bound else "<="
     return None, ">="
 
 

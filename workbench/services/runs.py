@@ -37,7 +37,10 @@ from sqlalchemy.orm import Session
 
 from workbench import __version__
 from workbench.dicom.manifest import Manifest, verify_manifest
+from workbench.dicom.nifti_reference import read_reference_mask
 from workbench.dicom.reference import combine_reader_masks
+from workbench.dicom.references import find_reference_files
+from workbench.dicom.rtstruct import rasterize_rtstruct
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import load_series
 from workbench.errors import (
@@ -45,6 +48,7 @@ from workbench.errors import (
     NotEstimableError,
     PermissionDeniedError,
     QualityGateError,
+    SegmentationError,
     WorkbenchError,
     WorkflowError,
 )
@@ -63,6 +67,7 @@ from workbench.protocols import (
     find_discrepancies,
 )
 from workbench.protocols.cases import CaseSpec, build_cases
+from workbench.protocols.schema import ReferenceSource
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
 from workbench.records.models import (
@@ -198,10 +203,27 @@ def _summary(session: Session, run: Run) -> RunSummary:
     )
 
 
+def _reader_mask(protocol: Protocol, path: Path, volume: Any) -> np.ndarray:
+    """One reader's reference mask on ``volume``, read by the protocol's reference source."""
+    seg_ref = protocol.reference_standard.segmentation
+    assert seg_ref is not None
+    if seg_ref.source is ReferenceSource.RTSTRUCT:
+        masks = rasterize_rtstruct(path, volume, roi_names=[seg_ref.roi] if seg_ref.roi else None)
+        if seg_ref.roi is None and len(masks) != 1:
+            raise SegmentationError(
+                f"{path.name} holds ROIs {sorted(masks)}; name the one to use in the protocol "
+                "(reference_standard.segmentation.roi)."
+            )
+        return np.asarray(masks[seg_ref.roi] if seg_ref.roi else next(iter(masks.values())))
+    if seg_ref.source is ReferenceSource.NIFTI:
+        return read_reference_mask(path, volume, label=seg_ref.label)
+    return read_seg_mask(path, volume)
+
+
 def _reference_mask(protocol: Protocol, case: CaseSpec, volume: Any) -> np.ndarray:
     seg_ref = protocol.reference_standard.segmentation
     assert seg_ref is not None
-    masks = [read_seg_mask(case.seg_paths[r], volume) for r in seg_ref.readers]
+    masks = [_reader_mask(protocol, case.seg_paths[r], volume) for r in seg_ref.readers]
     return combine_reader_masks(masks, list(seg_ref.readers), str(seg_ref.rule))
 
 
@@ -451,7 +473,9 @@ def plan_run(
             f"Test set '{test_set}' has no passing data-quality report; the run is refused."
         )
     labels = _read_locked_labels(root, manifest)
-    cases = build_cases(index.files, labels, proto, root)
+    seg_ref = proto.reference_standard.segmentation
+    references = find_reference_files(index.files, root, seg_ref.source.value) if seg_ref else None
+    cases = build_cases(index.files, labels, proto, root, references=references)
     problems = preflight_cases(proto, cases, labels, test_set_name=test_set, spec=spec)
     blocking = [p for p in problems if p.blocking]
     if blocking:

@@ -29,12 +29,14 @@ from workbench.dicom.manifest import (
     canonical_json,
     verify_manifest,
 )
+from workbench.dicom.references import find_reference_files
 from workbench.errors import (
     DuplicateError,
     QualityGateError,
     TestSetLockedError,
     WorkflowError,
 )
+from workbench.protocols.cases import series_labels
 from workbench.quality import DEFAULT_SUITE, run_quality_checks
 from workbench.quality import Finding as QualityFinding
 from workbench.quality import QualityReport as QualityResult
@@ -383,9 +385,10 @@ def check_quality(
     name: str,
     *,
     training_manifest: dict[str, Any] | None = None,
-    suite: str = DEFAULT_SUITE,
+    suite: str | None = None,
     task: str | None = None,
     ocr: bool = False,
+    protocol: str | None = None,
 ) -> QualityResult:
     """Run the data-quality suite on a test set and store the findings.
 
@@ -410,20 +413,42 @@ def check_quality(
         the reference standard every case needs; None needs SEG and labels.
     ocr : bool
         Also search the pixels for burned-in text (slower).
+    protocol : str, optional
+        A stored protocol ``id@version`` (or ``id``): its ``data_quality_suite``, task
+        and labels join (``reference_standard.labels_key``) apply unless ``suite`` or
+        ``task`` are given; labels rows are joined to image series exactly as the run
+        joins them (:func:`workbench.protocols.cases.series_labels`).
 
     Returns
     -------
     workbench.quality.QualityReport
     """
+    labels_key = "series_instance_uid"
+    reference_source: str | None = None
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "testset.import")
         test_set = get_one(session, TestSet, "test set", name=name)
         index = load_index(session, test_set)
         root = Path(test_set.root_path)
+        if protocol is not None:
+            from workbench.services.protocols import lookup, parsed_protocol
+
+            proto = parsed_protocol(lookup(session, protocol))
+            suite = suite or proto.data_quality_suite
+            task = task or proto.task.value
+            labels_key = proto.reference_standard.labels_key.value
+            seg_ref = proto.reference_standard.segmentation
+            reference_source = seg_ref.source.value if seg_ref is not None else None
+    suite = suite or DEFAULT_SUITE
+    references = None
+    if reference_source is not None:
+        found = find_reference_files(index.files, root, reference_source)
+        references = {uid: len(set(paths.values())) for uid, paths in found.items()}
     result = run_quality_checks(
         root,
         index,  # type: ignore[arg-type]  # frozen DicomIndex satisfies the read-only use
-        labels=_labels(root),
+        labels=series_labels(index.files, _labels(root), labels_key),
+        references=references,
         training_manifest=training_manifest,
         suite=suite,
         task=task,
