@@ -516,18 +516,23 @@ def testset_check(
     ocr: Annotated[
         bool, typer.Option("--ocr", help="Also search the pixels for burned-in text (slower).")
     ] = False,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol", help="Protocol id[@version]: its suite, task and labels key apply."
+        ),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
     """Run the data-quality suite and store the findings; print them grouped."""
-    from workbench.quality import DEFAULT_SUITE
     from workbench.services.testsets import check_quality
 
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
-        report = check_quality(wb, actor, name, suite=suite or DEFAULT_SUITE, task=task, ocr=ocr)
+        report = check_quality(wb, actor, name, suite=suite, task=task, ocr=ocr, protocol=protocol)
     if details:
         for f in report.findings:
             typer.echo(

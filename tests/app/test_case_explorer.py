@@ -105,3 +105,42 @@ def test_blinded_adjudication_shows_no_explanation(
     text = _text(at).lower()
     assert "explanation" not in text and "saliency" not in text and "grad-cam" not in text
     assert not any("explain" in str(b.key) for b in at.button)
+
+
+def test_three_plane_rendering_with_overlays_heat_and_measurement() -> None:
+    import numpy as np
+
+    from workbench.app import _mpr
+    from workbench.dicom import mpr
+    from workbench.dicom.volume import Volume
+
+    array = np.full((12, 20, 24), -1000.0, dtype=np.float32)
+    array[4:8, 6:14, 8:16] = 60.0
+    volume = Volume(
+        array=array,
+        spacing=(2.5, 0.8, 0.8),
+        origin=np.zeros(3),
+        direction=np.eye(3),
+        sop_instance_uids=tuple(str(i) for i in range(12)),
+        series_instance_uid="1.2.3",
+    )
+    geometry = mpr.geometry_of(volume)
+    layers = [_mpr.Layer("Model", (255, 140, 0), array > 0)]
+    heat = (array > 0).astype(np.float32)
+    views, distance = _mpr.mpr_views(
+        volume,
+        geometry,
+        geometry.centre,
+        level=40,
+        width=400,
+        layers=layers,
+        heat=heat,
+        measure=(mpr.Plane.AXIAL, (0.0, 0.0), (3.0, 4.0)),
+        size=96,
+    )
+    assert [title.split()[0] for title, _img in views] == ["axial", "coronal", "sagittal"]
+    assert distance == pytest.approx(5 * 0.8)
+    png = _mpr.compose_views(views, [("Model", (255, 140, 0)), (_mpr.HEAT_LEGEND, None)], "c")
+    assert png.startswith(b"\x89PNG")
+    rgb = np.asarray(views[0][1])
+    assert (np.abs(rgb.astype(int) - (255, 140, 0)).sum(axis=2) < 60).any()  # overlay drawn

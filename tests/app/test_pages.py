@@ -245,3 +245,46 @@ def test_account_page(app: Callable[..., AppTest]) -> None:
     assert "Alex Auditor" in at.markdown[-1].value or any(
         "Alex Auditor" in m.value for m in at.markdown
     )
+
+
+def test_admin_reset_hands_over_the_one_time_code(
+    app: Callable[..., AppTest], wb: Workbench
+) -> None:
+    from tests.app.conftest import APP_MAIN
+    from workbench.app import _session
+    from workbench.services import accounts
+
+    admin = accounts.login(wb, "sysadmin", ACCOUNTS["sysadmin"][2])
+    accounts.create_user(
+        wb,
+        admin,
+        username="reset.user",
+        full_name="Rae Reset",
+        role="auditor",
+        password="Resetme-test-2026!",
+        must_change_password=False,
+    )
+    at = _open(app, "sysadmin", "pages/admin.py")
+    at.selectbox(key="admin-target").set_value("reset.user").run()
+    at.text_input(key="admin-reason").input("forgot the password")
+    at.text_input(key="admin-temp").input("Temporary-pass-2026!")
+    at.button(key="admin-reset").click().run()
+    assert not at.exception, at.exception
+    assert "one-time code" in _messages(at)
+    code = str(at.code[-1].value).strip()
+    assert code
+
+    owner = AppTest.from_file(str(APP_MAIN), default_timeout=60)
+    _actor, token = accounts.open_session(wb, "reset.user", "Temporary-pass-2026!")
+    owner.session_state[_session.TOKEN_KEY] = token
+    owner.session_state[_session.USERNAME_KEY] = "reset.user"
+    owner.run()
+    assert owner.title[0].value == "My account"
+    fields = owner.text_input
+    fields[0].input("Temporary-pass-2026!")
+    fields[1].input("Brand-new-secret-2026?")
+    fields[2].input("Brand-new-secret-2026?")
+    fields[3].input(code)
+    owner.button(key="change-password-submit").click().run()
+    assert "Password changed" in _messages(owner), _messages(owner)
+    accounts.login(wb, "reset.user", "Brand-new-secret-2026?")

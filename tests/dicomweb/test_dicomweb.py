@@ -30,6 +30,7 @@ from workbench.dicomweb import (
     Credentials,
     DicomWebServer,
     InstanceRef,
+    existing_instances,
     load_credentials,
     public_url,
     search_studies,
@@ -56,12 +57,11 @@ def upload(orthanc: Orthanc, paths: list[Path]) -> None:
             answer.raise_for_status()
 
 
-def instance_count(orthanc: Orthanc) -> int:
-    answer = requests.get(
-        f"{orthanc.rest}/statistics", auth=(orthanc.user, orthanc.password), timeout=10
-    )
-    answer.raise_for_status()
-    return int(answer.json()["CountInstances"])
+def exported_instances(orthanc: Orthanc, objects: Any) -> int:
+    """Instances the server holds in the series an export wrote (QIDO-RS)."""
+    server = server_of(orthanc)
+    series = {(o.study_uid, o.series_uid) for o in objects}
+    return sum(len(existing_instances(server, study, uid)) for study, uid in series)
 
 
 def study_uids(paths: list[Path]) -> list[str]:
@@ -322,7 +322,8 @@ def test_export_stores_seg_sr_and_pdf_that_read_back_clean(
 
 
 def test_repeated_export_adds_no_instance(pipeline: Pipeline, orthanc: Orthanc) -> None:
-    before = instance_count(orthanc)
+    before = exported_instances(orthanc, pipeline.export.objects)
+    assert before == len(pipeline.export.objects)
     wb = harness.open_wb(pipeline.workdir)
     try:
         again = pacs.export_run(wb, harness.login(wb, "qa1"), pipeline.run_uid, server_of(orthanc))
@@ -331,7 +332,25 @@ def test_repeated_export_adds_no_instance(pipeline: Pipeline, orthanc: Orthanc) 
     assert not again.stored
     assert sorted(again.already_present) == sorted(o.sop_uid for o in pipeline.export.objects)
     assert [o.sha256 for o in again.objects] == [o.sha256 for o in pipeline.export.objects]
-    assert instance_count(orthanc) == before
+    # The command line, with credentials from the environment: nothing new either.
+    done = harness.cli(
+        pipeline.workdir,
+        "run",
+        "export",
+        pipeline.run_uid,
+        "--dicomweb",
+        orthanc.url,
+        user="qa1",
+        env={
+            "WORKBENCH_DICOMWEB_USER": orthanc.user,
+            "WORKBENCH_DICOMWEB_PASSWORD": orthanc.password,
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    n = len(pipeline.export.objects)
+    assert f"{n} objects (0 stored, {n} already there)" in done.stdout
+    assert orthanc.password not in done.stdout + done.stderr
+    assert exported_instances(orthanc, pipeline.export.objects) == before
 
 
 # --------------------------------------------------------------------------- failures

@@ -351,7 +351,12 @@ def test_cli_validate_runs_on_ray(pipeline: harness.Pipeline, tmp_path: Path) ->
         pipe.workdir,
         *args,
         user="qa1",
-        env={"WORKBENCH_EXECUTOR": "ray", "WORKBENCH_RAY_ADDRESS": str(ADDRESS)},
+        env={
+            "WORKBENCH_EXECUTOR": "ray",
+            "WORKBENCH_RAY_ADDRESS": str(ADDRESS),
+            "WORKBENCH_RAY_WORKERS": "1",  # one worker process to start: a shorter test
+        },
+        timeout=600,
     )
     assert result.returncode in (0, 3), result.stderr
     assert "cases 4: completed 4, failed 0, excluded 0" in result.stdout

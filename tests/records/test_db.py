@@ -25,9 +25,8 @@ def test_schema_created_and_at_head(db):
     assert int(head) >= 3  # 0003 keeps password-reset codes
     with db.session() as s:
         assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
-        assert {"reset_code_sha256", "reset_by", "reset_at"} <= {
-            c["name"] for c in inspect(db.engine).get_columns("users")
-        }
+    columns = {c["name"] for c in inspect(db.engine).get_columns("users")}
+    assert {"reset_code_sha256", "reset_by", "reset_at"} <= columns
 
 
 def test_reopen_is_idempotent(db_url):

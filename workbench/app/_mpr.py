@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from workbench.app import _imaging, _session
 from workbench.dicom import mpr
@@ -44,6 +44,8 @@ _CROSSHAIR = (255, 255, 0)
 _MEASURE = (80, 255, 80)
 _PLANE_ORDER = (mpr.Plane.AXIAL, mpr.Plane.CORONAL, mpr.Plane.SAGITTAL)
 HEAT_LEGEND = "heat map (low → high): dark red → yellow"
+#: Streamlit colour names of the overlay colours, for the legend under the image.
+_COLOUR_NAMES = {(255, 140, 0): "orange", (0, 200, 255): "blue"}
 #: Largest plane edge resliced for display: planes are drawn about 320 px wide, so
 #: reslicing finer would only be thrown away (and costs ~10x per interaction at 512^2 x 600).
 DISPLAY_PIXELS = 512
@@ -177,7 +179,8 @@ def compose_views(
     bytes
         PNG image.
     """
-    gap, title_h, line_h = 6, 16, 16
+    gap, title_h, line_h = 6, 20, 20
+    font = ImageFont.load_default(size=14)
     width = sum(img.width for _t, img in views) + gap * (len(views) + 1)
     height = max((img.height for _t, img in views), default=0) + title_h + gap * 2
     lines = len(legend) + (1 if caption else 0)
@@ -185,19 +188,19 @@ def compose_views(
     draw = ImageDraw.Draw(canvas)
     x = gap
     for title, img in views:
-        draw.text((x, gap), title, fill=(230, 230, 230))
+        draw.text((x, gap), title, fill=(230, 230, 230), font=font)
         canvas.paste(img, (x, gap + title_h))
         x += img.width + gap
     y = height
     for label, colour in legend:
         if colour is not None:
-            draw.rectangle([gap, y + 3, gap + 10, y + 13], fill=colour)
-            draw.text((gap + 16, y + 2), label, fill=(230, 230, 230))
+            draw.rectangle([gap, y + 3, gap + 14, y + 17], fill=colour)
+            draw.text((gap + 20, y + 2), label, fill=(230, 230, 230), font=font)
         else:
-            draw.text((gap, y + 2), label, fill=(230, 230, 230))
+            draw.text((gap, y + 2), label, fill=(230, 230, 230), font=font)
         y += line_h
     if caption:
-        draw.text((gap, y + 2), caption, fill=(170, 170, 170))
+        draw.text((gap, y + 2), caption, fill=(170, 170, 170), font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -303,6 +306,7 @@ def show_mpr(
     heat: Callable[[Volume], tuple[np.ndarray, str] | None] | None = None,
     caption: str = "",
     on_export: Callable[[bytes], None] | None = None,
+    focus: str | None = None,
 ) -> None:
     """Render the three linked planes of a series with overlays, heat map and measurement.
 
@@ -325,6 +329,9 @@ def show_mpr(
     on_export : callable, optional
         Called with the composed PNG of the current view; the caller offers the
         download and the selection for the report.
+    focus : str, optional
+        Label of the overlay the crosshair starts on (e.g. the reference lesion);
+        by default the centre of all overlays.
     """
     recorded = dict(recorded or {})
     volume_key = _imaging.content_key(_imaging.hashes_for(list(ct_paths), recorded))
@@ -348,7 +355,8 @@ def show_mpr(
 
     # Default crosshair: the centre of the overlays, else of the volume.
     start = geometry.centre
-    every = [layer.mask for layer in layers if layer.mask.any()]
+    every = [layer.mask for layer in layers if layer.label == focus and layer.mask.any()]
+    every = every or [layer.mask for layer in layers if layer.mask.any()]
     if every:
         voxels = np.argwhere(np.logical_or.reduce(every))
         start = geometry.to_patient(voxels.mean(axis=0))
@@ -411,6 +419,12 @@ def show_mpr(
     png = compose_views(views, legend, f"{caption}  {window_text}".strip())
     with picture:
         st.image(png, output_format="PNG")
+        st.markdown(
+            "  \n".join(
+                f":{_COLOUR_NAMES.get(layer.colour, 'gray')}[■] {_session.esc(layer.label)}"
+                for layer in shown
+            )
+        )
         if distance is not None:
             st.metric("Distance", f"{distance:.1f} mm")
         st.caption(

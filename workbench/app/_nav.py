@@ -87,6 +87,14 @@ PAGES: tuple[PageDef, ...] = (
         ("testset.verify",),
     ),
     PageDef(
+        "reader_studies",
+        "pages/reader_studies.py",
+        "Reader studies",
+        ":material/group:",
+        "Validation",
+        ("study.read", "study.view"),
+    ),
+    PageDef(
         "adjudication",
         "pages/adjudication.py",
         "Adjudication",

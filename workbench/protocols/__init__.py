@@ -9,14 +9,22 @@ from workbench.protocols.discrepancies import Discrepancy, DiscrepancyCandidate,
 from workbench.protocols.evaluation import evaluate_endpoints, stratum_labels
 from workbench.protocols.loading import diff_protocols, load_protocol, protocol_sha256
 from workbench.protocols.metrics import METRICS, Metric, MetricInfo, Task, metric_info
+from workbench.protocols.operating_points import (
+    ResolvedOperatingPoint,
+    resolve_operating_point,
+)
 from workbench.protocols.results import (
     SCHEMA_VERSION,
     AgreementResult,
+    CalibrationSummary,
     CaseAccounting,
     CaseNote,
+    DecisionCurveSummary,
     EndpointResult,
     HeterogeneityResult,
+    OperatingPointSummary,
     ProtocolEvaluation,
+    ReliabilityBin,
     RocSummary,
     RunContext,
     RunResults,
@@ -54,6 +62,12 @@ __all__ = [
     "METRICS",
     "SCHEMA_VERSION",
     "AgreementResult",
+    "CalibrationSummary",
+    "DecisionCurveSummary",
+    "OperatingPointSummary",
+    "ReliabilityBin",
+    "ResolvedOperatingPoint",
+    "resolve_operating_point",
     "CaseAccounting",
     "CaseNote",
     "EstimateStatus",

@@ -188,7 +188,7 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
             overlays[reference_label] = reference_segs
         else:
             threshold = next(
-                (ep.operating_threshold for ep in protocol.endpoints if ep.operating_threshold),
+                (t for ep in protocol.endpoints if (t := protocol.threshold_of(ep)) is not None),
                 0.5,
             )
             score = result.score if result else None

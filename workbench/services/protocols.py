@@ -38,6 +38,8 @@ __all__ = [
     "list_protocols",
     "get_protocol",
     "parsed_protocol",
+    "resolved_protocol",
+    "tuning_set_path",
     "protocol_diff",
 ]
 
@@ -178,6 +180,7 @@ def add_protocol_version(
     """
     protocol = load_protocol(source)
     text = protocol.source_text
+    tuning = _tuning_bytes(protocol, source)
     with wb.transaction() as session:
         current_user(session, actor, "protocol.create")
         existing = session.scalars(
@@ -214,16 +217,74 @@ def add_protocol_version(
         )
         session.add(record)
         session.flush()
+        new: dict[str, object] = {
+            "sha256": protocol.sha256,
+            "title": protocol.title,
+            "status": record.status,
+        }
+        if tuning is not None:
+            stored = tuning_set_path(wb, protocol.id, protocol.version)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_bytes(tuning)
+            new["tuning_set"] = {stored.name: hashlib.sha256(tuning).hexdigest()}
         audit.append(
             session,
             actor=actor.username,
             action="protocol.create",
             record_type="protocol_version",
             record_id=f"{protocol.id}@{protocol.version}",
-            new={"sha256": protocol.sha256, "title": protocol.title, "status": record.status},
+            new=new,
             reason=reason,
         )
         return _info(record)
+
+
+def tuning_set_path(wb: Workbench, protocol_id: str, version: int | str) -> Path:
+    """Where the tuning set of a protocol's operating-point rule is kept in the workdir."""
+    return wb.workdir.root / "protocols" / f"{protocol_id}@{version}" / "tuning.csv"
+
+
+def _tuning_bytes(protocol: Protocol, source: str | Path | bytes) -> bytes | None:
+    """The tuning CSV of an operating-point rule, checked against its pinned SHA-256."""
+    op = protocol.operating_point
+    if op is None or not op.is_rule:
+        return None
+    if not isinstance(source, Path) and not (
+        isinstance(source, str) and "\n" not in source and Path(source).is_file()
+    ):
+        raise WorkflowError(
+            "The protocol's operating point is a rule on a tuning set; add the protocol from "
+            "its file so that the tuning CSV beside it can be read and pinned."
+        )
+    from workbench.protocols.operating_points import resolve_operating_point
+
+    folder = Path(source).resolve().parent
+    resolve_operating_point(protocol, base_dir=folder)  # checks the pinned SHA-256 and the rule
+    assert op.tuning_set is not None
+    return (folder / op.tuning_set.path).read_bytes()
+
+
+def resolved_protocol(wb: Workbench, pv: ProtocolVersion) -> Protocol:
+    """The parsed protocol with its operating-point rule (if any) resolved on the stored tuning set.
+
+    Raises
+    ------
+    WorkflowError
+        The rule's tuning set was not stored with the protocol.
+    """
+    protocol = parsed_protocol(pv)
+    op = protocol.operating_point
+    if op is None or not op.is_rule:
+        return protocol
+    from workbench.protocols.operating_points import resolve_operating_point
+
+    stored = tuning_set_path(wb, pv.protocol_id, pv.version)
+    if not stored.is_file():
+        raise WorkflowError(
+            f"Protocol {pv.protocol_id}@{pv.version}: the tuning set of its operating-point rule "
+            f"is not in the workdir ({stored}); add the protocol again from its file."
+        )
+    return resolve_operating_point(protocol, tuning_bytes=stored.read_bytes())[0]
 
 
 def approve_protocol(wb: Workbench, actor: Actor, ref: str, *, password: str) -> ProtocolInfo:

@@ -94,7 +94,13 @@ from workbench.services.context import (
     sha256_json,
 )
 from workbench.services.preflight import preflight_cases
-from workbench.services.testsets import LABELS_PATH, frozen_manifest, latest_quality, load_index
+from workbench.services.testsets import (
+    LABELS_PATH,
+    frozen_manifest,
+    latest_quality,
+    load_index,
+    quality_gate,
+)
 from workbench.stats import segmentation_metrics
 from workbench.vocabulary import CaseStatus, Verdict
 
@@ -422,7 +428,7 @@ def plan_run(
                 f"Protocol {pv.protocol_id}@{pv.version} is {pv.status}; only an approved "
                 "protocol version can be run."
             )
-        proto = protocol_service.parsed_protocol(pv)
+        proto = protocol_service.resolved_protocol(wb, pv)
         reg = model_service._lookup(session, model)
         ts = get_one(session, TestSet, "test set", name=test_set)
         manifest = frozen_manifest(ts)
@@ -437,6 +443,7 @@ def plan_run(
                 f"'{ts.name}' is locked with {str(ts.manifest_digest)[:12]}."
             )
         quality = latest_quality(session, ts)
+        gate_open, unwaived = quality_gate(session, ts)
         index = load_index(session, ts)
         root = Path(ts.root_path)
         ids = (pv.id, reg.id, ts.id)
@@ -467,10 +474,11 @@ def plan_run(
         _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"model changed: {error}")
         raise
     step("data-quality gate")
-    if quality is None or not quality.passed:
+    if quality is None or not gate_open:
         _refuse(wb, actor, "run.refused", ts_name=test_set, detail="data-quality gate")
         raise QualityGateError(
-            f"Test set '{test_set}' has no passing data-quality report; the run is refused."
+            f"Test set '{test_set}' has no passing data-quality report ({unwaived} critical "
+            "finding(s) not waived); the run is refused."
         )
     labels = _read_locked_labels(root, manifest)
     seg_ref = proto.reference_standard.segmentation

@@ -68,6 +68,9 @@ __all__ = [
     "add_study",
     "analyze_study",
     "approve_study",
+    "arm_order",
+    "list_studies",
+    "study_design",
     "next_case",
     "open_reading",
     "pause_reading",
@@ -724,3 +727,47 @@ def analyze_study(wb: Workbench, actor: Actor, ref: str) -> StudyAnalysis:
             },
         )
         return result
+
+
+def list_studies(wb: Workbench, actor: Actor) -> list[StudyInfo]:
+    """Every reader-study design (``study.view``), or those the actor reads (``study.read``)."""
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor)
+        from workbench.records.permissions import allowed
+
+        if allowed(user.role, "study.view"):
+            current_user(session, actor, "study.view")
+            wanted = None
+        else:
+            current_user(session, actor, "study.read")
+            wanted = user.username
+        out = []
+        for study in session.scalars(
+            select(ReaderStudy).order_by(ReaderStudy.study_id, ReaderStudy.version)
+        ):
+            if wanted is not None and (
+                study.status != ReaderStudyStatus.APPROVED.value
+                or wanted not in _design(study).readers
+            ):
+                continue
+            out.append(_info(study))
+        return out
+
+
+def study_design(wb: Workbench, actor: Actor, ref: str) -> ReaderStudyDesign:
+    """The validated design of a stored study (its readers and QA/auditors)."""
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor)
+        from workbench.records.permissions import allowed
+
+        if not allowed(user.role, "study.view"):
+            current_user(session, actor, "study.read")
+        design = _design(_lookup(session, ref))
+        if not allowed(user.role, "study.view") and user.username not in design.readers:
+            raise PermissionDeniedError(f"{user.username} is not a reader of {ref}.")
+        return design
+
+
+def arm_order(design: ReaderStudyDesign, reader: str) -> list[str]:
+    """The order in which ``reader`` reads the arms (drawn from the design's seed)."""
+    return _arm_order(design, reader)

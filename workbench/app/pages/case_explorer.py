@@ -271,6 +271,7 @@ with viewer:
             heat=_heat,
             caption=caption,
             on_export=_export,
+            focus=next((label for label in overlays if label.startswith("Reference")), None),
         )
     try:
         chosen = explorer.selected_cases(wb, me, run_uid)
