@@ -176,3 +176,24 @@ def test_blinded_adjudication_carries_no_explanation(wb: Workbench, seeded: Seed
     names = {f.name for f in dataclasses.fields(after)}
     assert not {n for n in names if "explan" in n or "heat" in n or "saliency" in n}
     assert all("explanations" not in p for paths in after.overlays.values() for p in paths)
+
+
+def test_false_negative_rules_on_sparse_frames() -> None:
+    import pandas as pd
+
+    seg = pd.DataFrame(
+        {
+            "status": ["completed", "completed", "failed", "completed"],
+            "reference_voxels": [10, 10, 10, 0],
+            "dice": [0.0, 0.8, None, None],
+        }
+    )
+    assert explorer._false_negatives(seg, "segmentation", None).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    cls = pd.DataFrame({"status": ["completed"] * 3, "y_true": [1, 1, 0], "score": [0.2, 0.7, 0.1]})
+    assert explorer._false_negatives(cls, "classification", 0.5).tolist() == [True, False, False]
+    assert not explorer._false_negatives(cls, "classification", None).any()

@@ -213,9 +213,15 @@ def _false_negatives(frame: pd.DataFrame, task: str, threshold: float | None) ->
     missed = pd.Series(False, index=frame.index)
     completed = frame["status"] == CaseStatus.COMPLETED.value
     if task == "segmentation" and "reference_voxels" in frame:
-        reference = pd.to_numeric(frame["reference_voxels"], errors="coerce").fillna(0)
-        predicted = pd.to_numeric(frame.get("predicted_voxels", 0), errors="coerce").fillna(0)
-        dice = pd.to_numeric(frame.get("dice", np.nan), errors="coerce")
+
+        def column(name: str, default: float) -> pd.Series:
+            if name not in frame:
+                return pd.Series(default, index=frame.index, dtype=float)
+            return pd.to_numeric(frame[name], errors="coerce")
+
+        reference = column("reference_voxels", 0.0).fillna(0)
+        predicted = column("predicted_voxels", 0.0).fillna(0)
+        dice = column("dice", np.nan)
         missed = (reference > 0) & ((predicted == 0) | (dice.fillna(1.0) == 0.0))
     elif threshold is not None and "y_true" in frame and "score" in frame:
         truth = pd.to_numeric(frame["y_true"], errors="coerce")
