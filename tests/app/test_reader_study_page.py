@@ -67,10 +67,12 @@ def test_two_readers_read_both_arms_in_the_app(
             assert not at.exception, at.exception
             # Blinded: the case's images and (aided) the model's score, never the reference.
             assert "Case **1 of" in _texts(at)
-            assert ("Model score" in _texts(at)) == (arm == "aided")
             assert not at.dataframe  # no other reader's progress, no truth
             case_id = studies.next_case(wb, me, ref, arm)
             assert case_id is not None
+            shows_model = case_id.model_score is not None or case_id.model_mask is not None
+            assert shows_model == (arm == "aided")
+            assert ("Model score" in _texts(at)) == (case_id.model_score is not None)
             at.radio(key=f"rating-{case_id.case_id}").set_value(4).run()
             at.button[0].click().run()  # the form's "Save rating"
             assert not at.exception, at.exception

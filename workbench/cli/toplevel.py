@@ -82,7 +82,7 @@ def app_command(
     from workbench.config import resolve_workdir
 
     paths = resolve_workdir(workdir, db)
-    entry = Path(__file__).resolve().parent / "app" / "main.py"
+    entry = Path(__file__).resolve().parents[1] / "app" / "main.py"
     env = {**os.environ, "WORKBENCH_HOME": str(paths.root), "WORKBENCH_DB_URL": paths.db_url}
     command = [
         sys.executable,

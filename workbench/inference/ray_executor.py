@@ -32,6 +32,12 @@ attempt. A replacement actor is started for every lost one. Each case is yielded
 exactly once. The actors belong to the driver: if the driver dies they go with it,
 and ``validate`` resumes the run from the cases already recorded.
 
+Each worker runs one case at a time, in the order it received them; while a case
+computes, the worker reads and preprocesses its next case in a second, low-priority
+thread (``prefetch``, shared storage), as the local executor overlaps reading with
+the forward pass. Workers stay up between runs of the same executor (starting one
+costs seconds of imports); each run hands them its own per-case function.
+
 Backpressure: at most ``max_in_flight`` cases are between submission and being
 yielded (running, queued on an actor, or finished but waiting for an earlier
 case), so driver memory stays bounded however large the test set.

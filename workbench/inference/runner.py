@@ -722,7 +722,10 @@ def run_inference(
     device : str or torch.device, optional
         Default: the model's device. A different device moves the model.
     executor : InferenceExecutor, optional
-        Default :class:`~workbench.inference.executor.InProcessExecutor`.
+        Default :class:`~workbench.inference.executor.InProcessExecutor`;
+        :class:`~workbench.inference.ray_executor.RayExecutor` runs the cases on a
+        Ray cluster with the same outputs (its description is added to the
+        environment snapshot as ``executor``).
     completed : iterable of str
         Case ids already completed by an earlier, interrupted run; skipped.
     on_case : callable, optional

@@ -220,7 +220,7 @@ def _false_negatives(frame: pd.DataFrame, task: str, threshold: float | None) ->
             return pd.to_numeric(frame[name], errors="coerce")
 
         reference = column("reference_voxels", 0.0).fillna(0)
-        predicted = column("predicted_voxels", 0.0).fillna(0)
+        predicted = column("predicted_voxels", np.nan)
         dice = column("dice", np.nan)
         missed = (reference > 0) & ((predicted == 0) | (dice.fillna(1.0) == 0.0))
     elif threshold is not None and "y_true" in frame and "score" in frame:
