@@ -79,7 +79,7 @@ def _overhead(args: argparse.Namespace, work: Path) -> None:
     t_local = time.perf_counter() - t0
     torch.set_num_threads(1)
 
-    executor = RayExecutor(num_workers=args.threads, threads_per_worker=1)
+    executor = RayExecutor(num_workers=args.threads, threads_per_worker=1, keep_workers=True)
     t0 = time.perf_counter()
     cold = run_inference(cases, model, spec, out_dir=work / "ray-cold", executor=executor)
     t_cold = time.perf_counter() - t0
@@ -147,7 +147,9 @@ def _scaling(args: argparse.Namespace, work: Path) -> None:
         "model);\n    'running' leaves it out: the time to the first case less one wait"
     )
     for actors in (1, 2, 4, 8):
-        executor = RayExecutor(num_workers=actors, threads_per_worker=1, cpus_per_worker=0.25)
+        executor = RayExecutor(
+            num_workers=actors, threads_per_worker=1, cpus_per_worker=0.25, keep_workers=True
+        )
         run_inference(cases[:actors], model, spec, out_dir=work / f"w{actors}", executor=executor)
         first: list[float] = []
 

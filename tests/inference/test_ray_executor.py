@@ -78,7 +78,7 @@ def cluster() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def executor(cluster: Any) -> Iterator[RayExecutor]:
     """One executor for the module: its workers start once and serve every run."""
-    made = RayExecutor(threads_per_worker=1, max_retries=2)
+    made = RayExecutor(threads_per_worker=1, max_retries=2, keep_workers=True)
     yield made
     made.close()
 
@@ -339,9 +339,12 @@ def test_validation_on_ray_matches_local_and_survives_a_killed_worker(
 
 @needs_cluster
 @pytest.mark.slow
-def test_cli_validate_runs_on_ray(pipeline: harness.Pipeline, tmp_path: Path) -> None:
+def test_cli_validate_runs_on_ray(
+    executor: RayExecutor, pipeline: harness.Pipeline, tmp_path: Path
+) -> None:
     """``workbench validate --executor ray --ray-address ...`` stores a complete run
     whose environment names the cluster; a misspelt executor is refused."""
+    executor.release()  # the CLI's worker needs one of the cluster's two CPUs
     pipe = harness.copy_workdir(pipeline, tmp_path / "wb")
     args = ["validate", "--protocol", pipe.protocol_ref, "--model", pipe.model_ref]
     args += ["--testset", harness.TEST_SET, "--device", "cpu"]

@@ -30,13 +30,15 @@ EXPECTED = {
         "testset.import", "testset.lock", "testset.verify", "model.register",
         "protocol.create", "protocol.approve", "run.start", "run.view",
         "report.build", "report.sign.author", "report.sign.approve", "report.seal",
-        "report.verify", "audit.view", "audit.verify",
+        "report.verify", "audit.view", "audit.verify", "study.design", "study.view",
     },
     "reviewer": {
         "run.view", "discrepancy.adjudicate", "report.sign.review", "report.verify", "audit.view",
+        "study.read",
     },
     "auditor": {
         "run.view", "testset.verify", "report.verify", "audit.view", "audit.export", "audit.verify",
+        "study.view",
     },
     "admin": {"user.manage", "audit.view", "audit.verify"},
 }  # fmt: skip

@@ -24,6 +24,7 @@ from workbench.services import (
     protocols,
     reports,
     runs,
+    studies,
     testsets,
 )
 
@@ -78,6 +79,9 @@ CALLS: dict[Action, Call] = {
         wb, a, p.workdir.parent / f"checkpoint-{r}.json"
     ),
     Action.USER_MANAGE: lambda wb, a, p, r: accounts.list_users(wb, a),
+    Action.STUDY_DESIGN: lambda wb, a, p, r: studies.add_study(wb, a, b"kind: reader_study"),
+    Action.STUDY_READ: lambda wb, a, p, r: studies.open_reading(wb, a, "none@1", "unaided"),
+    Action.STUDY_VIEW: lambda wb, a, p, r: studies.analyze_study(wb, a, "none@1"),
 }
 
 #: Actions in the matrix that no service guards, with why.

@@ -35,8 +35,9 @@ and ``validate`` resumes the run from the cases already recorded.
 Each worker runs one case at a time, in the order it received them; while a case
 computes, the worker reads and preprocesses its next case in a second, low-priority
 thread (``prefetch``, shared storage), as the local executor overlaps reading with
-the forward pass. Workers stay up between runs of the same executor (starting one
-costs seconds of imports); each run hands them its own per-case function.
+the forward pass. With ``keep_workers=True`` the workers stay up between runs of
+the same executor (starting one costs seconds of imports), each run handing them its
+own per-case function; by default they stop after each run and free the cluster.
 
 Backpressure: at most ``max_in_flight`` cases are between submission and being
 yielded (running, queued on an actor, or finished but waiting for an earlier
@@ -288,6 +289,10 @@ class RayExecutor:
     startup_timeout_s : float
         How long to wait for at least one worker to be ready (scheduling, model
         load) before the run fails with the resources asked for and available.
+    keep_workers : bool
+        Keep the workers (and their cluster resources) after a run, for the next
+        run of this executor; :meth:`release` or :meth:`close` stops them. By
+        default they stop at the end of each run, leaving the cluster to others.
     ray_init_options : dict, optional
         Extra keyword arguments of ``ray.init`` (e.g. ``runtime_env``).
     """
@@ -304,6 +309,7 @@ class RayExecutor:
         max_retries: int = 2,
         max_in_flight: int | None = None,
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        keep_workers: bool = False,
         ray_init_options: dict[str, Any] | None = None,
     ) -> None:
         if num_workers is not None and num_workers < 1:
@@ -334,6 +340,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
         self.startup_timeout_s = startup_timeout_s
+        self.keep_workers = keep_workers
         self.ray_init_options = dict(ray_init_options or {})
         self.workers_info: list[dict[str, Any]] = []
         self.workers_lost = 0
@@ -364,11 +371,15 @@ class RayExecutor:
             ) from error
         self._connected_here = True
 
+    def release(self) -> None:
+        """Stop the workers kept for later runs, handing their resources back to the cluster."""
+        self._stop_workers()
+
     def close(self) -> None:
         """Stop this executor's actors and disconnect if :meth:`connect` connected.
 
-        Workers stay up between runs of the same executor (they are started once);
-        they also end when the driver process ends.
+        Workers kept between runs (``keep_workers=True``) also end when the
+        driver process ends.
         """
         self._stop_workers()
         if self._connected_here:
@@ -640,10 +651,10 @@ class RayExecutor:
             for worker in starting.values():
                 with contextlib.suppress(Exception):
                     ray.kill(worker.handle, no_restart=True)
-            if completed:  # idle workers wait for the next run, without its model
+            if completed and self.keep_workers:  # idle until the next run, without its model
                 for worker in self._live:
                     worker.handle.unload.remote()
-            else:  # stopped early: stop the cases still queued on the workers too
+            else:  # (stopped early, the cases still queued on the workers stop too)
                 self._stop_workers()
 
     def _give_up(self, process: Any, case: Any, attempts: int, reason: str) -> Any:

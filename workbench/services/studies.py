@@ -247,9 +247,9 @@ def add_study(wb: Workbench, actor: Actor, source: str | Path | bytes) -> StudyI
         The test set is not locked, a reader is not a reviewer account, or an arm's
         model is not registered.
     """
-    design, text, digest = load_study_design(source)
     with wb.transaction() as session:
         user = current_user(session, actor, "study.design")
+        design, text, digest = load_study_design(source)
         frozen_manifest(get_one(session, TestSet, "test set", name=design.test_set.name))
         for reader in design.readers:
             account = session.scalars(select(User).where(User.username == reader)).first()
