@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from workbench.protocols.results import EndpointResult, RocSummary, StratumResult
+from workbench.protocols.results import (
+    CalibrationSummary,
+    DecisionCurveSummary,
+    EndpointResult,
+    RocSummary,
+    StratumResult,
+)
 from workbench.stats import Estimate
 from workbench.vocabulary import Verdict
 
@@ -213,3 +219,90 @@ def distribution_figure(
         )
     figure.update_layout(yaxis_title=metric, showlegend=False, height=460, margin={"t": 30})
     return figure
+
+
+def reliability_figure(panels: Sequence[CalibrationSummary]) -> go.Figure:
+    """Reliability diagram: observed fraction per bin (Wilson CI) and the smoothed curve.
+
+    One colour per panel (overall, then each stratum); the diagonal is perfect calibration.
+    """
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#8c959f"},
+            name="perfect calibration",
+        )
+    )
+    for panel in panels:
+        label = "overall" if panel.factor in ("", "overall") else f"{panel.factor}: {panel.stratum}"
+        bins = [b for b in panel.reliability if b.n > 0]
+        fig.add_trace(
+            go.Scatter(
+                x=[b.mean_predicted for b in bins],
+                y=[b.observed for b in bins],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [b.observed_ci_high - b.observed for b in bins],
+                    "arrayminus": [b.observed - b.observed_ci_low for b in bins],
+                },
+                mode="markers",
+                name=f"{label} (n={panel.n}, bins)",
+                text=[f"n={b.n}" for b in bins],
+            )
+        )
+        if panel.curve_predicted:
+            fig.add_trace(
+                go.Scatter(
+                    x=list(panel.curve_predicted),
+                    y=list(panel.curve_observed),
+                    mode="lines",
+                    name=f"{label}, smoothed",
+                )
+            )
+    fig.update_layout(
+        xaxis_title="predicted probability",
+        yaxis_title="observed fraction",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1],
+        height=460,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig
+
+
+def decision_curve_figure(curve: DecisionCurveSummary) -> go.Figure:
+    """Net benefit of the model, treat-all and treat-none over the threshold probabilities."""
+    x = list(curve.thresholds)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x + x[::-1],
+            y=[v if v is not None else None for v in curve.net_benefit_high]
+            + [v if v is not None else None for v in curve.net_benefit_low][::-1],
+            fill="toself",
+            line={"width": 0},
+            fillcolor="rgba(31, 119, 180, 0.18)",
+            name=f"model, {curve.level:.0%} band",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(go.Scatter(x=x, y=list(curve.net_benefit), mode="lines", name="model"))
+    fig.add_trace(go.Scatter(x=x, y=list(curve.treat_all), mode="lines", name="treat all"))
+    fig.add_trace(
+        go.Scatter(x=x, y=[0.0] * len(x), mode="lines", name="treat none", line={"dash": "dot"})
+    )
+    if curve.criterion_at is not None:
+        fig.add_vline(x=curve.criterion_at, line_dash="dash", line_color="#8c959f")
+    low = min((v for v in curve.net_benefit if v is not None), default=0.0)
+    fig.update_layout(
+        xaxis_title="threshold probability",
+        yaxis_title="net benefit",
+        yaxis_range=[min(low, 0.0) - 0.05, max(curve.prevalence, 0.05) + 0.05],
+        height=420,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig

@@ -127,6 +127,8 @@ if supplementary.roc is not None or supplementary.roc_reason:
     tab_names.append("ROC")
 if supplementary.distributions:
     tab_names.append("Distributions by scanner")
+if supplementary.calibration or supplementary.decision_curve is not None:
+    tab_names.append("Calibration and decision curve")
 tab_names += ["Agreement and heterogeneity", "Cases"]
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
@@ -154,6 +156,48 @@ with tabs["Forest plots"]:
         strata = endpoint.strata_frame()
         strata["verdict"] = [s.verdict.label for s in endpoint.strata]
         st.dataframe(strata, hide_index=True, width="stretch", key="strata-table")
+
+if "Calibration and decision curve" in tabs:
+    with tabs["Calibration and decision curve"]:
+        point = supplementary.operating_point
+        if point is not None:
+            st.markdown(
+                f"Operating point: score >= **{point.threshold:g}** ({esc(point.description)})"
+                + (
+                    f"; deployment prevalence {point.deployment_prevalence:g}"
+                    if point.deployment_prevalence is not None
+                    else ""
+                )
+            )
+        if supplementary.calibration:
+            rows = []
+            for panel in supplementary.calibration:
+                row: dict[str, object] = {
+                    "stratum": "overall"
+                    if panel.factor in ("", "overall")
+                    else f"{panel.factor} = {panel.stratum}",
+                    "n": panel.n,
+                }
+                for name in ("intercept", "slope", "brier", "ece"):
+                    est = getattr(panel, name)
+                    row[name] = (
+                        "not estimable"
+                        if est is None
+                        else f"{est.value:.3f} [{est.ci_low:.3f}, {est.ci_high:.3f}]"
+                    )
+                rows.append(row)
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="calib-table")
+            st.plotly_chart(
+                _charts.reliability_figure(supplementary.calibration), key="reliability"
+            )
+        elif supplementary.calibration_reason:
+            st.info(f"Calibration: {esc(supplementary.calibration_reason)}")
+        if supplementary.decision_curve is not None:
+            st.plotly_chart(
+                _charts.decision_curve_figure(supplementary.decision_curve), key="decision-curve"
+            )
+        elif supplementary.decision_curve_reason:
+            st.info(f"Decision curve: {esc(supplementary.decision_curve_reason)}")
 
 if "ROC" in tabs:
     with tabs["ROC"]:
