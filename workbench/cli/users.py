@@ -68,17 +68,21 @@ def user_create(
 @_guarded
 def user_change_password(
     new_password: Annotated[str, typer.Option("--new-password")],
+    reset_code: Annotated[
+        str | None,
+        typer.Option("--reset-code", help="The one-time code an administrator's reset gave you."),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """Change your own password."""
+    """Change your own password (after an administrator's reset, with its one-time code)."""
     from workbench.services.accounts import change_password
 
     username, secret = _credentials(user, password)
     with _workbench(workdir, db) as wb:
-        change_password(wb, username, secret, new_password)
+        change_password(wb, username, secret, new_password, reset_code=reset_code)
     typer.echo("password changed")
 
 
@@ -136,8 +140,11 @@ def user_reset_password(
 
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
-        reset_password(wb, actor, username, new_password=temporary_password, reason=reason)
+        info = reset_password(wb, actor, username, new_password=temporary_password, reason=reason)
     typer.echo(f"{username}: temporary password set; change required before signing")
+    code = info.one_time_code
+    if code:
+        typer.echo(f"one-time code for {username} (give it to them in person; shown once): {code}")
 
 
 @user_app.command("list")
