@@ -327,3 +327,123 @@ def test_ct_segmentation_with_nifti_reference_masks(tmp_path: Path) -> None:
     finally:
         wb.close()
     shutil.rmtree(root)
+
+
+def _rtstruct(seg: Path, ct_files: list[Path], reader: str, out: Path) -> None:
+    """An RTSTRUCT of the reader's SEG mask: one closed planar contour per slice (its hull)."""
+    from pydicom.dataset import FileMetaDataset
+    from scipy.spatial import ConvexHull
+
+    volume = load_series(ct_files)
+    mask = read_seg_mask(seg, volume)
+    first = volume.headers[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "RTSTRUCT"
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyID", "StudyDate"):
+        setattr(ds, keyword, first.get(keyword, ""))
+    ds.PatientIdentityRemoved = "YES"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.OperatorsName = f"{reader.capitalize()}^Test"
+    ds.StructureSetLabel = "lesion"
+    contour_images = []
+    for uid in volume.sop_instance_uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = first.SOPClassUID
+        item.ReferencedSOPInstanceUID = uid
+        contour_images.append(item)
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = volume.series_instance_uid
+    series_ref.ContourImageSequence = Sequence(contour_images)
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
+    roi = Dataset()
+    roi.ROINumber, roi.ROIName = 1, "lesion"
+    roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
+    roi.ROIGenerationAlgorithm = "MANUAL"
+    ds.StructureSetROISequence = Sequence([roi])
+    contours = []
+    for z in range(mask.shape[0]):
+        rows, cols = np.nonzero(mask[z])
+        if len(rows) < 3:
+            continue
+        # Pixel corners around the mask, so every masked pixel centre lies inside the hull.
+        corners = np.concatenate(
+            [np.stack([cols + dc, rows + dr], axis=1) for dc in (-0.5, 0.5) for dr in (-0.5, 0.5)]
+        )
+        hull = corners[ConvexHull(corners).vertices]
+        xyz = [volume.voxel_to_patient([z, r, c]) for c, r in hull]
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = len(xyz)
+        contour.ContourData = [f"{v:.4f}" for point in xyz for v in point]
+        image = Dataset()
+        image.ReferencedSOPClassUID = first.SOPClassUID
+        image.ReferencedSOPInstanceUID = volume.sop_instance_uids[z]
+        contour.ContourImageSequence = Sequence([image])
+        contours.append(contour)
+    roi_contour = Dataset()
+    roi_contour.ReferencedROINumber = 1
+    roi_contour.ROIDisplayColor = [255, 0, 0]
+    roi_contour.ContourSequence = Sequence(contours)
+    ds.ROIContourSequence = Sequence([roi_contour])
+    observation = Dataset()
+    observation.ObservationNumber, observation.ReferencedROINumber = 1, 1
+    observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+    ds.RTROIObservationsSequence = Sequence([observation])
+    ds.save_as(out, enforce_file_format=True)
+
+
+def test_ct_segmentation_with_rtstruct_references(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    harness.synth(root, n_cases=3)
+    for seg in sorted(root.rglob("reader*.dcm")):
+        ds = pydicom.dcmread(seg, stop_before_pixels=True)
+        series_uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        ct_files = sorted(
+            p
+            for p in seg.parent.parent.rglob("*.dcm")
+            if "reader" not in p.name
+            and str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) == series_uid
+        )
+        # Named by UID, as tools name them: the reader comes from Operators' Name.
+        _rtstruct(seg, ct_files, seg.stem, seg.parent / f"{generate_uid()}.dcm")
+        seg.unlink()
+    workdir = tmp_path / "wb"
+    workdir.mkdir()
+    wb = harness.open_wb(workdir)
+    try:
+        harness.make_accounts(wb)
+        qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
+        data = yaml.safe_load((harness.PROTOCOL_DIR / "lesion-segmentation-v1.yaml").read_text())
+        data.update(id="rtstruct-seg", test_set={"name": "rt-set"}, discrepancy_rules=[])
+        data["reference_standard"]["segmentation"]["source"] = "rtstruct"
+        data["adjudication"]["required_before_approval"] = False
+        data.pop("subgroup_acceptance", None)
+        text = tmp_path / "rt.yaml"
+        text.write_text(yaml.safe_dump(data, sort_keys=False))
+        ref = _import_check_lock(wb, qa1, root, "rt-set", text)
+        protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
+        model_path = save_scripted(ThresholdNet(), tmp_path / "seg.ts")
+        model = models.register_model(wb, qa1, model_path, tiny_spec())
+        summary = runs.validate(
+            wb, qa1, protocol=ref, model=model.ref, test_set="rt-set", device="cpu"
+        )
+        assert summary.status == "completed" and summary.n_excluded == 0, summary
+        _, frame = runs.run_results(wb, qa1, summary.run_uid)
+        assert frame["reference_voxels"].astype(int).gt(0).all()
+        _report_and_verify(wb, summary.run_uid)
+    finally:
+        wb.close()
