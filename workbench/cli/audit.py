@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,14 @@ def audit_verify(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Also check a saved signed checkpoint.")
     ] = None,
+    tsa_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--tsa-root",
+            help="CA certificate of the time-stamping authority: also check the checkpoint's "
+            "RFC 3161 token (CHECKPOINT.tsr).",
+        ),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -33,11 +41,14 @@ def audit_verify(
     from workbench.errors import AuditChainError
     from workbench.services.audit_trail import verify_audit_chain, verify_checkpoint_file
 
+    stamped = None
     with _workbench(workdir, db) as wb:
         try:
             status = verify_audit_chain(wb)
             if checkpoint is not None:
                 verify_checkpoint_file(wb, checkpoint)
+                if tsa_root:
+                    stamped = _verify_token(checkpoint, tsa_root)
         except AuditChainError as error:
             where = f" (first bad entry: #{error.sequence})" if error.sequence is not None else ""
             _fail(f"audit chain BROKEN{where}: {error}")
@@ -50,20 +61,50 @@ def audit_verify(
         f"entries ({status.count - status.covered} newer entries are protected by the chain only)"
     )
     typer.echo("records match their audited hashes; append-only triggers in place")
+    if stamped is not None:
+        typer.echo(f"checkpoint time-stamped by the TSA at {stamped.isoformat()} (RFC 3161)")
+
+
+def _token_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".tsr")
+
+
+def _verify_token(checkpoint: Path, roots: list[Path]) -> Any:
+    import json
+
+    from workbench.errors import AuditChainError
+    from workbench.records.timestamping import verify_timestamp
+
+    token = _token_path(checkpoint)
+    if not token.is_file():
+        raise AuditChainError(f"No time-stamp token {token.name} beside {checkpoint.name}.")
+    data = json.loads(checkpoint.read_text(encoding="utf-8"))
+    return verify_timestamp(token.read_bytes(), data, roots)
 
 
 @audit_app.command("checkpoint")
 @_guarded
 def audit_checkpoint(
     out: Annotated[Path, typer.Option("--out", help="Where to write the signed checkpoint JSON.")],
+    tsa: Annotated[
+        str | None,
+        typer.Option(
+            "--tsa",
+            help="RFC 3161 time-stamping authority URL [env WORKBENCH_TSA_URL]: also write "
+            "OUT.tsr, a token over the checkpoint from a key the installation does not hold.",
+        ),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
     """Sign the chain head and count with the workbench key (detects tail truncation)."""
+    import os
+
     from workbench.services.audit_trail import write_checkpoint
 
+    url = tsa or os.environ.get("WORKBENCH_TSA_URL")
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         checkpoint = write_checkpoint(wb, actor, out)
@@ -71,6 +112,14 @@ def audit_checkpoint(
         f"checkpoint of {checkpoint.get('count', checkpoint.get('entry_count'))} entries "
         f"written to {out}"
     )
+    if url:
+        import json
+
+        from workbench.records.timestamping import timestamp_checkpoint
+
+        saved = json.loads(out.read_text(encoding="utf-8"))
+        _token_path(out).write_bytes(timestamp_checkpoint(saved, url))
+        typer.echo(f"RFC 3161 time-stamp token from {url} written to {_token_path(out)}")
 
 
 @audit_app.command("export")
