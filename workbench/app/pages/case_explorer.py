@@ -58,7 +58,9 @@ filters = st.columns(5)
 metric_options = ["(case order)", *cases.metric_columns]
 default_metric = 1 if cases.metric_columns else 0
 with filters[0]:
-    sort_by = st.selectbox("Sort by", metric_options, index=default_metric, key="explorer-sort")
+    sort_by = st.selectbox(
+        "Sort by", metric_options, index=default_metric, key=f"explorer-sort-{run_uid}"
+    )
 with filters[1]:
     worst_first = st.toggle("Worst first", value=True, key="explorer-worst")
 with filters[2]:

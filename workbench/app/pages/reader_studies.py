@@ -40,7 +40,7 @@ design = studies.study_design(wb, me, ref)
 st.caption(design.criterion_text)
 
 if allowed(me.role, "study.view"):
-    progress = studies.reading_progress(wb, me, ref)
+    everyone = studies.reading_progress(wb, me, ref)
     st.dataframe(
         pd.DataFrame(
             [
@@ -50,7 +50,7 @@ if allowed(me.role, "study.view"):
                     "status": p.status,
                     "rated": f"{p.n_rated} / {p.n_cases}",
                 }
-                for p in progress
+                for p in everyone
             ]
         ),
         hide_index=True,
