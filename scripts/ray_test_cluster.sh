@@ -22,6 +22,9 @@ case "${1:-}" in
     [ -x "$RAY" ] || { echo "ray is not installed in $VENV (pip install '.[ray]')"; exit 1; }
     # Short path: Ray's Unix sockets live under it (sun_path is limited to 107 bytes).
     temp=$(mktemp -d /tmp/wbray.XXXXXX)
+    # A throwaway test cluster: no token authentication, so that test processes connect
+    # without a token file (production clusters keep Ray's default, see docs/deployment.md).
+    export RAY_AUTH_MODE=disabled
     # The head runs in its own process group (setsid) with --block, so that `stop` can
     # end exactly this cluster's processes by their group id.
     setsid "$RAY" start --head --block --node-ip-address=127.0.0.1 --port=0 \

@@ -38,7 +38,7 @@ def test_explorer_in_the_browser(server: str, seeded: Seeded) -> None:  # noqa: 
             _idle(page)
             before = image.get_attribute("src")
             started = time.monotonic()
-            page.get_by_text("Lung").first.click()
+            page.get_by_text("Lung", exact=True).first.click()
             _idle(page)
             elapsed = time.monotonic() - started
             assert page.locator('[data-testid="stImage"] img').first.get_attribute("src") != before

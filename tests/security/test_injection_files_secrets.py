@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -309,7 +310,15 @@ def test_constraints_pin_every_installed_distribution() -> None:
     own = {"validation-workbench"}
     exempt = {"torch", "pip", "setuptools", "wheel"} | own  # torch: pinned in pyproject.toml
     missing, wrong = [], []
+    # Only what pip installed into this environment: libraries that vendor packages (Ray's
+    # thirdparty_files) put their own copies on sys.path once imported.
+    installed = {
+        Path(p).resolve() for p in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    }
     for dist in metadata.distributions():
+        location = Path(str(dist.locate_file(""))).resolve()
+        if location not in installed:
+            continue
         name = _norm(dist.metadata["Name"])
         if name in exempt or name.startswith("nvidia-") or name == "triton":
             continue

@@ -197,3 +197,27 @@ def test_false_negative_rules_on_sparse_frames() -> None:
     cls = pd.DataFrame({"status": ["completed"] * 3, "y_true": [1, 1, 0], "score": [0.2, 0.7, 0.1]})
     assert explorer._false_negatives(cls, "classification", 0.5).tolist() == [True, False, False]
     assert not explorer._false_negatives(cls, "classification", None).any()
+
+
+def test_selected_view_goes_into_the_report(wb: Workbench, seeded: Seeded) -> None:
+    """The QA author's chosen view is printed in the report's 'Selected cases' section."""
+    import subprocess
+
+    from workbench.reports import extract_attachments
+    from workbench.services import reports
+
+    qa = _login(wb, "qa.author")
+    run = seeded.run_uids["lesion-segmentation"]
+    cases = explorer.explorer_cases(wb, qa, run)
+    worst = str(cases.frame.sort_values("dice")["case_id"].iloc[0])
+    png = io.BytesIO()
+    Image.new("RGB", (320, 160), (30, 120, 200)).save(png, format="PNG")
+    explorer.select_case_for_report(wb, qa, run, worst, png.getvalue(), "Worst Dice of the run")
+    draft = reports.build_report(wb, qa, run)
+    text = subprocess.run(
+        ["pdftotext", "-layout", draft.pdf_path or "", "-"], capture_output=True, text=True
+    ).stdout
+    assert "Selected cases" in text and f"Case {worst}" in text
+    assert "Worst Dice of the run" in text
+    results = extract_attachments(draft.pdf_path or "")["results.json"]
+    assert hashlib.sha256(png.getvalue()).hexdigest().encode() in results

@@ -471,6 +471,7 @@ def _story(
     story += _adjudication(content)
     story += _limitations(content)
     story += _signatures(content)
+    story += _selected_cases(content)
     story += _appendix_audit(content)
     story += _appendix_attachments(content, attachments)
     return story
@@ -1215,6 +1216,43 @@ def _signature_rows(s: SignatureEntry) -> list[tuple[str, str]]:
         ("Signature ID", s.signature_id or "\u2014"),
         ("Signed content SHA-256", s.content_sha256 or "\u2014"),
     ]
+
+
+def _selected_cases(content: ReportContent) -> list[Flowable]:
+    """Views chosen from the case explorer: the image, the case's figures and the note."""
+    if not content.selected_cases:
+        return []
+    from reportlab.platypus import Image
+
+    out: list[Flowable] = [
+        PageBreak(),
+        _markup("Selected cases", "H1"),
+        _p(
+            "Views chosen by the QA author from the case explorer (model output and reference "
+            "overlaid, with their legend). Each image is the file whose SHA-256 the audit trail "
+            "recorded when it was chosen. Explanation maps, where shown, are aids to review, not "
+            "evidence of correctness."
+        ),
+    ]
+    for case in content.selected_cases:
+        data = Path(case.png_path).read_bytes() if Path(case.png_path).is_file() else b""
+        if hashlib.sha256(data).hexdigest() != case.png_sha256:
+            raise ReportError(
+                f"The selected view of case {case.case_id} ({case.png_path}) no longer has the "
+                f"SHA-256 recorded when it was selected ({case.png_sha256[:12]}...)."
+            )
+        image = Image(io.BytesIO(data))
+        scale = min(CONTENT_WIDTH / image.drawWidth, 150 * mm / image.drawHeight, 1.0)
+        image.drawWidth *= scale
+        image.drawHeight *= scale
+        block: list[Flowable] = [_h2(f"Case {case.case_id}"), image, Spacer(1, 3)]
+        pairs: list[tuple[str, object]] = [(k, v) for k, v in case.metrics]
+        pairs += [("Selected by", case.selected_by), ("Note", case.note or "-")]
+        pairs.append(("Image SHA-256", case.png_sha256))
+        block.append(_key_values(pairs, mono_keys=["Image SHA-256"]))
+        out.append(KeepTogether(block))
+        out.append(Spacer(1, 6))
+    return out
 
 
 def _appendix_audit(content: ReportContent) -> list[Flowable]:

@@ -61,6 +61,7 @@ __all__ = [
     "ResultsSection",
     "RocCurve",
     "RunEnvironment",
+    "SelectedCase",
     "SignatureEntry",
     "SoftwareInfo",
     "StratumEstimate",
@@ -733,6 +734,33 @@ class AuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SelectedCase:
+    """A case a QA author chose from the case explorer for the report's appendix.
+
+    Parameters
+    ----------
+    case_id : str
+    png_path : str
+        The exported view (overlays and legend) as PNG.
+    png_sha256 : str
+        SHA-256 recorded in the audit trail when the view was selected; the builder
+        refuses a file that no longer has it.
+    note : str
+        The author's note.
+    selected_by : str
+    metrics : tuple of (str, str)
+        The case's figures as printed.
+    """
+
+    case_id: str
+    png_path: str
+    png_sha256: str
+    note: str = ""
+    selected_by: str = ""
+    metrics: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReportContent(_Converting):
     """Everything a validation report shows, filled by the service layer.
 
@@ -753,6 +781,8 @@ class ReportContent(_Converting):
         Printed name of the report author (PDF metadata).
     per_case : tuple of dict
         One row per case (plain scalars); attached as CSV, not printed in full.
+    selected_cases : tuple of SelectedCase
+        Views a QA author chose from the case explorer, printed in an appendix.
     """
 
     report_id: str
@@ -778,6 +808,7 @@ class ReportContent(_Converting):
     audit_trail: tuple[AuditEntry, ...]
     audit_chain_head: str
     per_case: tuple[CaseRow, ...] = ()
+    selected_cases: tuple[SelectedCase, ...] = ()
 
     def __post_init__(self) -> None:
         self._coerce_enum("status", ReportStatus)

@@ -146,12 +146,50 @@ class ReportInputs:
     signatures: Sequence[Signature]
     audit_entries: Sequence[AuditEntry]
     audit_head: str
+    selected: Sequence[rc.SelectedCase] = ()
+
+
+def _selected_cases(
+    session: Session, run: Run, workdir: Path | None
+) -> tuple[rc.SelectedCase, ...]:
+    """The views a QA author chose from the case explorer (newest choice per case)."""
+    if workdir is None:
+        return ()
+    chosen: dict[str, rc.SelectedCase] = {}
+    for entry in session.scalars(
+        select(AuditEntry)
+        .where(
+            AuditEntry.action == "explorer.case_select",
+            AuditEntry.record_id.like(f"{run.run_uid}/%"),
+        )
+        .order_by(AuditEntry.seq)
+    ):
+        new = entry.new_value or {}
+        case_id = str(entry.record_id).split("/", 1)[1]
+        metrics = new.get("metrics") or {}
+        chosen.pop(case_id, None)
+        chosen[case_id] = rc.SelectedCase(
+            case_id=case_id,
+            png_path=str(workdir / str(new.get("png_path", ""))),
+            png_sha256=str(new.get("png_sha256", "")),
+            note=str(new.get("note") or ""),
+            selected_by=entry.actor,
+            metrics=tuple(
+                (str(k), f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
+            ),
+        )
+    return tuple(chosen.values())
 
 
 def gather_report_inputs(
-    session: Session, report: Report, *, final: bool, signatures_list: Sequence[Signature]
+    session: Session,
+    report: Report,
+    *,
+    final: bool,
+    signatures_list: Sequence[Signature],
+    workdir: Path | None = None,
 ) -> ReportInputs:
-    """Read the records a report needs, once."""
+    """Read the records a report needs, once (``workdir`` locates explorer selections)."""
     run = session.get(Run, report.run_id)
     assert run is not None
     pv = session.get(ProtocolVersion, run.protocol_version_id)
@@ -206,6 +244,7 @@ def gather_report_inputs(
         signatures=tuple(signatures_list),
         audit_entries=tuple(entries),
         audit_head=head.entry_hash if head else "",
+        selected=_selected_cases(session, run, workdir),
     )
 
 
@@ -880,4 +919,5 @@ def report_content(inputs: ReportInputs) -> rc.ReportContent:
         audit_trail=audit_section(inputs),
         audit_chain_head=inputs.audit_head,
         per_case=tuple(per_case_rows(inputs.frame)),
+        selected_cases=tuple(inputs.selected),
     )

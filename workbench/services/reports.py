@@ -167,10 +167,17 @@ def _info(session: Session, report: Report) -> ReportInfo:
 
 
 def _content(
-    session: Session, report: Report, *, final: bool, signatures_list: list[Signature]
+    session: Session,
+    report: Report,
+    *,
+    final: bool,
+    signatures_list: list[Signature],
+    workdir: Path | None = None,
 ) -> rc.ReportContent:
     return report_content(
-        gather_report_inputs(session, report, final=final, signatures_list=signatures_list)
+        gather_report_inputs(
+            session, report, final=final, signatures_list=signatures_list, workdir=workdir
+        )
     )
 
 
@@ -225,7 +232,9 @@ def build_report(wb: Workbench, actor: Actor, run_uid: str) -> ReportInfo:
             record_id=report.report_uid,
             new={"run": run_uid, "status": report.status},
         )
-        content = _content(session, report, final=False, signatures_list=[])
+        content = _content(
+            session, report, final=False, signatures_list=[], workdir=wb.workdir.root
+        )
         wb.workdir.reports_dir.mkdir(parents=True, exist_ok=True)
         path = wb.workdir.reports_dir / f"{report.report_uid}-draft.pdf"
         built = build_pdf(content, path)
@@ -305,7 +314,7 @@ def sign_report(
                     f"(e.g. {', '.join(open_items[:5])})."
                 )
         assert report.content_sha256 is not None
-        _require_current(session, report)
+        _require_current(session, report, wb.workdir.root)
         signature = signatures.sign(
             session,
             username=user.username,
@@ -332,19 +341,19 @@ def sign_report(
         return _info(session, report)
 
 
-def _current_results_sha256(session: Session, report: Report) -> str:
+def _current_results_sha256(session: Session, report: Report, workdir: Path) -> str:
     """SHA-256 of the ``results.json`` the report would have if built now."""
-    content = _content(session, report, final=False, signatures_list=[])
+    content = _content(session, report, final=False, signatures_list=[], workdir=workdir)
     return next(a.sha256 for a in report_attachments(content) if a.name == RESULTS_JSON)
 
 
-def _require_current(session: Session, report: Report) -> None:
+def _require_current(session: Session, report: Report, workdir: Path) -> None:
     """Refuse to sign or seal a draft whose results changed since it was built.
 
     Adjudication decisions recorded after the draft was built change what the
     report says, so a signature on the old draft would not cover them.
     """
-    if _current_results_sha256(session, report) != report.content_sha256:
+    if _current_results_sha256(session, report, workdir) != report.content_sha256:
         run = session.get(Run, report.run_id)
         raise WorkflowError(
             f"Report {report.report_uid} is out of date: the run's results or adjudications "
@@ -357,7 +366,7 @@ def is_current(wb: Workbench, report_uid: str) -> bool:
     """Whether a draft still shows the run's current results and adjudications."""
     with wb.transaction(readonly=True) as session:
         report = get_one(session, Report, "report", report_uid=report_uid)
-        return _current_results_sha256(session, report) == report.content_sha256
+        return _current_results_sha256(session, report, wb.workdir.root) == report.content_sha256
 
 
 def ensure_signed(
@@ -399,14 +408,16 @@ def seal_report(wb: Workbench, actor: Actor, report_uid: str) -> ReportInfo:
             d.status != "adjudicated" for d in run.discrepancies
         ):
             raise WorkflowError(f"Report {report_uid} has unadjudicated discrepancies.")
-        _require_current(session, report)
+        _require_current(session, report, wb.workdir.root)
         for s in sigs:
             check = signatures.verify(session, s.id, report.content_sha256 or "")
             if not check.valid:
                 raise SignatureError(
                     f"Signature {s.id} on {report_uid} does not verify: {check.status}"
                 )
-        content = _content(session, report, final=True, signatures_list=sigs)
+        content = _content(
+            session, report, final=True, signatures_list=sigs, workdir=wb.workdir.root
+        )
         final_path = wb.workdir.reports_dir / f"{report.report_uid}-final.pdf"
         sealed_path = wb.workdir.reports_dir / f"{report.report_uid}.pdf"
         built = build_pdf(content, final_path)
