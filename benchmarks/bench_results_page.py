@@ -37,11 +37,17 @@ logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").add
 
 from tests.app._seed import ACCOUNTS, seed_workdir  # noqa: E402
 from workbench.app import _session  # noqa: E402
-from workbench.protocols import evaluate_endpoints, load_protocol  # noqa: E402
+from workbench.protocols import (  # noqa: E402
+    CaseAccounting,
+    RunContext,
+    RunResults,
+    evaluate_endpoints,
+    load_protocol,
+)
+from workbench.protocols.supplementary import supplementary_analysis  # noqa: E402
 from workbench.records.models import CaseResult, ProtocolVersion, Run, utcnow  # noqa: E402
 from workbench.services import accounts  # noqa: E402
 from workbench.services.context import Workbench, sha256_json  # noqa: E402
-from workbench.services.runs import supplementary_analysis  # noqa: E402
 
 APP_MAIN = ROOT / "workbench" / "app" / "main.py"
 N_CASES = 10_000
@@ -73,18 +79,22 @@ def big_run(wb: Workbench, template_uid: str) -> str:
         pv = session.get(ProtocolVersion, template.protocol_version_id)
         assert pv is not None
         protocol = load_protocol(pv.yaml_text.encode("utf-8"))
-        results = {
-            "evaluation": evaluate_endpoints(protocol, frame).to_dict(),
-            "supplementary": supplementary_analysis(protocol, frame),
-            "accounting": {
-                "n_cases": N_CASES,
-                "n_completed": N_CASES,
-                "n_failed": 0,
-                "n_excluded": 0,
-                "failed": [],
-                "excluded": [],
-            },
-        }
+        results = RunResults(
+            run_uid="RUN-BIG",
+            context=RunContext(
+                protocol=f"{pv.protocol_id}@{pv.version}",
+                protocol_sha256=pv.sha256,
+                model="bench",
+                model_digest="",
+                test_set="bench",
+                manifest_digest="",
+            ),
+            workbench_version="bench",
+            surface_dice_tolerance_mm=2.0,
+            accounting=CaseAccounting.from_frame(frame.assign(reason=None), n_cases=N_CASES),
+            evaluation=evaluate_endpoints(protocol, frame),
+            supplementary=supplementary_analysis(protocol, frame),
+        ).to_dict()
         run = Run(
             run_uid=f"RUN-BIG{uuid.uuid4().hex[:8].upper()}",
             protocol_version_id=template.protocol_version_id,
