@@ -34,6 +34,7 @@ from workbench.errors import GeometryError
 
 __all__ = [
     "LESION_COLUMNS",
+    "component_geometry",
     "ImageGeometry",
     "lesions_from_mask",
     "lesions_from_table",
@@ -152,6 +153,34 @@ def voxel_box_to_patient(
     return mm.min(axis=0), mm.max(axis=0)
 
 
+def component_geometry(
+    component: np.ndarray, slices: tuple[slice, ...], affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroid and axis-aligned LPS box (mm) of one connected component.
+
+    Parameters
+    ----------
+    component : ndarray of bool
+        The component inside its bounding slices (``labels[slices] == index``).
+    slices : tuple of slice
+        Its bounding box in ``(z, y, x)`` index space (``scipy.ndimage.find_objects``).
+    affine : ndarray, shape (4, 4)
+        Voxel ``(x, y, z, 1)`` to LPS mm.
+
+    Returns
+    -------
+    (centre, box_low, box_high) : ndarrays of shape (3,)
+    """
+    zz, yy, xx = np.nonzero(component)
+    offset = np.array([s.start for s in slices])  # z, y, x
+    centre_zyx = np.array([zz.mean(), yy.mean(), xx.mean()]) + offset
+    lo = np.array([slices[2].start, slices[1].start, slices[0].start]) - 0.5
+    hi = np.array([slices[2].stop - 1, slices[1].stop - 1, slices[0].stop - 1]) + 0.5
+    box_lo, box_hi = voxel_box_to_patient(affine, lo, hi)
+    centre = (affine @ np.array([*centre_zyx[::-1], 1.0]))[:3]
+    return centre, box_lo, box_hi
+
+
 def lesions_from_mask(
     mask: np.ndarray,
     affine: np.ndarray,
@@ -189,13 +218,7 @@ def lesions_from_mask(
         n_voxels = int(component.sum())
         if n_voxels < min_voxels:
             continue
-        zz, yy, xx = np.nonzero(component)
-        offset = np.array([s.start for s in slices])  # z, y, x
-        centre_zyx = np.array([zz.mean(), yy.mean(), xx.mean()]) + offset
-        lo = np.array([slices[2].start, slices[1].start, slices[0].start]) - 0.5
-        hi = np.array([slices[2].stop - 1, slices[1].stop - 1, slices[0].stop - 1]) + 0.5
-        box_lo, box_hi = voxel_box_to_patient(affine, lo, hi)
-        centre = (affine @ np.array([*centre_zyx[::-1], 1.0]))[:3]
+        centre, box_lo, box_hi = component_geometry(component, slices, affine)
         volume_ml = n_voxels * voxel_ml
         rows.append(
             {

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from workbench.dicom.lesions import voxel_box_to_patient
+from workbench.dicom.lesions import component_geometry
 
 __all__ = ["Mark", "marks_from_probability", "marks_sha256", "marks_to_frame", "marks_to_json"]
 
@@ -96,13 +96,7 @@ def marks_from_probability(
         component = labels[slices] == index
         if int(component.sum()) < min_voxels:
             continue
-        zz, yy, xx = np.nonzero(component)
-        offset = np.array([s.start for s in slices])
-        centre_zyx = np.array([zz.mean(), yy.mean(), xx.mean()]) + offset
-        centre = (affine @ np.array([*centre_zyx[::-1], 1.0]))[:3]
-        lo = np.array([slices[2].start, slices[1].start, slices[0].start]) - 0.5
-        hi = np.array([slices[2].stop - 1, slices[1].stop - 1, slices[0].stop - 1]) + 0.5
-        box_lo, box_hi = voxel_box_to_patient(affine, lo, hi)
+        centre, box_lo, box_hi = component_geometry(component, slices, affine)
         marks.append(
             Mark(
                 score=float(prob[slices][component].max()),

@@ -356,24 +356,12 @@ def _session_for(
         )
     if arm not in [a.id for a in design.arms]:
         raise NotFoundError(f"No arm '{arm}'; the arms are {[a.id for a in design.arms]}.")
-    found = session.scalars(
-        select(ReadingSession).where(
-            ReadingSession.study_pk == study.id,
-            ReadingSession.reader == user.username,
-            ReadingSession.arm == arm,
-        )
-    ).first()
+    found = _reading(session, study.id, user.username, arm)
     if found is not None:
         return found
     first, second = _arm_order(design, user.username)
     if arm == second:
-        earlier = session.scalars(
-            select(ReadingSession).where(
-                ReadingSession.study_pk == study.id,
-                ReadingSession.reader == user.username,
-                ReadingSession.arm == first,
-            )
-        ).first()
+        earlier = _reading(session, study.id, user.username, first)
         if earlier is None or earlier.status != ReadingSessionStatus.SIGNED.value:
             raise WorkflowError(
                 f"{user.username} reads arm '{first}' first; sign it before opening '{arm}'."
@@ -413,6 +401,18 @@ def _session_for(
         },
     )
     return reading
+
+
+def _reading(session: Session, study_pk: int, reader: str, arm: str) -> ReadingSession | None:
+    """One reader's session of one arm, if it was opened."""
+    found: ReadingSession | None = session.scalars(
+        select(ReadingSession).where(
+            ReadingSession.study_pk == study_pk,
+            ReadingSession.reader == reader,
+            ReadingSession.arm == arm,
+        )
+    ).first()
+    return found
 
 
 def _latest_ratings(session: Session, reading: ReadingSession) -> dict[str, ReaderRating]:
@@ -488,13 +488,7 @@ def next_case(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingCase | 
         user = current_user(session, actor, "study.read")
         study = _lookup(session, ref)
         design = _design(study)
-        reading = session.scalars(
-            select(ReadingSession).where(
-                ReadingSession.study_pk == study.id,
-                ReadingSession.reader == user.username,
-                ReadingSession.arm == arm,
-            )
-        ).first()
+        reading = _reading(session, study.id, user.username, arm)
         if reading is None:
             raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
         if reading.status != ReadingSessionStatus.OPEN.value:
@@ -536,13 +530,7 @@ def rate_case(
         user = current_user(session, actor, "study.read")
         study = _lookup(session, ref)
         design = _design(study)
-        reading = session.scalars(
-            select(ReadingSession).where(
-                ReadingSession.study_pk == study.id,
-                ReadingSession.reader == user.username,
-                ReadingSession.arm == arm,
-            )
-        ).first()
+        reading = _reading(session, study.id, user.username, arm)
         if reading is None:
             raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
         if reading.status == ReadingSessionStatus.SIGNED.value:
@@ -653,13 +641,7 @@ def reading_progress(wb: Workbench, actor: Actor, ref: str) -> list[ReadingProgr
             if not sees_all and reader != user.username:
                 continue
             for arm in _arm_order(design, reader):
-                reading = session.scalars(
-                    select(ReadingSession).where(
-                        ReadingSession.study_pk == study.id,
-                        ReadingSession.reader == reader,
-                        ReadingSession.arm == arm,
-                    )
-                ).first()
+                reading = _reading(session, study.id, reader, arm)
                 out.append(
                     ReadingProgress(
                         study=ref,
@@ -689,13 +671,7 @@ def analyze_study(wb: Workbench, actor: Actor, ref: str) -> StudyAnalysis:
         rows = []
         for reader in design.readers:
             for arm in (a.id for a in design.arms):
-                reading = session.scalars(
-                    select(ReadingSession).where(
-                        ReadingSession.study_pk == study.id,
-                        ReadingSession.reader == reader,
-                        ReadingSession.arm == arm,
-                    )
-                ).first()
+                reading = _reading(session, study.id, reader, arm)
                 if reading is None or reading.status != ReadingSessionStatus.SIGNED.value:
                     raise WorkflowError(
                         f"{reader} has not signed arm '{arm}' yet; the study is analysed once "
