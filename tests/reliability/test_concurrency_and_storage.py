@@ -17,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import traceback
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,37 @@ def _db_url() -> list[str | None]:
     return urls
 
 
-@pytest.mark.parametrize("db_url", _db_url(), ids=lambda u: "postgres" if u else "sqlite")
-def test_concurrent_audit_writers_lose_nothing(tmp_path: Path, db_url: str | None) -> None:
+@pytest.fixture
+def fresh_db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (SQLite in the workdir), or a database of its own on the PostgreSQL test server.
+
+    A server outlives test runs; a database of its own keeps earlier runs' entries and
+    checkpoints (signed with keys of other workdirs) out of this one.
+    """
+    server = request.param
+    if server is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"wb_concurrency_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize(
+    "fresh_db_url", _db_url(), ids=lambda u: "postgres" if u else "sqlite", indirect=True
+)
+def test_concurrent_audit_writers_lose_nothing(tmp_path: Path, fresh_db_url: str | None) -> None:
+    db_url = fresh_db_url
     workdir = tmp_path / "wb"
     wb = (
         harness.open_wb(workdir)
