@@ -144,3 +144,23 @@ def test_three_plane_rendering_with_overlays_heat_and_measurement() -> None:
     assert png.startswith(b"\x89PNG")
     rgb = np.asarray(views[0][1])
     assert (np.abs(rgb.astype(int) - (255, 140, 0)).sum(axis=2) < 60).any()  # overlay drawn
+
+
+def test_a_radiograph_opens_in_one_view_with_window_zoom_and_pan() -> None:
+    """A real CR (pydicom-data, MONOCHROME1, 1760 x 1760) renders in the single 2D view."""
+    from pydicom.data import get_testdata_file
+    from streamlit.testing.v1 import AppTest
+
+    def page(path: str) -> None:
+        from workbench.app import _mpr
+
+        _mpr.show_image2d("cr", path, caption="radiograph")
+
+    at = AppTest.from_function(page, args=(get_testdata_file("RG3_UNCI.dcm"),), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.get("image"), "the radiograph is shown"
+    at.select_slider(key="cr-zoom").set_value(2.0).run()
+    at.slider(key="cr-pan-x").set_value(0.2).run()
+    assert not at.exception, at.exception
+    assert at.get("image") and not at.error
