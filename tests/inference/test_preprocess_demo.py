@@ -152,3 +152,24 @@ def test_demo_models_are_the_same_trained_in_workers_or_in_process(
     done = [d for d, _, _ in messages]
     assert done == sorted(done) and done[-1] == messages[-1][1] == 3 + 2 * options["steps"]
     assert any("demo-weak: step 4/4" in m for _, _, m in messages)
+
+
+@pytest.mark.slow
+def test_training_in_workers_survives_a_page_script_installed_as_main(
+    tiny_test_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streamlit runs each page with the page script installed as ``__main__``; a spawned
+    # worker must not re-run that script (it would die before training).
+    import sys
+    import types
+
+    page = tmp_path / "page.py"
+    page.write_text("raise SystemExit('a page script must not run in a training worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    built = build_demo_models(
+        tiny_test_set, tmp_path / "models", seed=3, n_training_cases=6, steps=2, workers=2
+    )
+    assert [b.spec.name for b in built] == ["demo-good", "demo-weak"]
+    assert sys.modules["__main__"] is fake_main

@@ -31,7 +31,10 @@ import json
 import multiprocessing
 import os
 import queue
+import sys
+import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -590,6 +593,29 @@ def _default_workers(threads: int) -> int:
     return max(1, min(2, cpus // max(1, threads)))
 
 
+_MAIN_MODULE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _plain_main_module() -> Iterator[None]:
+    """Start spawned workers without re-running the caller's ``__main__`` script in them.
+
+    A spawned child re-executes the parent's ``__main__`` file before unpickling its task.
+    Streamlit installs each page script as ``__main__``, so a worker started from the app
+    (or from any process that has run a page) would run that page instead of training.
+    The workers need nothing from ``__main__``: every function they run lives in this
+    package. While the workers start, ``__main__`` is a bare module with no file.
+    """
+    with _MAIN_MODULE_LOCK:
+        original = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if original is not None:
+                sys.modules["__main__"] = original
+
+
 def _train_in_workers(
     jobs: list[_CandidateJob], report: Callable[[str, int], None], workers: int
 ) -> list[BuiltModel]:
@@ -601,7 +627,8 @@ def _train_in_workers(
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(messages,)
     ) as pool:
-        futures = [pool.submit(_train_candidate_in_worker, job) for job in jobs]
+        with _plain_main_module():
+            futures = [pool.submit(_train_candidate_in_worker, job) for job in jobs]
 
         def drain(timeout: float) -> None:
             nonlocal prepared
