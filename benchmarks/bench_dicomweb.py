@@ -3,7 +3,12 @@
 (a) Import of a 60-study test set from Orthanc (QIDO-RS listing, WADO-RS retrieval
     byte for byte on two threads, then the same indexing as a folder import) against
     ``cp -r`` of the same files out of Orthanc's storage folder, in the same run.
-    Target: import / cp <= 2.
+    Target: import / cp <= 2. The import's phases are timed from its progress
+    reports (listing, retrieval, indexing and records), with the CPU seconds Orthanc
+    spent in each; then the study-level intake alone
+    (:func:`~workbench.dicomweb.retrieve.retrieve_studies`: one count query and one
+    WADO-RS request per study, no instance-level QIDO-RS) into a fresh folder, and
+    once more over its own result (a resumed retrieval that finds everything there).
 (b) Export throughput: building each case's SEG (re-identified for the run) and TID 1500
     SR and storing them with STOW-RS (after the QIDO-RS check for what is there), in
     instances per second; then the same export again (nothing to send: idempotent).
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import subprocess
 import sys
@@ -38,6 +44,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from workbench.dicom.synth import generate_test_set  # noqa: E402
 from workbench.dicom.volume import sort_slices  # noqa: E402
 from workbench.dicomweb import Credentials, DicomWebServer, store_instances  # noqa: E402
+from workbench.dicomweb.retrieve import retrieve_studies  # noqa: E402
 from workbench.services import accounts  # noqa: E402
 from workbench.services.context import Workbench  # noqa: E402
 from workbench.services.pacs import export_uid, import_from_dicomweb  # noqa: E402
@@ -58,6 +65,37 @@ def upload(env: dict[str, str], files: list[Path]) -> None:
         session.auth = (env["WORKBENCH_TEST_ORTHANC_USER"], env["WORKBENCH_TEST_ORTHANC_PASSWORD"])
         for path in files:
             session.post(f"{rest}/instances", data=path.read_bytes(), timeout=60).raise_for_status()
+
+
+def orthanc_cpu(state: Path) -> float:
+    """CPU seconds (user + system) Orthanc has used so far; 0.0 where /proc is unavailable."""
+    try:
+        pid = int((state / "orthanc.pid").read_text())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class PhaseClock:
+    """Times the phases of an import from its progress reports, with Orthanc's CPU seconds."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.marks: list[tuple[str, float, float]] = []
+
+    def mark(self, phase: str) -> None:
+        if not self.marks or self.marks[-1][0] != phase:
+            self.marks.append((phase, time.perf_counter(), orthanc_cpu(self.state)))
+
+    def progress(self, done: int, total: int, message: str) -> None:
+        self.mark("indexing and records" if message.startswith("index") else "retrieval")
+
+    def lines(self) -> list[str]:
+        out = []
+        for (phase, start, cpu), (_, end, cpu_end) in itertools.pairwise(self.marks):
+            out.append(f"{phase} {end - start:.2f} s (Orthanc CPU {cpu_end - cpu:.2f} s)")
+        return out
 
 
 def copy_storage(storage: Path, target: Path) -> float:
@@ -144,13 +182,31 @@ def main() -> None:
                     must_change_password=False,
                 )
                 qa = accounts.login(wb, "qa1", "Quill-Maple-2026!")
+                clock = PhaseClock(state)
+                clock.mark("listing (QIDO-RS)")
                 start = time.perf_counter()
                 done = import_from_dicomweb(
-                    wb, qa, server, name="bench", studies=studies, reference=synth, workers=2
+                    wb,
+                    qa,
+                    server,
+                    name="bench",
+                    studies=studies,
+                    reference=synth,
+                    workers=2,
+                    progress=clock.progress,
                 )
                 import_s = time.perf_counter() - start
+                clock.mark("end")
             finally:
                 wb.close()
+            intake = base / "intake"
+            cpu = orthanc_cpu(state)
+            start = time.perf_counter()
+            fresh = retrieve_studies(server, studies, intake, workers=2)
+            intake_s, intake_cpu = time.perf_counter() - start, orthanc_cpu(state) - cpu
+            start = time.perf_counter()
+            resumed = retrieve_studies(server, studies, intake, workers=2)
+            resumed_s = time.perf_counter() - start
             objects = export_objects(synth, "BENCH-RUN-1")
             start = time.perf_counter()
             first = store_instances(server, objects)
@@ -165,6 +221,12 @@ def main() -> None:
     print(
         f"    import over DICOMweb (retrieve + index, {done.n_fetched} instances): "
         f"{import_s:.2f} s  ratio {import_s / cp_s:.2f}x (target <= 2x)"
+    )
+    print("    phases: " + "; ".join(clock.lines()))
+    print(
+        f"    study-level intake alone (retrieve_studies, {fresh.outcome.n_fetched} instances): "
+        f"{intake_s:.2f} s (Orthanc CPU {intake_cpu:.2f} s)  ratio {intake_s / cp_s:.2f}x; "
+        f"again with everything there ({resumed.outcome.n_skipped} verified): {resumed_s:.2f} s"
     )
     print(
         f"(b) export (QIDO check + STOW-RS) of {len(first.stored)} SEG + SR: {export_s:.2f} s, "

@@ -6,6 +6,7 @@ exact; the real-server behaviour is covered in ``test_dicomweb.py``.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 import requests
 from pydicom.data import get_testdata_file
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from workbench.dicomweb import DicomWebServer, InstanceRef, list_study_instances
 from workbench.dicomweb.retrieve import fetch_instance, fetch_series, parse_query
@@ -46,7 +48,7 @@ class StubSession:
     def get(self, url: str, **kw: Any) -> requests.Response:
         response = requests.Response()
         response.status_code = self.status
-        response._content = self.body
+        response.raw = io.BytesIO(self.body)
         response.headers["Content-Type"] = (
             f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
         )
@@ -148,3 +150,48 @@ def test_query_terms_are_checked() -> None:
         parse_query("Modality_In_Study=CT")
     with pytest.raises(DicomWebError, match="KEYWORD=VALUE"):
         parse_query("ModalitiesInStudy")
+
+
+class FailingBody:
+    """A streamed answer that sends ``head`` and then fails with ``error`` (as urllib3 does)."""
+
+    def __init__(self, head: bytes, error: Exception) -> None:
+        self.head, self.error = head, error
+
+    def stream(self, amt: int, decode_content: bool = True) -> Any:
+        yield self.head
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ReadTimeoutError(None, "/dicom-web", "Read timed out."), "did not answer in time for"),
+        (
+            ProtocolError("Connection broken: IncompleteRead"),
+            "Cannot reach the DICOMweb server .* for",
+        ),
+    ],
+)
+def test_answer_that_stalls_or_breaks_midway_names_the_instance(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, message: str
+) -> None:
+    data = CT.read_bytes()
+    ref = ref_of(CT)
+    session = StubSession(b"")
+    real_get = session.get
+
+    def get(url: str, **kw: Any) -> requests.Response:
+        response = real_get(url, **kw)
+        response.raw = FailingBody(multipart([data])[:5000], error)
+        return response
+
+    monkeypatch.setattr(session, "get", get)
+    server = PatchableServer("http://127.0.0.1:9/dicom-web")
+    monkeypatch.setattr(server, "session", lambda: session)
+    with pytest.raises(DicomWebError, match=f"{message} instance {ref.sop_uid}") as failure:
+        fetch_instance(server, ref)
+    assert "\n" not in str(failure.value)

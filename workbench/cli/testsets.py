@@ -51,6 +51,49 @@ def testset_import(
         Path | None,
         typer.Option("--reference", help="Folder whose reference/ is added (e.g. labels.csv)."),
     ] = None,
+    deidentify: Annotated[
+        bool,
+        typer.Option(
+            "--deidentify",
+            help="With --dicomweb: de-identify on intake (PS3.15 Basic Profile); only the "
+            "de-identified files are kept.",
+        ),
+    ] = False,
+    retain_dates_shifted: Annotated[
+        bool,
+        typer.Option(
+            "--retain-dates-shifted",
+            help="With --deidentify: keep dates shifted by a per-patient offset (113107).",
+        ),
+    ] = False,
+    retain_device_identity: Annotated[
+        bool,
+        typer.Option(
+            "--retain-device-identity",
+            help="With --deidentify: keep station name, serial numbers (113109).",
+        ),
+    ] = False,
+    retain_patient_characteristics: Annotated[
+        bool,
+        typer.Option(
+            "--retain-patient-characteristics",
+            help="With --deidentify: keep sex, age, size, weight (113108).",
+        ),
+    ] = False,
+    retain_institution_identity: Annotated[
+        bool,
+        typer.Option(
+            "--retain-institution-identity",
+            help="With --deidentify: keep institution name and address (113112).",
+        ),
+    ] = False,
+    clean_pixel_data: Annotated[
+        bool,
+        typer.Option(
+            "--clean-pixel-data",
+            help="With --deidentify: black out burned-in text found by OCR (113101).",
+        ),
+    ] = False,
     dicomweb_credentials: DicomWebCredentialsOpt = None,
     ca_bundle: CaBundleOpt = None,
     workdir: WorkdirOpt = None,
@@ -61,9 +104,33 @@ def testset_import(
     """Index a folder, or retrieve studies from a PACS (--dicomweb), as a draft test set."""
     from workbench.services.testsets import import_test_set
 
+    retained = {
+        "--retain-dates-shifted": retain_dates_shifted,
+        "--retain-device-identity": retain_device_identity,
+        "--retain-patient-characteristics": retain_patient_characteristics,
+        "--retain-institution-identity": retain_institution_identity,
+        "--clean-pixel-data": clean_pixel_data,
+    }
+    if not deidentify and any(retained.values()):
+        given = ", ".join(k for k, v in retained.items() if v)
+        _fail(f"{given} only apply with --deidentify; add --deidentify or drop them.")
+    if deidentify and dicomweb is None:
+        _fail("--deidentify applies to an import from a PACS (--dicomweb URL).")
     if dicomweb is not None:
+        from workbench.dicom.deidentify import DeidentificationOptions
         from workbench.services.pacs import import_from_dicomweb
 
+        options = (
+            DeidentificationOptions(
+                retain_dates_shifted=retain_dates_shifted,
+                retain_device_identity=retain_device_identity,
+                retain_patient_characteristics=retain_patient_characteristics,
+                retain_institution_identity=retain_institution_identity,
+                clean_pixel_data=clean_pixel_data,
+            )
+            if deidentify
+            else None
+        )
         name = name or (str(folder) if folder is not None else None)
         if not name:
             _fail("give the test-set name: workbench testset import NAME --dicomweb URL ...")
@@ -84,6 +151,7 @@ def testset_import(
                 limit=limit,
                 reference=reference,
                 workers=workers,
+                deidentify=options,
                 progress=bar,
             )
             bar.close()
@@ -93,6 +161,14 @@ def testset_import(
             f"({done.n_fetched} retrieved, {done.n_skipped} already here), "
             f"status {done.test_set.status}"
         )
+        described = done.source.get("deidentification")
+        if described:
+            codes = ", ".join(c["code_value"] for c in described["method_codes"])
+            typer.echo(
+                f"  de-identified with {described['library']} {described['library_version']} "
+                f"(method codes {codes}); {described['n_files_redacted']} file(s) with "
+                "burned-in text redacted; the raw retrieval was deleted"
+            )
         return
     if folder is None or not name:
         _fail("give a folder and --name, or --dicomweb URL with --study/--query.")

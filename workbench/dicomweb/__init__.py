@@ -20,9 +20,11 @@ from workbench.dicomweb.connection import (
 from workbench.dicomweb.retrieve import (
     InstanceRef,
     RetrievalOutcome,
+    StudyRetrieval,
     list_study_instances,
     parse_query,
     retrieve_instances,
+    retrieve_studies,
     search_studies,
 )
 from workbench.dicomweb.store import StoreOutcome, existing_instances, store_instances
@@ -33,6 +35,7 @@ __all__ = [
     "InstanceRef",
     "RetrievalOutcome",
     "StoreOutcome",
+    "StudyRetrieval",
     "describe_failure",
     "existing_instances",
     "list_study_instances",
@@ -40,6 +43,7 @@ __all__ = [
     "parse_query",
     "public_url",
     "retrieve_instances",
+    "retrieve_studies",
     "search_studies",
     "store_instances",
 ]

@@ -250,7 +250,7 @@ def describe_failure(server: DicomWebServer, error: BaseException, what: str) ->
                 f"{ENV_USER}/{ENV_PASSWORD}, {ENV_TOKEN} or the credentials file."
             )
         if code == 404:
-            return DicomWebError(f"{where} has no {what} (HTTP 404).")
+            return DicomWebError(f"{where} answered HTTP 404 (not found) for {what}.")
         if code == 406:
             return DicomWebError(
                 f"{where} cannot send {what} in its stored transfer syntax (HTTP 406 for "
@@ -263,13 +263,32 @@ def describe_failure(server: DicomWebServer, error: BaseException, what: str) ->
         return DicomWebError(
             f"TLS verification of {where} failed for {what}; give the site CA with --ca-bundle."
         )
-    if isinstance(error, requests.Timeout):
+    if isinstance(error, requests.Timeout) or _read_timed_out(error):
         return DicomWebError(
             f"{where} did not answer in time for {what}; run the command again to resume."
         )
-    if isinstance(error, requests.ConnectionError):
+    if isinstance(error, requests.exceptions.ChunkedEncodingError | requests.ConnectionError):
         return DicomWebError(
             f"Cannot reach the DICOMweb server {where} for {what} (connection failed); check "
             "that it runs, then run the command again to resume."
         )
     return DicomWebError(f"{where}: {what} failed: {type(error).__name__}: {error}")
+
+
+def _read_timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a read timeout while a streamed answer was being read.
+
+    ``requests`` raises those as a ``ConnectionError`` around urllib3's
+    ``ReadTimeoutError`` rather than as a ``Timeout``.
+    """
+    from urllib3.exceptions import ReadTimeoutError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ReadTimeoutError):
+            return True
+        nested = current.args[0] if current.args else None
+        current = nested if isinstance(nested, BaseException) else current.__context__
+    return False

@@ -1,29 +1,57 @@
 """Query (QIDO-RS) and retrieve (WADO-RS) instances byte for byte, resumably.
 
-Studies are found with QIDO-RS (PS3.18 10.6) and listed instance by instance;
-each instance is retrieved with WADO-RS (PS3.18 10.4) asking for
+Studies are found with QIDO-RS (PS3.18 10.6). Instances are retrieved with
+WADO-RS (PS3.18 10.4) asking for
 ``multipart/related; type="application/dicom"; transfer-syntax=*``, i.e. in the
-transfer syntax the server stores it in, and written exactly as received.
+transfer syntax the server stores them in, and written exactly as received.
+
+Two ways in:
+
+- :func:`retrieve_studies` asks QIDO-RS only for each study's Number of Study
+  Related Instances and retrieves the whole study in one WADO-RS request; the
+  instance list is what the answer holds, checked part by part and against that
+  number. This is the fast path: a server such as Orthanc reads every stored
+  file to answer an instance-level QIDO-RS query, while it streams a study's
+  files as they are.
+- :func:`list_study_instances` then :func:`retrieve_instances` list every
+  instance first (QIDO-RS) and retrieve what is listed, a whole study, a whole
+  series or single instances per request.
+
+Answers are read as a stream: each part (one instance) is hashed as it arrives,
+kept in memory up to :data:`SPILL_BYTES` and beyond that spooled to disk, then
+checked before it is stored: complete as sent (it ends at a boundary of an
+answer that reaches its closing boundary, at its Content-Length when the server
+gives one), DICOM, the SOP Instance asked for (file meta and data set agree), of
+the requested study, in the transfer syntax the server declares. The attributes
+are read straight from the bytes without a full parse; pydicom reads what that
+reader does not follow.
+Several requests run at once on a bounded pool of threads, each with its own
+keep-alive HTTP session.
 
 Files are content-addressed: ``dicom/<sha[:2]>/<sha256>.dcm`` under the
-destination folder, written to a temporary name, flushed and renamed, so a file
-under its final name is always complete. A retrieval that stops half-way (server
-down, timeout, killed process) is resumed by running it again: every file
-already present is re-hashed against its name and its SOP Instance UID read,
-and only the missing instances are fetched.
+destination folder, written to a temporary name and renamed, so a file under its
+final name is always complete. A retrieval that stops half-way (server down,
+timeout, killed process) is resumed by running it again: every file already
+present is re-hashed against its name and identified, and only what is missing
+is fetched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import mmap
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from struct import Struct
 from typing import Any
 
 import pydicom
@@ -35,9 +63,11 @@ from workbench.errors import DicomWebError
 __all__ = [
     "InstanceRef",
     "RetrievalOutcome",
+    "StudyRetrieval",
     "list_study_instances",
     "parse_query",
     "retrieve_instances",
+    "retrieve_studies",
     "search_studies",
 ]
 
@@ -49,8 +79,12 @@ ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax
 #: Folder of the retrieved files below the destination.
 DICOM_FOLDER = "dicom"
 
+#: A part larger than this is spooled to disk while it arrives instead of kept in memory.
+SPILL_BYTES = 32 << 20
+
 _INCOMING = ".incoming"
 _SHA_NAME = re.compile(r"^[0-9a-f]{64}\.dcm$")
+_CHUNK = 1 << 18
 
 # QIDO-RS attribute tags (PS3.18 Table 10.6.3-3/-5).
 _STUDY_UID = "0020000D"
@@ -63,7 +97,7 @@ _N_STUDY_INSTANCES = "00201208"
 
 @dataclass(frozen=True, slots=True)
 class InstanceRef:
-    """One instance found by QIDO-RS.
+    """One instance found by QIDO-RS (or in a study-level WADO-RS answer).
 
     Parameters
     ----------
@@ -72,6 +106,10 @@ class InstanceRef:
     transfer_syntax_uid : str or None
         Available Transfer Syntax UID (0008,3002) when the server reports it: the
         syntax the instance is stored in, checked against what is received.
+    n_study_instances : int or None
+        The study's Number of Study Related Instances (0020,1208) when it was
+        listed; when a retrieval holds that many instances of the study it asks
+        for the whole study in one request.
     """
 
     study_uid: str
@@ -79,6 +117,7 @@ class InstanceRef:
     sop_uid: str
     sop_class_uid: str | None = None
     transfer_syntax_uid: str | None = None
+    n_study_instances: int | None = None
 
     @property
     def label(self) -> str:
@@ -108,6 +147,23 @@ class RetrievalOutcome:
     n_skipped: int
     n_bytes_fetched: int
     n_removed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRetrieval:
+    """What :func:`retrieve_studies` found and left in the destination.
+
+    Parameters
+    ----------
+    instances : tuple of InstanceRef
+        Every instance of the studies, study by study in the order asked, then
+        by Series and SOP Instance UID (as :func:`list_study_instances`).
+    outcome : RetrievalOutcome
+        Files, and what was fetched now or found already retrieved.
+    """
+
+    instances: tuple[InstanceRef, ...]
+    outcome: RetrievalOutcome
 
 
 def _value(item: dict[str, Any], tag: str) -> Any:
@@ -210,6 +266,24 @@ def search_studies(
     return uids[:limit] if limit is not None else uids
 
 
+def _study_instance_count(server: DicomWebServer, study_uid: str) -> int | None:
+    """The study's Number of Study Related Instances (QIDO-RS), None when not reported."""
+    try:
+        studies = server.client().search_for_studies(
+            search_filters={"StudyInstanceUID": study_uid},
+            fields=["NumberOfStudyRelatedInstances"],
+        )
+    except Exception as exc:
+        raise describe_failure(server, exc, f"study {study_uid}") from exc
+    if not studies:
+        raise DicomWebError(f"{server.public_url} has no study {study_uid}.")
+    expected = _value(studies[0], _N_STUDY_INSTANCES)
+    try:
+        return int(expected) if expected is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def list_study_instances(server: DicomWebServer, study_uid: str) -> list[InstanceRef]:
     """Every instance of a study (QIDO-RS), checked against the study's instance count.
 
@@ -219,24 +293,16 @@ def list_study_instances(server: DicomWebServer, study_uid: str) -> list[Instanc
         The study is unknown, the server fails, or it lists fewer instances than
         its Number of Study Related Instances (partial results).
     """
-    client = server.client()
-    what = f"study {study_uid}"
+    expected = _study_instance_count(server, study_uid)
     try:
-        studies = client.search_for_studies(
-            search_filters={"StudyInstanceUID": study_uid},
-            fields=["NumberOfStudyRelatedInstances"],
-        )
-        if not studies:
-            raise DicomWebError(f"{server.public_url} has no study {study_uid}.")
         found = search_all(
-            client.search_for_instances,
+            server.client().search_for_instances,
             _SOP_UID,
             study_instance_uid=study_uid,
             fields=["AvailableTransferSyntaxUID", "SOPClassUID"],
         )
     except Exception as exc:
-        raise describe_failure(server, exc, what) from exc
-    expected = _value(studies[0], _N_STUDY_INSTANCES)
+        raise describe_failure(server, exc, f"study {study_uid}") from exc
     refs: dict[str, InstanceRef] = {}
     for item in found:
         sop, series = _value(item, _SOP_UID), _value(item, _SERIES_UID)
@@ -252,16 +318,339 @@ def list_study_instances(server: DicomWebServer, study_uid: str) -> list[Instanc
             sop_uid=str(sop),
             sop_class_uid=str(_value(item, _SOP_CLASS) or "") or None,
             transfer_syntax_uid=str(ts) if ts else None,
+            n_study_instances=expected,
         )
     if not refs:
         raise DicomWebError(f"{server.public_url} lists no instances in study {study_uid}.")
-    if expected is not None and int(expected) != len(refs):
+    if expected is not None and expected != len(refs):
         raise DicomWebError(
             f"{server.public_url} lists {len(refs)} instance(s) of study {study_uid}, "
-            f"expected {int(expected)} (Number of Study Related Instances): partial results; "
+            f"expected {expected} (Number of Study Related Instances): partial results; "
             "nothing was imported."
         )
     return sorted(refs.values(), key=lambda r: (r.series_uid, r.sop_uid))
+
+
+# --------------------------------------------------------------------------- DICOM files
+#
+# What a retrieved file must be is read straight from its bytes (PS3.10 7.1, PS3.5 7):
+# the file meta group, then every element of the data set, stepping over values by
+# their lengths and into sequences and encapsulated pixel data of undefined length.
+# This finds the identifying attributes and proves that the declared lengths end exactly
+# at the end of the file, in a fraction of the time of a full parse. Encodings it does
+# not follow (deflated data sets, a missing preamble, unknown VRs) are left to pydicom.
+
+_Buffer = bytes | mmap.mmap
+
+_UNDEFINED = 0xFFFFFFFF
+_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+_EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+    b"UC UI UL UN UR US UT UV".split()
+)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2
+_UNDEFINED_LENGTH_VRS = frozenset(b"SQ UN OB OW".split())
+_TAG_SOP_CLASS = 0x00080016
+_TAG_SOP_INSTANCE = 0x00080018
+_TAG_STUDY = 0x0020000D
+_TAG_SERIES = 0x0020000E
+_IDENTITY_TAGS = frozenset({_TAG_SOP_CLASS, _TAG_SOP_INSTANCE, _TAG_STUDY, _TAG_SERIES})
+_MAX_DEPTH = 64
+
+
+class _Truncated(Exception):
+    """A declared length runs past the end of the file: the file is incomplete."""
+
+
+class _NotWalked(Exception):
+    """An encoding the fast reader leaves to pydicom."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    sop_uid: str
+    meta_sop_uid: str | None
+    transfer_syntax_uid: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_class_uid: str | None
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace").rstrip("\x00").strip()
+    return text or None
+
+
+class _Layout:
+    """Struct formats of one byte order: explicit element header, 32-bit length, implicit one."""
+
+    def __init__(self, endian: str) -> None:
+        self.explicit = Struct(endian + "HH2sH")
+        self.long = Struct(endian + "L")
+        self.implicit = Struct(endian + "HHL")
+
+
+_LAYOUTS = {"<": _Layout("<"), ">": _Layout(">")}
+
+
+def _skip_items(buf: _Buffer, pos: int, explicit: bool, layout: _Layout, depth: int) -> int:
+    """Step over the items of a sequence (or pixel data fragments) of undefined length."""
+    end = len(buf)
+    item_header = layout.implicit.unpack_from
+    while True:
+        if pos + 8 > end:
+            raise _Truncated("a sequence of undefined length has no delimiter")
+        group, element, length = item_header(buf, pos)
+        pos += 8
+        if group != 0xFFFE or element not in (0xE000, 0xE0DD):
+            raise _NotWalked(f"({group:04X},{element:04X}) inside a sequence")
+        if element == 0xE0DD:
+            return pos
+        if length == _UNDEFINED:
+            pos = _walk_dataset(buf, pos, explicit, layout, None, depth, in_item=True)
+        elif pos + length > end:
+            raise _Truncated(f"an item declares {length} bytes, {end - pos} remain")
+        else:
+            pos += length
+
+
+def _walk_dataset(
+    buf: _Buffer,
+    pos: int,
+    explicit: bool,
+    layout: _Layout,
+    found: dict[int, bytes] | None,
+    depth: int,
+    *,
+    in_item: bool,
+) -> int:
+    """Step over the elements from ``pos`` to the end (or the item delimiter)."""
+    if depth > _MAX_DEPTH:
+        raise _NotWalked("sequences nested too deep")
+    end = len(buf)
+    explicit_header, long_length = layout.explicit.unpack_from, layout.long.unpack_from
+    implicit_header = layout.implicit.unpack_from
+    long_vrs, vrs = _LONG_VRS, _VRS
+    while pos < end:
+        if pos + 8 > end:
+            raise _Truncated(f"the element header at byte {pos} is cut off")
+        if explicit:
+            group, element, vr, length = explicit_header(buf, pos)
+        else:
+            group, element, length = implicit_header(buf, pos)
+            vr = b""
+        if group == 0xFFFE:  # item tags have no VR in any encoding
+            if in_item and element == 0xE00D:
+                return pos + 8
+            raise _NotWalked(f"(FFFE,{element:04X}) outside a sequence")
+        if not explicit:
+            pos += 8
+        elif vr in long_vrs:
+            if pos + 12 > end:
+                raise _Truncated(f"the element header at byte {pos} is cut off")
+            (length,) = long_length(buf, pos + 8)
+            pos += 12
+        elif vr in vrs:
+            pos += 8
+        else:
+            raise _NotWalked(f"unknown VR {vr!r}")
+        if length == _UNDEFINED:
+            if explicit and vr not in _UNDEFINED_LENGTH_VRS:
+                raise _NotWalked(f"undefined length with VR {vr!r}")
+            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2).
+            unknown = vr == b"UN"
+            pos = _skip_items(
+                buf,
+                pos,
+                explicit and not unknown,
+                _LAYOUTS["<"] if unknown else layout,
+                depth + 1,
+            )
+            continue
+        if pos + length > end:
+            raise _Truncated(
+                f"element ({group:04X},{element:04X}) declares {length} bytes, {end - pos} remain"
+            )
+        if found is not None and (group == 0x0008 or group == 0x0020):
+            tag = group << 16 | element
+            if tag in _IDENTITY_TAGS:
+                found[tag] = buf[pos : pos + length]
+        pos += length
+    if in_item:
+        raise _Truncated("an item of undefined length has no delimiter")
+    return pos
+
+
+def _read_identity(buf: _Buffer) -> _Identity:
+    """Identify a DICOM file and check that it is complete, without a full parse.
+
+    Raises ``_Truncated`` (incomplete) or ``_NotWalked`` (left to pydicom).
+    """
+    end = len(buf)
+    if end < 132 or buf[128:132] != b"DICM":
+        raise _NotWalked("no DICM prefix")
+    pos = 132
+    meta: dict[int, bytes] = {}
+    header, long_length = _LAYOUTS["<"].explicit.unpack_from, _LAYOUTS["<"].long.unpack_from
+    while pos + 8 <= end:
+        group, element, vr, length = header(buf, pos)
+        if group != 0x0002:
+            break
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise _Truncated("the file meta information is cut off")
+            (length,) = long_length(buf, pos + 8)
+            pos += 12
+        elif vr in _VRS:
+            pos += 8
+        else:
+            raise _NotWalked(f"unknown VR {vr!r} in the file meta information")
+        if length == _UNDEFINED:
+            raise _NotWalked("undefined length in the file meta information")
+        if pos + length > end:
+            raise _Truncated("the file meta information is cut off")
+        meta[element] = buf[pos : pos + length]
+        pos += length
+    transfer_syntax = _text(meta.get(0x0010))
+    if not transfer_syntax or transfer_syntax in _DEFLATED:
+        raise _NotWalked("no transfer syntax, or a deflated data set")
+    explicit = transfer_syntax != _IMPLICIT_VR_LE
+    # A data set encoded otherwise than its file meta declares is left to pydicom, which
+    # recognises the actual encoding.
+    if pos + 8 <= end and (buf[pos + 4 : pos + 6] in _VRS) != explicit:
+        raise _NotWalked("the data set is not encoded as declared")
+    layout = _LAYOUTS[">" if transfer_syntax == _EXPLICIT_VR_BE else "<"]
+    found: dict[int, bytes] = {}
+    _walk_dataset(buf, pos, explicit, layout, found, 0, in_item=False)
+    sop = _text(found.get(_TAG_SOP_INSTANCE))
+    if sop is None:
+        raise _NotWalked("no SOP Instance UID in the data set")
+    return _Identity(
+        sop_uid=sop,
+        meta_sop_uid=_text(meta.get(0x0003)),
+        transfer_syntax_uid=transfer_syntax,
+        study_uid=_text(found.get(_TAG_STUDY)),
+        series_uid=_text(found.get(_TAG_SERIES)),
+        sop_class_uid=_text(found.get(_TAG_SOP_CLASS)),
+    )
+
+
+def _identity_by_pydicom(source: bytes | Path) -> _Identity:
+    ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+    ds.get("PixelData")  # forces reading to the end
+    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "") or None
+    sop = str(ds.get("SOPInstanceUID", "") or "") or meta_sop
+    if sop is None:
+        raise ValueError("no SOP Instance UID")
+    return _Identity(
+        sop_uid=sop,
+        meta_sop_uid=meta_sop,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        study_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
+        series_uid=str(ds.get("SeriesInstanceUID", "") or "") or None,
+        sop_class_uid=str(ds.get("SOPClassUID", "") or "") or None,
+    )
+
+
+def _identify(server: DicomWebServer, label: str, payload: _Payload) -> _Identity:
+    """The identity of a received file; an invalid one is named with ``label``.
+
+    A file that arrived whole (its part ended at a boundary, at its Content-Length)
+    but whose own lengths run past its end is how the server holds it: it is
+    identified by pydicom and kept byte for byte, and indexing the test set
+    reports it as truncated, as for a folder import.
+    """
+    with payload.buffer() as buf:
+        try:
+            return _read_identity(buf)
+        except (_Truncated, _NotWalked):
+            pass
+    source = payload.data if payload.data is not None else payload.path
+    assert source is not None
+    try:
+        return _identity_by_pydicom(source)
+    except (InvalidDicomError, AttributeError, EOFError, ValueError, OSError, KeyError) as exc:
+        raise DicomWebError(
+            f"{server.public_url} sent an invalid DICOM file for {label}: {exc}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- multipart
+
+
+class _Malformed(Exception):
+    """The answer is not a well-formed multipart/related body."""
+
+
+class _AnswerEnded(Exception):
+    """The answer stopped before its closing boundary."""
+
+    def __init__(self, n_parts: int) -> None:
+        super().__init__(n_parts)
+        self.n_parts = n_parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    """One received part: in memory (``data``) or spooled to ``path``."""
+
+    headers: dict[str, str]
+    size: int
+    sha256: str
+    data: bytes | None
+    path: Path | None
+
+    @contextmanager
+    def buffer(self) -> Iterator[_Buffer]:
+        if self.data is not None:
+            yield self.data
+            return
+        assert self.path is not None
+        with self.path.open("rb") as handle:
+            if self.size == 0:
+                yield b""
+                return
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                yield mapped
+
+
+class _PartSink:
+    """Collects one part while it arrives, hashing it; spools large parts to ``spool``."""
+
+    def __init__(self, headers: dict[str, str], spool: _Destination | None) -> None:
+        self.headers = headers
+        self.spool = spool
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.handle: Any = None
+        self.path: Path | None = None
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if self.handle is not None:
+            self.handle.write(data)
+            return
+        self.chunks.append(data)
+        if self.spool is not None and self.size > SPILL_BYTES:
+            fd, name = self.spool.temporary()
+            self.path = Path(name)
+            self.handle = os.fdopen(fd, "wb")
+            for chunk in self.chunks:
+                self.handle.write(chunk)
+            self.chunks = []
+
+    def finish(self) -> _Payload:
+        if self.handle is not None:
+            self.handle.close()
+            return _Payload(self.headers, self.size, self.digest.hexdigest(), None, self.path)
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        return _Payload(self.headers, self.size, self.digest.hexdigest(), data, None)
 
 
 def _boundary(content_type: str) -> bytes:
@@ -270,29 +659,105 @@ def _boundary(content_type: str) -> bytes:
         raise DicomWebError(
             f"Expected a multipart/related answer with a boundary, found {content_type!r}."
         )
-    return match.group(1).encode("ascii")
+    return match.group(1).strip().encode("ascii")
+
+
+def _part_headers(raw: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in raw.decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def _read_parts(
+    chunks: Iterable[bytes], boundary: bytes, spool: _Destination | None = None
+) -> Iterator[_Payload]:
+    """The parts of a ``multipart/related`` stream (RFC 2046 5.1.1, PS3.18 8.7.1.2), in order.
+
+    Holds at most one part (up to :data:`SPILL_BYTES`) and one chunk in memory.
+    Raises ``_Malformed``, or ``_AnswerEnded`` when the stream stops before the
+    closing boundary.
+    """
+    delimiter = b"\r\n--" + boundary
+    keep = len(delimiter) - 1
+    buf = bytearray(b"\r\n")  # the first boundary may open the body without a line break
+    started = False  # past the first boundary (before it: the preamble, ignored)
+    sink: _PartSink | None = None
+    n_parts = 0
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            if sink is None and started:
+                # Part headers, up to the empty line.
+                if buf.startswith(b"\r\n"):
+                    raw_headers = b""
+                    del buf[:2]
+                else:
+                    stop = buf.find(b"\r\n\r\n")
+                    if stop < 0:
+                        if len(buf) > 1 << 16:
+                            raise _Malformed("a part's headers do not end")
+                        break
+                    raw_headers = bytes(buf[:stop])
+                    del buf[: stop + 4]
+                sink = _PartSink(_part_headers(raw_headers), spool)
+            at = buf.find(delimiter)
+            if at < 0:
+                safe = len(buf) - keep
+                if safe > 0:
+                    if sink is not None:
+                        sink.write(bytes(buf[:safe]))
+                    del buf[:safe]
+                break
+            line_end = buf.find(b"\r\n", at + len(delimiter))
+            if line_end < 0:
+                if sink is not None and at > 0:
+                    sink.write(bytes(buf[:at]))
+                    del buf[:at]
+                break
+            if sink is not None:
+                sink.write(bytes(buf[:at]))
+                n_parts += 1
+                yield sink.finish()
+                sink = None
+            rest = bytes(buf[at + len(delimiter) : line_end])
+            del buf[: line_end + 2]
+            if rest.startswith(b"--"):
+                return  # closing boundary; the epilogue is ignored
+            if rest.strip(b" \t"):
+                raise _Malformed(f"unexpected text {rest[:40]!r} after a boundary")
+            started = True
+    # The closing boundary may end the stream without a line break.
+    at = buf.find(delimiter)
+    if at >= 0 and buf[at + len(delimiter) : at + len(delimiter) + 2] == b"--":
+        if sink is not None:
+            sink.write(bytes(buf[:at]))
+            yield sink.finish()
+        return
+    raise _AnswerEnded(n_parts)
 
 
 def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
-    """Split a ``multipart/related`` body (RFC 2387, PS3.18 8.7.1.2) into (headers, payload)."""
-    delimiter = b"--" + _boundary(content_type)
-    parts: list[tuple[dict[str, str], bytes]] = []
-    chunks = body.split(delimiter)
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
-            break  # close delimiter
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise DicomWebError("A multipart part has no header/body separator.")
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
-        headers: dict[str, str] = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            name, colon, value = line.partition(":")
-            if colon:
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers, payload))
-    return parts
+    """Split a ``multipart/related`` body (RFC 2387, PS3.18 8.7.1.2) into (headers, payload).
+
+    Raises
+    ------
+    DicomWebError
+        No boundary in ``content_type``, a malformed body, or no closing boundary.
+    """
+    try:
+        return [
+            (part.headers, part.data or b"")
+            for part in _read_parts([body], _boundary(content_type))
+        ]
+    except _Malformed as exc:
+        raise DicomWebError(f"A multipart answer is malformed: {exc}.") from exc
+    except _AnswerEnded as exc:
+        raise DicomWebError(
+            f"A multipart answer ends after {exc.n_parts} part(s) without its closing boundary."
+        ) from exc
 
 
 def _transfer_syntax_param(content_type: str) -> str | None:
@@ -300,31 +765,247 @@ def _transfer_syntax_param(content_type: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _get_parts(server: DicomWebServer, url: str, what: str) -> list[tuple[dict[str, str], bytes]]:
+# --------------------------------------------------------------------------- retrieval units
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One WADO-RS request: a study, a series or an instance.
+
+    ``expected`` lists the instances it must bring exactly; when it is None (a
+    study retrieved without an instance listing) the answer must hold
+    ``expected_count`` distinct instances of ``study_uid``.
+    """
+
+    url: str
+    what: str
+    study_uid: str
+    expected: Mapping[str, InstanceRef] | None
+    expected_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """A checked instance: stored under ``rel``, or its bytes in ``data`` (nothing stored)."""
+
+    ref: InstanceRef
+    size: int
+    rel: str | None
+    data: bytes | None
+
+
+def _instance_unit(server: DicomWebServer, ref: InstanceRef) -> _Unit:
+    url = f"{server.url}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
+    return _Unit(url, ref.label, ref.study_uid, {ref.sop_uid: ref})
+
+
+def _series_unit(server: DicomWebServer, refs: Sequence[InstanceRef]) -> _Unit:
+    first = refs[0]
+    url = f"{server.url}/studies/{first.study_uid}/series/{first.series_uid}"
+    what = f"series {first.series_uid} of study {first.study_uid}"
+    return _Unit(url, what, first.study_uid, {ref.sop_uid: ref for ref in refs})
+
+
+def _study_unit(
+    server: DicomWebServer, study_uid: str, refs: Sequence[InstanceRef] | None, count: int | None
+) -> _Unit:
+    url = f"{server.url}/studies/{study_uid}"
+    what = f"the instances of study {study_uid}"
+    expected = None if refs is None else {ref.sop_uid: ref for ref in refs}
+    return _Unit(url, what, study_uid, expected, count)
+
+
+@contextmanager
+def _answer(server: DicomWebServer, unit: _Unit) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """Content type and body chunks of the WADO-RS answer to ``unit``."""
     try:
         response = server.session().get(
-            url, headers={"Accept": ACCEPT_AS_STORED}, timeout=server.timeout
+            unit.url, headers={"Accept": ACCEPT_AS_STORED}, timeout=server.timeout, stream=True
         )
-        response.raise_for_status()
     except Exception as exc:
-        raise describe_failure(server, exc, what) from exc
-    content_type = response.headers.get("Content-Type", "")
-    if content_type.lower().startswith("application/dicom"):
-        return [({"content-type": content_type}, response.content)]
-    return split_multipart(response.content, content_type)
+        raise describe_failure(server, exc, unit.what) from exc
+    try:
+        try:
+            response.raise_for_status()
+        except Exception as exc:
+            raise describe_failure(server, exc, unit.what) from exc
+        yield response.headers.get("Content-Type", ""), response.iter_content(_CHUNK)
+    finally:
+        response.close()
 
 
-def _checked_payload(
-    server: DicomWebServer, ref: InstanceRef, headers: dict[str, str], data: bytes
-) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) != len(data):
+def _single_part(
+    chunks: Iterable[bytes], content_type: str, spool: _Destination | None
+) -> Iterator[_Payload]:
+    sink = _PartSink({"content-type": content_type}, spool)
+    for chunk in chunks:
+        sink.write(chunk)
+    yield sink.finish()
+
+
+def _accept(
+    server: DicomWebServer, unit: _Unit, payload: _Payload, index: int, seen: Mapping[str, Any]
+) -> InstanceRef:
+    """The instance ``payload`` is, once checked against what ``unit`` asked for."""
+    only = next(iter(unit.expected.values())) if unit.expected and len(unit.expected) == 1 else None
+    label = only.label if only is not None else f"part {index} of {unit.what}"
+    declared = payload.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) != payload.size:
         raise DicomWebError(
-            f"{server.public_url} sent {len(data)} of {declared} bytes of {ref.label} "
+            f"{server.public_url} sent {payload.size} of {declared} bytes of {label} "
             "(truncated); run the command again to resume."
         )
-    _check_instance(server, ref, data, _transfer_syntax_param(headers.get("content-type", "")))
-    return data
+    identity = _identify(server, label, payload)
+    sop = identity.sop_uid
+    listed = unit.expected.get(sop) if unit.expected is not None else None
+    if unit.expected is not None and listed is None:
+        if only is not None:
+            raise DicomWebError(
+                f"{server.public_url} sent SOP Instance {sop} when asked for {only.label}."
+            )
+        raise DicomWebError(
+            f"{server.public_url} sent an instance ({sop}) that QIDO-RS did not list for "
+            f"{unit.what}."
+        )
+    if identity.study_uid != unit.study_uid and (listed is None or identity.study_uid):
+        raise DicomWebError(
+            f"{server.public_url} sent instance {sop} of study {identity.study_uid or '(none)'} "
+            f"when asked for {unit.what}."
+        )
+    if listed is not None:
+        ref = listed
+    elif identity.series_uid:
+        ref = InstanceRef(
+            study_uid=unit.study_uid,
+            series_uid=identity.series_uid,
+            sop_uid=sop,
+            sop_class_uid=identity.sop_class_uid,
+            transfer_syntax_uid=identity.transfer_syntax_uid,
+            n_study_instances=unit.expected_count,
+        )
+    else:
+        raise DicomWebError(
+            f"{server.public_url} sent instance {sop} of study {unit.study_uid} without a "
+            "Series Instance UID."
+        )
+    if identity.meta_sop_uid is not None and identity.meta_sop_uid != sop:
+        raise DicomWebError(
+            f"{server.public_url} sent SOP Instance {identity.meta_sop_uid} (file meta) / {sop} "
+            f"(data set) when asked for {ref.label}."
+        )
+    if sop in seen:
+        raise DicomWebError(f"{server.public_url} sent {ref.label} twice in {unit.what}.")
+    ts = identity.transfer_syntax_uid
+    stored = ref.transfer_syntax_uid
+    if stored and ts != stored:
+        raise DicomWebError(
+            f"{server.public_url} transcoded {ref.label} from its stored transfer syntax "
+            f"{stored} to {ts}; the workbench imports only the PACS's originals."
+        )
+    declared_ts = _transfer_syntax_param(payload.headers.get("content-type", ""))
+    if declared_ts and declared_ts != ts:
+        raise DicomWebError(
+            f"{server.public_url} declared transfer syntax {declared_ts} for {ref.label} but "
+            f"sent {ts}."
+        )
+    return ref
+
+
+class _Destination:
+    """Where checked parts go: ``dicom/<sha[:2]>/<sha>.dcm`` under ``root``, via ``.incoming``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / _INCOMING
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self._folders: set[str] = set()
+        self._names = itertools.count()
+
+    def temporary(self) -> tuple[int, str]:
+        """A new file under ``.incoming``, open for writing (descriptor, name)."""
+        name = os.path.join(self.incoming, f"{threading.get_ident()}-{next(self._names)}.part")
+        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+
+    def store(self, payload: _Payload) -> str:
+        """Put a checked part under its content address; returns the relative path."""
+        folder = payload.sha256[:2]
+        rel = f"{DICOM_FOLDER}/{folder}/{payload.sha256}.dcm"
+        if folder not in self._folders:
+            (self.root / DICOM_FOLDER / folder).mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+        target = os.path.join(self.root, rel)
+        if payload.path is not None:
+            os.replace(payload.path, target)
+            return rel
+        fd, name = self.temporary()
+        # No fsync per file: a file damaged by a crash fails the hash-against-name check of
+        # the next run and is fetched again, and the import re-hashes every file it records.
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload.data or b"")
+        os.replace(name, target)
+        return rel
+
+
+def _fetch_unit(
+    server: DicomWebServer,
+    unit: _Unit,
+    dest: _Destination | None,
+    on_stored: Callable[[], None] | None = None,
+) -> list[_Received]:
+    """Retrieve, check and (with ``dest``) store every instance of ``unit``, as they arrive.
+
+    ``on_stored()`` is called (from this thread) after each stored instance. What
+    was stored before a failure stays: it is complete and verified, and the next
+    run skips it.
+    """
+    received: dict[str, _Received] = {}
+    try:
+        with _answer(server, unit) as (content_type, chunks):
+            if content_type.lower().startswith("application/dicom"):
+                parts = _single_part(chunks, content_type, dest)
+            else:
+                parts = _read_parts(chunks, _boundary(content_type), dest)
+            for index, payload in enumerate(parts, start=1):
+                ref = _accept(server, unit, payload, index, received)
+                if dest is None:
+                    received[ref.sop_uid] = _Received(ref, payload.size, None, payload.data)
+                    continue
+                received[ref.sop_uid] = _Received(ref, payload.size, dest.store(payload), None)
+                if on_stored is not None:
+                    on_stored()
+    except DicomWebError:
+        raise
+    except _Malformed as exc:
+        raise DicomWebError(
+            f"{server.public_url} sent a malformed multipart answer for {unit.what}: {exc}."
+        ) from exc
+    except _AnswerEnded as exc:
+        raise DicomWebError(
+            f"Cannot reach the DICOMweb server {server.public_url} to finish {unit.what}: its "
+            f"answer stopped after {exc.n_parts} complete part(s) (connection lost); check "
+            "that it runs, then run the command again to resume."
+        ) from exc
+    except Exception as exc:
+        raise describe_failure(server, exc, unit.what) from exc
+    if unit.expected is not None:
+        missing = sorted(set(unit.expected) - set(received))
+        if missing:
+            if len(unit.expected) == 1:
+                raise DicomWebError(
+                    f"{server.public_url} sent no instance for {unit.what}; expected 1."
+                )
+            raise DicomWebError(
+                f"{server.public_url} sent {len(received)} of {len(unit.expected)} instances of "
+                f"{unit.what} (missing e.g. instance {missing[0]}): partial results; run the "
+                "command again to resume."
+            )
+    elif unit.expected_count is not None and len(received) != unit.expected_count:
+        raise DicomWebError(
+            f"{server.public_url} sent {len(received)} instance(s) of study {unit.study_uid}, "
+            f"expected {unit.expected_count} (Number of Study Related Instances): partial "
+            "results; run the command again to resume."
+        )
+    return list(received.values())
 
 
 def fetch_instance(server: DicomWebServer, ref: InstanceRef) -> bytes:
@@ -336,13 +1017,8 @@ def fetch_instance(server: DicomWebServer, ref: InstanceRef) -> bytes:
         The server fails, sends another instance, not DICOM, a truncated file,
         or another transfer syntax than the one it reports the instance in.
     """
-    url = f"{server.url}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
-    parts = _get_parts(server, url, ref.label)
-    if len(parts) != 1:
-        raise DicomWebError(
-            f"{server.public_url} sent {len(parts)} parts for {ref.label}; expected 1."
-        )
-    return _checked_payload(server, ref, *parts[0])
+    (got,) = _fetch_unit(server, _instance_unit(server, ref), None)
+    return got.data or b""
 
 
 def fetch_series(server: DicomWebServer, refs: Sequence[InstanceRef]) -> dict[str, bytes]:
@@ -364,73 +1040,57 @@ def fetch_series(server: DicomWebServer, refs: Sequence[InstanceRef]) -> dict[st
     DicomWebError
         As :func:`fetch_instance`, or the server sends another set of instances.
     """
-    first = refs[0]
-    what = f"series {first.series_uid} of study {first.study_uid}"
-    url = f"{server.url}/studies/{first.study_uid}/series/{first.series_uid}"
-    by_sop = {ref.sop_uid: ref for ref in refs}
-    out: dict[str, bytes] = {}
-    for headers, data in _get_parts(server, url, what):
-        sop = _sop_of(data)
-        ref = by_sop.get(sop or "")
-        if ref is None:
-            raise DicomWebError(
-                f"{server.public_url} sent an instance ({sop or 'not DICOM'}) that QIDO-RS did "
-                f"not list for {what}."
-            )
-        out[ref.sop_uid] = _checked_payload(server, ref, headers, data)
-    missing = sorted(set(by_sop) - set(out))
-    if missing:
-        raise DicomWebError(
-            f"{server.public_url} sent {len(out)} of {len(by_sop)} instances of {what} "
-            f"(missing e.g. instance {missing[0]}): partial results; run the command again "
-            "to resume."
-        )
-    return out
+    return {
+        got.ref.sop_uid: got.data or b""
+        for got in _fetch_unit(server, _series_unit(server, refs), None)
+    }
 
 
-def _sop_of(data: bytes) -> str | None:
+# --------------------------------------------------------------------------- the destination
+
+
+@dataclass(frozen=True, slots=True)
+class _Present:
+    rel: str
+    identity: _Identity
+
+
+def _check_present(path: Path) -> _Identity | None:
+    """The identity of a retrieved file whose SHA-256 is its name; None when damaged."""
+    if not _SHA_NAME.match(path.name):
+        return None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=["SOPInstanceUID"])
-        return str(ds.file_meta.MediaStorageSOPInstanceUID)
-    except Exception:  # the full check of the instance reports what is wrong
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                if hashlib.sha256(mapped).hexdigest() != path.stem:
+                    return None
+                try:
+                    return _read_identity(mapped)
+                except (_Truncated, _NotWalked):
+                    pass
+        return _identity_by_pydicom(path)
+    except Exception:  # any read or parse failure: the file is fetched again
         return None
 
 
-def _check_instance(
-    server: DicomWebServer, ref: InstanceRef, data: bytes, declared_ts: str | None
-) -> None:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        ds.get("PixelData")  # forces reading to the end: a truncated file fails here
-        sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or ds.SOPInstanceUID)
-        ts = str(ds.file_meta.TransferSyntaxUID)
-    except (InvalidDicomError, AttributeError, EOFError, ValueError, OSError, KeyError) as exc:
-        raise DicomWebError(
-            f"{server.public_url} sent an invalid DICOM file for {ref.label}: {exc}"
-        ) from exc
-    if sop != ref.sop_uid or str(ds.get("SOPInstanceUID", sop)) != ref.sop_uid:
-        raise DicomWebError(
-            f"{server.public_url} sent SOP Instance {sop} when asked for {ref.label}."
-        )
-    stored = ref.transfer_syntax_uid
-    if stored and ts != stored:
-        raise DicomWebError(
-            f"{server.public_url} transcoded {ref.label} from its stored transfer syntax "
-            f"{stored} to {ts}; the workbench imports only the PACS's originals."
-        )
-    if declared_ts and declared_ts != ts:
-        raise DicomWebError(
-            f"{server.public_url} declared transfer syntax {declared_ts} for {ref.label} but "
-            f"sent {ts}."
-        )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _scan(root: Path, *, workers: int) -> tuple[dict[str, _Present], int]:
+    base = root / DICOM_FOLDER
+    if not base.is_dir():
+        return {}, 0
+    paths = sorted(path for path in base.rglob("*") if path.is_file())
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        identities = list(pool.map(_check_present, paths))
+    found: dict[str, _Present] = {}
+    removed = 0
+    for path, identity in zip(paths, identities, strict=True):
+        if identity is None or identity.sop_uid in found:
+            path.unlink()
+            removed += 1
+            continue
+        found[identity.sop_uid] = _Present(path.relative_to(root).as_posix(), identity)
+    return found, removed
 
 
 def scan_retrieved(dest: str | Path) -> tuple[dict[str, str], int]:
@@ -439,44 +1099,134 @@ def scan_retrieved(dest: str | Path) -> tuple[dict[str, str], int]:
     A file whose SHA-256 is not its name, or that is not DICOM, is removed (it
     will be fetched again).
     """
-    root = Path(dest)
-    found: dict[str, str] = {}
-    removed = 0
-    base = root / DICOM_FOLDER
-    if not base.is_dir():
-        return found, 0
-    for path in sorted(base.rglob("*")):
-        if not path.is_file():
-            continue
-        rel = path.relative_to(root).as_posix()
-        ok = bool(_SHA_NAME.match(path.name)) and _sha256(path) == path.stem
-        sop = None
-        if ok:
-            try:
-                sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            except Exception:  # any parse failure: the file is fetched again
-                ok = False
-        if not ok or sop is None or sop in found:
-            path.unlink()
-            removed += 1
-            continue
-        found[sop] = rel
-    return found, removed
+    found, removed = _scan(Path(dest), workers=2)
+    return {sop: present.rel for sop, present in found.items()}, removed
 
 
-def _store(dest: Path, ref: InstanceRef, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    rel = f"{DICOM_FOLDER}/{digest[:2]}/{digest}.dcm"
-    target = dest / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    incoming = dest / _INCOMING
-    incoming.mkdir(parents=True, exist_ok=True)
-    partial = incoming / f"{ref.sop_uid}.part"
-    # No fsync per file: a file damaged by a crash fails the hash-against-name check of the
-    # next run and is fetched again, and the import re-hashes every file before recording it.
-    partial.write_bytes(data)
-    os.replace(partial, target)
-    return rel
+def _plan(
+    server: DicomWebServer, listed: Sequence[InstanceRef], todo: Sequence[InstanceRef]
+) -> list[_Unit]:
+    """Requests for ``todo``: a whole study where nothing of it is here and ``listed`` holds all
+    of it, else a whole series where nothing of it is here, else instance by instance."""
+    missing = {ref.sop_uid for ref in todo}
+    by_study: dict[str, list[InstanceRef]] = {}
+    for ref in listed:
+        by_study.setdefault(ref.study_uid, []).append(ref)
+    units: list[_Unit] = []
+    for study_uid, refs in by_study.items():
+        wanted = [ref for ref in refs if ref.sop_uid in missing]
+        if not wanted:
+            continue
+        counts = {ref.n_study_instances for ref in refs}
+        if len(wanted) == len(refs) and counts == {len(refs)}:
+            units.append(_study_unit(server, study_uid, refs, len(refs)))
+            continue
+        by_series: dict[str, list[InstanceRef]] = {}
+        for ref in refs:
+            by_series.setdefault(ref.series_uid, []).append(ref)
+        for series in by_series.values():
+            series_missing = [ref for ref in series if ref.sop_uid in missing]
+            if len(series_missing) == len(series) > 1:
+                units.append(_series_unit(server, series))
+            else:
+                units.extend(_instance_unit(server, ref) for ref in series_missing)
+    return units
+
+
+class _Tally:
+    """Files, counts and progress of one retrieval.
+
+    Worker threads only count the parts they store (:meth:`stored`); the calling
+    thread records finished requests (:meth:`add`) and reports progress
+    (:meth:`report`), so that ``progress`` is only ever called from it.
+    """
+
+    def __init__(self, files: dict[str, str], total: int, progress: Progress | None) -> None:
+        self.files = files
+        self.total = total
+        self.n_bytes = 0
+        self.refs: list[InstanceRef] = []
+        self.progress = progress
+        self._here = len(files)
+        self._stored = 0
+        self._reported = -1
+        self._lock = threading.Lock()
+        self.report(f"{self._here} already here" if self._here else "retrieving")
+
+    def stored(self) -> None:
+        with self._lock:
+            self._stored += 1
+
+    def add(self, received: list[_Received]) -> None:
+        for got in received:
+            assert got.rel is not None
+            self.files[got.ref.sop_uid] = got.rel
+            self.refs.append(got.ref)
+            self.n_bytes += got.size
+
+    def report(self, message: str = "retrieving") -> None:
+        with self._lock:
+            done = self._here + self._stored
+        if self.progress is not None and done != self._reported:
+            self._reported = done
+            self.progress(done, self.total, message)
+
+
+#: Seconds between progress reports while requests are under way.
+_REPORT_EVERY = 0.2
+
+
+def _run(
+    server: DicomWebServer,
+    dest: _Destination,
+    units: Sequence[_Unit],
+    *,
+    workers: int,
+    tally: _Tally,
+) -> None:
+    """Run ``units`` on ``workers`` threads, at most that many requests at once.
+
+    The first failure stops new requests; those under way finish (what they
+    store stays for the next run), then it is raised.
+    """
+    size = max(1, workers)
+    failure: BaseException | None = None
+    queue = iter(units)
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        pending: set[Future[list[_Received]]] = set()
+
+        def refill() -> None:
+            while len(pending) < size:
+                unit = next(queue, None)
+                if unit is None:
+                    return
+                pending.add(pool.submit(_fetch_unit, server, unit, dest, tally.stored))
+
+        refill()
+        while pending:
+            finished, pending = wait(pending, _REPORT_EVERY, return_when=FIRST_COMPLETED)
+            for future in finished:
+                error = future.exception()
+                if error is not None:
+                    failure = failure or error
+                else:
+                    tally.add(future.result())
+            if failure is not None:
+                wait(pending)
+                break
+            tally.report()
+            refill()
+    if failure is not None:
+        if isinstance(failure, DicomWebError):
+            raise failure
+        raise describe_failure(server, failure, "the retrieval") from failure
+    tally.report()
+
+
+def _prepare(root: Path, workers: int) -> tuple[dict[str, _Present], int]:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / _INCOMING, ignore_errors=True)
+    return _scan(root, workers=workers)
 
 
 def retrieve_instances(
@@ -497,7 +1247,7 @@ def retrieve_instances(
     dest : str or Path
         Destination folder (created); files go to ``dicom/<sha[:2]>/<sha>.dcm``.
     workers : int, default 2
-        Parallel requests.
+        Requests under way at once (threads).
     progress : callable, optional
         ``progress(done, total, message)``.
 
@@ -508,98 +1258,149 @@ def retrieve_instances(
     Raises
     ------
     DicomWebError
-        The first failure, naming the instance and its study; what was fetched
-        before it stays and is reused by the next call.
+        The first failure, naming the instance, series or study; what was
+        fetched before it stays and is reused by the next call.
     """
     root = Path(dest)
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(root / _INCOMING, ignore_errors=True)
-    present, removed = scan_retrieved(root)
-    wanted = {ref.sop_uid for ref in instances}
-    for sop in sorted(set(present) - wanted):
-        (root / present.pop(sop)).unlink()
+    present, removed = _prepare(root, workers)
+    wanted = {ref.sop_uid: ref for ref in instances}
+    for sop in sorted(set(present) - set(wanted)):
+        (root / present.pop(sop).rel).unlink()
         removed += 1
-    todo = [ref for ref in instances if ref.sop_uid not in present]
-    total = len(wanted)
-    skipped = total - len(todo)
-    files = {sop: rel for sop, rel in present.items() if sop in wanted}
-    n_bytes = 0
-    done = skipped
-    if progress is not None:
-        progress(done, total, f"{skipped} already here" if skipped else "retrieving")
-
-    # Whole series in one request where nothing of it is here yet; otherwise instance by
-    # instance (what an interrupted retrieval left to do).
-    listed: dict[str, int] = {}
-    for ref in instances:
-        listed[ref.series_uid] = listed.get(ref.series_uid, 0) + 1
-    by_series: dict[str, list[InstanceRef]] = {}
-    for ref in todo:
-        by_series.setdefault(ref.series_uid, []).append(ref)
-    units: list[list[InstanceRef]] = []
-    for series_uid, refs in by_series.items():
-        if len(refs) == listed[series_uid] and len(refs) > 1:
-            units.append(refs)
-        else:
-            units.extend([ref] for ref in refs)
-
-    def work(unit: list[InstanceRef]) -> list[tuple[str, str, int]]:
-        if len(unit) == 1:
-            payloads = {unit[0].sop_uid: fetch_instance(server, unit[0])}
-        else:
-            payloads = fetch_series(server, unit)
-        return [
-            (ref.sop_uid, _store(root, ref, payloads[ref.sop_uid]), len(payloads[ref.sop_uid]))
-            for ref in unit
-        ]
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: set[Future[list[tuple[str, str, int]]]] = set()
-        queue = iter(units)
-        failure: BaseException | None = None
-
-        def refill() -> None:
-            for ref in _take(queue, max(1, workers) * 2 - len(pending)):
-                pending.add(pool.submit(work, ref))
-
-        refill()
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                error = future.exception()
-                if error is not None:
-                    failure = failure or error
-                    continue
-                for sop, rel, size in future.result():
-                    files[sop] = rel
-                    n_bytes += size
-                    done += 1
-                    if progress is not None:
-                        progress(done, total, "retrieving")
-            if failure is not None:
-                wait(pending)
-                break
-            refill()
-    shutil.rmtree(root / _INCOMING, ignore_errors=True)
-    if failure is not None:
-        if isinstance(failure, DicomWebError):
-            raise failure
-        raise describe_failure(server, failure, "the retrieval") from failure
+    todo = [ref for sop, ref in wanted.items() if sop not in present]
+    tally = _Tally({sop: p.rel for sop, p in present.items()}, len(wanted), progress)
+    try:
+        units = _plan(server, list(wanted.values()), todo)
+        _run(server, _Destination(root), units, workers=workers, tally=tally)
+    finally:
+        shutil.rmtree(root / _INCOMING, ignore_errors=True)
     return RetrievalOutcome(
-        files=files,
+        files={sop: tally.files[sop] for sop in wanted},
         n_fetched=len(todo),
-        n_skipped=skipped,
-        n_bytes_fetched=n_bytes,
+        n_skipped=len(wanted) - len(todo),
+        n_bytes_fetched=tally.n_bytes,
         n_removed=removed,
     )
 
 
-def _take(items: Iterable[list[InstanceRef]], n: int) -> list[list[InstanceRef]]:
-    out: list[list[InstanceRef]] = []
-    if n <= 0:
-        return out
-    for item in items:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
+def retrieve_studies(
+    server: DicomWebServer,
+    study_uids: Sequence[str],
+    dest: str | Path,
+    *,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> StudyRetrieval:
+    """Retrieve whole studies into ``dest`` byte for byte, one request per study; resume.
+
+    Per study, QIDO-RS gives its Number of Study Related Instances and one
+    WADO-RS request (PS3.18 10.4.1.1.1) brings all of them; every part is
+    checked (complete, of that study, SOP Instance UID in file meta and data set
+    alike, the transfer syntax the server declares, no instance twice) and the
+    count must match. A study of which ``dest`` already holds as many verified
+    instances as the server counts is not asked for again; one partly retrieved
+    by an interrupted run, or whose server does not report the count, is listed
+    instance by instance (as :func:`list_study_instances`) and only what is
+    missing is fetched.
+
+    Parameters
+    ----------
+    server : DicomWebServer
+    study_uids : sequence of str
+        Study Instance UIDs.
+    dest : str or Path
+        Destination folder (created); files go to ``dicom/<sha[:2]>/<sha>.dcm``.
+    workers : int, default 2
+        Requests under way at once (threads).
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    StudyRetrieval
+        The instances found, as :func:`list_study_instances` would list them,
+        and the outcome.
+
+    Raises
+    ------
+    DicomWebError
+        An unknown study, a failing server, partial results or an invalid or
+        transcoded instance: one line naming the study or instance. What was
+        fetched before it stays and is reused by the next call.
+    """
+    uids = list(dict.fromkeys(str(uid).strip() for uid in study_uids if str(uid).strip()))
+    if not uids:
+        raise DicomWebError("Expected at least one Study Instance UID; found none.")
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        counts = dict(
+            zip(uids, pool.map(lambda uid: _study_instance_count(server, uid), uids), strict=True)
+        )
+    root = Path(dest)
+    present, removed = _prepare(root, workers)
+    here: dict[str, dict[str, _Present]] = {}
+    for sop, item in sorted(present.items()):
+        study = item.identity.study_uid
+        if study in counts:
+            here.setdefault(study, {})[sop] = item
+        else:
+            (root / item.rel).unlink()
+            removed += 1
+    refs: dict[str, list[InstanceRef]] = {}
+    files: dict[str, str] = {}
+    units: list[_Unit] = []
+    total = 0
+    for uid in uids:
+        count, have = counts[uid], here.get(uid, {})
+        complete = all(item.identity.series_uid for item in have.values())
+        if count and len(have) == count and complete:
+            refs[uid] = [_present_ref(uid, item, count) for item in have.values()]
+            files.update((sop, item.rel) for sop, item in have.items())
+            total += count
+        elif count and not have:
+            units.append(_study_unit(server, uid, None, count))
+            total += count
+        else:
+            listed = list_study_instances(server, uid)
+            keep = {ref.sop_uid for ref in listed}
+            for sop, item in have.items():
+                if sop in keep:
+                    files[sop] = item.rel
+                else:
+                    (root / item.rel).unlink()
+                    removed += 1
+            refs[uid] = listed
+            todo = [ref for ref in listed if ref.sop_uid not in files]
+            units.extend(_plan(server, listed, todo))
+            total += len(listed)
+    n_skipped = len(files)
+    tally = _Tally(files, total, progress)
+    try:
+        _run(server, _Destination(root), units, workers=workers, tally=tally)
+    finally:
+        shutil.rmtree(root / _INCOMING, ignore_errors=True)
+    instances: list[InstanceRef] = []
+    for uid in uids:
+        found = refs[uid] if uid in refs else [ref for ref in tally.refs if ref.study_uid == uid]
+        instances.extend(sorted(found, key=lambda r: (r.series_uid, r.sop_uid)))
+    return StudyRetrieval(
+        instances=tuple(instances),
+        outcome=RetrievalOutcome(
+            files={ref.sop_uid: tally.files[ref.sop_uid] for ref in instances},
+            n_fetched=len(tally.files) - n_skipped,
+            n_skipped=n_skipped,
+            n_bytes_fetched=tally.n_bytes,
+            n_removed=removed,
+        ),
+    )
+
+
+def _present_ref(study_uid: str, item: _Present, count: int) -> InstanceRef:
+    identity = item.identity
+    return InstanceRef(
+        study_uid=study_uid,
+        series_uid=identity.series_uid or "",
+        sop_uid=identity.sop_uid,
+        sop_class_uid=identity.sop_class_uid,
+        transfer_syntax_uid=identity.transfer_syntax_uid,
+        n_study_instances=count,
+    )

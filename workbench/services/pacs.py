@@ -9,6 +9,13 @@ moves the complete folder to ``<workdir>/testsets/<name>/`` and indexes it with
 :func:`workbench.services.testsets.import_test_set`, exactly like a folder import.
 The test set exists only once every instance is there.
 
+With ``deidentify=DeidentificationOptions(...)`` the retrieved files are
+de-identified (:mod:`workbench.dicom.deidentify`, PS3.15 Basic Profile with the
+declared options) into ``<name>.deidentified/`` and only those become the test
+set; the raw retrieval is deleted once they are written. ``dataset.json`` and
+the audit entry then record the options, the method codes and the library, and
+only pseudonymous UIDs: no original UID, the query's keys but not its values.
+
 :func:`export_run` stores a run's outputs back: per completed case the model's
 SEG (with the run's own UIDs and description) and a TID 1500 Measurement Report
 (PS3.16) of its findings; for a sealed report an Encapsulated PDF (PS3.3 A.45.1)
@@ -28,7 +35,6 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +47,15 @@ from pydicom.valuerep import DT
 from sqlalchemy import select
 
 from workbench import __version__
+from workbench.dicom.deidentify import DeidentificationOptions, deidentify_files
 from workbench.dicom.encapsulated_pdf import build_encapsulated_pdf
 from workbench.dicom.sr import build_measurement_report, contributing_equipment, segment_volumes
 from workbench.dicom.volume import sort_slices
 from workbench.dicomweb.connection import DicomWebServer
 from workbench.dicomweb.retrieve import (
     InstanceRef,
-    list_study_instances,
     parse_query,
-    retrieve_instances,
+    retrieve_studies,
     search_studies,
 )
 from workbench.dicomweb.store import store_instances
@@ -68,6 +74,7 @@ from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.services.testsets import LABELS_PATH, TestSetInfo, import_test_set, load_index
 
 __all__ = [
+    "DEIDENTIFICATION_KEY",
     "ExportedObject",
     "PacsExport",
     "PacsImport",
@@ -80,6 +87,8 @@ Progress = Callable[[int, int, str], None] | None
 
 #: File describing a PACS import's source, at the test-set root (indexed and locked).
 SOURCE_FILE = "dataset.json"
+#: Key of ``dataset.json`` describing the de-identification on intake.
+DEIDENTIFICATION_KEY = "deidentification"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -167,6 +176,7 @@ def import_from_dicomweb(
     limit: int | None = None,
     reference: str | Path | None = None,
     workers: int = 2,
+    deidentify: DeidentificationOptions | None = None,
     progress: Progress = None,
 ) -> PacsImport:
     """Retrieve studies from a DICOMweb server and import them as a draft test set.
@@ -190,6 +200,10 @@ def import_from_dicomweb(
         the test set: the reference standard kept outside the PACS.
     workers : int, default 2
         Parallel retrievals and indexing processes.
+    deidentify : DeidentificationOptions, optional
+        De-identify on intake (PS3.15 Basic Profile and these options); only the
+        de-identified files enter the test set, the raw retrieval is deleted, and
+        nothing recorded holds an original identifier.
     progress : callable, optional
         ``progress(done, total, message)``.
 
@@ -205,6 +219,9 @@ def import_from_dicomweb(
         Unreachable server, refused credentials, unknown study, partial results,
         an invalid or transcoded instance: one line naming the study or instance.
         Nothing is imported; running the same call again resumes.
+    DicomReadError
+        With ``deidentify``: a retrieved file could not be read or its pixels not
+        redacted (named in the message); the raw retrieval is kept for a retry.
     """
     _check_name(name)
     if not studies and not query:
@@ -229,14 +246,14 @@ def import_from_dicomweb(
                 wanted.append(uid)
     if not wanted:
         raise DicomWebError(f"{server.public_url}: the query {query!r} matched no study.")
-    refs: list[InstanceRef] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for listed in pool.map(lambda uid: list_study_instances(server, uid), wanted):
-            refs.extend(listed)
 
     final = wb.workdir.testsets_dir / name
     staging = wb.workdir.testsets_dir / f"{name}.partial"
     staging.parent.mkdir(parents=True, exist_ok=True)
+    if deidentify is not None and _deidentified_source(final) is not None:
+        # De-identified and moved in place, the import did not finish: import it now.
+        shutil.rmtree(staging, ignore_errors=True)
+        return _import_deidentified(wb, actor, final, name=name, workers=workers, progress=progress)
     if final.exists() and not staging.exists():
         # A complete retrieval whose import did not finish: verify and reuse its files.
         os.replace(final, staging)
@@ -245,11 +262,39 @@ def import_from_dicomweb(
             f"Both {final} and {staging} exist and no test set '{name}' is recorded; "
             "remove one of them."
         )
-    outcome = retrieve_instances(server, refs, staging, workers=workers, progress=progress)
+    retrieval = retrieve_studies(server, wanted, staging, workers=workers, progress=progress)
+    refs: list[InstanceRef] = list(retrieval.instances)
+    outcome = retrieval.outcome
     if reference_dir is not None:
         shutil.rmtree(staging / "reference", ignore_errors=True)
         shutil.copytree(reference_dir, staging / "reference", symlinks=False)
     retrieved_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    if deidentify is not None:
+        _deidentify_retrieval(
+            wb,
+            staging,
+            final,
+            refs,
+            outcome.files,
+            deidentify,
+            server=server.public_url,
+            query=query,
+            limit=limit,
+            retrieved_at=retrieved_at,
+            reference_dir=reference_dir,
+            progress=progress,
+        )
+        imported = _import_deidentified(
+            wb, actor, final, name=name, workers=workers, progress=progress
+        )
+        return PacsImport(
+            test_set=imported.test_set,
+            source=imported.source,
+            n_instances=imported.n_instances,
+            n_fetched=outcome.n_fetched,
+            n_skipped=outcome.n_skipped,
+            n_bytes_fetched=outcome.n_bytes_fetched,
+        )
     source: dict[str, Any] = {
         "kind": "dicomweb",
         "server": server.public_url,
@@ -304,6 +349,116 @@ def import_from_dicomweb(
         n_fetched=outcome.n_fetched,
         n_skipped=outcome.n_skipped,
         n_bytes_fetched=outcome.n_bytes_fetched,
+    )
+
+
+def _deidentified_source(folder: Path) -> dict[str, Any] | None:
+    """The ``source`` of a folder's ``dataset.json`` when it records a de-identification."""
+    path = folder / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        source = json.loads(path.read_text(encoding="utf-8")).get("source") or {}
+    except (ValueError, AttributeError):
+        return None
+    return source if isinstance(source, dict) and DEIDENTIFICATION_KEY in source else None
+
+
+def _query_keys(query: str | None) -> list[str]:
+    """Attribute names of a QIDO-RS query, without the values (they may identify a patient)."""
+    if not query:
+        return []
+    return sorted({part.split("=", 1)[0].strip() for part in query.split("&") if part.strip()})
+
+
+def _deidentify_retrieval(
+    wb: Workbench,
+    staging: Path,
+    final: Path,
+    refs: Sequence[InstanceRef],
+    files: dict[str, str],
+    options: DeidentificationOptions,
+    *,
+    server: str,
+    query: str | None,
+    limit: int | None,
+    retrieved_at: str,
+    reference_dir: Path | None,
+    progress: Progress,
+) -> None:
+    """De-identify the raw retrieval into ``final``; the raw files are deleted afterwards."""
+    out = wb.workdir.testsets_dir / f"{final.name}.deidentified"
+    shutil.rmtree(out, ignore_errors=True)
+    order = [ref.sop_uid for ref in refs if ref.sop_uid in files]
+    summary = deidentify_files(
+        [staging / files[sop] for sop in order], out, options, progress=progress
+    )
+    if reference_dir is not None:
+        shutil.copytree(reference_dir, out / "reference", symlinks=False)
+    source: dict[str, Any] = {
+        "kind": "dicomweb",
+        "server": server,
+        "studies": sorted({f.study_instance_uid for f in summary.files}),
+        "query_keys": _query_keys(query),
+        "limit": limit,
+        "retrieved_at": retrieved_at,
+        "n_instances": len(summary.files),
+        "workbench_version": __version__,
+        DEIDENTIFICATION_KEY: summary.describe(),
+        "instances": [
+            {
+                "study": f.study_instance_uid,
+                "sop_instance_uid": f.sop_instance_uid,
+                "path": f.path,
+                "redacted_regions": f.redacted_regions,
+            }
+            for f in summary.files
+        ],
+    }
+    (out / SOURCE_FILE).write_text(
+        json.dumps({"source": source}, indent=1, sort_keys=True), encoding="utf-8"
+    )
+    os.replace(out, final)
+    shutil.rmtree(staging)  # the raw, identifiable files never stay in the workdir
+
+
+def _import_deidentified(
+    wb: Workbench,
+    actor: Actor,
+    final: Path,
+    *,
+    name: str,
+    workers: int,
+    progress: Progress,
+) -> PacsImport:
+    """Index a de-identified folder and audit the import with its de-identification."""
+    source = _deidentified_source(final)
+    assert source is not None
+    instances = source.get("instances") or []
+    info = import_test_set(wb, actor, final, name=name, workers=workers, progress=progress)
+    source_sha = hashlib.sha256((final / SOURCE_FILE).read_bytes()).hexdigest()
+    summary = {k: v for k, v in source.items() if k != "instances"}
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.import")
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.import.dicomweb",
+            record_type="test_set",
+            record_id=name,
+            new={
+                **summary,
+                "source_file": {SOURCE_FILE: source_sha},
+                "sop_instance_uids": [str(i.get("sop_instance_uid")) for i in instances],
+            },
+        )
+    return PacsImport(
+        test_set=info,
+        source=summary,
+        n_instances=len(instances),
+        n_fetched=0,
+        n_skipped=0,
+        n_bytes_fetched=0,
     )
 
 
