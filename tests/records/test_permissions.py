@@ -40,7 +40,7 @@ EXPECTED = {
         "run.view", "testset.verify", "report.verify", "audit.view", "audit.export", "audit.verify",
         "study.view",
     },
-    "admin": {"user.manage", "audit.view", "audit.verify"},
+    "admin": {"user.manage", "pacs.configure", "audit.view", "audit.verify"},
 }  # fmt: skip
 
 

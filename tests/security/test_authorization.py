@@ -21,6 +21,7 @@ from workbench.services import (
     adjudication,
     audit_trail,
     models,
+    pacs_servers,
     protocols,
     reports,
     runs,
@@ -82,6 +83,9 @@ CALLS: dict[Action, Call] = {
     Action.STUDY_DESIGN: lambda wb, a, p, r: studies.add_study(wb, a, b"kind: reader_study"),
     Action.STUDY_READ: lambda wb, a, p, r: studies.open_reading(wb, a, "none@1", "unaided"),
     Action.STUDY_VIEW: lambda wb, a, p, r: studies.analyze_study(wb, a, "none@1"),
+    Action.PACS_CONFIGURE: lambda wb, a, p, r: pacs_servers.add_server(
+        wb, a, f"authz-{r}", pacs_servers.PacsServerConfig(url="http://127.0.0.1:1/dicom-web")
+    ),
 }
 
 #: Actions in the matrix that no service guards, with why.

@@ -54,6 +54,15 @@ PAGES: tuple[PageDef, ...] = (
         "Inputs",
         ("run.view",),
     ),
+    # QA staff: import test sets from, and export runs to, the configured PACS servers.
+    PageDef(
+        "pacs",
+        "pages/pacs.py",
+        "PACS",
+        ":material/cloud_sync:",
+        "Inputs",
+        ("testset.import", "run.start"),
+    ),
     PageDef("models", "pages/models.py", "Models", ":material/neurology:", "Inputs", ("run.view",)),
     PageDef(
         "protocols", "pages/protocols.py", "Protocols", ":material/rule:", "Inputs", ("run.view",)
@@ -121,10 +130,10 @@ PAGES: tuple[PageDef, ...] = (
     PageDef(
         "admin",
         "pages/admin.py",
-        "Users",
+        "Users and PACS",
         ":material/manage_accounts:",
         "Administration",
-        ("user.manage",),
+        ("user.manage", "pacs.configure"),
     ),
     PageDef("account", "pages/account.py", "My account", ":material/person:", "Administration"),
 )

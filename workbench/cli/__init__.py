@@ -7,7 +7,7 @@ workdir). Commands that act as a user read ``--user``/``--password`` or
 Errors are printed as one clear line and the exit code is non-zero.
 
 One module per command group (``testsets``, ``models``, ``protocols``, ``runs``,
-``adjudication``, ``reports``, ``audit``, ``users``, ``studies``; top-level commands in
+``adjudication``, ``reports``, ``audit``, ``users``, ``studies``, ``pacs``; top-level commands in
 ``toplevel``); options, sign-in and error handling are declared once in ``_common``;
 terminal rendering of results lives in ``rendering``.
 """
@@ -16,6 +16,7 @@ from workbench.cli import (  # noqa: F401 - importing the modules registers thei
     adjudication,
     audit,
     models,
+    pacs,
     protocols,
     reports,
     runs,

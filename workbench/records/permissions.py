@@ -50,6 +50,7 @@ class Action(StrEnum):
     AUDIT_EXPORT = "audit.export"
     AUDIT_VERIFY = "audit.verify"
     USER_MANAGE = "user.manage"
+    PACS_CONFIGURE = "pacs.configure"
     STUDY_DESIGN = "study.design"
     STUDY_READ = "study.read"
     STUDY_VIEW = "study.view"
@@ -57,8 +58,9 @@ class Action(StrEnum):
 
 A = Action
 
-#: Role x action matrix. Administrators manage accounts only: they cannot
-#: sign or alter validation records.
+#: Role x action matrix. Administrators manage accounts and the PACS servers
+#: offered to users (``pacs.configure``) only: they cannot sign or alter
+#: validation records.
 PERMISSIONS: dict[Role, frozenset[Action]] = {
     Role.QA: frozenset(
         {
@@ -102,7 +104,7 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
             A.STUDY_VIEW,
         }
     ),
-    Role.ADMIN: frozenset({A.USER_MANAGE, A.AUDIT_VIEW, A.AUDIT_VERIFY}),
+    Role.ADMIN: frozenset({A.USER_MANAGE, A.PACS_CONFIGURE, A.AUDIT_VIEW, A.AUDIT_VERIFY}),
 }
 
 

@@ -1,4 +1,9 @@
-"""Audit trail: search by user, record and time; verify the hash chain; export CSV."""
+"""Audit trail: search by user, record and time; verify the hash chain; export CSV.
+
+Presets narrow the list to one kind of step; "PACS transfers" also sums up each
+import from and export to a PACS (server, studies, instances, stored or already
+present).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,40 @@ RECORD_TYPES = [
     "discrepancy",
     "report",
     "user",
+    "pacs_server",
     "audit_log",
 ]
+
+#: Preset -> the actions it shows (None: every action).
+PRESETS: dict[str, tuple[str, ...] | None] = {
+    "Everything": None,
+    "PACS transfers (imports and exports)": ("testset.import.dicomweb", "run.export.dicomweb"),
+    "PACS server configuration": ("pacs_server.add", "pacs_server.update", "pacs_server.retire"),
+}
+TRANSFERS = "PACS transfers (imports and exports)"
+
+
+def _transfer_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One PACS transfer as a table row, from its audit entry's recorded values."""
+    new = entry.get("new_value") or {}
+    exported = entry["action"] == "run.export.dicomweb"
+    return {
+        "seq": entry["seq"],
+        "time (UTC)": entry["ts"],
+        "user": entry["actor"],
+        "direction": "export to PACS" if exported else "import from PACS",
+        "record": f"{entry['record_type']} {entry['record_id']}",
+        "server": new.get("server", ""),
+        "studies": len({o.get("study") for o in new.get("objects", [])})
+        if exported
+        else len(new.get("studies", [])),
+        "instances": len(new.get("objects", [])) if exported else new.get("n_instances"),
+        "sent or retrieved now": len(new.get("stored", [])) if exported else new.get("n_fetched"),
+        "already present": len(new.get("already_present", []))
+        if exported
+        else new.get("n_resumed"),
+    }
+
 
 me = _session.require_page("audit")
 wb = _session.workbench()
@@ -46,6 +83,7 @@ if _session.can("audit.verify"):
                 f"Intact: {status.count} entries; head #{status.head_seq} {status.head_hash}."
             )
 
+preset = st.selectbox("Preset", list(PRESETS), key="audit-preset")
 with st.form("audit-filter"):
     cols = st.columns(3)
     user = cols[0].text_input("User", key="audit-user")
@@ -81,6 +119,16 @@ with _session.guard():
     )
     if action_text.strip():
         entries = [e for e in entries if action_text.strip() in str(e.get("action", ""))]
+    wanted_actions = PRESETS[preset]
+    if wanted_actions is not None:
+        entries = [e for e in entries if e.get("action") in wanted_actions]
+    if preset == TRANSFERS and entries:
+        st.markdown("**PACS transfers**")
+        st.dataframe(
+            pd.DataFrame([_transfer_row(e) for e in entries[-MAX_ROWS:][::-1]]),
+            hide_index=True,
+            width="stretch",
+        )
     st.caption(
         f"{len(entries)} entries"
         + (f"; the newest {MAX_ROWS} are shown" if len(entries) > MAX_ROWS else "")
