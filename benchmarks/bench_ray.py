@@ -5,9 +5,14 @@
     ``--threads`` torch threads) and once on Ray with ``--threads`` CPU workers of
     one thread each: the same run, the same thread budget. Prints both times and
     their ratio (target at most 1.15). The Ray time is given twice: "cold"
-    includes starting the workers and loading the model on each; "warm" is a second
-    run on the same executor, whose workers are already up (what every later run
-    of a long-lived driver pays).
+    includes starting the workers and loading the model on each (and how long the
+    workers took to be ready); "warm" is a later run on the same executor, whose
+    workers are already up (what every later run of a long-lived driver pays).
+    Local and warm Ray runs alternate ``--repeat`` times and the medians are
+    compared, so that the load of a shared machine falls on both; the CPU seconds
+    of this process tree (the driver, the local Ray instance and its workers, from
+    /proc) are given beside the wall times, a figure that other users' load does
+    not change.
 (b) Scaling. A model whose forward pass waits ``--wait`` seconds per case (a
     stand-in for a GPU: the worker is busy, the CPU is not) on 1, 2, 4 and 8
     actors; throughput relative to one actor (target at least 0.85 x actors).
@@ -24,8 +29,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,36 @@ class WaitingProcessor(CaseProcessor):
     def _infer(self, data: Any, started: float) -> Any:
         time.sleep(WAIT_S)
         return super()._infer(data, started)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and all its descendants that still run
+    (with a local Ray instance: its GCS, raylet, workers), from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    total, stack = 0, [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(run: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall and CPU seconds (this process tree) of ``run()``, and what it returned."""
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    value = run()
+    return time.perf_counter() - t0, _cpu_seconds() - cpu0, value
 
 
 def _overhead(args: argparse.Namespace, work: Path) -> None:
@@ -72,33 +111,64 @@ def _overhead(args: argparse.Namespace, work: Path) -> None:
     cases = cases_from_test_set(test_set)
     n = len(cases)
     run_inference(cases[:1], model, spec, out_dir=work / "warm-up")  # first-call costs
+    runs = iter(range(10_000))
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    local = run_inference(cases, model, spec, out_dir=work / "local")
-    t_local = time.perf_counter() - t0
-    torch.set_num_threads(1)
+    def local() -> Any:
+        torch.set_num_threads(args.threads)
+        try:
+            return run_inference(cases, model, spec, out_dir=work / f"local-{next(runs)}")
+        finally:
+            torch.set_num_threads(1)
 
     executor = RayExecutor(num_workers=args.threads, threads_per_worker=1, keep_workers=True)
-    t0 = time.perf_counter()
-    cold = run_inference(cases, model, spec, out_dir=work / "ray-cold", executor=executor)
-    t_cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    warm = run_inference(cases, model, spec, out_dir=work / "ray-warm", executor=executor)
-    t_warm = time.perf_counter() - t0
+
+    def on_ray() -> Any:
+        return run_inference(
+            cases, model, spec, out_dir=work / f"ray-{next(runs)}", executor=executor
+        )
+
+    torch.set_num_threads(1)
+    t_cold, cpu_cold, cold = _timed(on_ray)
+    ready = max(w["ready_after_s"] for w in executor.workers_info)
+    # Local and Ray runs alternate, so that the load of a shared machine falls on both.
+    pairs: list[tuple[float, float, float, float]] = []
+    for _ in range(args.repeat):
+        t_local, cpu_local, summary_local = _timed(local)
+        t_ray, cpu_ray, summary_ray = _timed(on_ray)
+        for summary in (summary_local, summary_ray):
+            assert summary.completed == n, [o.reason for o in summary.outputs if o.reason]
+        pairs.append((t_local, t_ray, cpu_local, cpu_ray))
     executor.close()
-    for summary in (local, cold, warm):
-        assert summary.completed == n, [o.reason for o in summary.outputs if o.reason]
+    assert cold.completed == n, [o.reason for o in cold.outputs if o.reason]
+    t_local = statistics.median(p[0] for p in pairs)
+    t_warm = statistics.median(p[1] for p in pairs)
+    cpu_local = statistics.median(p[2] for p in pairs)
+    cpu_warm = statistics.median(p[3] for p in pairs)
     print(
-        f"(a) demo segmentation, {n} cases ({args.matrix}x{args.matrix}), "
-        f"thread budget {args.threads}"
+        f"(a) demo segmentation, {n} cases ({args.matrix}x{args.matrix}), thread budget "
+        f"{args.threads}; {args.repeat} alternating local/Ray pairs, medians"
     )
-    print(f"    local executor ({args.threads} torch threads) : {t_local:7.2f} s")
-    print(f"    Ray, {args.threads} workers x 1 thread, cold  : {t_cold:7.2f} s")
-    print(f"    Ray, {args.threads} workers x 1 thread, warm  : {t_warm:7.2f} s")
     print(
-        f"    ratio Ray/local: warm {t_warm / t_local:.2f}, cold {t_cold / t_local:.2f}  "
-        "(target <= 1.15)"
+        f"    local executor ({args.threads} torch threads) : {t_local:7.2f} s wall, "
+        f"{cpu_local:6.1f} CPU s   (baseline)"
+    )
+    print(
+        f"    Ray, {args.threads} workers x 1 thread, warm  : {t_warm:7.2f} s wall, "
+        f"{cpu_warm:6.1f} CPU s"
+    )
+    print(
+        f"    Ray, {args.threads} workers x 1 thread, cold  : {t_cold:7.2f} s wall, "
+        f"{cpu_cold:6.1f} CPU s (workers ready after {ready:.2f} s: process start, "
+        "imports, model load and hash)"
+    )
+    print(
+        "    pairs Ray/local (wall): "
+        + ", ".join(f"{t_ray / t_loc:.2f}" for t_loc, t_ray, _, _ in pairs)
+    )
+    print(
+        f"    ratio Ray/local: warm {t_warm / t_local:.2f} (CPU {cpu_warm / cpu_local:.2f}), "
+        f"cold {t_cold / t_local:.2f}; cold less worker start "
+        f"{(t_cold - ready) / t_local:.2f}  (target <= 1.15)"
     )
 
 
@@ -183,6 +253,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8, help="cases of (a)")
     parser.add_argument("--matrix", type=int, default=256, help="in-plane size of (a)'s cases")
     parser.add_argument("--threads", type=int, default=2, help="thread budget of (a)")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating local/Ray pairs of (a)")
     parser.add_argument("--scaling-cases", type=int, default=48, help="cases of (b)")
     parser.add_argument("--wait", type=float, default=WAIT_S, help="seconds per forward in (b)")
     parser.add_argument("--address", default=None, help="Ray cluster (default: a local one)")
@@ -193,13 +264,13 @@ def main() -> None:
     import ray
 
     if args.address:
-        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         ray.init(
             num_cpus=8,
             num_gpus=0,
             include_dashboard=False,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=False,
         )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_ray_"))

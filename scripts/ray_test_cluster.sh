@@ -7,8 +7,24 @@
 #                                       stops that cluster (its processes only) and
 #                                       removes the folder
 #
-# The head is asked to listen on 127.0.0.1; Ray itself replaces a loopback address by
-# the machine's own address, so the cluster is reachable wherever this machine is.
+# Loopback only. `--node-ip-address=127.0.0.1` alone is not enough: Ray replaces a
+# loopback address by the machine's own (ray/_private/services.py,
+# resolve_ip_for_localhost -> get_node_ip_address, Ray 2.60), and its GCS and raylet
+# then listen on every interface (`ss -ltnp` shows *:PORT, the address printed is the
+# machine's). Ray keeps to 127.0.0.1 only where it believes multi-node clusters are
+# unsupported, which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 says on Linux too
+# (ray_constants.ENABLE_RAY_CLUSTER): then the GCS, the raylet and the client server
+# listen on 127.0.0.1 and the address printed is 127.0.0.1:PORT. A client must run with
+# the same setting (tests/inference/test_ray_executor.py sets it before importing ray),
+# or it too replaces 127.0.0.1 by the machine's address and finds no GCS there. The
+# price is that no other node can join (`ray start --address=...` refuses). For the
+# node-loss test, WORKBENCH_TEST_RAY_MULTINODE=1 starts a head that accepts worker
+# nodes: Ray then listens on every interface, as above (ray-project/ray#26293, #59110).
+# A head on another loopback address (127.0.0.2) is kept there but still listens on
+# every interface.
+#
+# Nodes that die are declared dead after about 3 s (health checks every second, three
+# misses) instead of Ray's default of half a minute, so that fault tests stay short.
 # Only the address and folder go to stdout; everything Ray says goes to stderr.
 set -euo pipefail
 exec 3>&1 1>&2
@@ -25,6 +41,11 @@ case "${1:-}" in
     # A throwaway test cluster: no token authentication, so that test processes connect
     # without a token file (production clusters keep Ray's default, see docs/deployment.md).
     export RAY_AUTH_MODE=disabled
+    if [ "${WORKBENCH_TEST_RAY_MULTINODE:-0}" != 1 ]; then
+      export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    fi
+    export RAY_health_check_period_ms=1000 RAY_health_check_timeout_ms=1000 \
+      RAY_health_check_failure_threshold=3 RAY_health_check_initial_delay_ms=1000
     # The head runs in its own process group (setsid) with --block, so that `stop` can
     # end exactly this cluster's processes by their group id.
     setsid "$RAY" start --head --block --node-ip-address=127.0.0.1 --port=0 \

@@ -32,29 +32,57 @@ if [ -e "$workdir" ] && [ -n "$(ls -A "$workdir")" ]; then
   echo "error: expected an empty or absent workdir at $workdir; found files there" >&2
   exit 1
 fi
-umask 077
-mkdir -p "$workdir"
-workdir=$(cd "$workdir" && pwd)
-tar -C "$workdir" -xzf "$backup/workdir.tar.gz"
+PYTHON=${PYTHON:-.venv/bin/python}
+mkdir -p "$(dirname "$workdir")"
+workdir=$(cd "$(dirname "$workdir")" && pwd)/$(basename "$workdir")
 [ -n "$db" ] || db="sqlite:///$workdir/workbench.db"
 
+# Every check of the target database comes before anything is written.
 if [ -f "$backup/database.sqlite" ]; then
   case "$db" in
     sqlite*) ;;
     *) echo "error: the backup holds a SQLite database; expected a sqlite URL, found '${db%%:*}:...'" >&2; exit 1 ;;
   esac
-  target=$("${PYTHON:-.venv/bin/python}" -c 'import sys; from sqlalchemy.engine import make_url; print(make_url(sys.argv[1]).database)' "$db")
+  target=$("$PYTHON" -c 'import sys; from sqlalchemy.engine import make_url; print(make_url(sys.argv[1]).database)' "$db")
   [ ! -e "$target" ] || { echo "error: $target already exists; not overwritten" >&2; exit 1; }
-  cp "$backup/database.sqlite" "$target"
 elif [ -f "$backup/database.dump" ]; then
   case "$db" in
     postgresql*) ;;
     *) echo "error: the backup holds a PostgreSQL dump; expected a postgresql URL, found '${db%%:*}:...'" >&2; exit 1 ;;
   esac
   command -v pg_restore >/dev/null || { echo "error: pg_restore is needed for a PostgreSQL backup" >&2; exit 1; }
-  pg_restore --no-owner --exit-on-error --dbname="${db/+psycopg/}" "$backup/database.dump"
+  # Restoring into a database that holds tables would mix two installations' records.
+  "$PYTHON" - "$db" <<'EOF'
+import sys
+
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import make_url
+
+url = make_url(sys.argv[1])
+engine = create_engine(url)
+try:
+    with engine.connect() as conn:
+        tables = sorted(inspect(conn).get_table_names())
+finally:
+    engine.dispose()
+if tables:
+    raise SystemExit(
+        f"error: expected an empty database at {url.render_as_string(hide_password=True)}; "
+        f"found {len(tables)} table(s) ({', '.join(tables[:5])}, ...). Restore into a newly "
+        "created database."
+    )
+EOF
 else
   echo "error: expected database.sqlite or database.dump in $backup; found neither" >&2
   exit 1
+fi
+
+umask 077
+mkdir -p "$workdir"
+tar -C "$workdir" -xzf "$backup/workdir.tar.gz"
+if [ -f "$backup/database.sqlite" ]; then
+  cp "$backup/database.sqlite" "$target"
+else
+  pg_restore --no-owner --exit-on-error --dbname="${db/+psycopg/}" "$backup/database.dump"
 fi
 echo "restored $backup into $workdir"

@@ -21,6 +21,7 @@ echo "PostgreSQL for tests: ${WORKBENCH_TEST_PG_URL:-none (PostgreSQL tests will
 if [ -z "${WORKBENCH_TEST_RAY_ADDRESS:-}" ] && [ -x "$VENV/bin/ray" ]; then
   if ray_out=$(VENV="$VENV" bash scripts/ray_test_cluster.sh start 2>/dev/null); then
     export WORKBENCH_TEST_RAY_ADDRESS=$(echo "$ray_out" | sed -n 1p)
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
     ray_dir=$(echo "$ray_out" | sed -n 2p)
     ray_prev_trap=""
     if [ -n "$(trap -p EXIT)" ]; then eval "set -- $(trap -p EXIT)"; ray_prev_trap=$3; set --; fi

@@ -8,6 +8,7 @@ skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -43,6 +44,11 @@ if _MALFORMED not in sys.path:
 import harness  # noqa: E402
 
 ADDRESS = os.environ.get("WORKBENCH_TEST_RAY_ADDRESS")
+if ADDRESS and ADDRESS.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+    # The test cluster listens on loopback only (scripts/ray_test_cluster.sh). A Ray client
+    # keeps a loopback address only with this setting, read when ray is first imported
+    # (below, by ray_available); the CLI's subprocesses inherit it.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 needs_cluster = pytest.mark.skipif(
     not ray_available() or not ADDRESS,
     reason="needs the 'ray' package and a cluster address in WORKBENCH_TEST_RAY_ADDRESS "
@@ -68,7 +74,7 @@ def cluster() -> Iterator[Any]:
     import ray
     import ray.cloudpickle
 
-    ray.init(address=ADDRESS, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=ADDRESS, logging_level=logging.WARNING, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -168,6 +174,7 @@ def test_packed_case_gives_the_same_output(
     expected = direct(direct.prepare(case))
     received = shipped.unpack_output(shipped.run_packed(shipped.pack_case(case)))
     assert _key(received) == _key(expected)
+    assert received.mask_path is not None and expected.mask_path is not None
     assert (
         received.mask_path
         == tmp_path / "shipped" / "cases" / case.case_id / expected.mask_path.name
@@ -175,7 +182,8 @@ def test_packed_case_gives_the_same_output(
     assert received.mask_path.read_bytes() == expected.mask_path.read_bytes()
     missing = runner_module.CaseInput(case.case_id, (tmp_path / "absent.dcm",))
     failed = shipped.unpack_output(shipped.run_packed(shipped.pack_case(missing)))
-    assert failed.status is CaseStatus.FAILED and failed.reason.startswith("reading failed")
+    assert failed.status is CaseStatus.FAILED
+    assert (failed.reason or "").startswith("reading failed")
 
 
 # ---------------------------------------------------------------- on the test cluster
@@ -214,6 +222,7 @@ def test_ray_gives_bit_identical_outputs(
         assert [_key(o) for o in remote.outputs] == [_key(o) for o in local.outputs]
         assert all(o.status is CaseStatus.COMPLETED for o in remote.outputs)
         for mine, theirs in zip(local.outputs, remote.outputs, strict=True):
+            assert mine.mask_path is not None and theirs.mask_path is not None
             assert theirs.mask_path == tmp_path / f"ray-{index}" / mine.mask_path.relative_to(
                 tmp_path / f"local-{index}"
             )
@@ -259,9 +268,34 @@ def test_case_whose_worker_is_lost_too_often_is_recorded_failed(
     assert [o.case_id for o in seen] == [c.case_id for c in cases]
     failed = [o for o in seen if o.status is CaseStatus.FAILED]
     assert len(failed) == 1 and summary.failed == 1 and summary.completed == len(cases) - 1
-    assert failed[0].reason.startswith("worker lost: the case was tried 1 time(s)")
-    assert "ActorDiedError" in failed[0].reason or "RayActorError" in failed[0].reason
+    reason = failed[0].reason or ""
+    assert reason.startswith("worker lost: the case was tried 1 time(s)")
+    assert "ActorDiedError" in reason or "RayActorError" in reason
     assert executor.workers_lost == 1 and executor.retries == 0
+
+
+@needs_cluster
+@pytest.mark.slow
+def test_worker_that_finds_no_room_holds_no_case(
+    executor: RayExecutor, tiny_test_set: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Three one-CPU workers on the two-CPU cluster: the third is never placed. The cases
+    it was given at the start are taken back and run by the others; none waits for it."""
+    executor.release()  # the module's kept workers would hold the cluster's two CPUs
+    spec = tiny_spec()
+    model = load_model(model_dir / "threshold.ts", spec, "cpu")
+    cases = cases_from_test_set(tiny_test_set)
+    crowded = RayExecutor(num_workers=3, threads_per_worker=1, startup_timeout_s=120)
+    try:
+        started = time.monotonic()
+        summary = run_inference(cases, model, spec, out_dir=tmp_path / "run", executor=crowded)
+        assert time.monotonic() - started < 120
+    finally:
+        crowded.release()
+    assert [o.case_id for o in summary.outputs] == [c.case_id for c in cases]
+    assert summary.completed == len(cases)
+    assert len(crowded.workers_info) == 2 and crowded.workers_lost == 0
+    assert all(w["ready_after_s"] > 0 for w in crowded.workers_info)
 
 
 @pytest.fixture(scope="module")

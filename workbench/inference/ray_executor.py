@@ -24,24 +24,34 @@ Where the inputs and outputs live (``storage``):
     private scratch folder and returns the SEG's bytes, which the driver checks
     against their SHA-256 and writes into the run folder.
 
-Faults: an actor whose process dies (killed, out of memory, its node lost) makes
-its running case fail with a Ray error on the driver. That case is sent to another
-worker, up to ``max_retries`` times, and is then recorded as failed with the
-reason; cases queued behind it on the same actor are resent without counting an
-attempt. A replacement actor is started for every lost one. Each case is yielded
-exactly once. The actors belong to the driver: if the driver dies they go with it,
-and ``validate`` resumes the run from the cases already recorded.
+Faults: an actor whose process dies (killed, out of memory, its node lost) makes its
+running case fail with a Ray error on the driver. That case is sent to another
+worker, up to ``max_retries`` times, and is then recorded as failed with the reason;
+cases queued behind it on the same actor are resent without counting an attempt. A
+replacement actor is started for every lost one; it takes cases only once it is
+ready (a lost node's replacements may find no room). When nothing is left to send
+and a ready worker has room, cases still queued on a worker that is not ready well
+after the others were (``RECLAIM_AFTER_S``) are taken back and that worker is
+stopped, so that no case waits for a worker that cannot be placed. Each case is
+yielded exactly once. The actors belong to the driver: if the driver dies they go
+with it, and ``validate`` resumes the run from the cases already recorded.
 
 Each worker runs one case at a time, in the order it received them; while a case
 computes, the worker reads and preprocesses its next case in a second, low-priority
 thread (``prefetch``, shared storage), as the local executor overlaps reading with
-the forward pass. With ``keep_workers=True`` the workers stay up between runs of
-the same executor (starting one costs seconds of imports), each run handing them its
-own per-case function; by default they stop after each run and free the cluster.
+the forward pass. Workers start together, and each gets its first cases as soon as
+it is created: they queue behind its model load, and the first is read while the
+model loads and its files are hashed. With ``keep_workers=True`` the workers stay up
+between runs of the same executor (starting one costs seconds of imports), each run
+handing them its own per-case function; by default they stop after each run and free
+the cluster.
 
-Backpressure: at most ``max_in_flight`` cases are between submission and being
-yielded (running, queued on an actor, or finished but waiting for an earlier
-case), so driver memory stays bounded however large the test set.
+Backpressure: at most ``max_in_flight`` cases are on the workers at once (one
+computing and one being read per worker by default), and a finished case waits for
+an earlier one at most ``REORDER_FACTOR * max_in_flight`` cases back, so driver
+and worker memory stay bounded however large the test set; a waiting result is
+small (the SEG is already stored), and one slow case does not idle the other
+workers.
 
 Ray is an optional dependency (``pip install 'validation-workbench[ray]'``); it
 is imported only when a :class:`RayExecutor` connects.
@@ -69,6 +79,13 @@ __all__ = ["RayExecutor", "RayStorage", "ray_available"]
 
 #: How long to wait for the first worker of a run to start before giving up.
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+#: Finished cases may wait for an earlier one up to this many times ``max_in_flight`` back.
+REORDER_FACTOR = 4
+
+#: A worker still starting keeps its queued cases for at least this long, and for twice
+#: as long as the slowest worker of the run took to be ready, before they are taken back.
+RECLAIM_AFTER_S = 10.0
 
 
 class RayStorage(StrEnum):
@@ -166,6 +183,8 @@ class _CaseWorker:
         # Prefetched cases: case -> Future of prepare(case), or _TAKEN when run() came first.
         self._prefetched: dict[Any, Any] = {}
         self._prefetch_lock = threading.Lock()
+        # Set once a run's job is in place: reading may start while the model loads.
+        self._job_ready = threading.Event()
         self._reader_priority_lowered = False
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # only possible before the first parallel op
@@ -181,6 +200,7 @@ class _CaseWorker:
         import torch
 
         self.process, self.prepare = job
+        self._job_ready.set()  # cases queued behind this call are read meanwhile
         warm_up = getattr(self.process, "warm_up", None)
         if callable(warm_up):
             warm_up()
@@ -204,6 +224,7 @@ class _CaseWorker:
 
     def unload(self) -> None:
         """Drop the run's model (and its GPU memory) once the run is over."""
+        self._job_ready.clear()
         self.process = self.prepare = None
         with self._prefetch_lock:
             self._prefetched.clear()
@@ -211,10 +232,13 @@ class _CaseWorker:
     def prefetch(self, case: Any) -> None:
         """Read and prepare a case that :meth:`run` will get next (``reading`` group).
 
-        Runs in its own thread, at low priority, while the current case computes:
-        the pipeline of the local executor, inside one worker.
+        Runs in its own thread, at low priority, while the current case computes
+        (or, for a worker's first case, while :meth:`load` loads the model): the
+        pipeline of the local executor, inside one worker.
         """
-        if self.prepare is None:
+        # The driver sends load() before any case, but the two run in different
+        # groups: wait until the job is in place.
+        if not self._job_ready.wait(timeout=DEFAULT_STARTUP_TIMEOUT_S) or self.prepare is None:
             return
         if not self._reader_priority_lowered:
             lower_thread_priority()
@@ -254,8 +278,10 @@ class _Worker:
     slot: int
     handle: Any
     use_gpu: bool
-    started: Any = None  # ObjectRef of load() until it resolves
-    info: dict[str, Any] | None = None
+    started: Any = None  # ObjectRef of this run's load()
+    requested: float = 0.0  # time.monotonic() when load() was sent
+    info: dict[str, Any] | None = None  # what load() returned: the worker is ready
+    eager: bool = False  # started with the run: takes cases before it is ready
     in_flight: list[Any] = field(default_factory=list)  # ObjectRefs, in submission order
 
 
@@ -285,7 +311,8 @@ class RayExecutor:
         How many times a case whose worker was lost is sent to another worker
         before it is recorded as failed.
     max_in_flight : int, optional
-        Cases submitted but not yet yielded; default two per worker.
+        Cases on the workers at once (running, or queued and being read); default
+        two per worker.
     startup_timeout_s : float
         How long to wait for at least one worker to be ready (scheduling, model
         load) before the run fails with the resources asked for and available.
@@ -458,6 +485,9 @@ class RayExecutor:
         :mod:`workbench.inference.executor` (``warm_up``, ``failed`` and, for
         ``storage="object_store"``, ``pack_case``/``run_packed``/``unpack_output``).
 
+        Cases are sent to a worker as soon as it is created: they queue behind
+        its model load, and the first one is read while the model loads.
+
         Raises
         ------
         InferenceError
@@ -485,6 +515,9 @@ class RayExecutor:
         n_workers = self._count_workers(ray, use_gpu, len(items))
         window = self.max_in_flight or 2 * n_workers
         per_worker = max(1, -(-window // n_workers))
+        # Finished cases wait (small outputs: the SEG is already stored) for an earlier one
+        # at most this far back, so that one slow case does not idle the other workers.
+        look_ahead = REORDER_FACTOR * window
         job = ray.put((process, prepare))
         # prefetch() runs in its own group, beside the case being computed.
         remote_cls = ray.remote(concurrency_groups={"reading": 1})(_CaseWorker).options(
@@ -492,13 +525,14 @@ class RayExecutor:
         )
         self.workers_info, self.workers_lost, self.retries = [], 0, 0
         # Workers of an earlier run are reused when they have the same shape.
-        idle = [w for w in self._live if w.use_gpu == use_gpu][:n_workers]
+        reused = [w for w in self._live if w.use_gpu == use_gpu][:n_workers]
         for worker in self._live:
-            if worker not in idle:
+            if worker not in reused:
                 with contextlib.suppress(Exception):
                     ray.kill(worker.handle, no_restart=True)
         self._live = []
-        starting: dict[Any, _Worker] = {}
+        workers: list[_Worker] = []  # this run's workers not lost: starting or ready
+        starting: dict[Any, _Worker] = {}  # ObjectRef of load() -> worker
         refs: dict[Any, tuple[int, _Worker]] = {}  # in-flight ObjectRef -> (case index, worker)
         payloads: dict[int, Any] = {}  # packed inputs kept for retries
         attempts = [0] * len(items)
@@ -506,27 +540,71 @@ class RayExecutor:
         results: dict[int, Any] = {}
         pending: deque[int] = deque(range(len(items)))
         startup_failures = 0
+        waiting_since: float | None = time.monotonic()  # since when no worker is ready
+        next_yield = 0
 
-        def load(worker: _Worker) -> None:
+        def load(worker: _Worker, *, eager: bool = False) -> None:
+            worker.eager = eager
             worker.started = worker.handle.load.remote(job)
+            worker.requested = time.monotonic()
+            worker.info = None
             worker.in_flight.clear()
             starting[worker.started] = worker
+            workers.append(worker)
 
-        def start_worker() -> None:
+        def start_worker(*, eager: bool = False) -> None:
             handle = remote_cls.remote(self.threads_per_worker)
-            load(_Worker(self._next_slot, handle, use_gpu))
+            load(_Worker(self._next_slot, handle, use_gpu), eager=eager)
             self._next_slot += 1
 
-        def lose(worker: _Worker, error: BaseException) -> None:
-            """Requeue a dead worker's cases; the one it was running counts an attempt."""
-            if worker not in self._live:
+        def eligible(worker: _Worker) -> bool:
+            # A worker of the run's start takes cases at once (they wait behind its model
+            # load); a replacement only once ready, since it may never find room.
+            return worker.info is not None or (worker.eager and not self._live)
+
+        def reclaim() -> bool:
+            """Nothing left to send and a ready worker has room: take back the cases
+            queued on workers that are still not ready well after the others were
+            (perhaps never placed) and stop those workers, so that no case waits for
+            them."""
+            if pending or not any(
+                w.info is not None and len(w.in_flight) < per_worker for w in workers
+            ):
+                return False
+            slowest = max((float(w["ready_after_s"]) for w in self.workers_info), default=0.0)
+            grace = max(RECLAIM_AFTER_S, 2 * slowest)
+            now = time.monotonic()
+            stuck = [
+                w for w in workers if w.info is None and w.in_flight and now - w.requested > grace
+            ]
+            for worker in stuck:
+                workers.remove(worker)
+                starting.pop(worker.started, None)
+                with contextlib.suppress(Exception):
+                    ray.kill(worker.handle, no_restart=True)
+                for ref in worker.in_flight:
+                    index, _ = refs.pop(ref)
+                    pending.append(index)
+                worker.in_flight.clear()
+            pending_sorted = sorted(pending)
+            pending.clear()
+            pending.extend(pending_sorted)
+            return bool(stuck)
+
+        def lose(worker: _Worker, error: BaseException, *, was_running: bool) -> None:
+            """Requeue a dead worker's cases. With ``was_running`` its first unfinished
+            case was running (actors run their cases in order) and counts an attempt."""
+            if worker not in workers:
                 return
-            self._live.remove(worker)
+            workers.remove(worker)
+            if worker in self._live:
+                self._live.remove(worker)
+            starting.pop(worker.started, None)
             self.workers_lost += 1
             with contextlib.suppress(Exception):
                 ray.kill(worker.handle, no_restart=True)
             requeue: list[int] = []
-            counted = False
+            counted = not was_running
             for ref in worker.in_flight:
                 index, _ = refs.pop(ref)
                 finished, _ = ray.wait([ref], num_returns=1, timeout=0)
@@ -538,7 +616,7 @@ class RayExecutor:
                     else:
                         finish(index, value)
                         continue
-                if not counted:  # actors run their cases in order: this one was running
+                if not counted:
                     counted = True
                     attempts[index] += 1
                     reasons[index] = _short(error)
@@ -556,6 +634,34 @@ class RayExecutor:
             if len(results) + next_yield < len(items):
                 start_worker()
 
+        def ready(ref: Any) -> None:
+            """A worker's load() returned: it is ready, or it died while starting."""
+            nonlocal startup_failures, waiting_since
+            worker = starting.pop(ref)
+            try:
+                info = ray.get(ref)
+            except lost_errors as error:
+                startup_failures += 1
+                if startup_failures > 3 * n_workers:
+                    raise InferenceError(
+                        f"Ray workers keep dying while they start. Last: {_short(error)}"
+                    ) from error
+                lose(worker, error, was_running=False)  # its cases had not started
+                return
+            except ray.exceptions.RayTaskError as error:
+                # warm_up refused the model (e.g. changed files): stop the run.
+                raise error.as_instanceof_cause() from None
+            worker.info = info
+            self._live.append(worker)
+            self.workers_info.append(
+                {
+                    "slot": worker.slot,
+                    "ready_after_s": round(time.monotonic() - worker.requested, 3),
+                    **info,
+                }
+            )
+            waiting_since = None
+
         def finish(index: int, value: Any) -> None:
             payloads.pop(index, None)
             results[index] = process.unpack_output(value) if shipping else value  # type: ignore[attr-defined]
@@ -566,20 +672,19 @@ class RayExecutor:
                     payloads[index] = ray.put(process.pack_case(items[index]))  # type: ignore[attr-defined]
                 ref = worker.handle.run_packed.remote(payloads[index])
             else:
-                if worker.in_flight:  # it is busy: let it read this case meanwhile
+                if worker.in_flight or worker.info is None:
+                    # Busy or still loading its model: let it read this case meanwhile.
                     reading = worker.handle.prefetch.options(concurrency_group="reading")
                     reading.remote(items[index])
                 ref = worker.handle.run.remote(items[index])
             worker.in_flight.append(ref)
             refs[ref] = (index, worker)
 
-        for worker in idle:
-            load(worker)
-        for _ in range(n_workers - len(idle)):
-            start_worker()
+        for worker in reused:
+            load(worker, eager=True)
+        for _ in range(n_workers - len(reused)):
+            start_worker(eager=True)
         completed = False
-        waiting_since: float | None = time.monotonic()  # since when no worker is ready
-        next_yield = 0
         try:
             while next_yield < len(items):
                 while next_yield in results:
@@ -588,14 +693,19 @@ class RayExecutor:
                     yield result
                 if next_yield >= len(items):
                     break
-                # Dispatch: earliest cases first, to the least busy ready worker.
-                while pending and pending[0] < next_yield + window and self._live:
-                    worker = min(self._live, key=lambda w: (len(w.in_flight), w.slot))
-                    if len(worker.in_flight) >= per_worker:
+                # Dispatch: earliest cases first, to the least busy worker that may take one.
+                while True:
+                    takers = [w for w in workers if eligible(w)]
+                    while pending and pending[0] < next_yield + look_ahead and takers:
+                        worker = min(
+                            takers, key=lambda w: (len(w.in_flight), w.info is None, w.slot)
+                        )
+                        if len(worker.in_flight) >= per_worker:
+                            break
+                        submit(worker, pending.popleft())
+                    if not reclaim():
                         break
-                    submit(worker, pending.popleft())
-                watched = list(refs) + list(starting)
-                if not self._live and not starting:
+                if not workers:
                     raise InferenceError(
                         "No Ray worker is left to run the remaining cases. Found "
                         f"{self.workers_lost} worker(s) lost; check the cluster (ray status)."
@@ -609,35 +719,23 @@ class RayExecutor:
                         f"{self._worker_options(use_gpu)} per worker; found cluster resources "
                         f"{_resource_text(ray.cluster_resources())}."
                     )
-                done, _ = ray.wait(watched, num_returns=1, timeout=5.0)
+                # Starting workers first: a case result is handled after its worker's load().
+                done, _ = ray.wait(list(starting) + list(refs), num_returns=1, timeout=5.0)
                 for ref in done:
                     if ref in starting:
-                        worker = starting.pop(ref)
-                        try:
-                            worker.info = ray.get(ref)
-                        except lost_errors as error:
-                            startup_failures += 1
-                            if startup_failures > 3 * n_workers:
-                                raise InferenceError(
-                                    "Ray workers keep dying while they start. Last: "
-                                    f"{_short(error)}"
-                                ) from error
-                            start_worker()
-                            continue
-                        except ray.exceptions.RayTaskError as error:
-                            # warm_up refused the model (e.g. changed files): stop the run.
-                            raise error.as_instanceof_cause() from None
-                        self._live.append(worker)
-                        self.workers_info.append({"slot": worker.slot, **worker.info})
-                        waiting_since = None
+                        ready(ref)
                         continue
                     if ref not in refs:
                         continue  # a dead worker's task, already requeued
                     index, worker = refs[ref]
+                    if worker.started in starting:
+                        ready(worker.started)
+                        if worker not in workers:
+                            continue  # lost while starting: the case is queued again
                     try:
                         value = ray.get(ref)
                     except lost_errors as error:
-                        lose(worker, error)
+                        lose(worker, error, was_running=True)
                         continue
                     except ray.exceptions.RayTaskError as error:
                         raise error.as_instanceof_cause() from None
