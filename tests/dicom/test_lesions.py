@@ -162,3 +162,27 @@ def test_empty_inputs() -> None:
 
 def test_index_paths_are_relative(real_images: pd.DataFrame) -> None:
     assert all(not Path(p).is_absolute() for p in real_images["path"])
+
+
+def test_a_row_on_a_later_frame_of_an_enhanced_ct(tmp_path: Path) -> None:
+    """pydicom-data's eCT_Supplemental: frame 2 lies 10 mm from frame 1 (per-frame positions)."""
+    shutil.copy(str(get_testdata_file("eCT_Supplemental.dcm")), tmp_path / "ect.dcm")
+    images = index_folder(tmp_path, workers=1).files
+    ds = pydicom.dcmread(tmp_path / "ect.dcm", stop_before_pixels=True)
+    row = {
+        "lesion_id": "e1",
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "frame": 2,
+        "col_min": 10,
+        "row_min": 20,
+        "col_max": 30,
+        "row_max": 40,
+    }
+    (lesion,) = lesions_from_table(pd.DataFrame([row]), images, root=tmp_path).to_dict(
+        orient="records"
+    )
+    plane = ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0]
+    assert lesion["z"] == pytest.approx(float(plane.ImagePositionPatient[2]))
+    assert lesion["z"] == pytest.approx(-149.0)
+    with pytest.raises(GeometryError, match="row 2: frame 2 of the multi-frame SOP Instance"):
+        lesions_from_table(pd.DataFrame([row]), images)
