@@ -23,6 +23,7 @@ from workbench.protocols import (
     RunContext,
     RunResults,
     StratumResult,
+    StructureAccounting,
     SupplementaryAnalyses,
 )
 from workbench.protocols.results import (
@@ -89,6 +90,7 @@ def endpoints(draw: st.DrawFn) -> EndpointResult:
         reason=draw(_text),
         n_cases=draw(st.integers(0, 1000)),
         operating_threshold=draw(st.none() | _number),
+        structure=draw(st.none() | _ident),
     )
 
 
@@ -239,6 +241,19 @@ def run_results(draw: st.DrawFn) -> RunResults:
             n_excluded=draw(st.integers(0, 100)),
             failed=tuple(draw(st.lists(notes, max_size=3))),
             excluded=tuple(draw(st.lists(notes, max_size=3))),
+            structures=tuple(
+                draw(
+                    st.lists(
+                        st.builds(
+                            StructureAccounting,
+                            structure=_ident,
+                            n_cases=st.integers(0, 100),
+                            excluded=st.lists(notes, max_size=2).map(tuple),
+                        ),
+                        max_size=3,
+                    )
+                )
+            ),
         ),
         evaluation=ProtocolEvaluation(
             protocol_id=draw(_ident),
@@ -357,3 +372,36 @@ def test_results_stored_by_release_0_1_are_read(path: Path) -> None:
             "schema_version": SCHEMA_VERSION,
         }
     )
+
+
+def test_single_structure_results_keep_their_stored_form() -> None:
+    """Endpoints without a structure store no 'structure' key, so earlier results and new
+    single-structure results have one layout; a stored structure reads back."""
+    endpoint = EndpointResult(
+        endpoint_id="dice-mean",
+        metric="dice_mean",
+        primary=True,
+        estimate=None,
+        criterion_text="",
+        overall_verdict=Verdict.NOT_EVALUABLE,
+        subgroup_rule_text=None,
+        strata=(),
+        verdict=Verdict.NOT_EVALUABLE,
+        reason="no cases",
+        n_cases=0,
+    )
+    assert "structure" not in endpoint.to_dict()
+    assert endpoint.display_name == "dice-mean"
+    stored = {**endpoint.to_dict(), "structure": "liver"}
+    liver = EndpointResult.from_dict(stored)
+    assert liver.structure == "liver" and liver.display_name == "dice-mean (liver)"
+    assert liver.to_dict() == stored
+    accounting = CaseAccounting(n_cases=1, n_completed=1, n_failed=0, n_excluded=0)
+    assert "structures" not in accounting.to_dict()
+
+
+@pytest.mark.parametrize("path", sorted(LEGACY.glob("run-results-v1-*.json")), ids=lambda p: p.stem)
+def test_results_stored_before_structures_have_none(path: Path) -> None:
+    results = RunResults.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    assert all(endpoint.structure is None for endpoint in results.endpoints)
+    assert results.accounting.structures == ()

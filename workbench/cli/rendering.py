@@ -36,9 +36,16 @@ def render_run(summary: RunSummary) -> str:
         for status in (CaseStatus.EXCLUDED, CaseStatus.FAILED):
             for reason, count in results.accounting.reasons(status):
                 lines.append(f"    {status.value} {count}: {reason}")
+        for structure in results.accounting.structures:
+            if structure.excluded:
+                lines.append(
+                    f"    {structure.structure}: {len(structure.excluded)} of "
+                    f"{structure.n_cases} cases lack it in the reference "
+                    f"(left out of its endpoints only)"
+                )
     for endpoint in summary.endpoints:
         lines.append(
-            f"  {endpoint.verdict.label:14} {endpoint.endpoint_id}: "
+            f"  {endpoint.verdict.label:14} {endpoint.display_name}: "
             f"{_estimate_text(endpoint.estimate, endpoint.reason)}  ({endpoint.criterion_text})"
         )
         if endpoint.verdict is not Verdict.PASS and endpoint.reason:

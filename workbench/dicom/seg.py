@@ -3,8 +3,10 @@
 Masks are boolean arrays ``(z, y, x)`` aligned with a
 :class:`~workbench.dicom.volume.Volume` of the source CT series: slice ``k`` of
 the mask belongs to ``volume.sop_instance_uids[k]``. Writing uses highdicom
-(BINARY segmentation, one segment); a segmentation with ``algorithm_name`` is
-AUTOMATIC and carries the Algorithm Identification Sequence, otherwise MANUAL.
+(BINARY segmentation: one segment, or one segment per structure of a label map);
+a segmentation with ``algorithm_name`` is AUTOMATIC and carries the Algorithm
+Identification Sequence, otherwise MANUAL. Reading picks one segment by number
+or by Segment Label, or takes the union of all.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from workbench import __version__
 from workbench.dicom.volume import Volume, sort_slices
 from workbench.errors import DicomReadError, SegmentationError
 
-__all__ = ["SegIdentity", "build_seg_dataset", "identify_seg", "read_seg_mask", "write_seg"]
+__all__ = [
+    "SegIdentity",
+    "build_seg_dataset",
+    "identify_seg",
+    "read_seg_mask",
+    "segment_number_of",
+    "write_seg",
+]
 
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -38,7 +47,11 @@ def _referenced_series(seg: Dataset) -> set[str]:
 
 
 def read_seg_mask(
-    seg_path: str | Path, volume: Volume, *, segment_number: int | None = None
+    seg_path: str | Path,
+    volume: Volume,
+    *,
+    segment_number: int | None = None,
+    segment_label: str | None = None,
 ) -> np.ndarray:
     """Read a DICOM SEG as a boolean mask aligned with its source volume.
 
@@ -50,6 +63,9 @@ def read_seg_mask(
         The source CT series, as returned by :func:`~workbench.dicom.volume.load_series`.
     segment_number : int, optional
         Read only this segment; by default the union of all segments.
+    segment_label : str, optional
+        Read only the segment with this Segment Label (PS3.3 C.8.20.2), matched
+        exactly; it must name one segment. Not together with ``segment_number``.
 
     Returns
     -------
@@ -78,6 +94,10 @@ def read_seg_mask(
             f"{path}: references series {sorted(refs)}, expected the volume's series "
             f"{volume.series_instance_uid}."
         )
+    if segment_label is not None:
+        if segment_number is not None:
+            raise SegmentationError("Give segment_number or segment_label, not both.")
+        segment_number = segment_number_of(seg, segment_label, path)
     numbers = None if segment_number is None else [segment_number]
     if segment_number is not None and segment_number not in seg.segment_numbers:
         raise SegmentationError(
@@ -99,6 +119,27 @@ def read_seg_mask(
             f"{path}: mask shape {mask.shape} does not match the volume's {volume.shape}."
         )
     return mask.astype(bool, copy=False)
+
+
+def segment_number_of(seg: Dataset, segment_label: str, where: str | Path = "SEG") -> int:
+    """The Segment Number of the one segment labelled ``segment_label``.
+
+    Raises
+    ------
+    SegmentationError
+        No segment or several segments carry the label (the message lists the labels found).
+    """
+    found = {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", ""))
+        for item in seg.get("SegmentSequence", [])
+    }
+    numbers = [n for n, label in found.items() if label == segment_label]
+    if len(numbers) != 1:
+        raise SegmentationError(
+            f"{where}: expected one segment labelled {segment_label!r}. Found "
+            f"{len(numbers)} among segments {found}."
+        )
+    return numbers[0]
 
 
 def _mask_by_position(
@@ -149,6 +190,7 @@ def write_seg(
     sop_instance_uid: str | None = None,
     content_creator_name: str | None = None,
     content_datetime: dt.datetime | None = None,
+    segment_labels: Sequence[str] | None = None,
 ) -> Path:
     """Write a binary lesion mask as a DICOM SEG referencing its CT series.
 
@@ -170,6 +212,11 @@ def write_seg(
         Intelligence); otherwise it is MANUAL.
     segment_label : str
         Segment Label of the single segment.
+    segment_labels : sequence of str, optional
+        Several segments: ``mask`` is then a label map whose value ``k`` (1, 2, ...)
+        marks segment ``k``, labelled ``segment_labels[k - 1]``; 0 is background.
+        Each segment is an anatomical structure (SCT 91723000) and every segment is
+        written, empty or not.
     series_description, manufacturer, manufacturer_model_name, software_versions : str
         General Series and Enhanced General Equipment attributes.
     series_number : int
@@ -222,6 +269,7 @@ def write_seg(
         sop_instance_uid=sop_instance_uid,
         content_creator_name=content_creator_name,
         content_datetime=content_datetime,
+        segment_labels=segment_labels,
     )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +293,7 @@ def build_seg_dataset(
     sop_instance_uid: str | None = None,
     content_creator_name: str | None = None,
     content_datetime: dt.datetime | None = None,
+    segment_labels: Sequence[str] | None = None,
 ) -> hd.seg.Segmentation:
     """Build the SEG dataset of :func:`write_seg` from source datasets in memory.
 
@@ -257,7 +306,7 @@ def build_seg_dataset(
         :func:`~workbench.dicom.volume.sort_slices`).
     algorithm_name, algorithm_version, segment_label, series_description, manufacturer, \
 manufacturer_model_name, software_versions, series_number, series_instance_uid, \
-sop_instance_uid, content_creator_name, content_datetime
+sop_instance_uid, content_creator_name, content_datetime, segment_labels
         As in :func:`write_seg`.
 
     Returns
@@ -285,24 +334,50 @@ sop_instance_uid, content_creator_name, content_datetime
             family=codes.cid7162.ArtificialIntelligence,
             version=algorithm_version or "unknown",
         )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment_label,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=algorithm_type,
-        algorithm_identification=algorithm,
-    )
+    if segment_labels is None:
+        descriptions = [
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label=segment_label,
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lesion,
+                algorithm_type=algorithm_type,
+                algorithm_identification=algorithm,
+            )
+        ]
+        pixels = array.astype(bool)
+    else:
+        labels = list(segment_labels)
+        if not labels:
+            raise SegmentationError("Expected at least one segment label, found none.")
+        if array.dtype.kind not in "biu" or array.min(initial=0) < 0 or array.max() > len(labels):
+            raise SegmentationError(
+                f"Expected a label map with values 0 to {len(labels)} (one per segment label "
+                f"{labels}). Found values {sorted(np.unique(array).tolist())[:10]}."
+            )
+        descriptions = [
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=codes.SCT.AnatomicalStructure,
+                algorithm_type=algorithm_type,
+                algorithm_identification=algorithm,
+            )
+            for number, label in enumerate(labels, start=1)
+        ]
+        # One-hot (z, y, x, segments): every segment keeps its frames, empty or not.
+        pixels = np.stack([array == k for k in range(1, len(labels) + 1)], axis=-1)
     sop_uid = sop_instance_uid or hd.UID()
     when = content_datetime or dt.datetime.now()
     try:
         seg = hd.seg.Segmentation(
             source_images=list(sources),
-            pixel_array=array.astype(bool),
+            pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             # An all-empty mask keeps every frame (highdicom would do so too, with a warning).
-            omit_empty_frames=bool(array.any()),
-            segment_descriptions=[description],
+            omit_empty_frames=bool(array.any()) and segment_labels is None,
+            segment_descriptions=descriptions,
             series_instance_uid=series_instance_uid or hd.UID(),
             series_number=series_number,
             sop_instance_uid=sop_uid,

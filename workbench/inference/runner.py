@@ -51,7 +51,7 @@ from workbench.inference.executor import (
     InProcessExecutor,
     lower_thread_priority,
 )
-from workbench.inference.loading import LoadedModel, load_model
+from workbench.inference.loading import LoadedModel, ScoreSelector, load_model
 from workbench.inference.preprocess import Preprocessed, preprocess_volume, restore_original_grid
 from workbench.inference.registry import ModelSpec, ModelTask, ScoreActivation
 from workbench.vocabulary import CaseStatus
@@ -123,6 +123,9 @@ class CaseOutput:
         Voxels in the predicted mask.
     seconds : float
         Wall time spent on the case (reading, inference, writing).
+    class_probabilities : dict of str to float or None
+        Classification models with ``input.score_classes``: each class's probability
+        (softmax over the classes, or each class's sigmoid for a multi-label output).
     """
 
     case_id: str
@@ -134,6 +137,7 @@ class CaseOutput:
     seg_sha256: str | None = None
     mask_voxels: int | None = None
     seconds: float = 0.0
+    class_probabilities: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (paths as strings)."""
@@ -147,6 +151,10 @@ class CaseOutput:
         """Inverse of :meth:`to_dict`."""
         values = dict(data)
         values["status"] = CaseStatus(values["status"])
+        if values.get("class_probabilities") is not None:
+            values["class_probabilities"] = {
+                str(k): float(v) for k, v in values["class_probabilities"].items()
+            }
         if values.get("mask_path") is not None:
             values["mask_path"] = Path(values["mask_path"])
         return cls(**values)
@@ -209,6 +217,12 @@ class _Computed:
     prepared: _Prepared
     score: float | None
     probabilities: torch.Tensor | None
+    class_probabilities: dict[str, float] | None = None
+
+
+#: What a forward pass gives: the score, the class probabilities of a segmentation
+#: (C, *spatial) and the classification classes' probabilities.
+_Inferred = tuple[float | None, torch.Tensor | None, dict[str, float] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,12 +468,12 @@ class CaseProcessor:
             return self._failed(case, prepared.error or "not prepared", prepared.started)
         try:
             self._check_time(prepared.started, "after reading")
-            score, probabilities = self._infer_watched(prepared.data, prepared.started)
+            score, probabilities, classes = self._infer_watched(prepared.data, prepared.started)
         except _CaseTimeout as error:
             return self._failed(case, str(error), prepared.started)
         except Exception as error:  # every failure becomes a failed case with its reason
             return self._failed(case, _reason("inference", error), prepared.started)
-        return _Computed(prepared, score, probabilities)
+        return _Computed(prepared, score, probabilities, classes)
 
     def finish(self, computed: _Computed | CaseOutput) -> CaseOutput:
         """Stage 3: mask back on the source grid, DICOM SEG and hashes; never raises."""
@@ -476,7 +490,7 @@ class CaseProcessor:
                 self._check_time(prepared.started, "before writing the SEG")
                 mask_path, seg_hash = self._write_seg(mask, prepared)
                 mask_hash = mask_sha256(mask)
-                voxels = int(mask.sum())
+                voxels = int(np.count_nonzero(mask))
         except _CaseTimeout as error:
             return self._failed(case, str(error), prepared.started)
         except Exception as error:  # every failure becomes a failed case with its reason
@@ -490,6 +504,7 @@ class CaseProcessor:
             seg_sha256=seg_hash,
             mask_voxels=voxels,
             seconds=time.perf_counter() - prepared.started,
+            class_probabilities=computed.class_probabilities,
         )
 
     def _failed(self, case: CaseInput, reason: str, started: float) -> CaseOutput:
@@ -510,9 +525,7 @@ class CaseProcessor:
                 f"per case, found {elapsed:.1f} s"
             )
 
-    def _infer_watched(
-        self, data: Preprocessed, started: float
-    ) -> tuple[float | None, torch.Tensor | None]:
+    def _infer_watched(self, data: Preprocessed, started: float) -> _Inferred:
         """:meth:`_infer` under a watchdog when a per-case time limit is set.
 
         The forward pass runs in a daemon thread; if it has not returned when the
@@ -542,7 +555,7 @@ class CaseProcessor:
             )
         if "error" in outcome:
             raise outcome["error"]
-        result: tuple[float | None, torch.Tensor | None] = outcome["value"]
+        result: _Inferred = outcome["value"]
         return result
 
     def _split_outputs(self, raw: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -589,14 +602,13 @@ class CaseProcessor:
             )
         return values[:, 0]
 
-    def _infer(
-        self, data: Preprocessed, started: float
-    ) -> tuple[float | None, torch.Tensor | None]:
+    def _infer(self, data: Preprocessed, started: float) -> _Inferred:
         module = self._module()
         spec = self.spec.input
         image = data.image.as_tensor()[None].to(self.device)
         window_scores: list[torch.Tensor] = []
         n_classes = len(spec.output_classes)
+        class_probabilities: dict[str, float] | None = None
 
         def predictor(windows: torch.Tensor) -> torch.Tensor:
             self._check_time(started, "during sliding-window inference")
@@ -635,9 +647,16 @@ class CaseProcessor:
                     mode="trilinear" if image.ndim == 5 else "bilinear",  # 3D or 2D input
                     align_corners=False,
                 )
-                _, score = self._split_outputs(module(resized))
-                assert score is not None
-                window_scores.append(self._score_probability(score, 1))
+                if isinstance(module, ScoreSelector) and spec.positive_class is not None:
+                    # Every class's probability; the case's score is the positive class's
+                    # (what ScoreSelector and the activation would give).
+                    class_probabilities = self._class_probabilities(module.inner(resized))
+                    positive = class_probabilities[spec.positive_class]
+                    window_scores.append(torch.tensor([positive], dtype=torch.float32))
+                else:
+                    _, score = self._split_outputs(module(resized))
+                    assert score is not None
+                    window_scores.append(self._score_probability(score, 1))
                 probabilities = None
         score_value: float | None = None
         if self.spec.scores:
@@ -645,13 +664,55 @@ class CaseProcessor:
                 raise InferenceError("the model produced no score")
             # A case is as suspicious as its most suspicious window.
             score_value = float(torch.cat(window_scores).max().item())
-        return score_value, probabilities
+        return score_value, probabilities, class_probabilities
+
+    def _class_probabilities(self, raw: Any) -> dict[str, float]:
+        """Each score class's probability from the network's raw score output."""
+        spec = self.spec.input
+        assert spec.score_classes is not None
+        if isinstance(raw, dict):
+            logits = raw.get(spec.score_output) if spec.score_output else None
+        elif isinstance(raw, (tuple, list)) and len(raw) == 2:
+            logits = raw[1]
+        else:
+            logits = raw
+        if not isinstance(logits, torch.Tensor):
+            raise InferenceError(
+                f"Expected the score output {spec.score_output!r} as a tensor. Found "
+                f"{type(logits).__name__}."
+            )
+        values = logits.detach().float().reshape(1, -1)
+        if values.shape[1] != len(spec.score_classes):
+            raise InferenceError(
+                f"score output: expected {len(spec.score_classes)} class channels "
+                f"{spec.score_classes}. Found shape {tuple(logits.shape)}."
+            )
+        if not torch.isfinite(values).all():
+            raise InferenceError("the score output contains NaN or infinite values")
+        if spec.score_activation == ScoreActivation.SOFTMAX:
+            values = torch.softmax(values, dim=1)
+        else:
+            values = torch.sigmoid(values)
+        return {name: float(values[0, i]) for i, name in enumerate(spec.score_classes)}
 
     def _mask_on_source_grid(self, probabilities: torch.Tensor, data: Preprocessed) -> np.ndarray:
+        """The predicted mask on the source grid: boolean, or a label map for > 2 classes.
+
+        The foreground is where the background's resampled margin below the best other
+        class is negative; with several foreground classes each foreground voxel takes
+        the class of highest resampled probability (value ``k`` for ``output_classes[k]``),
+        so the union of the classes is exactly the two-class foreground.
+        """
         # Background minus the best foreground class: one channel to resample, mask where < 0.
         margin = probabilities[:1] - probabilities[1:].max(dim=0, keepdim=True).values
         restored = restore_original_grid(margin.cpu(), data)
-        return (restored[0] < 0).numpy()
+        foreground = (restored[0] < 0).numpy()
+        if probabilities.shape[0] <= 2:
+            return foreground
+        classes = restore_original_grid(probabilities[1:].cpu(), data)
+        labels = (classes.argmax(dim=0) + 1).numpy().astype(np.uint8)
+        labels[~foreground] = 0
+        return labels
 
     def _write_seg(self, mask: np.ndarray, prepared: _Prepared) -> tuple[Path, str]:
         from workbench.dicom.seg import write_seg
@@ -669,6 +730,7 @@ class CaseProcessor:
             algorithm_name=self.spec.name,
             algorithm_version=self.spec.version,
             segment_label="Lesion",
+            segment_labels=None if mask.dtype == bool else self.spec.input.output_classes[1:],
             series_description=f"{self.spec.name} {self.spec.version} lesion"[:64],
             series_instance_uid=series_uid,
             sop_instance_uid=sop_uid,

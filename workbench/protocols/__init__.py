@@ -6,7 +6,7 @@ per case and :func:`find_discrepancies` selects the cases for adjudication.
 """
 
 from workbench.protocols.discrepancies import Discrepancy, DiscrepancyCandidate, find_discrepancies
-from workbench.protocols.evaluation import evaluate_endpoints, stratum_labels
+from workbench.protocols.evaluation import evaluate_endpoints, stratum_labels, structure_cases
 from workbench.protocols.loading import diff_protocols, load_protocol, protocol_sha256
 from workbench.protocols.metrics import METRICS, Metric, MetricInfo, Task, metric_info
 from workbench.protocols.operating_points import (
@@ -29,6 +29,7 @@ from workbench.protocols.results import (
     RunContext,
     RunResults,
     StratumResult,
+    StructureAccounting,
     SupplementaryAnalyses,
 )
 from workbench.protocols.schema import (
@@ -48,6 +49,7 @@ from workbench.protocols.schema import (
     ReferenceStandard,
     SegmentationReference,
     SegmentationReferenceRule,
+    SegmentationStructure,
     SignatureRequirement,
     SignerRole,
     StratumFactor,
@@ -55,6 +57,7 @@ from workbench.protocols.schema import (
     SubgroupRule,
     TestSetRef,
     render_criterion,
+    structure_column,
 )
 from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
@@ -78,6 +81,7 @@ __all__ = [
     "RunContext",
     "RunResults",
     "StratumResult",
+    "StructureAccounting",
     "SupplementaryAnalyses",
     "Adjudication",
     "CIMethodSpec",
@@ -100,6 +104,7 @@ __all__ = [
     "ReferenceStandard",
     "SegmentationReference",
     "SegmentationReferenceRule",
+    "SegmentationStructure",
     "SignatureRequirement",
     "SignerRole",
     "StratumFactor",
@@ -116,4 +121,6 @@ __all__ = [
     "protocol_sha256",
     "render_criterion",
     "stratum_labels",
+    "structure_cases",
+    "structure_column",
 ]

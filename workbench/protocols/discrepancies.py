@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from workbench.errors import ProtocolError
-from workbench.protocols.schema import Protocol
+from workbench.protocols.schema import Protocol, structure_column
 
 __all__ = ["DiscrepancyCandidate", "Discrepancy", "find_discrepancies"]
 
@@ -85,18 +85,27 @@ def find_discrepancies(protocol: Protocol, cases: pd.DataFrame) -> list[Discrepa
                     (order, DiscrepancyCandidate(str(cid), rule.id, f"inference failed{reason}"))
                 )
         elif rule.kind == "metric_threshold":
-            if rule.column not in cases.columns:
+            column: str = rule.column
+            scope = completed
+            structure = protocol.structure_of(rule.structure) if rule.column != "score" else None
+            if structure is not None:
+                column = structure_column(structure, rule.column)
+                excluded = structure_column(structure, "excluded")
+                if excluded in completed.columns:  # the structure's reference is missing
+                    why = completed[excluded]
+                    scope = completed[why.isna() | (why.astype(str) == "")]
+            if column not in cases.columns:
                 raise ProtocolError(
-                    f"Discrepancy rule {rule.id!r} needs column {rule.column!r}; "
+                    f"Discrepancy rule {rule.id!r} needs column {column!r}; "
                     f"found columns {list(cases.columns)}."
                 )
-            for cid, raw in zip(completed["case_id"], completed[rule.column], strict=True):
+            for cid, raw in zip(scope["case_id"], scope[column], strict=True):
                 value = float(raw) if pd.notna(raw) else math.nan
                 if not math.isfinite(value):
-                    detail = f"{rule.column} could not be computed (missing)"
+                    detail = f"{column} could not be computed (missing)"
                 elif rule.operator.holds(value, rule.threshold):
                     op = rule.operator.value
-                    detail = f"{rule.column} = {_fmt(value)} {op} {_fmt(rule.threshold)}"
+                    detail = f"{column} = {_fmt(value)} {op} {_fmt(rule.threshold)}"
                 else:
                     continue
                 out.append((order, DiscrepancyCandidate(str(cid), rule.id, detail)))

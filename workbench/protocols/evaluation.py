@@ -22,6 +22,25 @@ Handling of cases
     predicted mask) gets the same worst value; a completed classification case
     without a score is handled as a failed case. Each is named in ``notes``.
 
+Several structures
+------------------
+A protocol with ``reference_standard.segmentation.structures`` evaluates each
+endpoint on its own structure: the per-case values come from the frame's
+``<structure>/<metric>`` columns (:func:`structure_cases`), and a case whose
+reference lacks the structure (``<structure>/excluded``) is left out of that
+structure's endpoints and strata only. Failed and excluded cases are those of
+the whole case.
+
+Multi-class labels
+------------------
+With ``reference_standard.classes`` the labels column holds a category. Binary
+endpoints compare one-vs-rest: the truth is 1 for ``positive_classes`` (the run
+stores the model's probability of those classes as the score); the
+``kappa_multiclass`` endpoint is Cohen's kappa of the model's arg-max class
+(``predicted_class``) against the reference class, with the asymptotic CI of
+:func:`workbench.stats.cohen_kappa`. A failed case counted as an error gets the
+category :data:`NO_OUTPUT_CLASS`, which agrees with no reference class.
+
 Classification endpoints a clinician acts on
 --------------------------------------------
 Threshold metrics are evaluated at the protocol's locked operating point
@@ -69,13 +88,17 @@ from workbench.protocols.schema import (
     Protocol,
     StratumFactor,
     SubgroupRule,
+    structure_column,
 )
 from workbench.stats.bootstrap import case_weight_batches, interval_from_replicates
 from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
 __all__ = [
+    "NO_OUTPUT_CLASS",
+    "STRUCTURE_VALUES",
     "evaluate_endpoints",
     "stratum_labels",
+    "structure_cases",
 ]
 
 
@@ -107,7 +130,71 @@ def _labels_column(protocol: Protocol, cases: pd.DataFrame) -> str:
     return col
 
 
-def _prepare(protocol: Protocol, cases: pd.DataFrame) -> _Prepared:
+#: Per-case segmentation values a structure carries (``<structure>/<column>`` in the frame).
+STRUCTURE_VALUES = ("dice", "iou", "hd95", "hausdorff", "assd", "surface_dice")
+
+#: The predicted category of a failed case counted as an error: agrees with no reference class.
+NO_OUTPUT_CLASS = "(no model output)"
+
+
+def structure_cases(cases: pd.DataFrame, structure: str) -> pd.DataFrame:
+    """The cases frame as one structure's endpoints see it.
+
+    Each per-case value of :data:`STRUCTURE_VALUES` is read from the structure's own
+    column (``<structure>/dice``...), and a case whose reference lacks the structure
+    (``<structure>/excluded`` holds the reason) is excluded from this structure's
+    endpoints, with that reason in ``reason``.
+
+    Parameters
+    ----------
+    cases : DataFrame
+        The run's cases frame.
+    structure : str
+        A structure name of the protocol.
+
+    Returns
+    -------
+    DataFrame
+        A copy with ``status``, ``reason`` and the per-case value columns replaced.
+    """
+    frame = cases.copy()
+    for column in STRUCTURE_VALUES:
+        source = structure_column(structure, column)
+        frame[column] = frame[source] if source in frame.columns else np.nan
+    excluded_col = structure_column(structure, "excluded")
+    if excluded_col in frame.columns:
+        why = frame[excluded_col]
+        missing = why.notna() & (why.astype(str) != "")
+        missing &= frame["status"].astype(str).str.lower() != CaseStatus.EXCLUDED.value
+        frame.loc[missing, "status"] = CaseStatus.EXCLUDED.value
+        frame["reason"] = frame.get("reason", pd.Series(index=frame.index, dtype=object))
+        frame.loc[missing, "reason"] = why[missing]
+    return frame
+
+
+def _class_frame(protocol: Protocol, frame: pd.DataFrame, failed_mask: pd.Series) -> None:
+    """Add ``_ref_class`` and ``_pred_class`` (multi-class labels) to ``frame`` in place."""
+    ref = protocol.reference_standard
+    assert ref.classes is not None and ref.labels_column is not None
+    _require_columns(frame, [ref.labels_column], "the reference classes (labels column)")
+    classes = [str(c) for c in ref.classes]
+    values = frame[ref.labels_column].map(lambda v: None if pd.isna(v) else str(v))
+    odd = frame.loc[~values.isin(classes), "case_id"].tolist()
+    if odd:
+        found = sorted({str(v) for v in values[~values.isin(classes)]})
+        raise ProtocolError(
+            f"Reference labels in {ref.labels_column!r} must be one of {classes} for every "
+            f"analysed case; found {found} for case(s) {odd[:10]}."
+        )
+    frame["_ref_class"] = values.to_numpy()
+    if any(ep.metric is Metric.KAPPA_MULTICLASS for ep in protocol.endpoints):
+        _require_columns(frame, ["predicted_class"], "the model's predicted class (kappa)")
+        predicted = frame["predicted_class"].map(lambda v: None if pd.isna(v) else str(v))
+        predicted = predicted.where(~failed_mask.to_numpy() & predicted.notna(), NO_OUTPUT_CLASS)
+        frame["_pred_class"] = predicted.to_numpy()
+
+
+def _prepare(protocol: Protocol, cases: pd.DataFrame, structure: str | None = None) -> _Prepared:
     _require_columns(cases, ["case_id", "status"], "every protocol")
     frame = cases.copy()
     frame["case_id"] = frame["case_id"].astype(str)
@@ -129,9 +216,19 @@ def _prepare(protocol: Protocol, cases: pd.DataFrame) -> _Prepared:
     exclude_failed = protocol.failed_cases is FailedCasePolicy.EXCLUDE
 
     if protocol.task is Task.CLASSIFICATION:
-        col = _labels_column(protocol, frame)
+        ref = protocol.reference_standard
         _require_columns(frame, ["score"], "classification endpoints")
-        y_raw = pd.to_numeric(frame[col], errors="coerce")
+        if ref.is_multiclass and ref.positive_classes is None:
+            col = "y_true"  # categories only (kappa): no binary truth
+            y_raw = pd.Series(0, index=frame.index)
+        elif ref.is_multiclass and "y_true" not in frame.columns:
+            assert ref.labels_column is not None
+            col = ref.labels_column
+            _require_columns(frame, [col], "the reference standard (the labels column)")
+            y_raw = frame[col].map(ref.binary_truth).astype(float)
+        else:
+            col = _labels_column(protocol, frame)
+            y_raw = pd.to_numeric(frame[col], errors="coerce")
         if y_raw.isna().any() or not y_raw.isin([0, 1]).all():
             odd = frame.loc[y_raw.isna() | ~y_raw.isin([0, 1]), "case_id"].tolist()
             raise ProtocolError(
@@ -144,6 +241,8 @@ def _prepare(protocol: Protocol, cases: pd.DataFrame) -> _Prepared:
             notes.append(f"case {cid}: completed without a finite score; handled as failed")
         failed_mask = (frame["status"] == "failed") | no_score
         failed = tuple(frame.loc[failed_mask, "case_id"])
+        if ref.is_multiclass:
+            _class_frame(protocol, frame, failed_mask)
         if exclude_failed:
             frame = frame[~failed_mask].copy()
             y = y_raw[~failed_mask].astype(int)
@@ -171,18 +270,45 @@ def _prepare(protocol: Protocol, cases: pd.DataFrame) -> _Prepared:
         frame = frame[~failed_mask].copy()
         failed_mask = frame["status"] == "failed"
     columns = sorted(
-        {c for ep in protocol.endpoints if (c := metric_info(ep.metric).column) is not None}
+        {
+            c
+            for ep in protocol.endpoints
+            if (c := metric_info(ep.metric).column) is not None
+            and protocol.structure_of(ep.structure) == structure
+        }
     )
     _require_columns(frame, columns, "segmentation endpoints")
+    where = f"{structure}: " if structure is not None else ""
     for col in columns:
         distance = math.isinf(metric_info(_metric_for_column(col)).high)
         worst = protocol.failed_case_distance_mm if distance else 0.0
         values = pd.to_numeric(frame[col], errors="coerce").astype(float)
         missing = (frame["status"] == "completed") & ~np.isfinite(values)
         for cid in frame.loc[missing, "case_id"]:
-            notes.append(f"case {cid}: {col} undefined for a completed case; counted as {worst:g}")
+            notes.append(
+                f"{where}case {cid}: {col} undefined for a completed case; counted as {worst:g}"
+            )
         frame[col] = values.where(~(failed_mask | missing), worst)
     return _Prepared(frame, failed, excluded, tuple(notes))
+
+
+def _overall(
+    protocol: Protocol, cases: pd.DataFrame, by_structure: dict[str | None, _Prepared]
+) -> _Prepared:
+    """The run-level view of a multi-structure evaluation.
+
+    Failed and excluded cases are those of the whole case (a structure whose reference
+    is missing excludes the case from that structure's endpoints only); the analysed
+    cases are those analysed for at least one structure; the notes are every structure's.
+    """
+    status = cases["status"].astype(str).str.lower()
+    ids = cases["case_id"].astype(str)
+    excluded = tuple(ids[status == CaseStatus.EXCLUDED.value])
+    failed = tuple(ids[status == CaseStatus.FAILED.value])
+    analysed = sorted({c for p in by_structure.values() for c in p.frame["case_id"]})
+    frame = cases[ids.isin(analysed)].copy()
+    notes = tuple(n for p in by_structure.values() for n in p.notes)
+    return _Prepared(frame, failed, excluded, notes)
 
 
 def _metric_for_column(column: str) -> Metric:
@@ -371,6 +497,19 @@ def _estimate(
             return None, "no cases"
         if endpoint.metric in _UTILITY_METRICS:
             return _utility_estimate(ctx, endpoint, frame, level)
+        if endpoint.metric is Metric.KAPPA_MULTICLASS:
+            classes = list(ctx.protocol.reference_standard.classes or [])
+            predicted = frame["_pred_class"].tolist()
+            extra = sorted({str(p) for p in predicted} - set(classes))
+            return (
+                wstats.cohen_kappa(
+                    frame["_ref_class"].tolist(),
+                    predicted,
+                    level=level,
+                    categories=[*classes, *extra],
+                ),
+                "",
+            )
         if endpoint.metric is Metric.AUC:
             return (
                 wstats.auc(
@@ -611,14 +750,27 @@ def evaluate_endpoints(
             "workbench.protocols.operating_points.resolve_operating_point before evaluating."
         )
     ctx = _Context(protocol)
-    prepared = _prepare(protocol, cases)
-    frame = prepared.frame
-    labels = {f.factor: stratum_labels(frame, f) for f in protocol.strata}
+    seg = protocol.reference_standard.segmentation
+    structures = seg.structure_names if seg is not None else ()
+    prepared_by: dict[str | None, _Prepared] = {}
+    labels_by: dict[str | None, dict[str, pd.Series]] = {}
+    names: list[str | None] = [*structures] or [None]
+    for name in names:
+        if name is None:
+            prepared_by[name] = _prepare(protocol, cases)
+        else:
+            prepared_by[name] = _prepare(protocol, structure_cases(cases, name), name)
+        part = prepared_by[name].frame
+        labels_by[name] = {f.factor: stratum_labels(part, f) for f in protocol.strata}
+    prepared = _overall(protocol, cases, prepared_by) if structures else prepared_by[None]
     sub = protocol.subgroup_acceptance
     judged_ids = {ep.id for ep in protocol.subgroup_endpoints()}
     results: list[EndpointResult] = []
     total = len(protocol.endpoints)
     for i, ep in enumerate(protocol.endpoints):
+        structure = protocol.structure_of(ep.structure)
+        frame = prepared_by[structure].frame
+        labels = labels_by[structure]
         est, reason = _estimate(ep, frame, ep.ci.level, ctx)
         if est is None:
             overall = Verdict.NOT_EVALUABLE
@@ -686,6 +838,7 @@ def evaluate_endpoints(
                 reason=reason if verdict is not Verdict.PASS else "",
                 n_cases=len(frame),
                 operating_threshold=protocol.threshold_of(ep),
+                structure=structure,
             )
         )
         if progress is not None:
@@ -712,7 +865,7 @@ def evaluate_endpoints(
         verdict=overall_verdict,
         endpoints=tuple(results),
         n_cases_total=len(cases),
-        n_analysed=len(frame),
+        n_analysed=len(prepared.frame),
         failed_case_ids=prepared.failed,
         excluded_case_ids=prepared.excluded,
         failed_cases_policy=protocol.failed_cases.value,

@@ -65,6 +65,7 @@ class Metric(StrEnum):
     ECE = "ece"
     NET_BENEFIT_GAIN = "net_benefit_gain"
     KAPPA_MODEL_VS_CONSENSUS = "kappa_model_vs_consensus"
+    KAPPA_MULTICLASS = "kappa_multiclass"
     DICE_MEAN = "dice_mean"
     DICE_MEDIAN = "dice_median"
     SURFACE_DICE_MEAN = "surface_dice_mean"
@@ -272,6 +273,18 @@ METRICS: dict[Metric, MetricInfo] = {
         True,
         ("asymptotic",),
         True,
+    ),
+    Metric.KAPPA_MULTICLASS: MetricInfo(
+        Metric.KAPPA_MULTICLASS,
+        Task.CLASSIFICATION,
+        "Cohen's kappa (model's class vs reference class)",
+        None,
+        None,
+        -1.0,
+        1.0,
+        True,
+        ("asymptotic",),
+        False,
     ),
     Metric.DICE_MEAN: _per_case(Metric.DICE_MEAN, "mean Dice", "dice", "mean", distance=False),
     Metric.DICE_MEDIAN: _per_case(

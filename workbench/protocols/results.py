@@ -15,13 +15,19 @@ read: upper-case verdict spellings (``"PASS"``, ``"NOT_ESTIMABLE"``) become
 :class:`~workbench.vocabulary.Verdict` members, strata without an estimate get
 an explicit :class:`~workbench.vocabulary.EstimateStatus`. The stored record is
 never rewritten: its SHA-256 stays the one that was signed.
+
+Multi-structure segmentation adds two optional parts within version 2: an
+endpoint's ``structure`` and the accounting's ``structures``
+(:class:`StructureAccounting`). Both are written only when present, so
+single-structure results keep the layout they had, and results stored before
+them read back with ``structure=None`` and no structure accounting.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -49,6 +55,7 @@ __all__ = [
     "RunContext",
     "RunResults",
     "StratumResult",
+    "StructureAccounting",
     "SupplementaryAnalyses",
     "estimate_from_dict",
     "estimate_to_dict",
@@ -240,6 +247,8 @@ class EndpointResult:
         Cases in the overall analysis.
     operating_threshold : float or None
         Score threshold of threshold metrics.
+    structure : str or None
+        The structure a multi-structure segmentation endpoint evaluates (None otherwise).
     """
 
     endpoint_id: str
@@ -254,6 +263,14 @@ class EndpointResult:
     reason: str
     n_cases: int
     operating_threshold: float | None = None
+    structure: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The endpoint as tables and figures name it: ``id`` or ``id (structure)``."""
+        if self.structure is None:
+            return self.endpoint_id
+        return f"{self.endpoint_id} ({self.structure})"
 
     def strata_of(self, factor: str) -> tuple[StratumResult, ...]:
         """The strata of one factor."""
@@ -274,7 +291,7 @@ class EndpointResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN and infinities become None)."""
-        return _jsonable(
+        data: dict[str, Any] = _jsonable(
             {
                 "endpoint_id": self.endpoint_id,
                 "metric": self.metric,
@@ -290,6 +307,9 @@ class EndpointResult:
                 "operating_threshold": self.operating_threshold,
             }
         )
+        if self.structure is not None:  # single-structure results keep their stored form
+            data["structure"] = self.structure
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EndpointResult:
@@ -308,6 +328,7 @@ class EndpointResult:
             reason=str(_or(data, "reason", "")),
             n_cases=int(_or(data, "n_cases", 0)),
             operating_threshold=None if threshold is None else float(threshold),
+            structure=None if data.get("structure") is None else str(data["structure"]),
         )
 
 
@@ -452,6 +473,50 @@ class CaseNote:
 
 
 @dataclass(frozen=True, slots=True)
+class StructureAccounting:
+    """Which cases one structure of a multi-structure protocol lost, and why.
+
+    Parameters
+    ----------
+    structure : str
+    n_cases : int
+        Cases not excluded as a whole (the cases the structure could have).
+    excluded : tuple of CaseNote
+        Cases whose reference lacks the structure, with the reason; they are left out
+        of the structure's endpoints only.
+    """
+
+    structure: str
+    n_cases: int
+    excluded: tuple[CaseNote, ...] = ()
+
+    @property
+    def n_analysed(self) -> int:
+        """Cases the structure's endpoints analyse (before the failed-case policy)."""
+        return self.n_cases - len(self.excluded)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "structure": self.structure,
+            "n_cases": self.n_cases,
+            "excluded": [{"case_id": n.case_id, "reason": n.reason} for n in self.excluded],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StructureAccounting:
+        """Read :meth:`to_dict`'s form."""
+        return cls(
+            structure=str(data["structure"]),
+            n_cases=int(_or(data, "n_cases", 0)),
+            excluded=tuple(
+                CaseNote(case_id=str(n["case_id"]), reason=str(n.get("reason") or ""))
+                for n in data.get("excluded") or ()
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CaseAccounting:
     """Where every case of the test set went.
 
@@ -461,6 +526,9 @@ class CaseAccounting:
         Cases of the test set; completed, failed and excluded ones.
     failed, excluded : tuple of CaseNote
         Each failed or excluded case with its reason.
+    structures : tuple of StructureAccounting
+        Multi-structure protocols: the cases each structure lost because its reference
+        lacks the structure (empty otherwise).
     """
 
     n_cases: int
@@ -469,6 +537,7 @@ class CaseAccounting:
     n_excluded: int
     failed: tuple[CaseNote, ...] = ()
     excluded: tuple[CaseNote, ...] = ()
+    structures: tuple[StructureAccounting, ...] = ()
 
     @property
     def n_included(self) -> int:
@@ -482,10 +551,22 @@ class CaseAccounting:
         return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, n_cases: int) -> CaseAccounting:
-        """Count a run's case frame (``case_id``, ``status``, ``reason`` columns)."""
+    def from_frame(
+        cls, frame: pd.DataFrame, n_cases: int, *, structures: Sequence[str] = ()
+    ) -> CaseAccounting:
+        """Count a run's case frame (``case_id``, ``status``, ``reason`` columns).
+
+        With ``structures``, each structure's exclusions are read from its
+        ``<structure>/excluded`` column (see :func:`workbench.protocols.structure_column`).
+        """
         if not len(frame):
-            return cls(n_cases=n_cases, n_completed=0, n_failed=0, n_excluded=0)
+            return cls(
+                n_cases=n_cases,
+                n_completed=0,
+                n_failed=0,
+                n_excluded=0,
+                structures=tuple(StructureAccounting(s, 0) for s in structures),
+            )
         counts = frame["status"].value_counts().to_dict()
 
         def notes(status: CaseStatus) -> tuple[CaseNote, ...]:
@@ -502,11 +583,12 @@ class CaseAccounting:
             n_excluded=int(counts.get(CaseStatus.EXCLUDED.value, 0)),
             failed=notes(CaseStatus.FAILED),
             excluded=notes(CaseStatus.EXCLUDED),
+            structures=tuple(_structure_accounting(frame, s) for s in structures),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        data: dict[str, Any] = {
             "n_cases": self.n_cases,
             "n_completed": self.n_completed,
             "n_failed": self.n_failed,
@@ -514,6 +596,9 @@ class CaseAccounting:
             "failed": [{"case_id": n.case_id, "reason": n.reason} for n in self.failed],
             "excluded": [{"case_id": n.case_id, "reason": n.reason} for n in self.excluded],
         }
+        if self.structures:
+            data["structures"] = [s.to_dict() for s in self.structures]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseAccounting:
@@ -532,7 +617,21 @@ class CaseAccounting:
             n_excluded=int(_or(data, "n_excluded", 0)),
             failed=notes("failed"),
             excluded=notes("excluded"),
+            structures=tuple(
+                StructureAccounting.from_dict(item) for item in data.get("structures") or ()
+            ),
         )
+
+
+def _structure_accounting(frame: pd.DataFrame, structure: str) -> StructureAccounting:
+    kept = frame[frame["status"] != CaseStatus.EXCLUDED.value]
+    column = f"{structure}/excluded"
+    notes: list[CaseNote] = []
+    if column in kept.columns:
+        for case_id, why in zip(kept["case_id"], kept[column], strict=True):
+            if why is not None and not (isinstance(why, float) and pd.isna(why)) and str(why):
+                notes.append(CaseNote(case_id=str(case_id), reason=str(why)))
+    return StructureAccounting(structure=structure, n_cases=len(kept), excluded=tuple(notes))
 
 
 @dataclass(frozen=True, slots=True)

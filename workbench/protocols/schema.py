@@ -41,7 +41,9 @@ __all__ = [
     "ReferenceStandard",
     "SegmentationReference",
     "SegmentationReferenceRule",
+    "SegmentationStructure",
     "SignatureRequirement",
+    "structure_column",
     "SignerRole",
     "StratumFactor",
     "SubgroupAcceptance",
@@ -230,8 +232,47 @@ class ReferenceSource(StrEnum):
     NIFTI = "nifti"
 
 
+def structure_column(structure: str, column: str) -> str:
+    """The cases-frame column of one structure's per-case value, e.g. ``liver/dice``.
+
+    A multi-structure run stores each structure's per-case metrics under these
+    names, and ``<structure>/excluded`` with the reason when the structure's
+    reference is missing for the case.
+    """
+    return f"{structure}/{column}"
+
+
+class SegmentationStructure(_Strict):
+    """One structure of a multi-structure segmentation protocol.
+
+    ``reference`` names the structure in the readers' references: a DICOM SEG
+    segment label, an RTSTRUCT ROI name or a NIfTI/NRRD label value (an integer);
+    ``model_class`` names the model's output channel (one of the model's
+    ``output_classes``, not the background) whose voxels of the arg-max label map
+    are compared with it.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$", max_length=64)
+    reference: str | int
+    model_class: str = Field(min_length=1, max_length=64)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"a NIfTI/NRRD label value must be >= 1, found {value}")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("reference must name a SEG segment label or RTSTRUCT ROI, found ''")
+        return value
+
+
 class SegmentationReference(_Strict):
-    """Reference segmentation: readers' masks combined by a rule."""
+    """Reference segmentation: readers' masks combined by a rule.
+
+    One structure (``roi`` / ``label`` pick it, or the only one) or several
+    (``structures``), each compared with one class of the model's arg-max label
+    map and evaluated by the endpoints that name it.
+    """
 
     readers: list[str] = Field(default_factory=lambda: ["reader1", "reader2"], min_length=1)
     rule: SegmentationReferenceRule = SegmentationReferenceRule.MAJORITY
@@ -243,6 +284,14 @@ class SegmentationReference(_Strict):
     label: int | None = Field(
         default=None, ge=1, description="NIfTI/NRRD label value of the structure (default: > 0)."
     )
+    structures: list[SegmentationStructure] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Several structures, each with its name, its reference (SEG segment label, "
+            "RTSTRUCT ROI or NIfTI label value) and the model class it is compared with."
+        ),
+    )
 
     @model_validator(mode="after")
     def _rule_names_reader(self) -> SegmentationReference:
@@ -251,7 +300,47 @@ class SegmentationReference(_Strict):
                 f"rule {self.rule.value!r} names a reader that is not listed in readers "
                 f"{self.readers}"
             )
+        if self.structures is not None:
+            if self.roi is not None or self.label is not None:
+                raise LocatedValueError(
+                    ("roi" if self.roi is not None else "label",),
+                    "roi and label pick the one structure of a single-structure protocol; with "
+                    "structures, name each structure's reference there",
+                )
+            for kind in ("name", "model_class"):
+                values = [getattr(s, kind) for s in self.structures]
+                for i, value in enumerate(values):
+                    if values.index(value) != i:
+                        raise LocatedValueError(
+                            ("structures", i, kind),
+                            f"duplicate structure {kind} {value!r}; each structure needs its own",
+                        )
+            for i, structure in enumerate(self.structures):
+                is_label = isinstance(structure.reference, int)
+                if is_label != (self.source is ReferenceSource.NIFTI):
+                    expected = (
+                        "a label value (integer)"
+                        if self.source is ReferenceSource.NIFTI
+                        else "a segment label or ROI name (text)"
+                    )
+                    raise LocatedValueError(
+                        ("structures", i, "reference"),
+                        f"source {self.source.value!r} names a structure by {expected}, found "
+                        f"{structure.reference!r}",
+                    )
         return self
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """Names of the structures (empty for the single-structure form)."""
+        return tuple(s.name for s in self.structures or ())
+
+    def structure(self, name: str) -> SegmentationStructure:
+        """The structure called ``name`` (KeyError names the known ones)."""
+        for s in self.structures or ():
+            if s.name == name:
+                return s
+        raise KeyError(f"no structure {name!r}; expected one of {list(self.structure_names)}")
 
 
 class LabelsKey(StrEnum):
@@ -283,7 +372,24 @@ class ReferenceStandard(_Strict):
 
     description: str = ""
     labels_column: str | None = Field(
-        default=None, description="Column of reference/labels.csv with the binary truth."
+        default=None,
+        description=(
+            "Column of reference/labels.csv with the truth: 0/1, or a category out of 'classes'."
+        ),
+    )
+    classes: list[str] | None = Field(
+        default=None,
+        description=(
+            "The categories of a multi-class labels column (e.g. [normal, nodule, mass]); the "
+            "model's score_classes map to them by name."
+        ),
+    )
+    positive_classes: list[str] | None = Field(
+        default=None,
+        description=(
+            "Of 'classes', those that are positive for the binary endpoints (one-vs-rest); "
+            "the case's score is the model's probability of these classes."
+        ),
     )
     segmentation: SegmentationReference | None = None
     labels_key: LabelsKey = Field(
@@ -301,6 +407,69 @@ class ReferenceStandard(_Strict):
         default_factory=list,
         description="The readers behind the reference standard, with role and qualification.",
     )
+
+    @model_validator(mode="after")
+    def _classes(self) -> ReferenceStandard:
+        classes = self.classes
+        if classes is not None:
+            if len(classes) < 2 or len(set(classes)) != len(classes):
+                raise LocatedValueError(
+                    ("classes",), f"expected at least two distinct categories, found {classes}"
+                )
+            if not self.labels_column:
+                raise LocatedValueError(
+                    ("labels_column",),
+                    "classes name the categories of labels_column; expected a labels_column, "
+                    "found none",
+                )
+        if self.positive_classes is not None:
+            if classes is None:
+                raise LocatedValueError(
+                    ("positive_classes",),
+                    "positive_classes are taken out of classes; expected classes (e.g. "
+                    "[normal, nodule, mass]), found none",
+                )
+            for j, name in enumerate(self.positive_classes):
+                if name not in classes:
+                    raise LocatedValueError(
+                        ("positive_classes", j),
+                        f"expected one of classes {classes}, found {name!r}",
+                    )
+            if not self.positive_classes or len(self.positive_classes) == len(classes):
+                raise LocatedValueError(
+                    ("positive_classes",),
+                    f"expected at least one and fewer than all of {classes}, found "
+                    f"{self.positive_classes}",
+                )
+        return self
+
+    @property
+    def is_multiclass(self) -> bool:
+        """Whether the labels column holds categories (``classes``) rather than 0/1."""
+        return self.classes is not None
+
+    def binary_truth(self, value: object) -> int | None:
+        """The 0/1 truth of one labels-column value (one-vs-rest for categories).
+
+        Returns
+        -------
+        int or None
+            With ``positive_classes``: 1 when the category is one of them, else 0. Without
+            ``classes``: the value when it is 0 or 1. ``None`` for a missing value, for any
+            other value (which the evaluation rejects, naming the case) and for categories
+            without ``positive_classes``.
+        """
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if self.classes is not None:
+            if self.positive_classes is None:
+                return None
+            return int(str(value) in self.positive_classes)
+        try:
+            number = float(str(value))
+        except ValueError:
+            return None
+        return int(number) if number in (0.0, 1.0) else None
 
 
 class FailedCasePolicy(StrEnum):
@@ -505,6 +674,10 @@ class Endpoint(_Strict):
     primary: bool = True
     ci: CIMethodSpec = Field(default_factory=CIMethodSpec)
     operating_threshold: float | None = None
+    structure: str | None = Field(
+        default=None,
+        description="The structure of a multi-structure segmentation protocol it evaluates.",
+    )
     criterion: Criterion
 
     @model_validator(mode="after")
@@ -741,6 +914,7 @@ class _MetricRule(_Strict):
     column: Literal["dice", "surface_dice", "hd95", "assd", "score"]
     operator: Operator
     threshold: float
+    structure: str | None = None
 
 
 class _DecisionRule(_Strict):
@@ -930,6 +1104,8 @@ class Protocol(_Strict):
                 ("reference_standard",),
                 "a segmentation protocol needs reference_standard.segmentation (readers and rule)",
             )
+        self._check_structures()
+        self._check_classes()
         factors = [s.factor for s in self.strata]
         dup = sorted({f for f in factors if factors.count(f) > 1})
         if dup:
@@ -998,6 +1174,60 @@ class Protocol(_Strict):
                     )
         return self
 
+    def _check_structures(self) -> None:
+        seg = self.reference_standard.segmentation
+        names = list(seg.structure_names) if seg is not None else []
+        for i, ep in enumerate(self.endpoints):
+            if ep.structure is None:
+                if len(names) > 1:
+                    raise LocatedValueError(
+                        ("endpoints", i, "structure"),
+                        f"endpoint {ep.id!r} must name its structure; expected one of {names}",
+                    )
+            elif ep.structure not in names:
+                raise LocatedValueError(
+                    ("endpoints", i, "structure"),
+                    f"unknown structure {ep.structure!r}; expected one of {names}"
+                    if names
+                    else f"endpoint {ep.id!r} names structure {ep.structure!r} but the protocol "
+                    "has no reference_standard.segmentation.structures",
+                )
+        for j, rule in enumerate(self.discrepancy_rules):
+            structure = getattr(rule, "structure", None)
+            if rule.kind != "metric_threshold":
+                continue
+            if structure is None and len(names) > 1 and rule.column != "score":
+                raise LocatedValueError(
+                    ("discrepancy_rules", j, "structure"),
+                    f"rule {rule.id!r} must name its structure; expected one of {names}",
+                )
+            if structure is not None and structure not in names:
+                raise LocatedValueError(
+                    ("discrepancy_rules", j, "structure"),
+                    f"unknown structure {structure!r}; expected one of {names}",
+                )
+
+    def _check_classes(self) -> None:
+        ref = self.reference_standard
+        for i, ep in enumerate(self.endpoints):
+            if ep.metric is Metric.KAPPA_MULTICLASS and not ref.is_multiclass:
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} compares categories; expected "
+                    "reference_standard.classes (e.g. [normal, nodule, mass]), found none",
+                )
+            if (
+                self.task is Task.CLASSIFICATION
+                and ref.is_multiclass
+                and ep.metric is not Metric.KAPPA_MULTICLASS
+                and ref.positive_classes is None
+            ):
+                raise LocatedValueError(
+                    ("endpoints", i, "metric"),
+                    f"metric {ep.metric.value} is binary; with multi-class labels expected "
+                    "reference_standard.positive_classes (one-vs-rest), found none",
+                )
+
     # -- derived views ---------------------------------------------------------------------
 
     @property
@@ -1020,6 +1250,19 @@ class Protocol(_Strict):
     def canonical_sha256(self) -> str:
         """SHA-256 of :attr:`canonical_text` (UTF-8)."""
         return hashlib.sha256(self.canonical_text.encode("utf-8")).hexdigest()
+
+    def structure_of(self, named: str | None) -> str | None:
+        """The structure an endpoint or discrepancy rule evaluates.
+
+        ``named`` is its own ``structure``; without one, the protocol's only structure
+        when ``reference_standard.segmentation.structures`` lists exactly one, else
+        ``None`` (a single-structure protocol).
+        """
+        if named is not None:
+            return named
+        seg = self.reference_standard.segmentation
+        names = seg.structure_names if seg is not None else ()
+        return names[0] if len(names) == 1 else None
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         """Return the endpoint with id ``endpoint_id`` (KeyError names the known ids)."""

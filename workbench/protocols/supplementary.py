@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
-from workbench.protocols.evaluation import stratum_labels
+from workbench.protocols.evaluation import stratum_labels, structure_cases
 from workbench.protocols.metrics import Task, metric_info
 from workbench.protocols.results import (
     AgreementResult,
@@ -302,10 +302,15 @@ def _heterogeneity(protocol: Protocol, done: pd.DataFrame) -> tuple[Heterogeneit
         if args is None:
             continue
         name, options = args
+        data = done
+        structure = protocol.structure_of(endpoint.structure)
+        if structure is not None and "value" in options:
+            data = structure_cases(done, structure)
+            data = data[data["status"] == CaseStatus.COMPLETED.value]
         for factor in protocol.strata:
             try:
                 test = heterogeneity_test(
-                    done,
+                    data,
                     name,
                     by=factor.factor,
                     min_n=factor.min_n,

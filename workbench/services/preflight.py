@@ -7,8 +7,12 @@ and reports, in one list: a protocol written for another test set, a labels
 file or column the protocol needs that is missing, labels rows that match no
 series, cases that would be excluded (grouped by reason), stratum factors with
 no source, strata below their min_n, a model whose task or input does not fit
-the images, and a run that would exclude every case. Problems marked
-``blocking`` stop a run before it starts.
+the images, and a run that would exclude every case. Multi-structure protocols:
+a structure's model class that is not among the model's ``output_classes``, and
+cases whose references lack a structure (left out of that structure's endpoints;
+blocking when every case lacks it). Multi-class labels: labels values outside
+``classes`` and classes the model's ``score_classes`` do not name. Problems
+marked ``blocking`` stop a run before it starts.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.dicom.reference import reference_structures
+from workbench.dicom.references import find_reference_files
+from workbench.errors import WorkbenchError
 from workbench.inference.registry import ModelSpec, ModelTask
-from workbench.protocols import Protocol, load_protocol, stratum_labels
+from workbench.protocols import Metric, Protocol, load_protocol, stratum_labels
 from workbench.protocols.cases import CaseSpec, build_cases
 from workbench.records.models import RegisteredModel, TestSet
 from workbench.services import models as model_service
@@ -183,8 +190,66 @@ def preflight_cases(
                     blocking=False,
                 )
             )
+    problems += _class_problems(protocol, labels)
+    problems += _structure_problems(protocol, analysable)
     if spec is not None:
         problems += _model_problems(protocol, spec, analysable)
+    return problems
+
+
+def _class_problems(protocol: Protocol, labels: pd.DataFrame | None) -> list[PreflightProblem]:
+    """Multi-class labels: every value of the labels column must be one of the classes."""
+    reference = protocol.reference_standard
+    column = reference.labels_column
+    if reference.classes is None or labels is None or column not in labels.columns:
+        return []
+    values = labels[column].dropna().astype(str)
+    odd = sorted(set(values) - set(reference.classes))
+    if not odd:
+        return []
+    return [
+        PreflightProblem(
+            "labels values",
+            f"{LABELS_PATH} column {column}",
+            f"one of reference_standard.classes {reference.classes}",
+            f"{odd[:10]} in {int(values.isin(odd).sum())} row(s)",
+        )
+    ]
+
+
+def _structure_problems(protocol: Protocol, cases: list[CaseSpec]) -> list[PreflightProblem]:
+    """Structures a reader's reference lacks: excluded from that structure's endpoints."""
+    seg = protocol.reference_standard.segmentation
+    if seg is None or not seg.structures or not cases:
+        return []
+    held: dict[Path, tuple[str | int, ...]] = {}
+    problems = []
+    for i, structure in enumerate(seg.structures):
+        lacking: list[str] = []
+        for case in cases:
+            for reader in seg.readers:
+                path = case.seg_paths.get(reader)
+                if path is None:
+                    continue
+                if path not in held:
+                    try:
+                        held[path] = reference_structures(path, seg.source.value)
+                    except WorkbenchError:
+                        held[path] = ()
+                if structure.reference not in held[path]:
+                    lacking.append(case.case_id)
+                    break
+        if lacking:
+            problems.append(
+                PreflightProblem(
+                    "structure reference",
+                    f"reference_standard.segmentation.structures[{i}] ({structure.name})",
+                    f"{structure.reference!r} in every reader's reference",
+                    f"missing for {len(lacking)} of {len(cases)} case(s) (first: {lacking[0]}); "
+                    "they are left out of this structure's endpoints",
+                    blocking=len(lacking) == len(cases),
+                )
+            )
     return problems
 
 
@@ -203,6 +268,53 @@ def _model_problems(
                 "model task", f"model {spec.name}@{spec.version}", f"task {task}", spec.task.value
             )
         )
+    where = f"model {spec.name}@{spec.version}"
+    seg = protocol.reference_standard.segmentation
+    foreground = list(spec.input.output_classes[1:])
+    structures = seg.structures if seg is not None and seg.structures else []
+    for i, structure in enumerate(structures):
+        if structure.model_class not in foreground:
+            problems.append(
+                PreflightProblem(
+                    "model class",
+                    f"reference_standard.segmentation.structures[{i}].model_class",
+                    f"a foreground class of {where}'s output_classes {foreground}",
+                    repr(structure.model_class),
+                )
+            )
+    reference = protocol.reference_standard
+    if reference.classes is not None:
+        score_classes = list(spec.input.score_classes or [])
+        kappa = [ep.id for ep in protocol.endpoints if ep.metric is Metric.KAPPA_MULTICLASS]
+        if not score_classes and kappa:
+            problems.append(
+                PreflightProblem(
+                    "model classes",
+                    f"{where} input.score_classes",
+                    f"the class names of a multi-class output for endpoint(s) {kappa}",
+                    "a single score",
+                )
+            )
+        missing = [c for c in reference.classes if c not in score_classes]
+        if score_classes and missing:
+            problems.append(
+                PreflightProblem(
+                    "model classes",
+                    "reference_standard.classes",
+                    f"each class among {where}'s score_classes {score_classes}",
+                    f"{missing} not among them",
+                )
+            )
+        if not score_classes and reference.positive_classes:
+            problems.append(
+                PreflightProblem(
+                    "model classes",
+                    f"{where} input.score_classes",
+                    f"class probabilities to score positive_classes {reference.positive_classes}",
+                    "a single score, used as the probability of the positive classes",
+                    blocking=False,
+                )
+            )
     dims = int(getattr(spec.input, "spatial_dims", 3))
     single = [c for c in cases if len(c.image_paths) == 1]
     if dims == 3 and single:
@@ -271,8 +383,25 @@ def check_protocol(
             spec = ModelSpec.model_validate(reg.spec)
             model_ref = f"{reg.name}@{reg.version}"
     labels = _labels(root, None)
-    cases = build_cases(index.files, labels, proto, root)
-    problems = preflight_cases(proto, cases, labels, test_set_name=ts.name, spec=spec)
+    seg_ref = proto.reference_standard.segmentation
+    reference_problems: list[PreflightProblem] = []
+    references = None
+    if seg_ref is not None:
+        try:
+            references = find_reference_files(index.files, root, seg_ref.source.value)
+        except WorkbenchError as error:
+            reference_problems.append(
+                PreflightProblem(
+                    "reference files",
+                    f"reference_standard.segmentation.source {seg_ref.source.value}",
+                    "reference files identified by content",
+                    str(error),
+                )
+            )
+    cases = build_cases(index.files, labels, proto, root, references=references)
+    problems = reference_problems + preflight_cases(
+        proto, cases, labels, test_set_name=ts.name, spec=spec
+    )
     exclusions = Counter(c.exclusion for c in cases if c.exclusion)
     return PreflightReport(
         protocol=proto_ref,

@@ -378,10 +378,26 @@ def dataset_section(inputs: ReportInputs) -> rc.DatasetSummary:
         exclusion_criteria=(
             "No reference labels row or reference segmentation for the series.",
             "Modality other than CT.",
+            *(
+                (
+                    "A structure missing from a reader's reference: the case is left out of that "
+                    "structure's endpoints only.",
+                )
+                if accounting.structures
+                else ()
+            ),
         ),
         n_included=accounting.n_included,
-        excluded_cases=tuple(
-            rc.CaseNote(case_id=n.case_id, reason=n.reason) for n in accounting.excluded
+        excluded_cases=(
+            *(rc.CaseNote(case_id=n.case_id, reason=n.reason) for n in accounting.excluded),
+            *(
+                rc.CaseNote(
+                    case_id=n.case_id,
+                    reason=f"structure {s.structure} only: {n.reason}",
+                )
+                for s in accounting.structures
+                for n in s.excluded
+            ),
         ),
         failed_cases=tuple(
             rc.CaseNote(case_id=n.case_id, reason=n.reason) for n in accounting.failed
@@ -400,7 +416,8 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
         info = metric_info(ep.metric)
         metric_methods.append(
             rc.MetricMethod(
-                metric=f"{ep.id}: {info.label}",
+                metric=f"{ep.id}: "
+                + _structure_label(info.label, protocol.structure_of(ep.structure)),
                 definition=ep.description or info.label,
                 ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})",
             )
@@ -469,6 +486,11 @@ def _criterion(protocol: Protocol, endpoint_id: str) -> tuple[float | None, str]
     return None, ">="
 
 
+def _structure_label(label: str, structure: str | None) -> str:
+    """A metric's label with the structure a multi-structure endpoint evaluates."""
+    return label if structure is None else f"{label} ({structure})"
+
+
 def _digits(endpoint: EndpointResult) -> int:
     return 1 if metric_info(endpoint.metric).unit == "mm" else 3
 
@@ -483,7 +505,7 @@ def results_section(inputs: ReportInputs) -> rc.ResultsSection:
         metrics.append(
             rc.MetricResult(
                 key=endpoint.endpoint_id,
-                label=info.label,
+                label=_structure_label(info.label, endpoint.structure),
                 overall=_overall_estimate(endpoint),
                 per_stratum=tuple(
                     rc.StratumEstimate(
@@ -697,7 +719,7 @@ def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:
         digits = _digits(endpoint)
         rows.append(
             rc.AcceptanceRow(
-                endpoint=endpoint.endpoint_id,
+                endpoint=endpoint.display_name,
                 criterion=endpoint.criterion_text,
                 estimate=_overall_estimate(endpoint),
                 verdict=endpoint.overall_verdict,
@@ -707,7 +729,7 @@ def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:
         )
         rows.extend(
             rc.AcceptanceRow(
-                endpoint=endpoint.endpoint_id,
+                endpoint=endpoint.display_name,
                 criterion=endpoint.subgroup_rule_text or endpoint.criterion_text,
                 estimate=_stratum_estimate(s),
                 verdict=s.verdict,
@@ -746,7 +768,8 @@ def adjudication_section(inputs: ReportInputs) -> rc.AdjudicationSummary:
             post.append(
                 rc.MetricResult(
                     key=f"{endpoint.endpoint_id} (secondary)",
-                    label=f"{metric_info(endpoint.metric).label}, post-adjudication",
+                    label=_structure_label(metric_info(endpoint.metric).label, endpoint.structure)
+                    + ", post-adjudication",
                     overall=_report_estimate(
                         endpoint.estimate, reason=endpoint.reason or "not estimable"
                     ),
@@ -833,8 +856,18 @@ def _manifest_entries(test_set: TestSet) -> dict[str, str]:
 
 
 def per_case_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """The per-case table attached to the report: JSON-ready values, NaN as None."""
-    keep = [c for c in PER_CASE_COLUMNS if c in frame]
+    """The per-case table attached to the report: JSON-ready values, NaN as None.
+
+    Multi-structure runs add each structure's Dice, HD95, surface Dice and exclusion
+    reason (``<structure>/dice``...); multi-class runs the model's predicted class.
+    """
+    extra = [
+        c
+        for c in frame.columns
+        if str(c).endswith(("/dice", "/hd95", "/surface_dice", "/excluded"))
+        or c == "predicted_class"
+    ]
+    keep = [c for c in PER_CASE_COLUMNS if c in frame] + extra
     rows = []
     for row in frame[keep].to_dict(orient="records"):
         clean: dict[str, Any] = {}

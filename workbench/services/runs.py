@@ -37,10 +37,12 @@ from sqlalchemy.orm import Session
 
 from workbench import __version__
 from workbench.dicom.manifest import Manifest, verify_manifest
-from workbench.dicom.nifti_reference import read_reference_mask
-from workbench.dicom.reference import combine_reader_masks
+from workbench.dicom.reference import (
+    combine_reader_masks,
+    read_structure_mask,
+    reference_structures,
+)
 from workbench.dicom.references import find_reference_files
-from workbench.dicom.rtstruct import rasterize_rtstruct
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import load_series
 from workbench.errors import (
@@ -55,7 +57,7 @@ from workbench.errors import (
 from workbench.inference.environment import snapshot
 from workbench.inference.executor import InferenceExecutor
 from workbench.inference.loading import load_model
-from workbench.inference.registry import ModelSpec, verify_model_files
+from workbench.inference.registry import ModelSpec, ScoreActivation, verify_model_files
 from workbench.inference.runner import CaseInput, CaseOutput, run_inference
 from workbench.protocols import (
     CaseAccounting,
@@ -65,8 +67,10 @@ from workbench.protocols import (
     RunResults,
     evaluate_endpoints,
     find_discrepancies,
+    structure_column,
 )
 from workbench.protocols.cases import CaseSpec, build_cases
+from workbench.protocols.evaluation import STRUCTURE_VALUES
 from workbench.protocols.schema import ReferenceSource
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
@@ -209,39 +213,36 @@ def _summary(session: Session, run: Run) -> RunSummary:
     )
 
 
-def _reader_mask(protocol: Protocol, path: Path, volume: Any) -> np.ndarray:
-    """One reader's reference mask on ``volume``, read by the protocol's reference source."""
+def _reader_mask(
+    protocol: Protocol, path: Path, volume: Any, reference: str | int | None = None
+) -> np.ndarray:
+    """One reader's reference mask on ``volume``, read by the protocol's reference source.
+
+    ``reference`` names a structure of a multi-structure protocol; by default the
+    single-structure protocol's ``roi`` (SEG segment label or RTSTRUCT ROI) or ``label``.
+    """
     seg_ref = protocol.reference_standard.segmentation
     assert seg_ref is not None
-    if seg_ref.source is ReferenceSource.RTSTRUCT:
-        masks = rasterize_rtstruct(path, volume, roi_names=[seg_ref.roi] if seg_ref.roi else None)
-        if seg_ref.roi is None and len(masks) != 1:
-            raise SegmentationError(
-                f"{path.name} holds ROIs {sorted(masks)}; name the one to use in the protocol "
-                "(reference_standard.segmentation.roi)."
-            )
-        return np.asarray(masks[seg_ref.roi] if seg_ref.roi else next(iter(masks.values())))
-    if seg_ref.source is ReferenceSource.NIFTI:
-        return read_reference_mask(path, volume, label=seg_ref.label)
-    return read_seg_mask(path, volume)
+    if reference is None:
+        reference = seg_ref.label if seg_ref.source is ReferenceSource.NIFTI else seg_ref.roi
+    return read_structure_mask(path, volume, seg_ref.source.value, reference)
 
 
-def _reference_mask(protocol: Protocol, case: CaseSpec, volume: Any) -> np.ndarray:
+def _reference_mask(
+    protocol: Protocol, case: CaseSpec, volume: Any, reference: str | int | None = None
+) -> np.ndarray:
     seg_ref = protocol.reference_standard.segmentation
     assert seg_ref is not None
-    masks = [_reader_mask(protocol, case.seg_paths[r], volume) for r in seg_ref.readers]
+    masks = [_reader_mask(protocol, case.seg_paths[r], volume, reference) for r in seg_ref.readers]
     return combine_reader_masks(masks, list(seg_ref.readers), str(seg_ref.rule))
 
 
-def _segmentation_metrics(protocol: Protocol, case: CaseSpec, mask_path: str) -> dict[str, Any]:
-    volume = load_series(case.image_paths)
-    reference = _reference_mask(protocol, case, volume)
-    predicted = read_seg_mask(mask_path, volume)
+def _metric_values(predicted: np.ndarray, reference: np.ndarray, volume: Any) -> dict[str, Any]:
     result = segmentation_metrics(
         predicted, reference, spacing=volume.spacing, tolerance=SURFACE_DICE_TOLERANCE_MM
     )
     values: dict[str, Any] = {"segmentation_status": str(result.status)}
-    for name in ("dice", "iou", "hd95", "hausdorff", "assd", "surface_dice"):
+    for name in STRUCTURE_VALUES:
         value = getattr(result, name, None)
         values[name] = None if value is None or not math.isfinite(float(value)) else float(value)
     if getattr(result, "reason", None):
@@ -249,6 +250,97 @@ def _segmentation_metrics(protocol: Protocol, case: CaseSpec, mask_path: str) ->
     values["reference_voxels"] = int(reference.sum())
     values["predicted_voxels"] = int(predicted.sum())
     return values
+
+
+def _missing_structure(
+    protocol: Protocol,
+    case: CaseSpec,
+    reference: str | int,
+    name: str,
+    held: dict[Path, tuple[str | int, ...]],
+) -> str | None:
+    """Why a structure's reference is missing for a case (None when every reader has it).
+
+    ``held`` caches each reference file's structures across the case's structures.
+    """
+    seg_ref = protocol.reference_standard.segmentation
+    assert seg_ref is not None
+    lacking = []
+    for reader in seg_ref.readers:
+        path = case.seg_paths[reader]
+        if path not in held:
+            held[path] = reference_structures(path, seg_ref.source.value)
+        if reference not in held[path]:
+            lacking.append(f"{reader} ({path.name}: has {list(held[path])})")
+    if not lacking:
+        return None
+    return f"reference of structure {name!r} ({reference!r}) missing for " + ", ".join(lacking)
+
+
+def _segmentation_metrics(
+    protocol: Protocol, case: CaseSpec, mask_path: str, spec: ModelSpec | None = None
+) -> dict[str, Any]:
+    """Per-case metrics of the model's mask against the reference.
+
+    A multi-structure protocol gets each structure's metrics under
+    ``<structure>/<metric>`` (:func:`workbench.protocols.structure_column`): the model's
+    class ``model_class`` of its arg-max label map (segment ``k`` of the predicted SEG for
+    ``output_classes[k]``) against the readers' structure ``reference``. A structure that a
+    reader's reference lacks gets ``<structure>/excluded`` with the reason instead.
+    """
+    volume = load_series(case.image_paths)
+    seg_ref = protocol.reference_standard.segmentation
+    assert seg_ref is not None
+    if not seg_ref.structures:
+        reference = _reference_mask(protocol, case, volume)
+        predicted = read_seg_mask(mask_path, volume)
+        return _metric_values(predicted, reference, volume)
+    classes = list(spec.input.output_classes) if spec is not None else []
+    values: dict[str, Any] = {}
+    held: dict[Path, tuple[str | int, ...]] = {}
+    for structure in seg_ref.structures:
+        if structure.model_class not in classes[1:]:
+            raise SegmentationError(
+                f"structure {structure.name!r}: model class {structure.model_class!r} is not a "
+                f"foreground class of the model's output_classes {classes}."
+            )
+        why = _missing_structure(protocol, case, structure.reference, structure.name, held)
+        if why is not None:
+            values[structure_column(structure.name, "excluded")] = why
+            continue
+        reference = _reference_mask(protocol, case, volume, structure.reference)
+        predicted = read_seg_mask(
+            mask_path, volume, segment_number=classes.index(structure.model_class)
+        )
+        for key, value in _metric_values(predicted, reference, volume).items():
+            values[structure_column(structure.name, key)] = value
+    return values
+
+
+def _classification_outputs(
+    protocol: Protocol, spec: ModelSpec, output: CaseOutput
+) -> tuple[float | None, dict[str, Any]]:
+    """The case's score and stored class outputs for multi-class labels.
+
+    With ``input.score_classes`` the model's class probabilities are stored as
+    ``probability:<class>`` and its arg-max class as ``predicted_class``. With the
+    protocol's ``positive_classes`` the score becomes the probability of those
+    classes (one-vs-rest): their sum for a softmax output, their maximum for a
+    multi-label (sigmoid) output.
+    """
+    probabilities = output.class_probabilities
+    if not probabilities:
+        return output.score, {}
+    values: dict[str, Any] = {f"probability:{k}": v for k, v in probabilities.items()}
+    values["predicted_class"] = max(probabilities, key=lambda k: probabilities[k])
+    score = output.score
+    positive = protocol.reference_standard.positive_classes
+    if positive and all(c in probabilities for c in positive):
+        chosen = [probabilities[c] for c in positive]
+        softmax = spec.input.score_activation == ScoreActivation.SOFTMAX
+        score = min(1.0, float(sum(chosen))) if softmax else float(max(chosen))
+        values["model_score"] = output.score
+    return score, values
 
 
 def _case_attributes(case: CaseSpec) -> dict[str, Any]:
@@ -679,11 +771,17 @@ def _execute(
         status: str = str(output.status)
         reason = output.reason
         segmentation_reference = proto.reference_standard.segmentation is not None
+        score = output.score
         if status == CaseStatus.COMPLETED.value and segmentation_reference and output.mask_path:
             try:
-                metrics.update(_segmentation_metrics(proto, case, str(output.mask_path)))
+                metrics.update(
+                    _segmentation_metrics(proto, case, str(output.mask_path), plan.model_spec)
+                )
             except (WorkbenchError, NotEstimableError) as error:
                 status, reason = CaseStatus.FAILED.value, f"metrics: {error}"
+        if status == CaseStatus.COMPLETED.value:
+            score, extra = _classification_outputs(proto, plan.model_spec, output)
+            metrics.update(extra)
         with wb.transaction() as session:
             _store_case(
                 session,
@@ -693,7 +791,7 @@ def _execute(
                 case,
                 status=status,
                 reason=reason,
-                score=output.score,
+                score=score,
                 mask_path=str(output.mask_path) if output.mask_path else None,
                 mask_sha256=output.mask_sha256,
                 metrics=metrics,
@@ -724,7 +822,13 @@ def _execute(
         context=plan.context,
         workbench_version=__version__,
         surface_dice_tolerance_mm=SURFACE_DICE_TOLERANCE_MM,
-        accounting=CaseAccounting.from_frame(frame, n_cases=len(plan.cases)),
+        accounting=CaseAccounting.from_frame(
+            frame,
+            n_cases=len(plan.cases),
+            structures=proto.reference_standard.segmentation.structure_names
+            if proto.reference_standard.segmentation is not None
+            else (),
+        ),
         evaluation=evaluation,
         supplementary=supplementary_analysis(proto, frame),
     )
@@ -800,8 +904,9 @@ def _discrepancy_details(finding: str, row: dict[str, Any]) -> dict[str, Any]:
     blinded reviewers by :func:`workbench.services.adjudication.open_case`.
     """
     keep = ("series_instance_uid", "dice", "hd95", "surface_dice", "y_true", "score", "status")
+    per_structure = ("/dice", "/hd95", "/surface_dice", "/excluded")
     details: dict[str, Any] = {"finding": finding}
-    for key in keep:
+    for key in [*keep, *(k for k in row if str(k).endswith(per_structure))]:
         value = row.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             details[key] = value.item() if hasattr(value, "item") else value
@@ -929,9 +1034,13 @@ def case_frame(session: Session, run_id: int, protocol: Protocol | None = None) 
         if extra:
             frame = frame.join(labels[extra], on="case_id")
     if protocol is not None and protocol.reference_standard.labels_column and len(frame):
-        column = protocol.reference_standard.labels_column
-        if column in frame:
+        reference = protocol.reference_standard
+        column = reference.labels_column
+        if column in frame and not reference.is_multiclass:
             frame["y_true"] = frame[column]
+        elif column in frame and reference.positive_classes is not None:
+            # one-vs-rest: 1 for a positive category, 0 for another, missing stays missing
+            frame["y_true"] = frame[column].map(reference.binary_truth).astype(float)
     return frame
 
 

@@ -86,6 +86,11 @@ st.dataframe(
         [
             {
                 "endpoint": e.endpoint_id,
+                **(
+                    {"structure": e.structure}
+                    if any(x.structure for x in results.endpoints)
+                    else {}
+                ),
                 "primary": e.primary,
                 "metric": e.metric,
                 **_estimate_cells(e.estimate),
@@ -102,7 +107,7 @@ st.dataframe(
 )
 for e in results.endpoints:
     if e.verdict is Verdict.NOT_EVALUABLE:
-        st.warning(f"{esc(e.endpoint_id)} is NOT EVALUABLE: {esc(e.reason or 'no reason given')}")
+        st.warning(f"{esc(e.display_name)} is NOT EVALUABLE: {esc(e.reason or 'no reason given')}")
 
 excluded = accounting.reasons(CaseStatus.EXCLUDED)
 failed = accounting.reasons(CaseStatus.FAILED)
@@ -119,6 +124,19 @@ if excluded or failed:
                 hide_index=True,
                 width="stretch",
             )
+for structure in accounting.structures:
+    if structure.excluded:
+        st.markdown(
+            f"**Structure {esc(structure.structure)}**: {len(structure.excluded)} case(s) "
+            f"without its reference, left out of its endpoints ({structure.n_analysed} of "
+            f"{structure.n_cases} analysed)"
+        )
+        st.dataframe(
+            pd.DataFrame([{"case": n.case_id, "reason": n.reason} for n in structure.excluded]),
+            hide_index=True,
+            width="stretch",
+            key=f"structure-excluded-{structure.structure}",
+        )
 for note in results.evaluation.notes:
     st.caption(esc(note))
 
@@ -134,7 +152,10 @@ tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
 with tabs["Forest plots"]:
     endpoint_ids = [e.endpoint_id for e in results.endpoints]
-    chosen_id = st.selectbox("Endpoint", endpoint_ids, key="forest-endpoint")
+    names = {e.endpoint_id: e.display_name for e in results.endpoints}
+    chosen_id = st.selectbox(
+        "Endpoint", endpoint_ids, key="forest-endpoint", format_func=lambda i: names[i]
+    )
     endpoint = results.evaluation.endpoint(str(chosen_id))
     if endpoint.subgroup_rule_text:
         st.caption(esc(endpoint.subgroup_rule_text))
@@ -148,7 +169,7 @@ with tabs["Forest plots"]:
                 endpoint,
                 endpoint.strata_of(factor) if factor else (),
                 threshold=threshold,
-                title=f"{chosen_id} by {factor}" if factor else str(chosen_id),
+                title=f"{endpoint.display_name} by {factor}" if factor else endpoint.display_name,
             ),
             key=f"forest-{chosen_id}-{factor}",
         )
