@@ -8,6 +8,7 @@ against the published Van Dyke results in all three generalisations.
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -149,7 +150,11 @@ def test_two_readers_complete_a_crossed_two_arm_study(study_pipeline: harness.Pi
         assert (result.difference.ci_low > 0) == (result.verdict.value == "pass")
 
         with wb.transaction(readonly=True) as session:
-            rated = session.query(AuditEntry).filter(AuditEntry.action == "study.rate").all()
+            rated = (
+                session.query(AuditEntry)
+                .filter(AuditEntry.action == "study.rate", AuditEntry.record_id.like(f"{ref}/%"))
+                .all()
+            )
             # 2 readers x 2 arms x (cases + one changed rating), never the value itself.
             assert len(rated) == 4 * (len(truth) + 1)
             assert all("rating" not in (e.new_value or {}) for e in rated)
@@ -254,3 +259,134 @@ hypothesis: superiority
     # p = 0.0517: the CI of t2 - t1 includes 0, so superiority of t2 is not shown.
     assert result.difference.ci_low < 0 < result.difference.ci_high
     assert result.verdict.value == "fail"
+
+
+def test_simulated_ratings_follow_the_binormal_model() -> None:
+    """Equal-variance binormal AUC = Phi(d / sqrt(2)) (Metz 1986, Invest Radiol 21:720).
+
+    Published values: d = 1 gives AUC 0.7602, d = 1.5 gives 0.8556 (Phi(0.7071) = 0.76025,
+    Phi(1.0607) = 0.85558, standard normal table).
+    """
+    from workbench.stats import auc
+    from workbench.studies import simulate_ratings
+
+    n = 4000
+    truth = pd.Series([0, 1] * (n // 2), index=[f"c{i}" for i in range(n)])
+    text = (
+        _design("m@1")
+        .replace("rating_scale: five_point", "rating_scale: probability_0_100")
+        .replace("seed: 7", "seed: 3\nsimulation: {separation: [1.0, 1.5], aided_shift: 0.5}")
+    )
+    design = load_study_design(text.encode())[0]
+    assert design.simulated
+    frame = simulate_ratings(truth, design)
+    assert len(frame) == 2 * 2 * n
+    assert frame.equals(simulate_ratings(truth, design))  # seeded: the same ratings again
+    expected = {("rev1", "unaided"): 0.76025, ("rev1", "aided"): 0.85558}
+    expected[("rev2", "unaided")] = 0.85558
+    for (reader, arm), value in expected.items():
+        rows = frame[(frame["reader"] == reader) & (frame["arm"] == arm)]
+        y = truth.loc[rows["case_id"]].to_numpy()
+        estimate = auc(y, rows["rating"].to_numpy(float), ci="delong")
+        assert estimate.ci_low < value < estimate.ci_high, (reader, arm, estimate)
+        assert estimate.value == pytest.approx(value, abs=0.03)
+    five = load_study_design(
+        _design("m@1").replace("seed: 7", "seed: 3\nsimulation: {separation: [1.0, 1.5]}").encode()
+    )[0]
+    ratings = simulate_ratings(truth, five)["rating"]
+    assert set(ratings) <= {1.0, 2.0, 3.0, 4.0, 5.0} and ratings.nunique() == 5
+    with pytest.raises(errors.ProtocolError, match="one value per reader"):
+        load_study_design(
+            _design("m@1").replace("seed: 7", "simulation: {separation: [1.0]}").encode()
+        )
+    with pytest.raises(errors.ProtocolError, match="'simulation' section"):
+        simulate_ratings(truth, load_study_design(_design("m@1").encode())[0])
+
+
+def test_a_split_plot_study_is_refused_at_approval(study_pipeline: harness.Pipeline) -> None:
+    wb = harness.open_wb(study_pipeline.workdir)
+    try:
+        text = (
+            _design(study_pipeline.model_ref)
+            .replace("id: rel-reader-study", "id: rel-split-plot")
+            .replace(
+                "rating_scale: five_point",
+                f"design: split_plot\nreader_groups: [[rev1], [{REV2[0]}]]\n"
+                "rating_scale: five_point",
+            )
+        )
+        ref = studies.add_study(wb, harness.login(wb, "qa1"), text.encode()).ref
+        with pytest.raises(errors.WorkflowError, match="split-plot design has no analysis"):
+            studies.approve_study(wb, harness.login(wb, "qa2"), ref, password=_password("qa2"))
+        with pytest.raises(errors.WorkflowError, match="not approved"):
+            studies.open_reading(wb, harness.login(wb, "rev1"), ref, "unaided")
+    finally:
+        wb.close()
+
+
+def test_the_demo_reader_study_runs_to_a_sealed_report(
+    study_pipeline: harness.Pipeline,
+) -> None:
+    """The demo's step: 4 simulated readers x 2 arms, analysed, reported, sealed, verified."""
+    import json
+    import time
+
+    from workbench.records.models import AuditEntry as Entry
+    from workbench.reports import extract_attachments
+    from workbench.services import demo, study_reports
+
+    wb = harness.open_wb(study_pipeline.workdir)
+
+    def credentials(user: str) -> tuple[object, str]:
+        password = (
+            demo.DEMO_ACCOUNTS[user][2]
+            if user in demo.DEMO_ACCOUNTS and user != "admin"
+            else harness.ACCOUNTS[user][2]
+        )
+        return accounts.login(wb, user, password), password
+
+    try:
+        started = time.perf_counter()
+        sealed = demo.ensure_simulated_reader_study(
+            wb,
+            test_set=harness.TEST_SET,
+            model_ref=study_pipeline.model_ref,
+            credentials=credentials,
+            admin="admin",
+            author="qa1",
+            approver="qa2",
+            echo=lambda _line: None,
+        )
+        elapsed = time.perf_counter() - started
+        assert sealed.status == "sealed" and sealed.sealed_path is not None
+        assert elapsed < 60, f"the demo's reader study took {elapsed:.0f} s"
+        check = study_reports.verify_study_report_file(wb, sealed.sealed_path)
+        assert check.valid, check.reason
+        files = extract_attachments(sealed.sealed_path)
+        content = json.loads(files["report-content.json"])
+        readers = content["readers"]
+        assert [r["username"] for r in readers] == list(demo.DEMO_READERS)
+        assert all(r["simulated"] and "(simulated)" in r["name"] for r in readers)
+        assert "binormal" in content["design"]["simulation"]
+        ratings = pd.read_csv(io.BytesIO(files["ratings.csv"]))
+        assert len(ratings) == 4 * 2 * 8 and ratings["seconds"].notna().all()
+        # Idempotent: a second call finds the sealed report and records nothing new but
+        # the sign-ins (security events).
+        with wb.transaction(readonly=True) as session:
+            last = max(e.seq for e in session.query(Entry))
+        again = demo.ensure_simulated_reader_study(
+            wb,
+            test_set=harness.TEST_SET,
+            model_ref=study_pipeline.model_ref,
+            credentials=credentials,
+            admin="admin",
+            author="qa1",
+            approver="qa2",
+            echo=lambda _line: None,
+        )
+        assert again.report_uid == sealed.report_uid
+        with wb.transaction(readonly=True) as session:
+            added = {e.action for e in session.query(Entry).filter(Entry.seq > last)}
+        assert all(a.startswith("security.") for a in added), added
+    finally:
+        wb.close()

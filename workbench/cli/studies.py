@@ -1,4 +1,4 @@
-"""``workbench study``: reader-study designs, reading progress and the analysis."""
+"""``workbench study``: reader-study designs, sample-size planning, reading progress, analysis."""
 
 from __future__ import annotations
 
@@ -117,3 +117,116 @@ def study_analyze(
     )
     if result.verdict.value != "pass":
         raise typer.Exit(3)
+
+
+def _reader_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected numbers of readers separated by commas (e.g. 4,6,8,10); found {text!r}."
+        ) from None
+    if not counts:
+        raise typer.BadParameter("expected at least one number of readers (e.g. 4,6,8,10).")
+    return counts
+
+
+_HYPOTHESIS_TEXT = {
+    "difference": "two-sided test of equal AUCs",
+    "superiority": "superiority (lower CI limit > 0)",
+    "non_inferiority": "non-inferiority (lower CI limit > -{margin:g})",
+}
+_ANALYSIS_TEXT = {
+    "RRRC": "random readers and cases (OR, Hillis ddf)",
+    "FRRC": "fixed readers, random cases",
+    "RRFC": "random readers, fixed cases",
+}
+
+
+@study_app.command("plan")
+@_guarded
+def study_plan(
+    effect_size: Annotated[
+        float,
+        typer.Option("--effect-size", help="Anticipated AUC difference (second arm minus first)."),
+    ],
+    pilot: Annotated[
+        str | None,
+        typer.Option("--pilot", help="Pilot reader study id@version (all readings signed)."),
+    ] = None,
+    components: Annotated[
+        Path | None,
+        typer.Option(
+            "--components", help="YAML/JSON file of the pilot's OR (or DBM) variance components."
+        ),
+    ] = None,
+    power: Annotated[float, typer.Option("--power", help="Target power.")] = 0.8,
+    readers: Annotated[
+        str, typer.Option("--readers", help="Candidate numbers of readers, e.g. 4,6,8,10.")
+    ] = "4,6,8,10",
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    analysis: Annotated[
+        str, typer.Option("--analysis", help="RRRC (default), FRRC or RRFC.")
+    ] = "RRRC",
+    hypothesis: Annotated[
+        str,
+        typer.Option(
+            "--hypothesis", help="difference (two-sided, default), superiority, non_inferiority."
+        ),
+    ] = "difference",
+    margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin (AUC).")] = 0.0,
+    max_cases: Annotated[
+        int, typer.Option("--max-cases", help="Largest number of cases searched.")
+    ] = 2000,
+    workdir: WorkdirOpt = None,
+    db: DbOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
+) -> None:
+    """Cases needed per number of readers for a target power, from a pilot's variance."""
+    from workbench.services.study_planning import plan_study
+
+    counts = _reader_counts(readers)
+    with _workbench(workdir, db) as wb:
+        actor, _ = _login(wb, user, password)
+        plan = plan_study(
+            wb,
+            actor,
+            pilot=pilot,
+            components=components,
+            effect_size=effect_size,
+            power=power,
+            alpha=alpha,
+            readers=counts,
+            analysis=analysis,
+            hypothesis=hypothesis,
+            margin=margin,
+            max_cases=max_cases,
+        )
+    table, vc = plan.table, plan.table.components
+    test = _HYPOTHESIS_TEXT[table.hypothesis].format(margin=table.margin)
+    typer.echo(
+        f"Cases for {table.target_power:.0%} power: AUC difference {table.effect_size:g}, "
+        f"alpha {table.alpha:g}, {test}, {_ANALYSIS_TEXT[table.analysis]}"
+    )
+    observed = (
+        "" if vc.observed_effect is None else f", observed difference {vc.observed_effect:.4f}"
+    )
+    pilot_readers = "" if vc.n_readers is None else f", {vc.n_readers} readers"
+    source = f"; {vc.source}" if vc.source and vc.source != plan.pilot else ""
+    typer.echo(f"Pilot: {plan.pilot} ({vc.n_cases} cases{pilot_readers}{observed}{source})")
+    typer.echo(
+        f"  var_tr {vc.var_tr:.6g}  var {vc.var:.6g}  cov1 {vc.cov1:.6g}  "
+        f"cov2 {vc.cov2:.6g}  cov3 {vc.cov3:.6g}"
+    )
+    typer.echo("readers\tcases\tpower\tpower with unlimited cases")
+    for row in table.rows:
+        cases = "-" if row.n_cases is None else str(row.n_cases)
+        achieved = "-" if row.power is None else f"{row.power:.3f}"
+        note = f"\t{row.reason}" if row.reason else ""
+        typer.echo(f"{row.n_readers}\t{cases}\t{achieved}\t{row.power_limit:.3f}{note}")
+
+
+from workbench.cli.study_reports import study_report  # noqa: E402
+
+study_app.command("report")(study_report)

@@ -11,6 +11,15 @@ audit trail of the demo workdir is a real one. The demo's clinical reviewer is
 each of its decisions carries a comment that it is a scripted demonstration
 decision. Discrepancies of one run are deliberately left open so that a person
 can adjudicate them in the app.
+
+The demo also runs a small reader study (:func:`ensure_simulated_reader_study`):
+four *simulated* readers (accounts "Simulated Reader k (simulated)") read 40
+cases without and with the demo-good model's output. Their ratings come from
+the seeded binormal simulation the study's design pre-specifies
+(:func:`workbench.studies.simulate_ratings`), enter through the reading
+services like a person's (each rating, signature and report step audited), and
+the study is analysed and its report built, signed and sealed. Nothing of it is
+a clinical reading.
 """
 
 from __future__ import annotations
@@ -19,17 +28,39 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import select
 
 from workbench.errors import DuplicateError, NotFoundError
-from workbench.records.models import ProtocolStatus, Run, RunStatus
-from workbench.services import accounts, adjudication, models, protocols, reports, runs, testsets
+from workbench.records.models import ProtocolStatus, Run, RunStatus, utcnow
+from workbench.services import (
+    accounts,
+    adjudication,
+    models,
+    protocols,
+    reports,
+    runs,
+    studies,
+    study_reports,
+    testsets,
+)
 from workbench.services.context import Actor, Workbench
 
-__all__ = ["DEMO_ACCOUNTS", "DemoSummary", "run_demo", "PROTOCOL_DIR", "DEMO_TEST_SET"]
+__all__ = [
+    "DEMO_ACCOUNTS",
+    "DEMO_READERS",
+    "DEMO_STUDY_ID",
+    "DEMO_TEST_SET",
+    "DemoSummary",
+    "PROTOCOL_DIR",
+    "demo_study_design",
+    "ensure_simulated_reader_study",
+    "run_demo",
+]
 
 #: Folder of the protocols shipped with the project.
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "validation_protocols"
@@ -48,7 +79,17 @@ DEMO_ACCOUNTS: dict[str, tuple[str, str, str]] = {
     "dr.reviewer": ("Demo Reviewer (simulated)", "reviewer", "Cedar-Drift-2026!"),
     "dr.second": ("Dr. Sam Rivera (radiologist)", "reviewer", "Orbit-Fern-2026!"),
     "auditor": ("Alex Auditor", "auditor", "Ledger-Mint-2026!"),
+    "sim.reader1": ("Simulated Reader 1 (simulated)", "reviewer", "Sim-Reader-One-2026!"),
+    "sim.reader2": ("Simulated Reader 2 (simulated)", "reviewer", "Sim-Reader-Two-2026!"),
+    "sim.reader3": ("Simulated Reader 3 (simulated)", "reviewer", "Sim-Reader-Three-2026!"),
+    "sim.reader4": ("Simulated Reader 4 (simulated)", "reviewer", "Sim-Reader-Four-2026!"),
 }
+
+#: The demo reader study's simulated readers, in design order.
+DEMO_READERS = ("sim.reader1", "sim.reader2", "sim.reader3", "sim.reader4")
+
+#: Id of the demo reader study.
+DEMO_STUDY_ID = "demo-reader-study"
 
 
 @dataclass
@@ -60,6 +101,7 @@ class DemoSummary:
     manifest_digest: str = ""
     runs: list[runs.RunSummary] = field(default_factory=list)
     reports: list[reports.ReportInfo] = field(default_factory=list)
+    study_report: study_reports.StudyReportInfo | None = None
     notes: list[str] = field(default_factory=list)
     ok: bool = True
 
@@ -211,6 +253,157 @@ def _simulated_adjudication(wb: Workbench, reviewer: Actor, run_uid: str) -> int
     return decided
 
 
+def demo_study_design(test_set: str, model_ref: str, *, n_cases: int = 40) -> str:
+    """The demo reader study's design: 4 simulated readers x 2 arms x ``n_cases`` cases.
+
+    The readers are simulated, so the design says so and pre-specifies the simulation:
+    binormal separations 0.9 to 1.5 (unaided AUCs of about 0.74 to 0.86) and an aided
+    shift of 0.6. A simulated reader remembers nothing, so the washout is 0 days.
+    """
+    return f"""\
+kind: reader_study
+id: {DEMO_STUDY_ID}
+version: 1
+title: Demo reader study - malignancy calls with and without {model_ref} (simulated readers)
+test_set: {{name: {test_set}}}
+truth: {{labels_column: consensus_malignant}}
+arms:
+  - {{id: unaided}}
+  - {{id: aided, model: {model_ref}}}
+readers: [{", ".join(DEMO_READERS)}]
+design: fully_crossed
+rating_scale: five_point
+washout_days: 0
+seed: {_SEED}
+cases_per_arm: {n_cases}
+primary_endpoint: auc_difference
+analysis: {{method: obuchowski_rockette, covariance: jackknife}}
+hypothesis: non_inferiority
+margin: 0.05
+level: 0.95
+simulation:
+  method: binormal
+  separation: [0.9, 1.1, 1.3, 1.5]
+  aided_shift: 0.6
+"""
+
+
+def ensure_simulated_reader_study(
+    wb: Workbench,
+    *,
+    test_set: str,
+    model_ref: str,
+    credentials: Callable[[str], tuple[Actor, str]],
+    admin: str,
+    author: str,
+    approver: str,
+    n_cases: int = 40,
+    echo: Callable[[str], None] = print,
+) -> study_reports.StudyReportInfo:
+    """Run the demo's simulated reader study to its sealed report (idempotent).
+
+    Parameters
+    ----------
+    wb : Workbench
+    test_set, model_ref : str
+        The locked test set and the model shown in the aided arm (with a completed run).
+    credentials : callable
+        ``credentials(username) -> (actor, password)`` for ``admin``, ``author``,
+        ``approver`` and the simulated readers.
+    admin, author, approver : str
+        Who creates the reader accounts, who designs the study and authors the report,
+        and who approves both (another QA user).
+    n_cases : int, default 40
+        Cases per arm (drawn from the test set with the design's seed).
+    echo : callable
+        Prints a line of progress.
+
+    Returns
+    -------
+    StudyReportInfo
+        The sealed study report.
+    """
+    from workbench.studies import load_study_design, simulate_ratings
+
+    admin_actor, _ = credentials(admin)
+    with wb.transaction(readonly=True) as session:
+        from workbench.records.users import list_users
+
+        existing = {u.username for u in list_users(session)}
+    for username in DEMO_READERS:
+        if username not in existing:
+            name, role, password = DEMO_ACCOUNTS[username]
+            accounts.create_user(
+                wb,
+                admin_actor,
+                username=username,
+                full_name=name,
+                role=role,
+                password=password,
+                must_change_password=False,
+            )
+    qa, qa_password = credentials(author)
+    lead, lead_password = credentials(approver)
+    text = demo_study_design(test_set, model_ref, n_cases=n_cases)
+    design = load_study_design(text.encode("utf-8"))[0]
+    info = studies.add_study(wb, qa, text.encode("utf-8"))
+    ref = info.ref
+    done = [r for r in study_reports.list_study_reports(wb, qa, ref) if r.status == "sealed"]
+    if done:
+        return done[0]
+    if info.status == "draft":
+        echo(f"Approving the simulated reader study {ref}")
+        studies.approve_study(wb, lead, ref, password=lead_password)
+    root = Path(testsets.get_test_set(wb, test_set).root_path)
+    labels = pd.read_csv(root / "reference" / "labels.csv", dtype={"case_id": str})
+    truth = labels.set_index("case_id")["consensus_malignant"]
+    progress = {(p.reader, p.arm): p.status for p in studies.reading_progress(wb, qa, ref)}
+    echo(f"Simulated readers read {ref} (seeded binormal ratings, labelled simulated)")
+    simulated: pd.DataFrame | None = None
+    for reader in design.readers:
+        actor, password = credentials(reader)
+        for arm in studies.arm_order(design, reader):
+            if progress.get((reader, arm)) == "signed":
+                continue
+            studies.open_reading(wb, actor, ref, arm)
+            order = studies.reading_order(wb, actor, ref, arm)
+            if simulated is None:  # once, over the study's cases in id order: reproducible
+                simulated = simulate_ratings(truth.loc[sorted(order)], design)
+            mine = simulated[(simulated["reader"] == reader) & (simulated["arm"] == arm)]
+            now = utcnow()
+            studies.rate_cases(
+                wb,
+                actor,
+                ref,
+                arm,
+                dict(zip(mine["case_id"], mine["rating"], strict=True)),
+                shown_at={
+                    c: now - timedelta(seconds=float(s))
+                    for c, s in zip(mine["case_id"], mine["seconds"], strict=True)
+                },
+            )
+            studies.sign_arm(wb, actor, ref, arm, password=password)
+    result = studies.analyze_study(wb, qa, ref)
+    echo(
+        f"   - {ref}: AUC difference {result.difference.value:+.3f} "
+        f"[{result.difference.ci_low:.3f}, {result.difference.ci_high:.3f}], "
+        f"verdict {result.verdict.label}"
+    )
+    drafts = [r for r in study_reports.list_study_reports(wb, qa, ref) if r.status != "sealed"]
+    report = drafts[0] if drafts else study_reports.build_study_report_pdf(wb, qa, ref)
+    uid = report.report_uid
+    if not any(s["meaning"] == "authored" for s in report.signatures):
+        report = study_reports.sign_study_report(
+            wb, qa, uid, meaning="authored", password=qa_password
+        )
+    if not any(s["meaning"] == "approved" for s in report.signatures):
+        report = study_reports.sign_study_report(
+            wb, lead, uid, meaning="approved", password=lead_password
+        )
+    echo(f"Sealing {uid}")
+    return study_reports.seal_study_report(wb, lead, uid)
+
+
 def run_demo(
     wb: Workbench,
     *,
@@ -309,6 +502,23 @@ def run_demo(
         echo(f"Sealing {report.report_uid}")
         report = reports.seal_report(wb, approver, report.report_uid)
         summary.reports.append(report)
+    good = next((m for m in model_refs if m.startswith("demo-good@")), None)
+    if good is not None:
+        summary.study_report = ensure_simulated_reader_study(
+            wb,
+            test_set=DEMO_TEST_SET,
+            model_ref=good,
+            credentials=lambda u: (_actor(wb, u), DEMO_ACCOUNTS[u][2]),
+            admin="admin",
+            author="qa.author",
+            approver="qa.approver",
+            echo=echo,
+        )
+        summary.notes.append(
+            f"Reader study {DEMO_STUDY_ID} (simulated readers): report "
+            f"{summary.study_report.report_uid} {summary.study_report.status}, "
+            f"{summary.study_report.sealed_path}"
+        )
     from workbench.services.audit_trail import verify_audit_chain
 
     status = verify_audit_chain(wb)

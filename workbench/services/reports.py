@@ -510,6 +510,10 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
         )
     )
     uid = outcome.report_id
+    if uid and uid.startswith("SR-"):  # a reader-study report: checked against its own record
+        from workbench.services.study_reports import verify_study_report_file
+
+        return verify_study_report_file(wb, pdf)
     with wb.transaction() as session:
         report = (
             session.scalars(select(Report).where(Report.report_uid == uid)).first() if uid else None

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,7 +60,13 @@ from workbench.records.studies import (
 )
 from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.services.testsets import LABELS_PATH, frozen_manifest, load_index
-from workbench.studies import ReaderStudyDesign, StudyAnalysis, analyze_ratings, load_study_design
+from workbench.studies import (
+    ReaderStudyDesign,
+    StudyAnalysis,
+    StudyDesignKind,
+    analyze_ratings,
+    load_study_design,
+)
 
 __all__ = [
     "ReadingCase",
@@ -75,6 +82,8 @@ __all__ = [
     "open_reading",
     "pause_reading",
     "rate_case",
+    "rate_cases",
+    "reading_order",
     "reading_progress",
     "sign_arm",
 ]
@@ -312,6 +321,13 @@ def approve_study(wb: Workbench, actor: Actor, ref: str, *, password: str) -> St
                 "(separation of duties)."
             )
         design = _design(study)
+        if design.design is StudyDesignKind.SPLIT_PLOT:
+            # Reading would give every reader every case, and the analysis is fully crossed.
+            raise WorkflowError(
+                f"Reader study {ref} cannot be approved: the split-plot design has no analysis "
+                "in this version (Obuchowski-Rockette for split-plot is not implemented); use "
+                "design: fully_crossed."
+            )
         for arm in design.arms:
             _model_outputs(session, design, arm.id)  # an aided arm needs the model's run
         _cases(session, design)
@@ -526,6 +542,38 @@ def rate_case(
     shown_at: datetime | None = None,
 ) -> ReadingProgress:
     """Record the actor's rating of a case: a new row; the newest counts until the arm is signed."""
+    return rate_cases(wb, actor, ref, arm, {case_id: rating}, shown_at={case_id: shown_at})
+
+
+def rate_cases(
+    wb: Workbench,
+    actor: Actor,
+    ref: str,
+    arm: str,
+    ratings: Mapping[str, float],
+    *,
+    shown_at: Mapping[str, datetime | None] | None = None,
+) -> ReadingProgress:
+    """Record several of the actor's ratings in one transaction, each a row with its audit entry.
+
+    Parameters
+    ----------
+    ratings : mapping of str to float
+        ``case_id`` to rating on the design's scale.
+    shown_at : mapping of str to datetime, optional
+        When each case was shown (the reading time is rating time minus this).
+
+    Raises
+    ------
+    RecordLockedError
+        The arm is signed.
+    WorkflowError
+        The reading is not open.
+    NotFoundError
+        A case is not in this reading.
+    ProtocolError
+        A rating is off the design's scale.
+    """
     with wb.transaction() as session:
         user = current_user(session, actor, "study.read")
         study = _lookup(session, ref)
@@ -539,33 +587,36 @@ def rate_case(
             )
         if reading.status != ReadingSessionStatus.OPEN.value:
             raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
-        if case_id not in reading.case_order:
-            raise NotFoundError(f"Case '{case_id}' is not in this reading.")
-        value = design.rating_scale.check(float(rating))
-        now = utcnow()
-        record = ReaderRating(
-            session_id=reading.id,
-            case_id=case_id,
-            rating=value,
-            shown_at=shown_at,
-            rated_at=now,
-            seconds=None if shown_at is None else max(0.0, (now - shown_at).total_seconds()),
-        )
-        session.add(record)
-        session.flush()
-        digest = hashlib.sha256(
-            json.dumps(
-                [record.id, reading.id, case_id, value, now.isoformat()], separators=(",", ":")
-            ).encode()
-        ).hexdigest()
-        audit.append(
-            session,
-            actor=user.username,
-            action="study.rate",
-            record_type="reader_rating",
-            record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}/{case_id}",
-            new={"rating_sha256": digest, "seconds": record.seconds},
-        )
+        shown = shown_at or {}
+        for case_id, rating in ratings.items():
+            if case_id not in reading.case_order:
+                raise NotFoundError(f"Case '{case_id}' is not in this reading.")
+            value = design.rating_scale.check(float(rating))
+            now = utcnow()
+            start = shown.get(case_id)
+            record = ReaderRating(
+                session_id=reading.id,
+                case_id=case_id,
+                rating=value,
+                shown_at=start,
+                rated_at=now,
+                seconds=None if start is None else max(0.0, (now - start).total_seconds()),
+            )
+            session.add(record)
+            session.flush()
+            digest = hashlib.sha256(
+                json.dumps(
+                    [record.id, reading.id, case_id, value, now.isoformat()], separators=(",", ":")
+                ).encode()
+            ).hexdigest()
+            audit.append(
+                session,
+                actor=user.username,
+                action="study.rate",
+                record_type="reader_rating",
+                record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}/{case_id}",
+                new={"rating_sha256": digest, "seconds": record.seconds},
+            )
         return ReadingProgress(
             study=ref,
             reader=user.username,
@@ -574,6 +625,17 @@ def rate_case(
             n_cases=len(reading.case_order),
             n_rated=len(_latest_ratings(session, reading)),
         )
+
+
+def reading_order(wb: Workbench, actor: Actor, ref: str, arm: str) -> tuple[str, ...]:
+    """The case order of the actor's own reading of an arm (open it first)."""
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor, "study.read")
+        study = _lookup(session, ref)
+        reading = _reading(session, study.id, user.username, arm)
+        if reading is None:
+            raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
+        return tuple(str(c) for c in reading.case_order)
 
 
 def sign_arm(wb: Workbench, actor: Actor, ref: str, arm: str, *, password: str) -> ReadingProgress:

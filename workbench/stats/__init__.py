@@ -10,7 +10,8 @@ explicit status, never a silent NaN; invalid input raises
 Modules: ``roc`` (AUC, DeLong, ROC bands), ``proportions`` (Wilson, Clopper-Pearson,
 threshold metrics), ``agreement`` (kappas), ``segmentation`` (Dice, HD95, NSD),
 ``bootstrap`` (clustered bootstrap CIs), ``strata`` (stratified analysis,
-heterogeneity, Holm), ``planning`` (sample size), ``mrmc`` (Obuchowski-Rockette).
+heterogeneity, Holm), ``planning`` (sample size), ``mrmc`` (Obuchowski-Rockette),
+``mrmc_power`` (readers and cases for a reader study from pilot variance components).
 Detection: ``detection`` (one-to-one lesion matching, average precision) and ``froc``
 (free-response figures of merit, FROC curves, CIs and MRMC analysis).
 Classification utility: ``calibration``, ``decision_curve`` (net benefit) and ``utility``
@@ -48,6 +49,16 @@ from workbench.stats.mrmc import (
     obuchowski_rockette,
     obuchowski_rockette_from_jackknife,
 )
+from workbench.stats.mrmc_power import (
+    MrmcPower,
+    MrmcSampleSize,
+    MrmcVarianceComponents,
+    SampleSizeRow,
+    mrmc_power,
+    mrmc_sample_size,
+    variance_components_from_pilot,
+    variance_components_from_result,
+)
 from workbench.stats.planning import (
     SampleSize,
     hanley_mcneil_variance,
@@ -80,11 +91,15 @@ __all__ = [
     "average_precision",
     "match_lesions",
     "MrmcFixedAnalysis",
+    "MrmcPower",
     "MrmcResult",
+    "MrmcSampleSize",
+    "MrmcVarianceComponents",
     "NetBenefitComparison",
     "PredictiveValues",
     "RocCurve",
     "SampleSize",
+    "SampleSizeRow",
     "SegmentationMetrics",
     "TestResult",
     "auc",
@@ -105,6 +120,8 @@ __all__ = [
     "iou",
     "kappa_from_table",
     "mean_surface_distance",
+    "mrmc_power",
+    "mrmc_sample_size",
     "obuchowski_rockette",
     "obuchowski_rockette_from_jackknife",
     "froc_curve",
@@ -125,4 +142,6 @@ __all__ = [
     "segmentation_metrics",
     "stratified",
     "surface_dice",
+    "variance_components_from_pilot",
+    "variance_components_from_result",
 ]

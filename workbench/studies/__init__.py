@@ -6,15 +6,17 @@ ratings against the design's hypothesis and margin. Reading sessions, ratings
 and signatures live in :mod:`workbench.services.studies`.
 """
 
-from workbench.studies.analysis import ReaderAuc, StudyAnalysis, analyze_ratings
+from workbench.studies.analysis import ReaderAuc, StudyAnalysis, analyze_ratings, empirical_roc
 from workbench.studies.design import (
     Arm,
     Hypothesis,
     RatingScale,
     ReaderStudyDesign,
+    SimulatedReading,
     StudyDesignKind,
     load_study_design,
 )
+from workbench.studies.simulation import simulate_ratings
 
 __all__ = [
     "Arm",
@@ -22,8 +24,11 @@ __all__ = [
     "RatingScale",
     "ReaderAuc",
     "ReaderStudyDesign",
+    "SimulatedReading",
     "StudyAnalysis",
     "StudyDesignKind",
     "analyze_ratings",
+    "empirical_roc",
     "load_study_design",
+    "simulate_ratings",
 ]

@@ -17,7 +17,9 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from workbench.errors import ProtocolError
@@ -25,7 +27,7 @@ from workbench.stats import Estimate, MrmcResult, auc, obuchowski_rockette
 from workbench.studies.design import ReaderStudyDesign
 from workbench.vocabulary import Verdict
 
-__all__ = ["ReaderAuc", "StudyAnalysis", "analyze_ratings"]
+__all__ = ["ReaderAuc", "StudyAnalysis", "analyze_ratings", "empirical_roc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,124 @@ class StudyAnalysis:
     verdict: Verdict
     reason: str
     criterion_text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values of every number of the analysis (the report's analysis JSON)."""
+        rrrc = self.rrrc
+
+        def fixed(analysis: Any) -> dict[str, Any] | None:
+            if analysis is None:
+                return None
+            return {
+                "analysis": analysis.analysis,
+                "statistic": analysis.statistic,
+                "df_num": analysis.df_num,
+                "df_den": analysis.df_den,
+                "p_value": analysis.p_value,
+                "differences": {
+                    f"{a} - {b}": _estimate(e) for (a, b), e in analysis.differences.items()
+                },
+                "modality_auc": {k: _estimate(e) for k, e in analysis.modality_auc.items()},
+                "reader_differences": {
+                    f"{r}: {a} - {b}": _estimate(e)
+                    for (r, a, b), e in analysis.reader_differences.items()
+                },
+            }
+
+        return _json_safe(
+            {
+                "schema": "workbench.reader-study-analysis/1",
+                "study": self.study,
+                "arms": list(self.arms),
+                "readers": list(self.readers),
+                "n_cases": self.n_cases,
+                "n_positive": self.n_positive,
+                "arm_auc": {k: _estimate(e) for k, e in self.arm_auc.items()},
+                "difference": _estimate(self.difference),
+                "p_value": self.p_value,
+                "per_reader": [
+                    {"reader": r.reader, "arm": r.arm, "auc": _estimate(r.auc)}
+                    for r in self.per_reader
+                ],
+                "reading_seconds_median": dict(self.reading_seconds),
+                "verdict": self.verdict.value,
+                "reason": self.reason,
+                "criterion": self.criterion_text,
+                "random_readers_random_cases": {
+                    "statistic": rrrc.statistic,
+                    "df_num": rrrc.df_num,
+                    "df_den": rrrc.df_den,
+                    "p_value": rrrc.p_value,
+                    "covariance": rrrc.covariance,
+                    "variance_components": dict(rrrc.variance_components),
+                },
+                "fixed_readers_random_cases": fixed(rrrc.fixed_readers),
+                "random_readers_fixed_cases": fixed(rrrc.fixed_cases),
+            }
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (an undefined quantity) as ``None``."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _estimate(estimate: Estimate) -> dict[str, Any]:
+    return {
+        "value": estimate.value,
+        "ci_low": estimate.ci_low,
+        "ci_high": estimate.ci_high,
+        "level": estimate.level,
+        "method": estimate.method,
+        "n": estimate.n,
+    }
+
+
+def empirical_roc(
+    truth: pd.Series | np.ndarray, rating: pd.Series | np.ndarray
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The empirical ROC operating points of one reader: a threshold at every distinct rating.
+
+    Parameters
+    ----------
+    truth : array-like of 0/1, shape (n,)
+    rating : array-like of float, shape (n,)
+        Higher means more confident of disease.
+
+    Returns
+    -------
+    (fpr, tpr) : tuple of tuples of float
+        From (0, 0) to (1, 1), thresholds in decreasing order.
+
+    Raises
+    ------
+    ProtocolError
+        Lengths differ, or the cases lack positives or negatives.
+    """
+    y = np.asarray(truth, dtype=int)
+    score = np.asarray(rating, dtype=float)
+    if y.shape != score.shape:
+        raise ProtocolError(f"truth and rating differ in length: {y.shape} and {score.shape}.")
+    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+    if positives == 0 or negatives == 0:
+        raise ProtocolError(
+            f"An ROC curve needs positive and negative cases; found {positives} positive and "
+            f"{negatives} negative."
+        )
+    fpr, tpr = [0.0], [0.0]
+    for threshold in np.unique(score)[::-1]:
+        called = score >= threshold
+        fpr.append(float((called & (y == 0)).sum() / negatives))
+        tpr.append(float((called & (y == 1)).sum() / positives))
+    return tuple(fpr), tuple(tpr)
 
 
 def analyze_ratings(
@@ -153,7 +273,14 @@ def analyze_ratings(
         for (reader, arm), group in frame.groupby(["reader", "arm"], sort=True)
     )
     seconds = (
-        {str(k): float(v) for k, v in frame.groupby("arm")["seconds"].median().items()}
+        {
+            str(k): float(v)
+            for k, v in pd.to_numeric(frame["seconds"], errors="coerce")
+            .groupby(frame["arm"])
+            .median()
+            .items()
+            if pd.notna(v)
+        }
         if "seconds" in frame
         else {}
     )

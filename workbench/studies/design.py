@@ -12,7 +12,7 @@ A design is a YAML file with ``kind: reader_study``::
       - {id: unaided}
       - {id: aided, model: demo-good@1.0.0}
     readers: [reader.a, reader.b]
-    design: fully_crossed            # or split_plot with reader_groups
+    design: fully_crossed            # split_plot (reader_groups) validates, but is not approved
     rating_scale: five_point         # or probability_0_100
     washout_days: 28
     seed: 20261202
@@ -21,6 +21,19 @@ A design is a YAML file with ``kind: reader_study``::
     hypothesis: non_inferiority      # or superiority
     margin: 0.05
     level: 0.95
+
+A study whose readers are simulated (the demonstration) says so in its own
+data, with the pre-specified simulation::
+
+    simulation:
+      method: binormal
+      separation: [1.0, 1.2, 1.4, 1.6]   # one per reader, in reader order
+      aided_shift: 0.5                   # added to each separation in an arm with a model
+
+A split-plot design (each reader group reads its own cases) validates here, but
+the services refuse to approve it: reading would give every reader every case and
+the analysis is the fully crossed Obuchowski-Rockette one, so its numbers would be
+wrong. The split-plot OR analysis (Obuchowski 2012; Hillis 2014) is not implemented.
 
 The acceptance criterion follows from hypothesis and margin: for superiority the
 lower confidence limit of the reader-averaged AUC difference (second arm minus
@@ -44,6 +57,7 @@ __all__ = [
     "Hypothesis",
     "RatingScale",
     "ReaderStudyDesign",
+    "SimulatedReading",
     "StudyDesignKind",
     "load_study_design",
 ]
@@ -116,6 +130,19 @@ class Analysis(_Strict):
     covariance: Literal["jackknife", "delong"] = "jackknife"
 
 
+class SimulatedReading(_Strict):
+    """The pre-specified simulation of a study whose readers are simulated, not people.
+
+    A reader's latent value of a case is ``separation * truth + N(0, 1)`` (the
+    binormal model with equal variances), plus ``aided_shift * truth`` in an arm
+    that shows a model; see :func:`workbench.studies.simulate_ratings`.
+    """
+
+    method: Literal["binormal"] = "binormal"
+    separation: list[float] = Field(min_length=1)
+    aided_shift: float = 0.0
+
+
 class ReaderStudyDesign(_Strict):
     """A validated reader-study design (see the module docstring)."""
 
@@ -138,6 +165,7 @@ class ReaderStudyDesign(_Strict):
     margin: float = Field(default=0.0, ge=0.0, lt=1.0)
     level: float = Field(default=0.95, gt=0.5, lt=1.0)
     cases_per_arm: int | None = Field(default=None, ge=2)
+    simulation: SimulatedReading | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ReaderStudyDesign:
@@ -154,6 +182,11 @@ class ReaderStudyDesign(_Strict):
                     "reader_groups: a split-plot design needs every reader in exactly one group; "
                     f"found groups {groups} for readers {self.readers}"
                 )
+        if self.simulation is not None and len(self.simulation.separation) != len(self.readers):
+            raise ValueError(
+                "simulation.separation: one value per reader; found "
+                f"{len(self.simulation.separation)} for {len(self.readers)} readers"
+            )
         if self.hypothesis is Hypothesis.NON_INFERIORITY and self.margin <= 0:
             raise ValueError("margin: a non-inferiority study needs a margin > 0")
         return self
@@ -167,6 +200,11 @@ class ReaderStudyDesign(_Strict):
             f"lower bound of the {self.level:.0%} CI of the reader-averaged AUC difference "
             f"({second} minus {first}) > {bound:g} ({self.hypothesis.value.replace('_', '-')})"
         )
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the readers are simulated (the design carries a ``simulation``)."""
+        return self.simulation is not None
 
     @property
     def bound(self) -> float:
