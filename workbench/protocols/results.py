@@ -47,6 +47,7 @@ __all__ = [
     "CaseNote",
     "DecisionCurveSummary",
     "EndpointResult",
+    "FrocSummary",
     "HeterogeneityResult",
     "OperatingPointSummary",
     "ProtocolEvaluation",
@@ -1068,6 +1069,89 @@ class DecisionCurveSummary:
             method=str(_or(data, "method", "")),
             n=int(_or(data, "n", 0)),
             criterion_at=None if at is None else float(at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FrocSummary:
+    """The FROC and wAFROC curves of one detection run, with the band, for figures.
+
+    Parameters
+    ----------
+    nlf, llf, lower, upper : tuple of float
+        FROC curve: grid of non-lesion localisations per case (ascending), the
+        lesion localisation fraction at each grid point and its pointwise band.
+    level : float
+        Confidence level of the band.
+    fpf, wllf : tuple of float
+        wAFROC operating points, from the strictest threshold to the most lenient:
+        false-positive fraction (non-diseased cases with a non-lesion mark rated at
+        or above the threshold) and weighted lesion localisation fraction.
+    wafroc : Estimate or None
+        Area under the wAFROC curve (``None`` when not estimable).
+    sensitivity_at_fppi : tuple of (float, Estimate or None)
+        Lesion sensitivity at each stated number of false positives per image.
+    n_cases, n_diseased, n_lesions, n_marks : int
+        Cases, cases with at least one lesion, reference lesions and kept marks.
+    """
+
+    nlf: tuple[float, ...]
+    llf: tuple[float, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    level: float
+    fpf: tuple[float, ...]
+    wllf: tuple[float, ...]
+    wafroc: Estimate | None
+    sensitivity_at_fppi: tuple[tuple[float, Estimate | None], ...]
+    n_cases: int
+    n_diseased: int
+    n_lesions: int
+    n_marks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return _jsonable(
+            {
+                "nlf": self.nlf,
+                "llf": self.llf,
+                "lower": self.lower,
+                "upper": self.upper,
+                "level": self.level,
+                "fpf": self.fpf,
+                "wllf": self.wllf,
+                "wafroc": estimate_to_dict(self.wafroc),
+                "sensitivity_at_fppi": [
+                    {"fppi": fppi, "estimate": estimate_to_dict(est)}
+                    for fppi, est in self.sensitivity_at_fppi
+                ],
+                "n_cases": self.n_cases,
+                "n_diseased": self.n_diseased,
+                "n_lesions": self.n_lesions,
+                "n_marks": self.n_marks,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FrocSummary:
+        """Read :meth:`to_dict`'s form."""
+        return cls(
+            nlf=tuple(float(v) for v in data["nlf"]),
+            llf=tuple(float(v) for v in data["llf"]),
+            lower=tuple(float(v) for v in data["lower"]),
+            upper=tuple(float(v) for v in data["upper"]),
+            level=float(_or(data, "level", 0.95)),
+            fpf=tuple(float(v) for v in data.get("fpf") or ()),
+            wllf=tuple(float(v) for v in data.get("wllf") or ()),
+            wafroc=estimate_from_dict(data.get("wafroc")),
+            sensitivity_at_fppi=tuple(
+                (float(item["fppi"]), estimate_from_dict(item.get("estimate")))
+                for item in data.get("sensitivity_at_fppi") or ()
+            ),
+            n_cases=int(_or(data, "n_cases", 0)),
+            n_diseased=int(_or(data, "n_diseased", 0)),
+            n_lesions=int(_or(data, "n_lesions", 0)),
+            n_marks=int(_or(data, "n_marks", 0)),
         )
 
 
