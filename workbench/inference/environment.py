@@ -24,6 +24,7 @@ __all__ = [
     "ray_cluster",
     "deterministic_settings",
     "deterministic_mode",
+    "node_gpu_details",
 ]
 
 _PACKAGES = ("torch", "monai", "numpy", "pydicom", "highdicom", "scipy", "pydantic")
@@ -190,9 +191,7 @@ def ray_cluster(*, timeout_s: float = 60.0) -> dict[str, Any] | None:
     if gpu_nodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from workbench.inference.ray_executor import _gpu_details
-
-        query = ray.remote(num_cpus=0)(_gpu_details)
+        query = ray.remote(num_cpus=0)(node_gpu_details)
         pending = {
             n["node_id"]: query.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["node_id"], soft=False)
@@ -259,3 +258,28 @@ def deterministic_mode() -> Iterator[dict[str, Any]]:
             os.environ.pop(_CUBLAS_ENV, None)
         else:
             os.environ[_CUBLAS_ENV] = saved[5]
+
+
+def node_gpu_details() -> dict[str, Any]:
+    """GPUs of this process's node (names, driver) from ``nvidia-smi``, allocating nothing."""
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"gpus": [], "driver_version": None}
+    rows = [
+        [part.strip() for part in line.split(",")]
+        for line in result.stdout.strip().splitlines()
+        if result.returncode == 0 and line.strip()
+    ]
+    return {
+        "gpus": [{"name": r[0], "memory": r[2] if len(r) > 2 else None} for r in rows],
+        "driver_version": rows[0][1] if rows and len(rows[0]) > 1 else None,
+    }

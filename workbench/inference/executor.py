@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from workbench.inference.priority import BACKGROUND_NICENESS, lower_thread_priority
 
 __all__ = [
     "BACKGROUND_NICENESS",
@@ -69,36 +69,6 @@ __all__ = [
     "lower_thread_priority",
     "make_executor",
 ]
-
-#: Niceness of the reader and writer threads of a run (0 = same as the caller).
-BACKGROUND_NICENESS = 19
-
-
-def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> bool:
-    """Lower the scheduling priority of the calling thread (Linux only).
-
-    Parameters
-    ----------
-    niceness : int
-        Value added to the thread's nice value, 0 to 19; 0 leaves it alone.
-
-    Returns
-    -------
-    bool
-        Whether the priority was changed. Elsewhere than on Linux (where
-        ``setpriority`` applies to a thread id), or where the call is refused,
-        the thread keeps its priority and ``False`` is returned.
-    """
-    if niceness <= 0 or sys.platform != "linux":
-        return False
-    try:
-        thread_id = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, thread_id)
-        os.setpriority(os.PRIO_PROCESS, thread_id, min(current + niceness, 19))
-    except OSError:
-        return False
-    return True
-
 
 C = TypeVar("C")
 P = TypeVar("P")

@@ -73,7 +73,8 @@ from enum import StrEnum
 from typing import Any
 
 from workbench.errors import InferenceError
-from workbench.inference.executor import lower_thread_priority
+from workbench.inference.environment import node_gpu_details
+from workbench.inference.priority import lower_thread_priority
 
 __all__ = ["RayExecutor", "RayStorage", "ray_available"]
 
@@ -135,31 +136,6 @@ def _short(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {text[:limit]}"
 
 
-def _gpu_details() -> dict[str, Any]:
-    """GPUs of the calling process's node (names, driver), without allocating memory."""
-    import subprocess
-
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"gpus": [], "driver_version": None}
-    rows = [
-        [part.strip() for part in line.split(",")]
-        for line in result.stdout.strip().splitlines()
-        if result.returncode == 0 and line.strip()
-    ]
-    return {
-        "gpus": [{"name": r[0], "memory": r[2] if len(r) > 2 else None} for r in rows],
-        "driver_version": rows[0][1] if rows and len(rows[0]) > 1 else None,
-    }
-
-
 class _CaseWorker:
     """The body of a Ray actor: runs the cases of one run at a time.
 
@@ -219,7 +195,7 @@ class _CaseWorker:
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ]
             info["cuda_version"] = torch.version.cuda
-            info["driver_version"] = _gpu_details()["driver_version"]
+            info["driver_version"] = node_gpu_details()["driver_version"]
         return info
 
     def unload(self) -> None:

@@ -47,15 +47,15 @@ from workbench.reports import (
 )
 from workbench.reports import content as rc
 from workbench.reports import (
-    ensure_signing_identity,
     seal_pdf,
     verify_pdf,
 )
 from workbench.reports.attachments import RESULTS_JSON, report_attachments
-from workbench.reports.keys import SigningIdentity
 from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.services.protocols import parsed_protocol
 from workbench.services.report_content import gather_report_inputs, report_content
+from workbench.services.sealing import ReportCheck, signing_identity
+from workbench.services.study_reports import verify_study_report_file
 
 __all__ = [
     "ReportInfo",
@@ -179,24 +179,6 @@ def _content(
             session, report, final=final, signatures_list=signatures_list, workdir=workdir
         )
     )
-
-
-def signing_identity(wb: Workbench) -> SigningIdentity:
-    """The sealing identity: a configured certificate, else the local workbench CA.
-
-    ``WORKBENCH_SIGNING_KEY``, ``WORKBENCH_SIGNING_CERT`` and optionally
-    ``WORKBENCH_SIGNING_CHAIN`` / ``WORKBENCH_SIGNING_PASSPHRASE`` name a
-    deployment's own key and certificate (PEM or DER).
-    """
-    key, cert = os.environ.get("WORKBENCH_SIGNING_KEY"), os.environ.get("WORKBENCH_SIGNING_CERT")
-    if key and cert:
-        return SigningIdentity.from_files(
-            key,
-            cert,
-            os.environ.get("WORKBENCH_SIGNING_CHAIN"),
-            os.environ.get("WORKBENCH_SIGNING_PASSPHRASE"),
-        )
-    return ensure_signing_identity(wb.workdir.keys_dir)
 
 
 def build_report(wb: Workbench, actor: Actor, run_uid: str) -> ReportInfo:
@@ -451,23 +433,6 @@ def seal_report(wb: Workbench, actor: Actor, report_uid: str) -> ReportInfo:
         return _info(session, report)
 
 
-@dataclass(frozen=True, slots=True)
-class ReportCheck:
-    """Outcome of :func:`verify_report_file`."""
-
-    path: str
-    valid: bool
-    reason: str
-    report_uid: str | None = None
-    checks: list[tuple[str, bool, str]] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        """One line per check: OK/FAIL, name, detail."""
-        return [
-            f"  {'OK  ' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in self.checks
-        ]
-
-
 def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
     """Check a PDF: seal valid and whole-file, trusted, matches its record and signatures.
 
@@ -511,8 +476,6 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
     )
     uid = outcome.report_id
     if uid and uid.startswith("SR-"):  # a reader-study report: checked against its own record
-        from workbench.services.study_reports import verify_study_report_file
-
         return verify_study_report_file(wb, pdf)
     with wb.transaction() as session:
         report = (

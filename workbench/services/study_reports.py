@@ -63,7 +63,7 @@ from workbench.reports.study_report import (
     study_report_attachments,
 )
 from workbench.services.context import Actor, Workbench, current_user, get_one
-from workbench.services.reports import ReportCheck, signing_identity
+from workbench.services.sealing import ReportCheck, signing_identity
 from workbench.services.studies import (
     _cases,
     _design,
