@@ -160,7 +160,8 @@ def test_browser_walkthrough(server: str, seeded: Seeded) -> None:
             reviewer.locator('[data-testid="stImage"] img').first.scroll_into_view_if_needed()
             reviewer.wait_for_timeout(500)
             reviewer.screenshot(path=str(SHOTS / "viewer.png"))
-            assert elapsed < 5.0, f"window preset change took {elapsed:.1f} s"
+            # Speed is measured by benchmarks/bench_app.py, not asserted here.
+            print(f"window preset change in the browser: {elapsed:.1f} s")
         finally:
             browser.close()
     for name in ("login", "results", "viewer", "reports", "audit"):
