@@ -16,9 +16,16 @@ the current release and its attachments compared with those of the stored PDF
 software commit are expected to differ (entries written since) and are listed
 but not counted.
 
+With ``--against DIR``, every ``run-results-*.json`` in ``DIR`` (results stored
+by an earlier release, e.g. ``tests/data/legacy/``) is compared with the run of
+the same protocol and model in the workdir, as re-derived by this release: the
+verdict, every endpoint the earlier release evaluated (estimate, interval,
+verdict, strata) and the case accounting. Endpoints the earlier release did not
+have are listed as additions, not differences.
+
 Usage::
 
-    python scripts/reevaluate_runs.py --workdir var/demo [--reports]
+    python scripts/reevaluate_runs.py --workdir var/demo [--reports] [--against tests/data/legacy]
 
 Exit status 0 when every run's verdict, endpoints, strata, case accounting and
 supplementary analyses are identical; 1 otherwise, with the differences listed.
@@ -61,8 +68,12 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: stored {old!r}, re-derived {new!r}"]
 
 
-def reevaluate(workdir: Path) -> int:
-    """Compare every completed run of ``workdir``; return the number of runs that differ."""
+def reevaluate(workdir: Path, derived_runs: dict[tuple[str, str], RunResults] | None = None) -> int:
+    """Compare every completed run of ``workdir``; return the number of runs that differ.
+
+    ``derived_runs``, when given, receives each re-derived result keyed by
+    ``(protocol, model)`` (the newest run of each pair).
+    """
     wb = Workbench.open(workdir)
     failures = 0
     try:
@@ -92,6 +103,8 @@ def reevaluate(workdir: Path) -> int:
                     supplementary=supplementary_analysis(protocol, frame),
                     schema_version=stored.schema_version,
                 )
+                if derived_runs is not None:
+                    derived_runs[(stored.context.protocol, stored.context.model)] = derived
                 diffs = _differences(stored, derived, run.run_uid)
                 # What an earlier release did not store (a verdict's reason, a stratum's
                 # standard error) is new information, not a change.
@@ -212,13 +225,88 @@ def compare_reports(workdir: Path) -> int:
     return failures
 
 
+def _endpoint_differences(old: RunResults, new: RunResults) -> tuple[list[str], list[str]]:
+    """Differences in what ``old`` evaluated, and the endpoints only ``new`` has."""
+    diffs: list[str] = []
+    # Release 0.1 left a run with a not-evaluable primary endpoint NOT EVALUABLE; it now
+    # counts as the protocol's not_evaluable_counts_as says (default FAIL), with the reason.
+    counted = old.verdict is Verdict.NOT_EVALUABLE and new.verdict is Verdict.FAIL
+    if old.verdict is not new.verdict and not counted:
+        diffs.append(f"verdict: {old.verdict.label} -> {new.verdict.label}")
+    for field in ("n_cases", "n_completed", "n_failed", "n_excluded"):
+        before, after = getattr(old.accounting, field), getattr(new.accounting, field)
+        if before != after:
+            diffs.append(f"accounting.{field}: {before} -> {after}")
+    current = {e.endpoint_id: e for e in new.endpoints}
+    for endpoint in old.endpoints:
+        now = current.pop(endpoint.endpoint_id, None)
+        if now is None:
+            diffs.append(f"{endpoint.endpoint_id}: no longer evaluated")
+            continue
+        before = (
+            endpoint.verdict,
+            endpoint.estimate and dataclasses.astuple(endpoint.estimate)[:3],
+        )
+        after = (now.verdict, now.estimate and dataclasses.astuple(now.estimate)[:3])
+        if before != after:
+            diffs.append(f"{endpoint.endpoint_id}: {before} -> {after}")
+        strata_now = {(s.factor, s.stratum): s for s in now.strata}
+        for stratum in endpoint.strata:
+            match = strata_now.get((stratum.factor, stratum.stratum))
+            old_value = stratum.estimate and dataclasses.astuple(stratum.estimate)[:3]
+            new_value = match and match.estimate and dataclasses.astuple(match.estimate)[:3]
+            if match is None or (stratum.verdict, old_value) != (match.verdict, new_value):
+                diffs.append(
+                    f"{endpoint.endpoint_id} {stratum.factor}={stratum.stratum}: "
+                    f"{stratum.verdict.label} {old_value} -> "
+                    f"{'absent' if match is None else f'{match.verdict.label} {new_value}'}"
+                )
+    return diffs, sorted(current)
+
+
+def compare_with_earlier(workdir: Path, earlier: Path) -> int:
+    """Compare the workdir's re-derived runs with results stored by an earlier release."""
+    derived: dict[tuple[str, str], RunResults] = {}
+    reevaluate(workdir, derived)
+    failures = 0
+    for path in sorted(earlier.glob("run-results-*.json")):
+        old = RunResults.from_dict(json.loads(path.read_text()))
+        new = derived.get((old.context.protocol, old.context.model))
+        if new is None:
+            continue
+        diffs, added = _endpoint_differences(old, new)
+        estimate = next((e.estimate for e in new.endpoints if e.primary), None)
+        figure = (
+            ""
+            if estimate is None
+            else f" {estimate.value:.3f} [{estimate.ci_low:.3f}, {estimate.ci_high:.3f}]"
+        )
+        print(
+            f"{path.name}: {old.context.protocol} {old.context.model}: "
+            f"{old.verdict.label} -> {new.verdict.label}{figure}; "
+            f"{len(old.endpoints)} endpoint(s) compared, "
+            + ("identical" if not diffs else f"{len(diffs)} difference(s)")
+            + (f"; added since: {', '.join(added)}" if added else "")
+        )
+        for line in diffs[:40]:
+            print(f"    {line}")
+        failures += bool(diffs)
+    return failures
+
+
 def main() -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--reports", action="store_true", help="also rebuild every report")
+    parser.add_argument(
+        "--against", type=Path, help="folder of results stored by an earlier release"
+    )
     args = parser.parse_args()
-    failures = reevaluate(args.workdir)
+    if args.against:
+        failures = compare_with_earlier(args.workdir, args.against)
+    else:
+        failures = reevaluate(args.workdir)
     if args.reports:
         failures += compare_reports(args.workdir)
     sys.exit(1 if failures else 0)
