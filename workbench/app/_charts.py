@@ -10,13 +10,22 @@ from workbench.protocols.results import (
     CalibrationSummary,
     DecisionCurveSummary,
     EndpointResult,
+    FrocSummary,
     RocSummary,
     StratumResult,
 )
 from workbench.stats import Estimate
 from workbench.vocabulary import Verdict
 
-__all__ = ["roc_figure", "forest_figure", "distribution_figure"]
+__all__ = [
+    "decision_curve_figure",
+    "distribution_figure",
+    "forest_figure",
+    "froc_figure",
+    "reliability_figure",
+    "roc_figure",
+    "wafroc_figure",
+]
 
 _VERDICT_COLOURS = {
     Verdict.PASS: "#1a7f37",
@@ -304,5 +313,148 @@ def decision_curve_figure(curve: DecisionCurveSummary) -> go.Figure:
         yaxis_range=[min(low, 0.0) - 0.05, max(curve.prevalence, 0.05) + 0.05],
         height=420,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig
+
+
+#: Line colours of the candidates in the detection charts (plotly's first series colours).
+_SERIES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def _ci_text(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return "not estimable"
+    return (
+        f"{estimate.value:.3f} ({estimate.level:.0%} CI {estimate.ci_low:.3f}-"
+        f"{estimate.ci_high:.3f})"
+    )
+
+
+def froc_figure(panels: Sequence[tuple[str, FrocSummary]]) -> go.Figure:
+    """FROC curves: lesion localisation fraction against non-lesion marks per image.
+
+    Parameters
+    ----------
+    panels : sequence of (str, FrocSummary)
+        The candidate's name and its stored summary (``RunResults.froc``).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Per candidate: its pointwise band (shaded), the curve from (0, 0) with the
+        thresholds' NLF and LLF in the hover text, and the sensitivity at each stated
+        number of false positives per image with its CI.
+    """
+    fig = go.Figure()
+    for index, (name, summary) in enumerate(panels):
+        colour = _SERIES[index % len(_SERIES)]
+        nlf, llf = list(summary.nlf), list(summary.llf)
+        fig.add_trace(
+            go.Scatter(
+                x=nlf + nlf[::-1],
+                y=list(summary.upper) + list(summary.lower)[::-1],
+                fill="toself",
+                line={"width": 0},
+                fillcolor=_rgba(colour, 0.18),
+                name=f"{name}, {summary.level:.0%} band",
+                hoverinfo="skip",
+                legendgroup=name,
+            )
+        )
+        if nlf and (nlf[0], llf[0]) != (0.0, 0.0):
+            nlf, llf = [0.0, *nlf], [0.0, *llf]
+        fig.add_trace(
+            go.Scatter(
+                x=nlf,
+                y=llf,
+                mode="lines",
+                line={"color": colour, "width": 2, "shape": "hv"},
+                name=f"{name} ({summary.n_lesions} lesions, {summary.n_cases} cases)",
+                hovertemplate="NL marks per image %{x:.3f}<br>LLF %{y:.3f}<extra>"
+                + name
+                + "</extra>",
+                legendgroup=name,
+            )
+        )
+        stated = [(f, e) for f, e in summary.sensitivity_at_fppi if e is not None]
+        if stated:
+            fig.add_trace(
+                go.Scatter(
+                    x=[f for f, _ in stated],
+                    y=[e.value for _, e in stated],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [e.ci_high - e.value for _, e in stated],
+                        "arrayminus": [e.value - e.ci_low for _, e in stated],
+                        "color": colour,
+                    },
+                    mode="markers",
+                    marker={"size": 10, "color": colour, "symbol": "square"},
+                    name=f"{name}, sensitivity at stated FP/image",
+                    text=[f"sensitivity at {f:g} FP/image: {_ci_text(e)}" for f, e in stated],
+                    hovertemplate="%{text}<extra>" + name + "</extra>",
+                    legendgroup=name,
+                )
+            )
+    fig.update_layout(
+        xaxis_title="non-lesion marks per image",
+        yaxis_title="lesion localisation fraction",
+        xaxis={"rangemode": "tozero"},
+        yaxis={"range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.25},
+        height=520,
+        margin={"t": 30},
+    )
+    return fig
+
+
+def wafroc_figure(panels: Sequence[tuple[str, FrocSummary]]) -> go.Figure:
+    """Empirical wAFROC curves with the wAFROC figure of merit and its CI in the legend.
+
+    Parameters
+    ----------
+    panels : sequence of (str, FrocSummary)
+        The candidate's name and its stored summary (``RunResults.froc``).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Per candidate, the operating points (FPF, wLLF) joined from (0, 0) and continued
+        to (1, 1), as RJafroc draws the curve whose area is the figure of merit; no chance
+        line.
+    """
+    fig = go.Figure()
+    for index, (name, summary) in enumerate(panels):
+        colour = _SERIES[index % len(_SERIES)]
+        x, y = list(summary.fpf), list(summary.wllf)
+        if not x or (x[0], y[0]) != (0.0, 0.0):
+            x, y = [0.0, *x], [0.0, *y]
+        if (x[-1], y[-1]) != (1.0, 1.0):
+            x, y = [*x, 1.0], [*y, 1.0]
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers" if len(summary.fpf) <= 20 else "lines",
+                line={"color": colour, "width": 2},
+                marker={"size": 6},
+                name=f"{name}: wAFROC {_ci_text(summary.wafroc)}",
+                hovertemplate="FPF %{x:.3f}<br>wLLF %{y:.3f}<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(
+        xaxis_title="false-positive fraction (non-diseased cases)",
+        yaxis_title="weighted lesion localisation fraction",
+        xaxis={"range": [0, 1]},
+        yaxis={"range": [0, 1.02], "scaleanchor": "x"},
+        legend={"orientation": "h", "y": -0.25},
+        height=520,
+        margin={"t": 30},
     )
     return fig

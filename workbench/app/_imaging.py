@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -27,13 +31,19 @@ from PIL import Image
 from workbench.dicom.reference import combine_reader_masks
 from workbench.dicom.seg import read_seg_mask
 from workbench.dicom.volume import Volume, load_series
+from workbench.errors import GeometryError
 
 __all__ = [
     "WINDOW_PRESETS",
     "OVERLAY_COLOURS",
+    "SliceMark",
     "content_key",
+    "draw_marks",
     "load_volume",
     "load_overlay",
+    "patient_to_voxel",
+    "region_slice",
+    "slice_marks",
     "window_level",
     "render_slice",
 ]
@@ -131,6 +141,7 @@ def render_slice(
     zoom: float = 1.0,
     pan: tuple[float, float] = (0.5, 0.5),
     size: int = 512,
+    marks: Sequence[SliceMark] = (),
 ) -> bytes:
     """One axial slice as PNG bytes.
 
@@ -146,6 +157,9 @@ def render_slice(
         Magnification (>= 1); ``pan`` is the view centre as fractions of (y, x).
     size : int
         Output edge in pixels (nearest-neighbour resampling).
+    marks : sequence of SliceMark
+        Boxes and points (:func:`slice_marks`) drawn over the resampled image, so their
+        lines stay thin at any zoom.
 
     Returns
     -------
@@ -170,6 +184,248 @@ def render_slice(
     r_index = top + (np.arange(out_r) * crop_r / out_r).astype(np.intp)
     c_index = left + (np.arange(out_c) * crop_c / out_c).astype(np.intp)
     view = rgb[np.ix_(r_index, c_index)].astype(np.uint8)
+    if marks:
+        view = draw_marks(view, marks, top=top, left=left, scale=(out_r / crop_r, out_c / crop_c))
     buffer = io.BytesIO()
     Image.fromarray(view, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+# -- detection regions (boxes and points in patient coordinates) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SliceMark:
+    """A region as drawn on one slice, in continuous voxel indices of that slice.
+
+    Parameters
+    ----------
+    label : str
+        The blinded output it belongs to (``"A"`` or ``"B"``).
+    kind : str
+        ``"box"`` or ``"point"``.
+    row_min, row_max, col_min, col_max : float
+        Extent in (row, column) voxel indices, voxel centres at integers; a point has
+        ``row_min == row_max`` and ``col_min == col_max``.
+    colour : tuple of int
+        RGB.
+    """
+
+    label: str
+    kind: str
+    row_min: float
+    row_max: float
+    col_min: float
+    col_max: float
+    colour: tuple[int, int, int]
+
+
+def patient_to_voxel(volume: Volume, points_lps: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Continuous voxel indices ``(z, y, x)`` of patient coordinates (LPS, mm).
+
+    The inverse of :meth:`~workbench.dicom.volume.Volume.voxel_to_patient`: indices are
+    voxel centres at integers, whatever the orientation (a flipped axis gives decreasing
+    indices for increasing mm).
+
+    Parameters
+    ----------
+    volume : Volume
+        Its ``origin``, ``spacing`` and ``direction`` define the mapping.
+    points_lps : array_like, shape (..., 3)
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., 3)
+    """
+    matrix = np.asarray(volume.direction, dtype=float) * np.asarray(volume.spacing[::-1])
+    offset = np.asarray(points_lps, dtype=float) - np.asarray(volume.origin, dtype=float)
+    xyz = np.linalg.solve(matrix, offset.reshape(-1, 3).T).T
+    return np.asarray(xyz[:, ::-1].reshape(offset.shape))
+
+
+def _number(region: Mapping[str, Any], key: str) -> float | None:
+    value = region.get(key)
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _region_extent(region: Mapping[str, Any], volume: Volume) -> np.ndarray:
+    """(2, 3): lowest and highest continuous ``(z, y, x)`` index the region covers.
+
+    A box's eight corners are mapped and bounded (exact for axis-aligned volumes, the
+    enclosing box for oblique ones); a point, or a box with a missing bound, maps its
+    centre on that axis.
+    """
+    centre = [_number(region, axis) for axis in ("x", "y", "z")]
+    if any(c is None for c in centre):
+        raise GeometryError(
+            f"A region needs its centre x, y, z in patient coordinates (mm); found "
+            f"{ {k: region.get(k) for k in ('kind', 'x', 'y', 'z')} }."
+        )
+    lows, highs = [], []
+    for axis, c in zip(("x", "y", "z"), centre, strict=True):
+        low = _number(region, f"{axis}_min") if region.get("kind") == "box" else None
+        high = _number(region, f"{axis}_max") if region.get("kind") == "box" else None
+        lows.append(c if low is None else low)
+        highs.append(c if high is None else high)
+    corners = np.array(list(itertools.product(*zip(lows, highs, strict=True))))
+    indices = patient_to_voxel(volume, corners)
+    return np.vstack([indices.min(axis=0), indices.max(axis=0)])
+
+
+def region_slice(region: Mapping[str, Any], volume: Volume) -> int:
+    """The slice index (0-based, clamped to the volume) nearest to the region's centre.
+
+    Parameters
+    ----------
+    region : mapping
+        ``{"kind", "x", "y", "z", ...}`` in patient coordinates (LPS, mm).
+    volume : Volume
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    GeometryError
+        The region lacks its centre.
+    """
+    centre = [_number(region, axis) for axis in ("x", "y", "z")]
+    if any(c is None for c in centre):
+        raise GeometryError(
+            f"A region needs its centre x, y, z in patient coordinates (mm); found "
+            f"{ {k: region.get(k) for k in ('kind', 'x', 'y', 'z')} }."
+        )
+    z = float(patient_to_voxel(volume, np.asarray(centre, dtype=float))[0])
+    return int(min(max(math.floor(z + 0.5), 0), volume.array.shape[0] - 1))
+
+
+def slice_marks(
+    regions: Mapping[str, Sequence[Mapping[str, Any]]],
+    volume: Volume,
+    index: int,
+    *,
+    colours: Mapping[str, tuple[int, int, int]] = OVERLAY_COLOURS,
+) -> list[SliceMark]:
+    """The regions to draw on slice ``index``.
+
+    A box is drawn on every slice its z-range crosses (slice ``k`` spans indices
+    ``k - 0.5`` to ``k + 0.5``); a point only on its nearest slice.
+
+    Parameters
+    ----------
+    regions : mapping
+        Label (``"A"``, ``"B"``) -> regions ``{"kind": "box"|"point", "x", "y", "z",
+        "x_min", ..., "z_max"}`` in patient coordinates (LPS, mm); the bounds are ``None``
+        for a point.
+    volume : Volume
+        Geometry of the displayed series.
+    index : int
+        0-based slice index.
+    colours : mapping
+        Label -> RGB; labels without a colour are drawn yellow.
+
+    Returns
+    -------
+    list of SliceMark
+
+    Raises
+    ------
+    GeometryError
+        A region lacks its centre.
+    """
+    marks = []
+    for label, items in regions.items():
+        colour = colours.get(label, (255, 255, 0))
+        for region in items:
+            kind = str(region.get("kind", "point"))
+            (z_low, row_low, col_low), (z_high, row_high, col_high) = _region_extent(region, volume)
+            if kind == "box":
+                if not (z_low < index + 0.5 and z_high >= index - 0.5):
+                    continue
+            elif region_slice(region, volume) != index or not (
+                -0.5 <= z_low < volume.array.shape[0] - 0.5
+            ):
+                continue
+            marks.append(
+                SliceMark(
+                    label,
+                    kind,
+                    float(row_low),
+                    float(row_high),
+                    float(col_low),
+                    float(col_high),
+                    colour,
+                )
+            )
+    return marks
+
+
+def draw_marks(
+    rgb: np.ndarray,
+    marks: Sequence[SliceMark],
+    *,
+    top: float = 0.0,
+    left: float = 0.0,
+    scale: tuple[float, float] = (1.0, 1.0),
+    thickness: int = 2,
+) -> np.ndarray:
+    """Draw boxes (outlines) and points (a cross in a circle) onto an RGB image.
+
+    Parameters
+    ----------
+    rgb : ndarray (rows, cols, 3) uint8
+        The rendered slice (or its zoomed crop); not modified.
+    marks : sequence of SliceMark
+        In voxel indices of the full slice.
+    top, left : float
+        Voxel row and column of the image's first pixel (the crop's corner).
+    scale : (float, float)
+        Output pixels per voxel along rows and columns.
+    thickness : int
+        Line width in output pixels.
+
+    Returns
+    -------
+    ndarray
+        A copy with the marks drawn; a box covers its voxels' full extent (voxel edges,
+        half a voxel beyond the centres), clipped to the image.
+    """
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    rows, cols = out.shape[:2]
+    sr, sc = scale
+
+    def to_row(r: float) -> float:
+        return (r - top + 0.5) * sr
+
+    def to_col(c: float) -> float:
+        return (c - left + 0.5) * sc
+
+    def paint(r0: float, r1: float, c0: float, c1: float, colour: tuple[int, int, int]) -> None:
+        lo_r, hi_r = max(int(math.floor(r0)), 0), min(int(math.ceil(r1)), rows)
+        lo_c, hi_c = max(int(math.floor(c0)), 0), min(int(math.ceil(c1)), cols)
+        if lo_r < hi_r and lo_c < hi_c:
+            out[lo_r:hi_r, lo_c:hi_c] = colour
+
+    t = max(int(thickness), 1)
+    for mark in marks:
+        if mark.kind == "box":
+            r0, r1 = to_row(mark.row_min - 0.5), to_row(mark.row_max + 0.5)
+            c0, c1 = to_col(mark.col_min - 0.5), to_col(mark.col_max + 0.5)
+            paint(r0, r0 + t, c0, c1, mark.colour)
+            paint(r1 - t, r1, c0, c1, mark.colour)
+            paint(r0, r1, c0, c0 + t, mark.colour)
+            paint(r0, r1, c1 - t, c1, mark.colour)
+            continue
+        r, c = to_row(mark.row_min), to_col(mark.col_min)
+        arm = max(5.0 * t, 0.8 * min(sr, sc))
+        paint(r - t / 2, r + t / 2, c - arm, c + arm, mark.colour)
+        paint(r - arm, r + arm, c - t / 2, c + t / 2, mark.colour)
+        radius = arm * 1.6
+        yy, xx = np.ogrid[:rows, :cols]
+        distance = np.hypot(yy + 0.5 - r, xx + 0.5 - c)
+        out[np.abs(distance - radius) <= t / 2] = mark.colour
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from reportlab.graphics.shapes import (
     Circle,
@@ -48,12 +49,18 @@ from workbench.reports.content import (
 )
 from workbench.reports.formatting import format_ci, format_estimate, format_level, format_number
 
+if TYPE_CHECKING:  # the figures only read the summary's fields; no import at run time
+    from workbench.protocols.results import FrocSummary
+    from workbench.stats import Estimate
+
 __all__ = [
     "decision_curve_figure",
     "dice_distribution_figure",
     "forest_plot",
+    "froc_figure",
     "reliability_diagram",
     "roc_figure",
+    "wafroc_figure",
 ]
 
 _TICK_FONT = 7
@@ -924,4 +931,353 @@ def decision_curve_figure(
             fillColor=MUTED,
         )
     )
+    return drawing
+
+
+# -- free-response (detection) figures ---------------------------------------------------------
+
+_LEGEND_ROW = 11.0
+
+
+def _tinted(colour: colors.Color, alpha: float) -> colors.Color:
+    return colors.Color(colour.red, colour.green, colour.blue, alpha)
+
+
+def _nice_top(high: float) -> tuple[float, list[float]]:
+    """An axis end at or above ``high`` on a tick, and the ticks from zero to it."""
+    high = high if high > 0 and math.isfinite(high) else 1.0
+    ticks = _nice_ticks(0.0, high, count=5)
+    if ticks[-1] < high - 1e-9:
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else high
+        ticks.append(round(ticks[-1] + step, 10))
+    return ticks[-1], ticks
+
+
+def _estimate_text(estimate: Estimate | None, digits: int = 3) -> str:
+    """``0.812 (95% CI 0.750 to 0.871)``, or ``not estimable``."""
+    if estimate is None:
+        return "not estimable"
+    return (
+        f"{format_number(estimate.value, digits)} ({format_level(estimate.level)} CI "
+        f"{format_number(estimate.ci_low, digits)} to {format_number(estimate.ci_high, digits)})"
+    )
+
+
+def _legend_line(
+    drawing: Drawing,
+    x: float,
+    y: float,
+    colour: colors.Color,
+    name: str,
+    suffix: str,
+    *,
+    max_width: float,
+    marker: bool = False,
+) -> None:
+    """One legend row: a line swatch (with a marker), the name and its figures.
+
+    A long name is shortened, never the figures after it.
+    """
+    drawing.add(Line(x, y, x + 16, y, strokeColor=colour, strokeWidth=1.4))
+    if marker:
+        drawing.add(Rect(x + 5.5, y - 2.5, 5, 5, fillColor=colour, strokeColor=colors.white))
+    drawing.add(
+        String(
+            x + 20,
+            y - 2.5,
+            _fit_width(name, suffix, max_width - 20, SANS, _TICK_FONT),
+            fontName=SANS,
+            fontSize=_TICK_FONT,
+        )
+    )
+
+
+def froc_figure(
+    panels: Sequence[tuple[str, FrocSummary]], *, width: float = 300, height: float = 280
+) -> Drawing:
+    """FROC curves: lesion localisation fraction against non-lesion marks per image.
+
+    One line per candidate with its pointwise bootstrap band shaded, and a marker with
+    its CI at each stated number of false positives per image (the sensitivity the
+    protocol judges). The curve is the empirical one of Chakraborty (Observer
+    Performance Methods for Diagnostic Imaging, 2017, ch. 13): from (0, 0) through the
+    LLF and NLF of the marks rated at or above each threshold, ending at the most lenient
+    one, so curves end at different abscissae. Where a stated number of false positives
+    per image lies beyond that end, the sensitivity there is the end's LLF, and a dotted
+    line carries the curve's level out to the marker.
+
+    Parameters
+    ----------
+    panels : sequence of (str, FrocSummary)
+        The candidate's name (legend label) and its summary, in drawing order.
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+        The legend sits below the plot, one row per candidate, so it never covers a curve.
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    legend_rows = len(panels) + 1
+    left, right, top = 46.0, 12.0, 10.0
+    bottom = 40.0 + _LEGEND_ROW * legend_rows
+    plot_w, plot_h = width - left - right, height - bottom - top
+    stated = [
+        fppi
+        for _, summary in panels
+        for fppi, est in summary.sensitivity_at_fppi
+        if est is not None
+    ]
+    x_high, x_ticks = _nice_top(
+        max([*(s.nlf[-1] for _, s in panels if s.nlf), *stated], default=1.0)
+    )
+
+    def x_of(v: float) -> float:
+        return left + min(max(v, 0.0), x_high) / x_high * plot_w
+
+    def y_of(v: float) -> float:
+        return bottom + min(max(v, 0.0), 1.0) * plot_h
+
+    _frame_axes(
+        drawing,
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_ticks=x_ticks,
+        y_ticks=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        x_of=x_of,
+        y_of=y_of,
+    )
+    colours = [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(panels))]
+    # every band first, so that no band hides another candidate's line
+    for colour, (_, summary) in zip(colours, panels, strict=True):
+        if len(summary.nlf) < 2:
+            continue
+        band: list[float] = []
+        for x, y in zip(summary.nlf, summary.upper, strict=True):
+            band.extend((x_of(x), y_of(y)))
+        for x, y in zip(reversed(summary.nlf), reversed(summary.lower), strict=True):
+            band.extend((x_of(x), y_of(y)))
+        drawing.add(Polygon(band, fillColor=_tinted(colour, 0.2), strokeColor=None, strokeWidth=0))
+    for colour, (_, summary) in zip(colours, panels, strict=True):
+        points = list(zip(summary.nlf, summary.llf, strict=True))
+        if points and points[0] != (0.0, 0.0):
+            points.insert(0, (0.0, 0.0))  # as RJafroc's FROCPoints: the curve starts at (0, 0)
+        if len(points) >= 2:
+            line = [c for x, y in points for c in (x_of(x), y_of(y))]
+            drawing.add(PolyLine(line, strokeColor=colour, strokeWidth=1.4))
+        beyond = [f for f, est in summary.sensitivity_at_fppi if est is not None]
+        if points and beyond and max(beyond) > points[-1][0]:
+            # a stated FP/image past the most lenient threshold keeps that threshold's LLF
+            end_x, end_y = points[-1]
+            drawing.add(
+                Line(
+                    x_of(end_x),
+                    y_of(end_y),
+                    x_of(max(beyond)),
+                    y_of(end_y),
+                    strokeColor=colour,
+                    strokeWidth=0.8,
+                    strokeDashArray=[1.5, 2],
+                )
+            )
+    for index, (colour, (_, summary)) in enumerate(zip(colours, panels, strict=True)):
+        # candidates' markers at the same FP/image are set side by side, not on each other
+        dodge = (index - (len(panels) - 1) / 2) * 4.0
+        for fppi, est in summary.sensitivity_at_fppi:
+            if est is None:
+                continue
+            x, y = x_of(fppi) + dodge, y_of(est.value)
+            low, high = y_of(est.ci_low), y_of(est.ci_high)
+            drawing.add(Line(x, low, x, high, strokeColor=colour, strokeWidth=0.8))
+            drawing.add(Line(x - 2.5, low, x + 2.5, low, strokeColor=colour, strokeWidth=0.8))
+            drawing.add(Line(x - 2.5, high, x + 2.5, high, strokeColor=colour, strokeWidth=0.8))
+            drawing.add(
+                Rect(
+                    x - 2.5,
+                    y - 2.5,
+                    5,
+                    5,
+                    fillColor=colour,
+                    strokeColor=colors.white,
+                    strokeWidth=0.5,
+                )
+            )
+    drawing.add(
+        String(
+            left + plot_w / 2,
+            bottom - 25,
+            "Non-lesion marks per image",
+            fontName=SANS,
+            fontSize=_LABEL_FONT,
+            textAnchor="middle",
+        )
+    )
+    label = String(
+        0,
+        0,
+        "Lesion localisation fraction",
+        fontName=SANS,
+        fontSize=_LABEL_FONT,
+        textAnchor="middle",
+    )
+    rotated = Group(label)
+    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
+    drawing.add(rotated)
+    lx, ly = 8.0, bottom - 39
+    for index, (colour, (name, summary)) in enumerate(zip(colours, panels, strict=True)):
+        _legend_line(
+            drawing,
+            lx,
+            ly - _LEGEND_ROW * index,
+            colour,
+            name,
+            f" ({summary.n_lesions} lesions, {summary.n_cases} cases)",
+            max_width=width - lx - 4,
+            marker=bool(summary.sensitivity_at_fppi),
+        )
+    y = ly - _LEGEND_ROW * len(panels)
+    level = format_level(panels[0][1].level) if panels else "95%"
+    drawing.add(
+        Rect(lx, y - 3.5, 16, 7, fillColor=_tinted(SERIES_COLOURS[0], 0.2), strokeColor=None)
+    )
+    drawing.add(
+        String(lx + 20, y - 2.5, f"{level} pointwise band", fontName=SANS, fontSize=_TICK_FONT)
+    )
+    mx = lx + 20 + stringWidth(f"{level} pointwise band", SANS, _TICK_FONT) + 14
+    drawing.add(Line(mx + 2.5, y - 4.5, mx + 2.5, y + 4.5, strokeColor=MUTED, strokeWidth=0.8))
+    drawing.add(Rect(mx, y - 2.5, 5, 5, fillColor=MUTED, strokeColor=colors.white, strokeWidth=0.5))
+    drawing.add(
+        String(
+            mx + 9,
+            y - 2.5,
+            _fit_width("sensitivity at stated FP/image, CI", "", width - mx - 13, SANS, _TICK_FONT),
+            fontName=SANS,
+            fontSize=_TICK_FONT,
+        )
+    )
+    return drawing
+
+
+def _wafroc_points(summary: FrocSummary) -> list[tuple[float, float]]:
+    """The empirical wAFROC curve: (0, 0), the operating points, then (1, 1).
+
+    RJafroc draws the segment from the most lenient operating point to (1, 1) as part of
+    the curve (``wAFROCPoints`` in ``R/PlotEmpiricalOperatingCharacteristics.R``: ``FPF <-
+    c(0, FPF, 1); wLLF <- c(0, wLLF, 1)``); the area under this polyline is the wAFROC
+    figure of merit, because unmarked lesions and normal cases without marks tie at the
+    lowest rating.
+    """
+    points = list(zip(summary.fpf, summary.wllf, strict=True))
+    if not points or points[0] != (0.0, 0.0):
+        points.insert(0, (0.0, 0.0))
+    if points[-1] != (1.0, 1.0):
+        points.append((1.0, 1.0))
+    return points
+
+
+def wafroc_figure(
+    panels: Sequence[tuple[str, FrocSummary]], *, width: float = 300, height: float = 280
+) -> Drawing:
+    """Empirical wAFROC curves: weighted lesion localisation fraction against FPF.
+
+    The operating points (false-positive fraction on non-diseased cases, weighted LLF
+    on diseased cases) are joined by straight lines from (0, 0) and continued to (1, 1),
+    as RJafroc draws them; the area under each curve is the wAFROC figure of merit
+    (Chakraborty 2017, ch. 13), printed with its CI in the legend. There is no chance
+    diagonal: a reader who marks nothing has area 0.5 only by the tie rule, not by chance.
+
+    Parameters
+    ----------
+    panels : sequence of (str, FrocSummary)
+        The candidate's name (legend label) and its summary, in drawing order.
+    width, height : float
+        Size of the drawing in points.
+
+    Returns
+    -------
+    Drawing
+    """
+    register_fonts()
+    drawing = _drawing(width, height)
+    left, right, top = 46.0, 12.0, 10.0
+    bottom = 40.0 + _LEGEND_ROW * len(panels)
+    plot_w, plot_h = width - left - right, height - bottom - top
+
+    def x_of(v: float) -> float:
+        return left + min(max(v, 0.0), 1.0) * plot_w
+
+    def y_of(v: float) -> float:
+        return bottom + min(max(v, 0.0), 1.0) * plot_h
+
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    _frame_axes(
+        drawing,
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_ticks=ticks,
+        y_ticks=ticks,
+        x_of=x_of,
+        y_of=y_of,
+    )
+    colours = [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(panels))]
+    for colour, (_, summary) in zip(colours, panels, strict=True):
+        points = _wafroc_points(summary)
+        drawing.add(
+            PolyLine(
+                [c for x, y in points for c in (x_of(x), y_of(y))],
+                strokeColor=colour,
+                strokeWidth=1.4,
+            )
+        )
+        # operating points are shown while few enough to read (RJafroc's maxDiscrete idea)
+        if len(summary.fpf) <= 20:
+            for x, y in zip(summary.fpf, summary.wllf, strict=True):
+                drawing.add(
+                    Circle(
+                        x_of(x),
+                        y_of(y),
+                        1.8,
+                        fillColor=colour,
+                        strokeColor=colors.white,
+                        strokeWidth=0.4,
+                    )
+                )
+    drawing.add(
+        String(
+            left + plot_w / 2,
+            bottom - 25,
+            "False-positive fraction (non-diseased cases)",
+            fontName=SANS,
+            fontSize=_LABEL_FONT,
+            textAnchor="middle",
+        )
+    )
+    label = String(
+        0,
+        0,
+        "Weighted lesion localisation fraction",
+        fontName=SANS,
+        fontSize=_LABEL_FONT,
+        textAnchor="middle",
+    )
+    rotated = Group(label)
+    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
+    drawing.add(rotated)
+    lx, ly = 8.0, bottom - 39
+    for index, (colour, (name, summary)) in enumerate(zip(colours, panels, strict=True)):
+        _legend_line(
+            drawing,
+            lx,
+            ly - _LEGEND_ROW * index,
+            colour,
+            name,
+            f": wAFROC AUC {_estimate_text(summary.wafroc)}",
+            max_width=width - lx - 4,
+        )
     return drawing

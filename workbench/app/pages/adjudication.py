@@ -88,16 +88,37 @@ except WorkbenchError as error:
     st.stop()
 
 st.subheader(f"Case {case.case_id}")
-if case.details:
-    st.dataframe(
-        [{k: v for k, v in case.details.items() if isinstance(v, int | float | str)}],
-        hide_index=True,
-    )
+# boxes and points of the blinded outputs (detection); read with getattr so that cases
+# stored before regions existed open as before
+regions = {label: list(items) for label, items in (getattr(case, "regions", None) or {}).items()}
+regions = {label: items for label, items in regions.items() if items}
+# a mark's score would tell the model's output from the reference: never shown
+_HIDDEN = ("score", "rating", "prob", "confidence")
+details = {
+    k: v
+    for k, v in case.details.items()
+    if isinstance(v, int | float | str)
+    and not (regions and any(word in k.lower() for word in _HIDDEN))
+}
+if details:
+    st.dataframe([details], hide_index=True)
 if case.unblinded:
     st.info(
         f"The protocol does not blind reviewers: the model's output is {case.unblinded['model']}."
     )
-if case.task == "classification":
+if regions:
+    st.caption(
+        "A in orange, B in blue: each output's regions drawn as boxes and points on the slices "
+        "they cross. Pick a region in the list to go to its slice."
+    )
+    _viewer.show_viewer(
+        f"adj-{discrepancy_id}",
+        case.ct_paths,
+        {"A": case.overlays.get("A", []), "B": case.overlays.get("B", [])},
+        rule=case.reference_rule,
+        regions=regions,
+    )
+elif case.task == "classification":
     cols = st.columns(2)
     cols[0].metric("A says", case.calls.get("A", "?"))
     cols[1].metric("B says", case.calls.get("B", "?"))

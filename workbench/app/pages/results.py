@@ -1,4 +1,4 @@
-"""Results of a run: verdict, endpoints, case accounting, forest plots, ROC, per-case table.
+"""Results of a run: verdict, endpoints, case accounting, forest plots, ROC, FROC, per-case table.
 
 Every number comes from the run's typed results (:class:`~workbench.protocols.RunResults`)
 as :mod:`workbench.services` return them; the page only lays them out.
@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench.app import _cached, _charts, _session
+from workbench.protocols.results import FrocSummary
 from workbench.services import views
 from workbench.stats import Estimate
 from workbench.vocabulary import CaseStatus, Verdict
@@ -45,6 +46,9 @@ if detail.hidden_reason:
 summary = detail.summary
 results, frame = _cached.run_results(wb, me, run_uid, summary.results_sha256 or "")
 supplementary = results.supplementary
+# detection runs carry an FROC summary; results of other tasks (and older ones) have none
+froc: FrocSummary | None = getattr(results, "froc", None)
+froc_reason = str(getattr(results, "froc_reason", "") or "")
 esc = _session.esc
 
 
@@ -143,6 +147,8 @@ for note in results.evaluation.notes:
 tab_names = ["Forest plots"]
 if supplementary.roc is not None or supplementary.roc_reason:
     tab_names.append("ROC")
+if froc is not None or froc_reason:
+    tab_names.append("FROC and wAFROC")
 if supplementary.distributions:
     tab_names.append("Distributions by scanner")
 if supplementary.calibration or supplementary.decision_curve is not None:
@@ -226,6 +232,34 @@ if "ROC" in tabs:
             st.warning(f"ROC not estimable: {esc(supplementary.roc_reason)}")
         else:
             st.plotly_chart(_charts.roc_figure(supplementary.roc), key="roc")
+
+if froc is None and froc_reason:
+    with tabs["FROC and wAFROC"]:
+        st.warning(f"FROC not estimable: {esc(froc_reason)}")
+elif froc is not None:
+    with tabs["FROC and wAFROC"]:
+        counts = st.columns(4)
+        counts[0].metric("Cases", froc.n_cases)
+        counts[1].metric("With lesions", froc.n_diseased)
+        counts[2].metric("Lesions", froc.n_lesions)
+        counts[3].metric("Marks kept", froc.n_marks)
+        if froc.sensitivity_at_fppi:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"false positives per image": fppi, **_estimate_cells(est)}
+                        for fppi, est in froc.sensitivity_at_fppi
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+                key="froc-sensitivity-table",
+            )
+        panels = [(summary.model, froc)]
+        st.plotly_chart(_charts.froc_figure(panels), key="froc")
+        if froc.wafroc is None:
+            st.warning("wAFROC figure of merit not estimable for this run.")
+        st.plotly_chart(_charts.wafroc_figure(panels), key="wafroc")
 
 if "Distributions by scanner" in tabs:
     with tabs["Distributions by scanner"]:
