@@ -144,6 +144,8 @@ def seed_workdir(workdir: Path, *, n_cases: int = 6, with_runs: bool = True) -> 
         )
         if with_runs:
             for ref in refs:
+                if ref.split("@")[0] not in model_refs:
+                    continue  # a shipped protocol without a fixture model (lesion-detection)
                 summary = runs.validate(
                     wb,
                     qa,

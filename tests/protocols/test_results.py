@@ -29,6 +29,7 @@ from workbench.protocols import (
 from workbench.protocols.results import (
     CalibrationSummary,
     DecisionCurveSummary,
+    FrocSummary,
     OperatingPointSummary,
     ReliabilityBin,
 )
@@ -226,6 +227,32 @@ def supplementary(draw: st.DrawFn) -> SupplementaryAnalyses:
 
 
 @st.composite
+def froc_summaries(draw: st.DrawFn) -> FrocSummary:
+    size = draw(st.integers(1, 5))
+    grid = st.lists(_number, min_size=size, max_size=size).map(tuple)
+    points = draw(st.integers(0, 4))
+    fractions = st.lists(st.floats(0, 1), min_size=points, max_size=points).map(tuple)
+    return FrocSummary(
+        nlf=draw(grid),
+        llf=draw(grid),
+        lower=draw(grid),
+        upper=draw(grid),
+        level=draw(_level),
+        fpf=draw(fractions),
+        wllf=draw(fractions),
+        wafroc=draw(st.none() | estimates()),
+        sensitivity_at_fppi=tuple(
+            draw(st.lists(st.tuples(st.floats(0.01, 10), st.none() | estimates()), max_size=3))
+        ),
+        n_cases=draw(st.integers(0, 1000)),
+        n_diseased=draw(st.integers(0, 1000)),
+        n_lesions=draw(st.integers(0, 5000)),
+        n_marks=draw(st.integers(0, 5000)),
+        wafroc_fom=draw(st.sampled_from(["wafroc", "wafroc1"])),
+    )
+
+
+@st.composite
 def run_results(draw: st.DrawFn) -> RunResults:
     eps = tuple(draw(st.lists(endpoints(), min_size=1, max_size=3)))
     notes = st.builds(CaseNote, case_id=_ident, reason=_text)
@@ -259,7 +286,7 @@ def run_results(draw: st.DrawFn) -> RunResults:
             protocol_id=draw(_ident),
             protocol_version=draw(st.integers(1, 99)),
             protocol_sha256=draw(_ident),
-            task=draw(st.sampled_from(["segmentation", "classification"])),
+            task=draw(st.sampled_from(["segmentation", "classification", "detection"])),
             verdict=draw(st.sampled_from([Verdict.PASS, Verdict.FAIL, Verdict.NOT_EVALUABLE])),
             endpoints=eps,
             n_cases_total=draw(st.integers(0, 100)),
@@ -271,6 +298,8 @@ def run_results(draw: st.DrawFn) -> RunResults:
             verdict_reason=draw(_text),
         ),
         supplementary=draw(supplementary()),
+        froc=draw(st.none() | froc_summaries()),
+        froc_reason=draw(st.just("") | _text),
     )
 
 
@@ -405,3 +434,18 @@ def test_results_stored_before_structures_have_none(path: Path) -> None:
     results = RunResults.from_dict(json.loads(path.read_text(encoding="utf-8")))
     assert all(endpoint.structure is None for endpoint in results.endpoints)
     assert results.accounting.structures == ()
+
+
+def test_froc_is_stored_only_for_detection_runs() -> None:
+    """Runs without FROC curves keep the stored layout (and hashes) of earlier releases."""
+    from hypothesis import find
+
+    plain = find(run_results(), lambda r: r.froc is None and not r.froc_reason)
+    assert "froc" not in plain.to_dict() and "froc_reason" not in plain.to_dict()
+    with_froc = find(run_results(), lambda r: r.froc is not None)
+    stored = with_froc.to_dict()
+    assert stored["froc"]["wafroc_fom"] in ("wafroc", "wafroc1")
+    assert RunResults.from_dict(stored).froc == with_froc.froc
+    # a FROC summary stored before wafroc_fom existed reads as wAFROC
+    del stored["froc"]["wafroc_fom"]
+    assert RunResults.from_dict(stored).froc.wafroc_fom == "wafroc"  # type: ignore[union-attr]

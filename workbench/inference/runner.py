@@ -12,6 +12,17 @@ For each case (one CT series) the runner
    DICOM SEG (AUTOMATIC, Algorithm Identification naming the model and
    version) whose UIDs derive from the model digest and the case id, so a
    rerun writes byte-identical files;
+4b. for a detection protocol (``marks_rule``), turns the lesion probability map
+   on the source grid into marks by the documented rule
+   (:func:`workbench.inference.detection.marks_from_probability`) and writes them
+   as ``marks.json`` beside the SEG, with their SHA-256. A model that emits marks
+   itself hands the same :class:`~workbench.inference.detection.Mark` list to the
+   same file, so everything downstream reads one format. With
+   ``keep_probability`` the lesion probability map itself is kept, sparse
+   (``probability.npz``: voxels at or above :data:`PROBABILITY_FLOOR`), so that a
+   later detection run of the same model on the same locked test set derives its
+   marks from it (:func:`marks_from_kept_probability`) instead of re-running the
+   model: the marks are the same for any candidate threshold at or above the floor;
 5. hands a :class:`CaseOutput` to ``on_case`` at once, in case order.
 
 A case that fails at any step is reported as failed with its reason; no case
@@ -25,6 +36,7 @@ import copy
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -62,6 +74,10 @@ __all__ = [
     "CaseStatus",
     "InferenceSummary",
     "CaseProcessor",
+    "MarkRule",
+    "PROBABILITY_FLOOR",
+    "marks_from_kept_probability",
+    "read_kept_probability",
     "PackedCase",
     "PackedOutput",
     "run_inference",
@@ -73,7 +89,33 @@ __all__ = [
 Progress = Callable[[int, int, str], None]
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEG_FILENAME = "prediction_seg.dcm"
+MARKS_FILENAME = "marks.json"
+PROBABILITY_FILENAME = "probability.npz"
+#: Lesion probabilities below this are not kept (marks need voxels >= their threshold).
+PROBABILITY_FLOOR = 0.05
 ENVIRONMENT_FILENAME = "environment.json"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRule:
+    """How a segmentation model's probability map becomes detection marks.
+
+    Attributes
+    ----------
+    threshold : float
+        Voxels whose lesion probability is at least this form the components.
+    min_voxels : int
+        Smaller components are not marks.
+    """
+
+    threshold: float = 0.5
+    min_voxels: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in (0, 1], found {self.threshold!r}")
+        if self.min_voxels < 1:
+            raise ValueError(f"min_voxels must be >= 1, found {self.min_voxels!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +168,17 @@ class CaseOutput:
     class_probabilities : dict of str to float or None
         Classification models with ``input.score_classes``: each class's probability
         (softmax over the classes, or each class's sigmoid for a multi-label output).
+    marks_path : Path or None
+        Detection runs: the case's marks (``marks.json``, canonical JSON).
+    marks_sha256 : str or None
+        SHA-256 of ``marks.json``
+        (:func:`workbench.inference.detection.marks_sha256`).
+    n_marks : int or None
+        Marks in ``marks.json``.
+    probability_path : Path or None
+        With ``keep_probability``: the sparse lesion probability map on the source grid.
+    probability_sha256 : str or None
+        SHA-256 of ``probability.npz``.
     """
 
     case_id: str
@@ -138,12 +191,20 @@ class CaseOutput:
     mask_voxels: int | None = None
     seconds: float = 0.0
     class_probabilities: dict[str, float] | None = None
+    marks_path: Path | None = None
+    marks_sha256: str | None = None
+    n_marks: int | None = None
+    probability_path: Path | None = None
+    probability_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (paths as strings)."""
         data = asdict(self)
         data["status"] = self.status.value
         data["mask_path"] = str(self.mask_path) if self.mask_path is not None else None
+        for key in ("marks_path", "probability_path"):
+            value = getattr(self, key)
+            data[key] = str(value) if value is not None else None
         return data
 
     @classmethod
@@ -157,6 +218,9 @@ class CaseOutput:
             }
         if values.get("mask_path") is not None:
             values["mask_path"] = Path(values["mask_path"])
+        for key in ("marks_path", "probability_path"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
         return cls(**values)
 
 
@@ -208,6 +272,7 @@ class _Prepared:
     content_datetime: dt.datetime | None
     error: str | None
     started: float
+    affine: np.ndarray | None = None  # source voxel (x, y, z, 1) -> LPS mm, for marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,13 +315,19 @@ class PackedOutput:
     Attributes
     ----------
     output : CaseOutput
-        With ``mask_path=None``.
+        With ``mask_path=None`` and ``marks_path=None``.
     seg : bytes or None
         The DICOM SEG file.
+    marks : bytes or None
+        The ``marks.json`` file (detection runs).
+    probability : bytes or None
+        The ``probability.npz`` file (``keep_probability``).
     """
 
     output: CaseOutput
     seg: bytes | None
+    marks: bytes | None = None
+    probability: bytes | None = None
 
 
 class _CaseTimeout(Exception):
@@ -319,6 +390,10 @@ class CaseProcessor:
     case_timeout_s : float or None
     content_datetime : datetime or None
         Date/time written into every SEG; ``None`` uses each source study's.
+    marks_rule : MarkRule or None
+        Detection runs: also write the marks of the probability map (``marks.json``).
+    keep_probability : bool
+        Also keep the sparse lesion probability map (``probability.npz``).
     """
 
     def __init__(
@@ -331,6 +406,8 @@ class CaseProcessor:
         mixed_precision: bool = False,
         case_timeout_s: float | None = None,
         content_datetime: dt.datetime | None = None,
+        marks_rule: MarkRule | None = None,
+        keep_probability: bool = False,
     ) -> None:
         self.model: LoadedModel | None = model
         self.spec = spec
@@ -339,6 +416,8 @@ class CaseProcessor:
         self.mixed_precision = mixed_precision
         self.case_timeout_s = case_timeout_s
         self.content_datetime = content_datetime
+        self.marks_rule = marks_rule
+        self.keep_probability = keep_probability
         self._model_path = model.path
         self._model_hashes = dict(model.file_hashes)
         self.digest = model.digest
@@ -417,11 +496,46 @@ class CaseProcessor:
             local.out_dir = root / "out"
             output = local(local.prepare(CaseInput(packed.case_id, tuple(paths))))
             seg = output.mask_path.read_bytes() if output.mask_path is not None else None
-        return PackedOutput(dataclasses.replace(output, mask_path=None), seg)
+            marks = output.marks_path.read_bytes() if output.marks_path is not None else None
+            kept = (
+                output.probability_path.read_bytes()
+                if output.probability_path is not None
+                else None
+            )
+        return PackedOutput(
+            dataclasses.replace(output, mask_path=None, marks_path=None, probability_path=None),
+            seg,
+            marks,
+            kept,
+        )
 
     def unpack_output(self, packed: PackedOutput) -> CaseOutput:
         """Store the SEG of a packed output in this processor's output folder (driver side)."""
         output = packed.output
+        for data, expected, name, field_name in (
+            (packed.marks, output.marks_sha256, MARKS_FILENAME, "marks_path"),
+            (
+                packed.probability,
+                output.probability_sha256,
+                PROBABILITY_FILENAME,
+                "probability_path",
+            ),
+        ):
+            if data is None:
+                continue
+            if hashlib.sha256(data).hexdigest() != expected:
+                return self.failed(
+                    CaseInput(output.case_id, ()),
+                    f"transfer failed: the {name} received from the worker does not match its "
+                    "SHA-256",
+                )
+            case_dir = self.out_dir / "cases" / output.case_id
+            case_dir.mkdir(parents=True, exist_ok=True)
+            _write_bytes_atomic(case_dir / name, data)
+            if field_name == "marks_path":
+                output = dataclasses.replace(output, marks_path=case_dir / name)
+            else:
+                output = dataclasses.replace(output, probability_path=case_dir / name)
         if packed.seg is None:
             return output
         if hashlib.sha256(packed.seg).hexdigest() != output.seg_sha256:
@@ -452,7 +566,9 @@ class CaseProcessor:
             volume = load_case_image(case.ct_paths, self.spec.input)  # a series, or one 2D image
             data = preprocess_volume(volume, self.spec.input)
             when = self.content_datetime or _source_datetime(volume.headers[0])
-            return _Prepared(case, data, volume.paths, volume.headers, when, None, started)
+            wants_affine = self.marks_rule is not None or self.keep_probability
+            affine = getattr(volume, "affine", None) if wants_affine else None
+            return _Prepared(case, data, volume.paths, volume.headers, when, None, started, affine)
         except Exception as error:  # every failure becomes a failed case with its reason
             return _Prepared(case, None, (), (), None, _reason("reading", error), started)
 
@@ -484,13 +600,21 @@ class CaseProcessor:
         assert prepared.data is not None
         try:
             mask_path = mask_hash = seg_hash = None
-            voxels = None
+            marks_path = marks_hash = kept_path = kept_hash = None
+            voxels = n_marks = None
             if computed.probabilities is not None:
-                mask = self._mask_on_source_grid(computed.probabilities, prepared.data)
+                margin = self._restored_margin(computed.probabilities, prepared.data)
+                mask = self._mask_on_source_grid(computed.probabilities, prepared.data, margin)
                 self._check_time(prepared.started, "before writing the SEG")
                 mask_path, seg_hash = self._write_seg(mask, prepared)
                 mask_hash = mask_sha256(mask)
                 voxels = int(np.count_nonzero(mask))
+                if self.marks_rule is not None or self.keep_probability:
+                    foreground = self._foreground(computed.probabilities, prepared, margin)
+                    if self.keep_probability:
+                        kept_path, kept_hash = self._keep_probability(foreground, prepared)
+                    if self.marks_rule is not None:
+                        marks_path, marks_hash, n_marks = self._write_marks(foreground, prepared)
         except _CaseTimeout as error:
             return self._failed(case, str(error), prepared.started)
         except Exception as error:  # every failure becomes a failed case with its reason
@@ -505,6 +629,11 @@ class CaseProcessor:
             mask_voxels=voxels,
             seconds=time.perf_counter() - prepared.started,
             class_probabilities=computed.class_probabilities,
+            marks_path=marks_path,
+            marks_sha256=marks_hash,
+            n_marks=n_marks,
+            probability_path=kept_path,
+            probability_sha256=kept_hash,
         )
 
     def _failed(self, case: CaseInput, reason: str, started: float) -> CaseOutput:
@@ -695,17 +824,19 @@ class CaseProcessor:
             values = torch.sigmoid(values)
         return {name: float(values[0, i]) for i, name in enumerate(spec.score_classes)}
 
-    def _mask_on_source_grid(self, probabilities: torch.Tensor, data: Preprocessed) -> np.ndarray:
+    def _mask_on_source_grid(
+        self, probabilities: torch.Tensor, data: Preprocessed, restored: torch.Tensor | None = None
+    ) -> np.ndarray:
         """The predicted mask on the source grid: boolean, or a label map for > 2 classes.
 
         The foreground is where the background's resampled margin below the best other
         class is negative; with several foreground classes each foreground voxel takes
         the class of highest resampled probability (value ``k`` for ``output_classes[k]``),
-        so the union of the classes is exactly the two-class foreground.
+        so the union of the classes is exactly the two-class foreground. ``restored`` is
+        the margin already resampled (:meth:`_restored_margin`).
         """
-        # Background minus the best foreground class: one channel to resample, mask where < 0.
-        margin = probabilities[:1] - probabilities[1:].max(dim=0, keepdim=True).values
-        restored = restore_original_grid(margin.cpu(), data)
+        if restored is None:
+            restored = self._restored_margin(probabilities, data)
         foreground = (restored[0] < 0).numpy()
         if probabilities.shape[0] <= 2:
             return foreground
@@ -713,6 +844,73 @@ class CaseProcessor:
         labels = (classes.argmax(dim=0) + 1).numpy().astype(np.uint8)
         labels[~foreground] = 0
         return labels
+
+    @staticmethod
+    def _restored_margin(probabilities: torch.Tensor, data: Preprocessed) -> torch.Tensor:
+        """Background minus the best foreground class, resampled to the source grid (1 channel)."""
+        margin = probabilities[:1] - probabilities[1:].max(dim=0, keepdim=True).values
+        return restore_original_grid(margin.cpu(), data)
+
+    def _foreground(
+        self, probabilities: torch.Tensor, prepared: _Prepared, restored_margin: torch.Tensor
+    ) -> np.ndarray:
+        """The lesion probability on the source grid: 1 - the background's, resampled.
+
+        Every foreground class together, brought back to the source slices like the mask.
+        With one foreground class the margin is ``2 p_background - 1`` and the resampling
+        is linear, so the probability is ``(1 - restored margin) / 2``: no second
+        resampling, and the marks at threshold 0.5 are the mask's components.
+        """
+        assert prepared.data is not None
+        if prepared.affine is None:
+            raise InferenceError(
+                "detection marks need a 3D series with patient geometry; found a 2D image"
+            )
+        if probabilities.shape[0] == 2:
+            two_class: np.ndarray = ((1.0 - restored_margin[0]) / 2.0).numpy()
+            return two_class
+        foreground = 1.0 - probabilities[:1]
+        restored: np.ndarray = restore_original_grid(foreground.cpu(), prepared.data)[0].numpy()
+        return restored
+
+    def _write_marks(self, foreground: np.ndarray, prepared: _Prepared) -> tuple[Path, str, int]:
+        """Marks of the lesion probability map by the run's rule, written as ``marks.json``."""
+        from workbench.inference.detection import marks_from_probability, marks_to_json
+
+        assert self.marks_rule is not None and prepared.affine is not None
+        marks = marks_from_probability(
+            foreground,
+            prepared.affine,
+            threshold=self.marks_rule.threshold,
+            min_voxels=self.marks_rule.min_voxels,
+        )
+        data = marks_to_json(marks)
+        case_dir = self.out_dir / "cases" / prepared.case.case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        target = case_dir / MARKS_FILENAME
+        _write_bytes_atomic(target, data)
+        return target, hashlib.sha256(data).hexdigest(), len(marks)
+
+    def _keep_probability(self, foreground: np.ndarray, prepared: _Prepared) -> tuple[Path, str]:
+        """Keep the sparse lesion probability map (``probability.npz``) and its SHA-256."""
+        assert prepared.affine is not None
+        flat = np.ascontiguousarray(foreground, dtype=np.float32).ravel()
+        index = np.flatnonzero(flat >= PROBABILITY_FLOOR)
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            shape=np.asarray(foreground.shape, dtype=np.int64),
+            affine=np.asarray(prepared.affine, dtype=np.float64),
+            floor=np.asarray(PROBABILITY_FLOOR, dtype=np.float64),
+            index=index.astype(np.int64),
+            value=flat[index],
+        )
+        data = buffer.getvalue()
+        case_dir = self.out_dir / "cases" / prepared.case.case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        target = case_dir / PROBABILITY_FILENAME
+        _write_bytes_atomic(target, data)
+        return target, hashlib.sha256(data).hexdigest()
 
     def _write_seg(self, mask: np.ndarray, prepared: _Prepared) -> tuple[Path, str]:
         from workbench.dicom.seg import write_seg
@@ -747,6 +945,79 @@ def _reason(stage: str, error: BaseException) -> str:
     return f"{stage} failed: {type(error).__name__}: {message}"[:2000]
 
 
+def read_kept_probability(
+    path: str | Path, expected_sha256: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A kept lesion probability map, checked against its recorded SHA-256.
+
+    Returns
+    -------
+    (probability, affine, floor)
+        The dense (z, y, x) float32 map (0 below the floor), the voxel (x, y, z, 1) to
+        LPS mm affine, and the floor below which nothing was kept.
+
+    Raises
+    ------
+    InferenceError
+        The file is missing or no longer has its recorded SHA-256.
+    """
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise InferenceError(
+            f"{path} is missing or no longer matches its recorded SHA-256 "
+            f"({expected_sha256[:12]}...); its marks cannot be derived from it."
+        )
+    with np.load(io.BytesIO(data)) as npz:
+        shape = tuple(int(v) for v in npz["shape"])
+        dense = np.zeros(int(np.prod(shape)), dtype=np.float32)
+        dense[npz["index"]] = npz["value"]
+        return dense.reshape(shape), np.asarray(npz["affine"]), float(npz["floor"])
+
+
+def marks_from_kept_probability(
+    path: str | Path, expected_sha256: str, rule: MarkRule, out_path: str | Path
+) -> tuple[Path, str, int]:
+    """The marks of a kept probability map by ``rule``, written as ``marks.json``.
+
+    The same marks as a fresh run with ``marks_rule=rule`` gives, for a rule whose
+    threshold is at or above the map's floor.
+
+    Returns
+    -------
+    (path, sha256, n_marks)
+
+    Raises
+    ------
+    InferenceError
+        The map changed, or the rule's threshold lies below the kept floor.
+    """
+    from workbench.inference.detection import marks_from_probability, marks_to_json
+
+    probability, affine, floor = read_kept_probability(path, expected_sha256)
+    if rule.threshold < floor:
+        raise InferenceError(
+            f"the candidate threshold {rule.threshold:g} lies below the kept map's floor "
+            f"{floor:g}; run the model again"
+        )
+    marks = marks_from_probability(
+        probability, affine, threshold=rule.threshold, min_voxels=rule.min_voxels
+    )
+    data = marks_to_json(marks)
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(target, data)
+    return target, hashlib.sha256(data).hexdigest(), len(marks)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
@@ -767,6 +1038,8 @@ def run_inference(
     case_timeout_s: float | None = None,
     mixed_precision: bool = False,
     content_datetime: dt.datetime | None = None,
+    marks_rule: MarkRule | None = None,
+    keep_probability: bool = False,
 ) -> InferenceSummary:
     """Run a model over cases, writing one output per case.
 
@@ -803,6 +1076,12 @@ def run_inference(
     content_datetime : datetime, optional
         Date/time written into the SEG objects. Services pass the run's start
         time and reuse it when resuming; by default each source study's date/time.
+    marks_rule : MarkRule, optional
+        Detection protocols: also turn each segmentation's lesion probability map
+        into marks by this rule, written as ``cases/<case_id>/marks.json``.
+    keep_probability : bool
+        Also keep each segmentation's sparse lesion probability map
+        (``cases/<case_id>/probability.npz``) for later detection runs.
 
     Returns
     -------
@@ -863,6 +1142,8 @@ def run_inference(
             mixed_precision=amp,
             case_timeout_s=case_timeout_s,
             content_datetime=content_datetime,
+            marks_rule=marks_rule,
+            keep_probability=keep_probability,
         )
         done = len(skipped)
         if progress is not None:

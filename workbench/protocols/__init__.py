@@ -5,6 +5,13 @@ it (errors name the YAML line), :func:`evaluate_endpoints` applies it to one row
 per case and :func:`find_discrepancies` selects the cases for adjudication.
 """
 
+from workbench.protocols.detection import (
+    DetectionAnalysis,
+    evaluate_detection,
+    lesion_table,
+    match_marks,
+    match_summary,
+)
 from workbench.protocols.discrepancies import Discrepancy, DiscrepancyCandidate, find_discrepancies
 from workbench.protocols.evaluation import evaluate_endpoints, stratum_labels, structure_cases
 from workbench.protocols.loading import diff_protocols, load_protocol, protocol_sha256
@@ -21,6 +28,7 @@ from workbench.protocols.results import (
     CaseNote,
     DecisionCurveSummary,
     EndpointResult,
+    FrocSummary,
     HeterogeneityResult,
     OperatingPointSummary,
     ProtocolEvaluation,
@@ -34,13 +42,18 @@ from workbench.protocols.results import (
 )
 from workbench.protocols.schema import (
     Adjudication,
+    CandidateRule,
     CIMethodSpec,
     Criterion,
     CriterionStatistic,
+    DetectionReference,
+    DetectionSource,
     DiscrepancyRule,
     Endpoint,
     FailedCasePolicy,
     LabelsKey,
+    Matching,
+    MatchingRule,
     Multiplicity,
     MultiplicityFamily,
     NotEvaluablePolicy,
@@ -53,6 +66,7 @@ from workbench.protocols.schema import (
     SignatureRequirement,
     SignerRole,
     StratumFactor,
+    StratumUnit,
     SubgroupAcceptance,
     SubgroupRule,
     TestSetRef,
@@ -63,6 +77,18 @@ from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
 __all__ = [
     "METRICS",
+    "CandidateRule",
+    "DetectionAnalysis",
+    "DetectionReference",
+    "DetectionSource",
+    "FrocSummary",
+    "Matching",
+    "MatchingRule",
+    "StratumUnit",
+    "evaluate_detection",
+    "lesion_table",
+    "match_marks",
+    "match_summary",
     "SCHEMA_VERSION",
     "AgreementResult",
     "CalibrationSummary",

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.protocols.schema import LabelsKey, Protocol
+from workbench.protocols.schema import DetectionSource, LabelsKey, Protocol
 
 __all__ = [
     "HEADER_ATTRIBUTES",
@@ -231,6 +231,9 @@ def build_cases(
     images = index_files[~modality.isin(_NON_IMAGE_MODALITIES)]
     segs = index_files[modality == "SEG"]
     readers = list(reference.segmentation.readers) if reference.segmentation else []
+    detection = reference.detection
+    if detection is not None and detection.source is DetectionSource.SEG_COMPONENTS:
+        readers = list(detection.readers)  # reference lesions are the SEG's components
     series_per_key: dict[str, int] = {}
     if key in (LabelsKey.STUDY_INSTANCE_UID, LabelsKey.ACCESSION_NUMBER) and (
         index_column in images.columns

@@ -49,7 +49,8 @@ def find_discrepancies(protocol: Protocol, cases: pd.DataFrame) -> list[Discrepa
         The protocol.
     cases : DataFrame
         One row per case with ``case_id``, ``status`` and the columns the rules
-        use (``dice``, ``hd95``..., ``score``, ``y_true`` or the labels column).
+        use (``dice``, ``hd95``..., ``score``, ``y_true`` or the labels column;
+        detection: ``n_missed``, ``n_lesions`` and ``max_nl_score``).
 
     Returns
     -------
@@ -84,6 +85,31 @@ def find_discrepancies(protocol: Protocol, cases: pd.DataFrame) -> list[Discrepa
                 out.append(
                     (order, DiscrepancyCandidate(str(cid), rule.id, f"inference failed{reason}"))
                 )
+        elif rule.kind == "missed_lesion":
+            if "n_missed" not in cases.columns:
+                raise ProtocolError(
+                    f"Discrepancy rule {rule.id!r} needs column 'n_missed' (the run's match "
+                    f"counts); found columns {list(cases.columns)}."
+                )
+            for cid, raw, total in zip(
+                completed["case_id"],
+                completed["n_missed"],
+                completed["n_lesions"] if "n_lesions" in completed else completed["n_missed"],
+                strict=True,
+            ):
+                if pd.notna(raw) and int(raw) > 0:
+                    detail = f"{int(raw)} of {int(total)} reference lesion(s) not localised"
+                    out.append((order, DiscrepancyCandidate(str(cid), rule.id, detail)))
+        elif rule.kind == "false_mark":
+            if "max_nl_score" not in cases.columns:
+                raise ProtocolError(
+                    f"Discrepancy rule {rule.id!r} needs column 'max_nl_score' (the run's match "
+                    f"counts); found columns {list(cases.columns)}."
+                )
+            for cid, raw in zip(completed["case_id"], completed["max_nl_score"], strict=True):
+                if pd.notna(raw) and float(raw) >= rule.min_score:
+                    detail = f"non-lesion mark scored {_fmt(float(raw))} >= {_fmt(rule.min_score)}"
+                    out.append((order, DiscrepancyCandidate(str(cid), rule.id, detail)))
         elif rule.kind == "metric_threshold":
             column: str = rule.column
             scope = completed

@@ -321,12 +321,22 @@ def _metric_for_column(column: str) -> Metric:
 # -- computing one metric --------------------------------------------------------------------
 
 
+#: An estimator of one endpoint on one analysis frame at a CI level: (estimate, reason).
+Estimator = Callable[[Endpoint, pd.DataFrame, float], tuple[wstats.Estimate | None, str]]
+
+
 @dataclass(slots=True)
 class _Context:
-    """What the estimators need from the protocol, and the calibration fits already made."""
+    """What the estimators need from the protocol, and the calibration fits already made.
+
+    ``estimator`` replaces the per-case estimators (detection endpoints are estimated
+    from the matched marks of the frame's cases or lesions, see
+    :mod:`workbench.protocols.detection`).
+    """
 
     protocol: Protocol
     calibrations: dict[tuple[object, ...], wstats.CalibrationResult] = field(default_factory=dict)
+    estimator: Estimator | None = None
 
 
 NOT_PROBABILITY_REASON = (
@@ -477,6 +487,8 @@ def _estimate(
     endpoint: Endpoint, frame: pd.DataFrame, level: float, ctx: _Context
 ) -> tuple[wstats.Estimate | None, str]:
     """Estimate ``endpoint`` on ``frame`` at ``level``; (None, reason) when not estimable."""
+    if ctx.estimator is not None:
+        return ctx.estimator(endpoint, frame, level)
     info = metric_info(endpoint.metric)
     try:
         if info.task is Task.SEGMENTATION:
@@ -749,6 +761,11 @@ def evaluate_endpoints(
             f"({rule}) is a rule that was not resolved. Resolve it with "
             "workbench.protocols.operating_points.resolve_operating_point before evaluating."
         )
+    if protocol.task is Task.DETECTION:
+        raise ProtocolError(
+            f"Protocol {protocol.id} is a detection protocol: its endpoints are estimated from "
+            "matched marks; use workbench.protocols.evaluate_detection."
+        )
     ctx = _Context(protocol)
     seg = protocol.reference_standard.segmentation
     structures = seg.structure_names if seg is not None else ()
@@ -763,86 +780,111 @@ def evaluate_endpoints(
         part = prepared_by[name].frame
         labels_by[name] = {f.factor: stratum_labels(part, f) for f in protocol.strata}
     prepared = _overall(protocol, cases, prepared_by) if structures else prepared_by[None]
-    sub = protocol.subgroup_acceptance
-    judged_ids = {ep.id for ep in protocol.subgroup_endpoints()}
     results: list[EndpointResult] = []
     total = len(protocol.endpoints)
     for i, ep in enumerate(protocol.endpoints):
         structure = protocol.structure_of(ep.structure)
         frame = prepared_by[structure].frame
         labels = labels_by[structure]
-        est, reason = _estimate(ep, frame, ep.ci.level, ctx)
-        if est is None:
-            overall = Verdict.NOT_EVALUABLE
-        elif ep.criterion.holds(est.value, est.ci_low, est.ci_high):
-            overall = Verdict.PASS
-        else:
-            overall = Verdict.FAIL
-            reason = "overall criterion not met"
-        judged = sub is not None and ep.id in judged_ids
-        works: list[_StratumWork] = []
-        for factor in protocol.strata:
-            lab = labels[factor.factor]
-            for value in sorted(lab.unique()):
-                part = frame[lab == value]
-                assessed = judged and factor.assess and len(part) >= factor.min_n
-                works.append(_StratumWork(factor, value, part, assessed))
-        families: dict[str, list[_StratumWork]] = {}
-        for w in works:
-            if not w.assessed:
-                w.level = ep.ci.level
-                w.estimate, w.reason = _estimate(ep, w.frame, w.level, ctx)
-                if not (judged and w.factor.assess):
-                    w.reason = "report only" + (f"; {w.reason}" if w.reason else "")
-                else:
-                    w.reason = f"n={len(w.frame)} < min_n={w.factor.min_n}" + (
-                        f"; {w.reason}" if w.reason else ""
-                    )
-                continue
-            assert sub is not None
-            key = w.factor.factor if sub.family is MultiplicityFamily.PER_FACTOR else "*"
-            families.setdefault(key, []).append(w)
-        if sub is not None:
-            for fam in families.values():
-                if sub.rule is SubgroupRule.FIXED_CRITERIA:
-                    for w in fam:
-                        _judge_fixed(ep, w, list(sub.criteria or []), ctx)
-                else:
-                    _judge_adjusted(ep, fam, sub.multiplicity, ctx)
-        verdict = overall
-        assessed_works = [w for w in works if w.assessed]
-        if overall is Verdict.PASS and assessed_works:
-            failing = [w for w in assessed_works if w.verdict is Verdict.FAIL]
-            unknown = [w for w in assessed_works if w.verdict is Verdict.NOT_EVALUABLE]
-            if failing:
-                verdict = Verdict.FAIL
-                reason = "subgroup criterion not met for " + ", ".join(
-                    f"{w.factor.factor}={w.label}" for w in failing
-                )
-            elif unknown:
-                verdict = Verdict.NOT_EVALUABLE
-                reason = "subgroup not estimable for " + ", ".join(
-                    f"{w.factor.factor}={w.label}" for w in unknown
-                )
-        results.append(
-            EndpointResult(
-                endpoint_id=ep.id,
-                metric=ep.metric.value,
-                primary=ep.primary,
-                estimate=est,
-                criterion_text=protocol.criterion_text(ep),
-                overall_verdict=overall,
-                subgroup_rule_text=_subgroup_rule_text(protocol, ep) if judged else None,
-                strata=tuple(w.result() for w in works),
-                verdict=verdict,
-                reason=reason if verdict is not Verdict.PASS else "",
-                n_cases=len(frame),
-                operating_threshold=protocol.threshold_of(ep),
-                structure=structure,
-            )
-        )
+        parts = [
+            (factor, value, frame[labels[factor.factor] == value])
+            for factor in protocol.strata
+            for value in sorted(labels[factor.factor].unique())
+        ]
+        results.append(judge_endpoint(protocol, ep, frame, parts, ctx, structure=structure))
         if progress is not None:
-            progress(i + 1, total, f"endpoint {ep.id}: {verdict.value}")
+            progress(i + 1, total, f"endpoint {ep.id}: {results[-1].verdict.value}")
+    return conclude_evaluation(protocol, len(cases), prepared, results)
+
+
+def judge_endpoint(
+    protocol: Protocol,
+    ep: Endpoint,
+    frame: pd.DataFrame,
+    parts: list[tuple[StratumFactor, str, pd.DataFrame]],
+    ctx: _Context,
+    *,
+    structure: str | None = None,
+    n_units: int | None = None,
+) -> EndpointResult:
+    """Estimate one endpoint overall and per stratum and apply its criteria.
+
+    ``parts`` are the strata as ``(factor, label, frame of the stratum)``; ``n_units``
+    overrides the endpoint's ``n_cases`` (default the frame's rows).
+    """
+    sub = protocol.subgroup_acceptance
+    judged_ids = {e.id for e in protocol.subgroup_endpoints()}
+    est, reason = _estimate(ep, frame, ep.ci.level, ctx)
+    if est is None:
+        overall = Verdict.NOT_EVALUABLE
+    elif ep.criterion.holds(est.value, est.ci_low, est.ci_high):
+        overall = Verdict.PASS
+    else:
+        overall = Verdict.FAIL
+        reason = "overall criterion not met"
+    judged = sub is not None and ep.id in judged_ids
+    works: list[_StratumWork] = []
+    for factor, value, part in parts:
+        assessed = judged and factor.assess and len(part) >= factor.min_n
+        works.append(_StratumWork(factor, value, part, assessed))
+    families: dict[str, list[_StratumWork]] = {}
+    for w in works:
+        if not w.assessed:
+            w.level = ep.ci.level
+            w.estimate, w.reason = _estimate(ep, w.frame, w.level, ctx)
+            if not (judged and w.factor.assess):
+                w.reason = "report only" + (f"; {w.reason}" if w.reason else "")
+            else:
+                w.reason = f"n={len(w.frame)} < min_n={w.factor.min_n}" + (
+                    f"; {w.reason}" if w.reason else ""
+                )
+            continue
+        assert sub is not None
+        key = w.factor.factor if sub.family is MultiplicityFamily.PER_FACTOR else "*"
+        families.setdefault(key, []).append(w)
+    if sub is not None:
+        for fam in families.values():
+            if sub.rule is SubgroupRule.FIXED_CRITERIA:
+                for w in fam:
+                    _judge_fixed(ep, w, list(sub.criteria or []), ctx)
+            else:
+                _judge_adjusted(ep, fam, sub.multiplicity, ctx)
+    verdict = overall
+    assessed_works = [w for w in works if w.assessed]
+    if overall is Verdict.PASS and assessed_works:
+        failing = [w for w in assessed_works if w.verdict is Verdict.FAIL]
+        unknown = [w for w in assessed_works if w.verdict is Verdict.NOT_EVALUABLE]
+        if failing:
+            verdict = Verdict.FAIL
+            reason = "subgroup criterion not met for " + ", ".join(
+                f"{w.factor.factor}={w.label}" for w in failing
+            )
+        elif unknown:
+            verdict = Verdict.NOT_EVALUABLE
+            reason = "subgroup not estimable for " + ", ".join(
+                f"{w.factor.factor}={w.label}" for w in unknown
+            )
+    return EndpointResult(
+        endpoint_id=ep.id,
+        metric=ep.metric.value,
+        primary=ep.primary,
+        estimate=est,
+        criterion_text=protocol.criterion_text(ep),
+        overall_verdict=overall,
+        subgroup_rule_text=_subgroup_rule_text(protocol, ep) if judged else None,
+        strata=tuple(w.result() for w in works),
+        verdict=verdict,
+        reason=reason if verdict is not Verdict.PASS else "",
+        n_cases=len(frame) if n_units is None else n_units,
+        operating_threshold=protocol.threshold_of(ep),
+        structure=structure,
+    )
+
+
+def conclude_evaluation(
+    protocol: Protocol, n_cases_total: int, prepared: _Prepared, results: list[EndpointResult]
+) -> ProtocolEvaluation:
+    """The run's verdict from its judged endpoints (primary ones decide)."""
     primary = [r.verdict for r in results if r.primary]
     if Verdict.FAIL in primary:
         overall_verdict = Verdict.FAIL
@@ -864,7 +906,7 @@ def evaluate_endpoints(
         task=protocol.task.value,
         verdict=overall_verdict,
         endpoints=tuple(results),
-        n_cases_total=len(cases),
+        n_cases_total=n_cases_total,
         n_analysed=len(prepared.frame),
         failed_case_ids=prepared.failed,
         excluded_case_ids=prepared.excluded,

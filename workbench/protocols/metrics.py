@@ -29,6 +29,21 @@ References
    an emphasis to case-control studies. Stat Med 26:2170-2183, 2007.
 .. [4] Vickers AJ, Elkin EB. Decision curve analysis: a novel method for evaluating
    prediction models. Med Decis Making 26:565-574, 2006.
+.. [5] Chakraborty DP. Observer Performance Methods for Diagnostic Imaging. CRC Press,
+   2017, ch. 13-14 (free-response figures of merit: wAFROC, AFROC, highest-rating AUC).
+
+Detection endpoints
+-------------------
+Free-response figures of merit of the model's marks matched to the reference lesions
+by the protocol's locked ``matching`` rule [5]_: ``wafroc`` (weighted AFROC AUC, the
+recommended primary endpoint), ``afroc`` (unweighted), ``wafroc1`` and ``afroc1``
+(the highest non-lesion rating of *every* case is its false-positive rating: for test
+sets in which every case holds a lesion), ``hrauc`` (highest-rating
+inferred ROC AUC, needs cases without lesions), ``lesion_sensitivity`` (lesions
+localised by any kept mark / lesions) and ``sensitivity_at_fppi`` (lesion
+localisation fraction at the endpoint's stated ``fppi`` non-lesion marks per image).
+Intervals: case-resampling bootstrap (within diseased and non-diseased cases, or
+whole patients with ``detection.cluster_by``), or the jackknife.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ class Task(StrEnum):
 
     SEGMENTATION = "segmentation"
     CLASSIFICATION = "classification"
+    DETECTION = "detection"
 
 
 class Metric(StrEnum):
@@ -74,6 +90,13 @@ class Metric(StrEnum):
     HD95_MEDIAN = "hd95_median"
     ASSD_MEAN = "assd_mean"
     ASSD_MEDIAN = "assd_median"
+    WAFROC = "wafroc"
+    WAFROC1 = "wafroc1"
+    AFROC = "afroc"
+    AFROC1 = "afroc1"
+    HRAUC = "hrauc"
+    LESION_SENSITIVITY = "lesion_sensitivity"
+    SENSITIVITY_AT_FPPI = "sensitivity_at_fppi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +138,11 @@ class MetricInfo:
         Whether the metric needs the protocol's ``deployment_prevalence``.
     needs_decision_curve : bool
         Whether the metric is judged at the protocol's ``decision_curve.criterion_at``.
+    needs_fppi : bool
+        Whether the endpoint must state ``fppi`` (non-lesion marks per image).
+    fom : str or None
+        Detection metrics: the figure of merit of :func:`workbench.stats.froc_estimate`
+        it is computed as (``None`` for ``sensitivity_at_fppi``, read off the FROC curve).
     """
 
     metric: Metric
@@ -132,6 +160,8 @@ class MetricInfo:
     needs_probability: bool = False
     needs_prevalence: bool = False
     needs_decision_curve: bool = False
+    needs_fppi: bool = False
+    fom: str | None = None
 
 
 _PROPORTION_CI = ("wilson", "clopper-pearson")
@@ -177,6 +207,26 @@ def _per_case(
         ci_methods=("bootstrap",),
         needs_threshold=False,
         unit="mm" if distance else "",
+    )
+
+
+_FROC_CI = ("bootstrap", "jackknife")
+
+
+def _detection(metric: Metric, label: str, fom: str | None) -> MetricInfo:
+    return MetricInfo(
+        metric=metric,
+        task=Task.DETECTION,
+        label=label,
+        column=None,
+        summary=None,
+        low=0.0,
+        high=1.0,
+        higher_is_better=True,
+        ci_methods=_FROC_CI if fom is not None else ("bootstrap",),
+        needs_threshold=False,
+        needs_fppi=fom is None,
+        fom=fom,
     )
 
 
@@ -303,6 +353,21 @@ METRICS: dict[Metric, MetricInfo] = {
     Metric.ASSD_MEAN: _per_case(Metric.ASSD_MEAN, "mean ASSD", "assd", "mean", distance=True),
     Metric.ASSD_MEDIAN: _per_case(
         Metric.ASSD_MEDIAN, "median ASSD", "assd", "median", distance=True
+    ),
+    Metric.WAFROC: _detection(Metric.WAFROC, "wAFROC figure of merit", "wafroc"),
+    Metric.WAFROC1: _detection(
+        Metric.WAFROC1, "wAFROC1 figure of merit (false positives of all cases)", "wafroc1"
+    ),
+    Metric.AFROC: _detection(Metric.AFROC, "AFROC figure of merit", "afroc"),
+    Metric.AFROC1: _detection(
+        Metric.AFROC1, "AFROC1 figure of merit (false positives of all cases)", "afroc1"
+    ),
+    Metric.HRAUC: _detection(Metric.HRAUC, "highest-rating inferred ROC AUC", "hrauc"),
+    Metric.LESION_SENSITIVITY: _detection(
+        Metric.LESION_SENSITIVITY, "lesion-level sensitivity", "max_llf"
+    ),
+    Metric.SENSITIVITY_AT_FPPI: _detection(
+        Metric.SENSITIVITY_AT_FPPI, "lesion sensitivity at stated false positives per image", None
     ),
 }
 

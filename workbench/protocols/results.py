@@ -1093,6 +1093,10 @@ class FrocSummary:
         Lesion sensitivity at each stated number of false positives per image.
     n_cases, n_diseased, n_lesions, n_marks : int
         Cases, cases with at least one lesion, reference lesions and kept marks.
+    wafroc_fom : str
+        ``"wafroc"``, or ``"wafroc1"`` when the cases hold no case without lesions: then
+        ``fpf`` counts every case's highest non-lesion mark and ``wafroc`` is the wAFROC1
+        figure of merit.
     """
 
     nlf: tuple[float, ...]
@@ -1108,11 +1112,13 @@ class FrocSummary:
     n_diseased: int
     n_lesions: int
     n_marks: int
+    wafroc_fom: str = "wafroc"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return _jsonable(
             {
+                "wafroc_fom": self.wafroc_fom,
                 "nlf": self.nlf,
                 "llf": self.llf,
                 "lower": self.lower,
@@ -1152,6 +1158,7 @@ class FrocSummary:
             n_diseased=int(_or(data, "n_diseased", 0)),
             n_lesions=int(_or(data, "n_lesions", 0)),
             n_marks=int(_or(data, "n_marks", 0)),
+            wafroc_fom=str(_or(data, "wafroc_fom", "wafroc")),
         )
 
 
@@ -1370,6 +1377,11 @@ class RunResults:
     supplementary : SupplementaryAnalyses
     schema_version : int
         Layout version of the stored form this object was read from.
+    froc : FrocSummary or None
+        Detection runs: the FROC and wAFROC curves with the band (``None`` for other
+        tasks, and for a detection run whose curves were not estimable).
+    froc_reason : str
+        Why a detection run has no ``froc`` ('' otherwise).
     """
 
     run_uid: str
@@ -1380,6 +1392,8 @@ class RunResults:
     evaluation: ProtocolEvaluation
     supplementary: SupplementaryAnalyses = field(default_factory=SupplementaryAnalyses)
     schema_version: int = SCHEMA_VERSION
+    froc: FrocSummary | None = None
+    froc_reason: str = ""
 
     @property
     def verdict(self) -> Verdict:
@@ -1408,6 +1422,9 @@ class RunResults:
                 "accounting": self.accounting.to_dict(),
                 "evaluation": self.evaluation.to_dict(),
                 "supplementary": self.supplementary.to_dict(),
+                # detection only: other runs keep the layout (and hashes) they always had
+                **({"froc": self.froc.to_dict()} if self.froc is not None else {}),
+                **({"froc_reason": self.froc_reason} if self.froc_reason else {}),
             }
         )
 
@@ -1441,4 +1458,6 @@ class RunResults:
             evaluation=ProtocolEvaluation.from_dict(data["evaluation"]),
             supplementary=SupplementaryAnalyses.from_dict(data.get("supplementary") or {}),
             schema_version=version,
+            froc=FrocSummary.from_dict(data["froc"]) if data.get("froc") else None,
+            froc_reason=str(data.get("froc_reason") or ""),
         )

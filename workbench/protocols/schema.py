@@ -26,12 +26,17 @@ __all__ = [
     "Adjudication",
     "CalibrationSpec",
     "CIMethodSpec",
+    "CandidateRule",
     "Criterion",
     "CriterionStatistic",
     "DecisionCurveSpec",
+    "DetectionReference",
+    "DetectionSource",
     "DiscrepancyRule",
     "Endpoint",
     "FailedCasePolicy",
+    "Matching",
+    "MatchingRule",
     "Multiplicity",
     "MultiplicityFamily",
     "OperatingPoint",
@@ -46,6 +51,7 @@ __all__ = [
     "structure_column",
     "SignerRole",
     "StratumFactor",
+    "StratumUnit",
     "SubgroupAcceptance",
     "SubgroupRule",
     "TestSetRef",
@@ -343,6 +349,216 @@ class SegmentationReference(_Strict):
         raise KeyError(f"no structure {name!r}; expected one of {list(self.structure_names)}")
 
 
+class DetectionSource(StrEnum):
+    """Where the reference lesions of a detection protocol come from.
+
+    ``table``: a CSV in the test set (default ``reference/lesions.csv``) of 2D pixel
+    boxes or points per SOP Instance (and frame), or of 3D boxes / centres with a
+    diameter in patient coordinates (LPS mm), read by
+    :func:`workbench.dicom.lesions.lesions_from_table`. ``sr``: DICOM SR Measurement
+    Reports (TID 1500) of the test set with planar or 3D spatial coordinates
+    (:func:`workbench.dicom.lesions.lesions_from_sr`). ``seg_components``: every
+    connected component (26-connected) of the readers' reference SEG, combined by
+    ``rule``, is one lesion (:func:`workbench.dicom.lesions.lesions_from_mask`).
+    """
+
+    TABLE = "table"
+    SR = "sr"
+    SEG_COMPONENTS = "seg_components"
+
+
+#: Lesion columns every source provides (beside ``lesion_id`` and the geometry).
+LESION_BASE_ATTRIBUTES = ("diameter", "lesion_weight")
+
+
+class DetectionReference(_Strict):
+    """The reference lesions of a detection protocol.
+
+    ``table`` and ``columns`` (``{workbench column: CSV column}``, e.g.
+    ``{lesion_id: nodule_id, diameter_mm: size}``) describe a ``table`` source;
+    ``weight_column`` names the table's column with each lesion's clinical weight
+    (relative within a case; equal weights by default, and for the other sources);
+    ``attributes`` lists lesion columns kept for lesion-level strata and the per-lesion
+    table (e.g. ``size_mm``, ``type``).
+    ``readers``, ``rule`` and ``min_voxels`` describe a ``seg_components`` source.
+    """
+
+    source: DetectionSource
+    table: str | None = Field(
+        default=None,
+        max_length=500,
+        description="CSV of lesions relative to the test-set folder (source 'table').",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Renames {workbench column: CSV column} (source 'table').",
+    )
+    weight_column: str | None = Field(default=None, min_length=1, max_length=64)
+    attributes: list[str] = Field(default_factory=list)
+    default_diameter_mm: float | None = Field(default=None, gt=0)
+    readers: list[str] = Field(default_factory=lambda: ["reader1", "reader2"], min_length=1)
+    rule: SegmentationReferenceRule = SegmentationReferenceRule.MAJORITY
+    min_voxels: int = Field(default=1, ge=1)
+
+    @field_validator("table")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"table must be a path relative to the test-set folder without '..', found "
+                f"{value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DetectionReference:
+        tabular = self.source is DetectionSource.TABLE
+        if not tabular:
+            for name in ("table", "columns", "weight_column"):
+                if name in self.model_fields_set:
+                    raise LocatedValueError(
+                        (name,),
+                        f"{name!r} describes a lesion table; source {self.source.value!r} "
+                        "takes none (remove it or use source 'table')",
+                    )
+        seg_only = ("readers", "rule", "min_voxels")
+        if self.source is not DetectionSource.SEG_COMPONENTS:
+            for name in seg_only:
+                if name in self.model_fields_set:
+                    raise LocatedValueError(
+                        (name,),
+                        f"{name!r} describes reference SEG components; source "
+                        f"{self.source.value!r} takes none",
+                    )
+        elif self.rule.value.startswith("reader") and self.rule.value not in self.readers:
+            raise LocatedValueError(
+                ("rule",),
+                f"rule {self.rule.value!r} names a reader that is not listed in readers "
+                f"{self.readers}",
+            )
+        for j, name in enumerate(self.attributes):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise LocatedValueError(
+                    ("attributes", j),
+                    f"expected a column name (letters, digits, '_'), found {name!r}",
+                )
+        return self
+
+    @property
+    def table_path(self) -> str:
+        """The lesion table's path (``reference/lesions.csv`` unless ``table`` names one)."""
+        return self.table or "reference/lesions.csv"
+
+    @property
+    def lesion_attributes(self) -> tuple[str, ...]:
+        """Lesion columns available to lesion-level strata and the per-lesion table."""
+        return (
+            *LESION_BASE_ATTRIBUTES,
+            *(a for a in self.attributes if a not in LESION_BASE_ATTRIBUTES),
+        )
+
+
+class MatchingRule(StrEnum):
+    """The locked rule that declares a mark a localisation of a reference lesion.
+
+    See :func:`workbench.stats.match_lesions`: ``iou`` (intersection over union of the
+    boxes >= ``threshold``), ``center_in_region`` (the mark's centre inside the lesion's
+    box), ``center_distance`` (centres at most ``threshold`` mm apart, or ``threshold``
+    times the lesion's diameter with ``relative: true``).
+    """
+
+    IOU = "iou"
+    CENTER_IN_REGION = "center_in_region"
+    CENTER_DISTANCE = "center_distance"
+
+
+class Matching(_Strict):
+    """How marks are matched to reference lesions, fixed before the data are seen.
+
+    Pairs satisfying the rule are assigned one-to-one (Hungarian algorithm), so one
+    mark never localises two lesions. ``dimensions: 2`` compares boxes and centres
+    in the axial (x, y) plane only, for references drawn on one image; ``3`` (default)
+    in patient space. Marks scored below ``score_floor`` are dropped before matching
+    (and listed as such).
+    """
+
+    rule: MatchingRule
+    threshold: float | None = None
+    relative: bool = False
+    dimensions: Literal[2, 3] = 3
+    score_floor: float | None = None
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> Matching:
+        if self.rule is MatchingRule.CENTER_IN_REGION:
+            if self.threshold is not None:
+                raise LocatedValueError(
+                    ("threshold",),
+                    "rule 'center_in_region' takes no threshold (the lesion's box is the region)",
+                )
+        elif self.threshold is None or not math.isfinite(self.threshold) or self.threshold <= 0:
+            what = "an IoU in (0, 1]" if self.rule is MatchingRule.IOU else "a distance > 0"
+            raise LocatedValueError(
+                ("threshold",),
+                f"rule {self.rule.value!r} needs threshold {what}, found {self.threshold!r}",
+            )
+        elif self.rule is MatchingRule.IOU and self.threshold > 1:
+            raise LocatedValueError(
+                ("threshold",), f"an IoU threshold lies in (0, 1], found {self.threshold:g}"
+            )
+        if self.relative and self.rule is not MatchingRule.CENTER_DISTANCE:
+            raise LocatedValueError(
+                ("relative",),
+                f"relative distances belong to rule 'center_distance', not {self.rule.value!r}",
+            )
+        if self.score_floor is not None and not math.isfinite(self.score_floor):
+            raise LocatedValueError(
+                ("score_floor",), f"score_floor must be a finite number, found {self.score_floor}"
+            )
+        return self
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``3D IoU >= 0.3, one-to-one (Hungarian)``."""
+        dims = f"{self.dimensions}D "
+        if self.rule is MatchingRule.IOU:
+            text = f"{dims}IoU of mark and lesion boxes >= {self.threshold:g}"
+        elif self.rule is MatchingRule.CENTER_IN_REGION:
+            text = f"mark centre inside the lesion's {dims}box"
+        elif self.relative:
+            text = f"{dims}centre distance <= {self.threshold:g} x lesion diameter"
+        else:
+            text = f"{dims}centre distance <= {self.threshold:g} mm"
+        floor = (
+            f"; marks scored below {self.score_floor:g} dropped"
+            if self.score_floor is not None
+            else ""
+        )
+        return f"{text}; one-to-one assignment (Hungarian){floor}"
+
+
+class CandidateRule(_Strict):
+    """How a segmentation model's probability map becomes marks (detection protocols).
+
+    Voxels with probability >= ``threshold`` form 26-connected components; each of at
+    least ``min_voxels`` voxels is one mark: its bounding box in patient coordinates,
+    its centroid, and score = the maximum probability inside it
+    (:func:`workbench.inference.detection.marks_from_probability`).
+    """
+
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    min_voxels: int = Field(default=1, ge=1)
+
+    def describe(self) -> str:
+        """The rule in words."""
+        return (
+            f"components (26-connected) of probability >= {self.threshold:g} with at least "
+            f"{self.min_voxels} voxel(s); score = maximum probability in the component"
+        )
+
+
 class LabelsKey(StrEnum):
     """The column of ``reference/labels.csv`` that names a case's image series.
 
@@ -392,6 +608,7 @@ class ReferenceStandard(_Strict):
         ),
     )
     segmentation: SegmentationReference | None = None
+    detection: DetectionReference | None = None
     labels_key: LabelsKey = Field(
         default=LabelsKey.SERIES_INSTANCE_UID,
         description="How labels.csv rows join image series (one rule for check, lock and run).",
@@ -678,11 +895,26 @@ class Endpoint(_Strict):
         default=None,
         description="The structure of a multi-structure segmentation protocol it evaluates.",
     )
+    fppi: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Non-lesion marks per image at which sensitivity_at_fppi is read.",
+    )
     criterion: Criterion
 
     @model_validator(mode="after")
     def _consistent(self) -> Endpoint:
         info = metric_info(self.metric)
+        if info.needs_fppi and self.fppi is None:
+            raise LocatedValueError(
+                ("fppi",),
+                f"metric {self.metric.value} is read at a stated number of false positives "
+                "per image; expected fppi (e.g. fppi: 1.0), found none",
+            )
+        if not info.needs_fppi and self.fppi is not None:
+            raise LocatedValueError(
+                ("fppi",), f"metric {self.metric.value} takes no fppi; remove it"
+            )
         method = self.ci.method
         if method is not None and method not in info.ci_methods:
             raise LocatedValueError(
@@ -806,15 +1038,31 @@ def _check_criterion_against_metric(criterion: Criterion, metric: Metric) -> Non
         )
 
 
+class StratumUnit(StrEnum):
+    """What a stratum factor classifies.
+
+    ``case`` (default): a case attribute (scanner, demographics); the stratum holds
+    whole cases. ``lesion`` (detection protocols): a reference-lesion attribute (e.g.
+    ``diameter`` cut into size bins); the stratum holds the lesions of that bin, the
+    cases without lesions and the non-lesion marks of those cases, and its ``n`` is
+    the number of lesions.
+    """
+
+    CASE = "case"
+    LESION = "lesion"
+
+
 class StratumFactor(_Strict):
     """A factor the endpoints are broken down by (e.g. scanner manufacturer).
 
     ``column`` defaults to ``factor``. With ``edges`` the numeric column is cut
     into bands ``[e0, e1), [e1, e2), ...`` labelled ``"e0-(e1-1)"`` style, e.g.
-    ages 18/50/65/120 give ``18-49``, ``50-64``, ``65-119``.
+    ages 18/50/65/120 give ``18-49``, ``50-64``, ``65-119``. ``unit: lesion``
+    classifies reference lesions instead of cases (see :class:`StratumUnit`).
     """
 
     factor: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    unit: StratumUnit = StratumUnit.CASE
     column: str | None = None
     edges: list[float] | None = None
     min_n: int = Field(default=5, ge=1)
@@ -928,13 +1176,37 @@ class _FailedRule(_Strict):
     kind: Literal["case_failed"]
 
 
-DiscrepancyRule = Annotated[_MetricRule | _DecisionRule | _FailedRule, Field(discriminator="kind")]
+class _MissedLesionRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: Literal["missed_lesion"]
+
+
+class _FalseMarkRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    kind: Literal["false_mark"]
+    min_score: float
+
+    @field_validator("min_score")
+    @classmethod
+    def _finite_score(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"min_score must be a finite number, found {value!r}")
+        return value
+
+
+DiscrepancyRule = Annotated[
+    _MetricRule | _DecisionRule | _FailedRule | _MissedLesionRule | _FalseMarkRule,
+    Field(discriminator="kind"),
+]
 """A rule that sends a case to clinical adjudication.
 
 ``metric_threshold``: a per-case column compared with a threshold (e.g.
 ``dice < 0.5``; a missing value counts as a hit). ``decision_disagrees``
 (classification): the model decision ``score >= operating_threshold``
 disagrees with the reference label. ``case_failed``: inference failed.
+``missed_lesion`` (detection): a reference lesion no kept mark localises.
+``false_mark`` (detection): a non-lesion mark scored at least ``min_score``
+(a confident false positive).
 """
 
 
@@ -1025,6 +1297,16 @@ class Protocol(_Strict):
     )
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     decision_curve: DecisionCurveSpec | None = None
+    matching: Matching | None = Field(
+        default=None, description="Detection: the locked rule matching marks to lesions."
+    )
+    candidates: CandidateRule | None = Field(
+        default=None,
+        description=(
+            "Detection with a segmentation model: how its probability map becomes marks "
+            "(default threshold 0.5, min_voxels 1)."
+        ),
+    )
     endpoints: list[Endpoint] = Field(min_length=1)
     strata: list[StratumFactor] = Field(default_factory=list)
     subgroup_acceptance: SubgroupAcceptance | None = None
@@ -1104,6 +1386,7 @@ class Protocol(_Strict):
                 ("reference_standard",),
                 "a segmentation protocol needs reference_standard.segmentation (readers and rule)",
             )
+        self._check_detection()
         self._check_structures()
         self._check_classes()
         factors = [s.factor for s in self.strata]
@@ -1173,6 +1456,63 @@ class Protocol(_Strict):
                         f"meaning out of {meanings}",
                     )
         return self
+
+    def _check_detection(self) -> None:
+        ref = self.reference_standard
+        detection = self.task is Task.DETECTION
+        if detection and ref.detection is None:
+            raise LocatedValueError(
+                ("reference_standard",),
+                "a detection protocol needs reference_standard.detection (e.g. {source: "
+                "seg_components, readers: [reader1, reader2], rule: majority})",
+            )
+        if detection and self.matching is None:
+            raise LocatedValueError(
+                ("task",),
+                "a detection protocol needs a locked matching rule, e.g. matching: {rule: iou, "
+                "threshold: 0.3}",
+            )
+        if not detection:
+            for name in ("matching", "candidates"):
+                if getattr(self, name) is not None:
+                    raise LocatedValueError(
+                        (name,),
+                        f"{name!r} belongs to a detection protocol; the task is {self.task.value}",
+                    )
+            if ref.detection is not None:
+                raise LocatedValueError(
+                    ("reference_standard", "detection"),
+                    f"reference lesions belong to a detection protocol; the task is "
+                    f"{self.task.value}",
+                )
+        lesion_columns = ref.detection.lesion_attributes if ref.detection is not None else ()
+        for j, factor in enumerate(self.strata):
+            if factor.unit is not StratumUnit.LESION:
+                continue
+            if not detection:
+                raise LocatedValueError(
+                    ("strata", j, "unit"),
+                    f"unit 'lesion' classifies reference lesions; the task is {self.task.value}",
+                )
+            if factor.source_column not in lesion_columns:
+                raise LocatedValueError(
+                    ("strata", j, "column"),
+                    f"lesion factor {factor.factor!r} reads column {factor.source_column!r}; "
+                    f"expected a lesion column out of {list(lesion_columns)} (list others under "
+                    "reference_standard.detection.attributes)",
+                )
+        for j, rule in enumerate(self.discrepancy_rules):
+            if rule.kind in ("missed_lesion", "false_mark") and not detection:
+                raise LocatedValueError(
+                    ("discrepancy_rules", j, "kind"),
+                    f"rule {rule.id!r}: {rule.kind!r} needs a detection protocol",
+                )
+            if detection and rule.kind in ("metric_threshold", "decision_disagrees"):
+                raise LocatedValueError(
+                    ("discrepancy_rules", j, "kind"),
+                    f"rule {rule.id!r}: a detection protocol queues cases by 'missed_lesion', "
+                    f"'false_mark' or 'case_failed', found {rule.kind!r}",
+                )
 
     def _check_structures(self) -> None:
         seg = self.reference_standard.segmentation
@@ -1313,6 +1653,10 @@ class Protocol(_Strict):
                 parts.append(f"score >= {threshold:g}")
         if info.needs_decision_curve and self.decision_curve is not None:
             parts.append(f"at threshold probability {self.decision_curve.criterion_at:g}")
+        if info.needs_fppi and endpoint.fppi is not None:
+            parts.append(f"at {endpoint.fppi:g} false positive(s) per image")
+        if info.task is Task.DETECTION and self.matching is not None:
+            parts.append(f"marks matched by {self.matching.describe().split(';')[0]}")
         return ", ".join(parts)
 
     def criterion_text(self, endpoint: Endpoint) -> str:

@@ -61,6 +61,7 @@ from workbench.reports._style import (
 from workbench.reports.attachments import RESULTS_JSON, Attachment, report_attachments
 from workbench.reports.content import (
     CalibrationSection,
+    DetectionSection,
     EstimateStatus,
     MetricResult,
     ReportContent,
@@ -789,6 +790,9 @@ def _results(content: ReportContent) -> list[Flowable]:
             )
         )
     figure_number = 2 if r.roc is not None else 1
+    if r.detection is not None:
+        detection_flowables, figure_number = _detection(r.detection, figure_number)
+        out += detection_flowables
     for metric in r.metrics:
         if not metric.per_stratum:
             continue
@@ -872,6 +876,144 @@ def _results(content: ReportContent) -> list[Flowable]:
     if r.calibration is not None:
         out += _calibration(r.calibration, figure_number + (1 if r.distributions else 0))
     return out
+
+
+def _optional_number(value: float | None, digits: int) -> str:
+    return DASH if value is None else format_number(value, digits)
+
+
+def _detection(section: DetectionSection, figure_number: int) -> tuple[list[Flowable], int]:
+    """The detection results: rules, FROC and wAFROC figures, endpoints, per-lesion table.
+
+    Returns the flowables and the next figure number.
+    """
+    out: list[Flowable] = [_h2("Detection: lesion localisation")]
+    facts: list[tuple[str, object]] = [
+        ("Reference lesions", section.reference or DASH),
+        ("Matching rule (locked)", section.matching),
+    ]
+    if section.candidates:
+        facts.append(("Marks from the segmentation", section.candidates))
+    facts.append(
+        (
+            "Counts",
+            f"{section.n_cases} cases, {section.n_lesions} reference lesions "
+            f"({section.n_matched} localised), {section.n_marks} kept marks",
+        )
+    )
+    out.append(_key_values(facts))
+    if section.panels:
+        others = len(section.panels) > 1
+        comparison = (
+            " Further curves: other candidates validated under the same protocol on the same "
+            "test set, for comparison only (not part of this run's acceptance)."
+            if others
+            else ""
+        )
+        level = format_level(section.panels[0][1].level)
+        out.append(
+            KeepTogether(
+                [
+                    _h2("FROC curve"),
+                    figures.froc_figure(section.panels, width=300, height=280),
+                    _p(
+                        f"Figure {figure_number}. Empirical FROC curve: lesion localisation "
+                        "fraction against non-lesion marks per image, with pointwise "
+                        f"{level} bootstrap band (cases resampled); markers: sensitivity at "
+                        f"stated false positives per image.{comparison}",
+                        "Caption",
+                    ),
+                ]
+            )
+        )
+        fom = section.panels[0][1].wafroc_fom
+        curve = "wAFROC1" if fom == "wafroc1" else "wAFROC"
+        out.append(
+            KeepTogether(
+                [
+                    _h2("wAFROC curve"),
+                    figures.wafroc_figure(section.panels, width=300, height=280),
+                    _p(
+                        f"Figure {figure_number + 1}. Empirical {curve}"
+                        " curve: weighted lesion localisation fraction against the false-"
+                        "positive fraction ("
+                        + (
+                            "highest non-lesion mark of every case"
+                            if fom == "wafroc1"
+                            else "cases without lesions with a non-lesion mark"
+                        )
+                        + "); the area under it is the figure of merit.",
+                        "Caption",
+                    ),
+                ]
+            )
+        )
+        figure_number += 2
+    elif section.note:
+        out.append(_p(f"FROC and wAFROC curves not shown: {section.note}."))
+    if section.endpoints:
+        out.append(_h2("Detection endpoints"))
+        out.append(
+            _table(
+                [["Endpoint", "Criterion", "Estimate", "CI", "Result"]]
+                + [
+                    [
+                        row.endpoint + ("" if row.primary else " (secondary)"),
+                        row.criterion,
+                        format_estimate(row.estimate, row.digits),
+                        format_ci(row.estimate, row.digits),
+                        format_verdict(row.verdict),
+                    ]
+                    for row in section.endpoints
+                ],
+                [34 * mm, 66 * mm, 22 * mm, 30 * mm, 18 * mm],
+            )
+        )
+    out.append(_h2("Per-lesion results"))
+    if section.lesions:
+        out.append(
+            _table(
+                [
+                    [
+                        "Lesion",
+                        "Case",
+                        "Size (mm)",
+                        "Weight",
+                        "Result",
+                        "Mark",
+                        "Rating",
+                        "IoU",
+                        "Distance (mm)",
+                    ]
+                ]
+                + [
+                    [
+                        row.lesion_id,
+                        row.case_id,
+                        _optional_number(row.size_mm, 1),
+                        _optional_number(row.weight, 2),
+                        "matched" if row.matched else "missed",
+                        row.mark_id or DASH,
+                        _optional_number(row.rating, 3),
+                        _optional_number(row.iou, 2),
+                        _optional_number(row.distance_mm, 1),
+                    ]
+                    for row in section.lesions
+                ],
+                [18 * mm, 24 * mm, 18 * mm, 16 * mm, 18 * mm, 14 * mm, 18 * mm, 14 * mm, 22 * mm],
+            )
+        )
+        out.append(
+            _p(
+                "Each reference lesion of the analysed cases; a lesion is matched when a kept "
+                "mark localises it under the locked matching rule (one mark per lesion). "
+                "Rating, IoU and distance are those of the matching mark.",
+                "Caption",
+            )
+        )
+    else:
+        out.append(_p(section.note or "No reference lesions in the analysed cases."))
+    return out, figure_number
 
 
 def _estimate_cell(estimate: ReportEstimate, digits: int = 3) -> str:

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from workbench.errors import ReportError
+from workbench.protocols.results import FrocSummary
 from workbench.vocabulary import EstimateStatus, Verdict
 
 __all__ = [
@@ -39,11 +40,13 @@ __all__ = [
     "DataQualitySummary",
     "DatasetSummary",
     "DecisionCurve",
+    "DetectionSection",
     "Deviation",
     "DistributionGroup",
     "EstimateStatus",
     "FactorCounts",
     "HeterogeneityTest",
+    "LesionRow",
     "LevelCount",
     "MethodsSummary",
     "MetricMethod",
@@ -621,11 +624,82 @@ class CalibrationSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LesionRow:
+    """One reference lesion of a detection run and the mark that localised it.
+
+    Parameters
+    ----------
+    case_id, lesion_id : str
+    size_mm : float or None
+        The lesion's diameter.
+    weight : float or None
+        Its weight (relative within its case).
+    matched : bool
+        Whether a kept mark localises it under the locked matching rule.
+    mark_id : str
+        The matching mark ('' when missed).
+    rating : float or None
+        The matching mark's score.
+    iou, distance_mm : float or None
+        IoU of the matched boxes and distance of their centres.
+    """
+
+    case_id: str
+    lesion_id: str
+    size_mm: float | None
+    weight: float | None
+    matched: bool
+    mark_id: str = ""
+    rating: float | None = None
+    iou: float | None = None
+    distance_mm: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSection:
+    """The detection part of the results: rules, FROC/wAFROC curves, endpoints, lesions.
+
+    Parameters
+    ----------
+    matching : str
+        The locked matching rule in words.
+    candidates : str
+        How a segmentation model's probability map became marks ('' for a model that
+        emits marks).
+    reference : str
+        Where the reference lesions came from.
+    panels : tuple of (str, FrocSummary)
+        The run's curves first (labelled with its model), then those of other candidates
+        validated under the same protocol on the same test set, for comparison.
+    endpoints : tuple of AcceptanceRow
+        The detection endpoints overall.
+    lesions : tuple of LesionRow
+        Every reference lesion of the analysed cases.
+    n_cases, n_lesions, n_matched, n_marks : int
+    note : str
+        Why the curves are missing ('' otherwise).
+    """
+
+    matching: str
+    candidates: str
+    reference: str
+    panels: tuple[tuple[str, FrocSummary], ...] = ()
+    endpoints: tuple[AcceptanceRow, ...] = ()
+    lesions: tuple[LesionRow, ...] = ()
+    n_cases: int = 0
+    n_lesions: int = 0
+    n_matched: int = 0
+    n_marks: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ResultsSection:
     """Primary results: metrics, figures' data and agreement.
 
     ``calibration`` is the calibration and decision-curve section of a
-    classification run (None when the run has none).
+    classification run (None when the run has none); ``detection`` the detection
+    section of a detection run.
     """
 
     metrics: tuple[MetricResult, ...]
@@ -635,6 +709,7 @@ class ResultsSection:
     distributions: tuple[DistributionGroup, ...] = ()
     agreement: tuple[AgreementRow, ...] = ()
     calibration: CalibrationSection | None = None
+    detection: DetectionSection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 Each discrepancy shows the reviewer two outputs labelled **A** and **B** in an
 order drawn at random per case when the run was analysed (stored in
 ``Discrepancy.blinding``); unless the protocol allows it, the reviewer is not
-told which one is the model's. A decision (A correct, B correct, both
+told which one is the model's. For a detection protocol the two outputs are sets
+of regions (the model's kept marks and the reference lesions, boxes or points in
+patient coordinates) without scores, in position order, so that nothing but the
+regions themselves tells them apart. A decision (A correct, B correct, both
 acceptable, neither, indeterminate) is recorded with a comment and an
 e-signature (meaning ``adjudicated``). When the protocol asks for two readers
 per case and they disagree, the case needs a consensus decision.
@@ -14,6 +17,7 @@ labelled as such; the primary analysis is never changed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -78,7 +82,7 @@ class AdjudicationCase:
     discrepancy_id : int
     case_id : str
     task : str
-        ``segmentation`` or ``classification``.
+        ``segmentation``, ``classification`` or ``detection``.
     ct_paths : list of str
         The CT slices of the case.
     overlays : dict
@@ -91,6 +95,11 @@ class AdjudicationCase:
         ``{"model": "A"|"B"}`` only when the protocol does not blind reviewers.
     details : dict
         The rule that queued the case and its figures (e.g. the Dice).
+    regions : dict
+        For detection: ``{"A": [...], "B": [...]}``, each region a dict with ``kind``
+        (``"box"`` or ``"point"``), its centre ``x, y, z`` and its box ``x_min, y_min,
+        z_min, x_max, y_max, z_max`` (LPS mm; ``None`` for a point). No score, no id:
+        nothing tells the model's marks from the reference lesions.
     """
 
     discrepancy_id: int
@@ -102,6 +111,65 @@ class AdjudicationCase:
     reference_rule: str = "majority"
     unblinded: dict[str, str] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    regions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+_REGION_BOX = ("x_min", "y_min", "z_min", "x_max", "y_max", "z_max")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _regions(rows: Any) -> list[dict[str, Any]]:
+    """Blinded region dicts of mark or lesion rows, in position order (z, y, x)."""
+    out = []
+    for row in rows:
+        box = {k: _number(row.get(k)) for k in _REGION_BOX}
+        has_box = all(v is not None for v in box.values())
+        centre = {k: _number(row.get(k)) for k in ("x", "y", "z")}
+        if any(v is None for v in centre.values()) and has_box:
+            centre = {
+                a: ((box[f"{a}_min"] or 0.0) + (box[f"{a}_max"] or 0.0)) / 2.0
+                for a in ("x", "y", "z")
+            }
+        out.append(
+            {
+                "kind": "box" if has_box else "point",
+                **centre,
+                **(box if has_box else dict.fromkeys(_REGION_BOX)),
+            }
+        )
+    return sorted(out, key=lambda r: (r["z"] or 0.0, r["y"] or 0.0, r["x"] or 0.0))
+
+
+def _detection_regions(
+    wb: Workbench, run: Run, case_id: str, metrics: dict[str, Any], protocol: Protocol
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(model marks, reference lesions) of a case as regions, read from the run's records.
+
+    The marks are those the matching kept (at or above the score floor); each file is
+    checked against the SHA-256 recorded with the case.
+    """
+    from workbench.services.runs import LESIONS_FILENAME, _case_dir, _read_record_file
+
+    case_dir = _case_dir(wb.workdir.runs_dir, run.run_uid, case_id)
+    lesions: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    if metrics.get("lesions_sha256"):
+        frame = _read_record_file(case_dir / LESIONS_FILENAME, str(metrics["lesions_sha256"]))
+        lesions = frame.to_dict(orient="records")
+    if metrics.get("marks_sha256"):
+        frame = _read_record_file(case_dir / "marks.json", str(metrics["marks_sha256"]))
+        floor = protocol.matching.score_floor if protocol.matching is not None else None
+        if floor is not None and len(frame):
+            frame = frame[frame["score"].astype(float) >= floor]
+        marks = frame.to_dict(orient="records")
+    return _regions(marks), _regions(lesions)
 
 
 def _run(session: Session, run_uid: str) -> Run:
@@ -120,6 +188,7 @@ def queue(wb: Workbench, actor: Actor, run_uid: str) -> list[QueueItem]:
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "run.view")
         run = _run(session, run_uid)
+        protocol = _protocol(session, run)
         items = []
         for d in sorted(run.discrepancies, key=lambda d: (d.status != "open", d.case_id)):
             items.append(
@@ -127,7 +196,7 @@ def queue(wb: Workbench, actor: Actor, run_uid: str) -> list[QueueItem]:
                     discrepancy_id=d.id,
                     run_uid=run_uid,
                     case_id=d.case_id,
-                    rule=d.rule,
+                    rule=_shown_rule(d.rule, protocol),
                     status=d.status,
                     n_reads=len(d.adjudications),
                     read_by_me=any(a.reviewer == actor.username for a in d.adjudications),
@@ -183,7 +252,21 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
         model_label, reference_label = blinding["model"], blinding["reference"]
         overlays: dict[str, list[str]] = {}
         calls: dict[str, str] = {}
-        if protocol.task.value == "segmentation":
+        regions: dict[str, list[dict[str, Any]]] = {}
+        reference_rule = str(seg_ref.rule) if seg_ref else "labels"
+        if protocol.task.value == "detection":
+            det = protocol.reference_standard.detection
+            model_regions, reference_regions = _detection_regions(
+                wb, run, d.case_id, dict(result.metrics or {}) if result else {}, protocol
+            )
+            regions = {model_label: model_regions, reference_label: reference_regions}
+            if det is not None:
+                reference_rule = det.source.value + (
+                    f" ({det.rule.value} of {', '.join(det.readers)})"
+                    if det.source.value == "seg_components"
+                    else ""
+                )
+        elif protocol.task.value == "segmentation":
             overlays[model_label] = [result.mask_path] if result and result.mask_path else []
             overlays[reference_label] = reference_segs
         else:
@@ -207,10 +290,24 @@ def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationC
             ct_paths=ct,
             overlays=overlays,
             calls=calls,
-            reference_rule=str(seg_ref.rule) if seg_ref else "labels",
+            reference_rule=reference_rule,
             unblinded=None if protocol.adjudication.reviewers_blinded else {"model": model_label},
             details=details,
+            regions=regions,
         )
+
+
+#: What a blinded reviewer is told of a detection rule ("missed lesion" would name the reference).
+BLINDED_DETECTION_RULE = "regions of A and B disagree"
+
+
+def _shown_rule(rule: str, protocol: Protocol) -> str:
+    """The rule id as a reviewer may see it (detection rules are masked when blinded)."""
+    kinds = {r.id: r.kind for r in protocol.discrepancy_rules}
+    directional = kinds.get(rule) in ("missed_lesion", "false_mark")
+    if protocol.adjudication.reviewers_blinded and directional:
+        return BLINDED_DETECTION_RULE
+    return rule
 
 
 def _reviewer_details(stored: dict[str, Any], rule: str, protocol: Protocol) -> dict[str, Any]:
@@ -222,8 +319,11 @@ def _reviewer_details(stored: dict[str, Any], rule: str, protocol: Protocol) -> 
     """
     if not protocol.adjudication.reviewers_blinded:
         return dict(stored)
-    shown: dict[str, Any] = {"rule": rule}
-    if protocol.task.value == "segmentation":
+    shown: dict[str, Any] = {"rule": _shown_rule(rule, protocol)}
+    if protocol.task.value == "detection":
+        # "missed lesion" or "false mark" would say which set is the reference
+        shown["finding"] = "the regions of A and B disagree"
+    elif protocol.task.value == "segmentation":
         for key in ("finding", "dice", "hd95", "surface_dice"):
             if key in stored:
                 shown[key] = stored[key]

@@ -200,9 +200,17 @@ def _ensure_models(
     return refs
 
 
+def _run_order(path: Path) -> tuple[int, str]:
+    """Detection protocols run last: they derive their marks from the probability maps
+    the segmentation runs of the same models kept, instead of running the models again."""
+    from workbench.protocols import load_protocol
+
+    return (int(load_protocol(path).task.value == "detection"), path.name)
+
+
 def _ensure_protocols(wb: Workbench, qa: Actor, approver: Actor) -> list[str]:
     refs = []
-    for path in sorted(PROTOCOL_DIR.glob("*.yaml")):
+    for path in sorted(PROTOCOL_DIR.glob("*.yaml"), key=_run_order):
         try:
             info = protocols.add_protocol_version(wb, qa, path)
         except DuplicateError:
@@ -464,10 +472,18 @@ def run_demo(
     for b in bars:
         if hasattr(b, "close"):
             b.close()
-    # One run's discrepancies are left for a person to adjudicate in the app.
+    # One run's discrepancies are left for a person to adjudicate in the app (not a
+    # detection run's: the demo's detection runs are reported complete).
+    detection_runs = {
+        r.run_uid
+        for r in summary.runs
+        if r.results is not None and r.results.evaluation.task == "detection"
+    }
     with wb.transaction(readonly=True) as session:
         candidates = [
-            r.run_uid for r in session.scalars(select(Run).order_by(Run.id)) if r.discrepancies
+            r.run_uid
+            for r in session.scalars(select(Run).order_by(Run.id))
+            if r.discrepancies and r.run_uid not in detection_runs
         ]
     if candidates:
         leave_open = candidates[-1]

@@ -49,7 +49,12 @@ from sqlalchemy import select
 from workbench import __version__
 from workbench.dicom.deidentify import DeidentificationOptions, deidentify_files
 from workbench.dicom.encapsulated_pdf import build_encapsulated_pdf
-from workbench.dicom.sr import build_measurement_report, contributing_equipment, segment_volumes
+from workbench.dicom.sr import (
+    build_detection_report,
+    build_measurement_report,
+    contributing_equipment,
+    segment_volumes,
+)
 from workbench.dicom.volume import sort_slices
 from workbench.dicomweb.connection import DicomWebServer
 from workbench.dicomweb.retrieve import (
@@ -536,6 +541,43 @@ def _write(ds: Dataset, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _detection_sr(
+    wb: Workbench,
+    run_uid: str,
+    case_id: str,
+    marks_sha256: str,
+    headers: Sequence[Dataset],
+    *,
+    when: dt.datetime,
+    model_name: str,
+    model_version: str,
+    device_uid: str,
+) -> Dataset:
+    """The TID 1500 SR of a detection run's marks on one case (``marks.json``, re-hashed)."""
+    from workbench.inference.detection import Mark
+
+    path = wb.workdir.runs_dir / run_uid / "seg" / "cases" / case_id / "marks.json"
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != marks_sha256:
+        raise WorkflowError(
+            f"{path} does not match the SHA-256 recorded with case {case_id}; the marks are "
+            "not exported."
+        )
+    marks = [Mark(**item) for item in json.loads(data.decode("utf-8"))]
+    sr: Dataset = build_detection_report(
+        headers,
+        marks,
+        model_name=model_name,
+        model_version=model_version,
+        run_uid=run_uid,
+        device_uid=device_uid,
+        series_instance_uid=export_uid(run_uid, case_id, "detection-sr-series"),
+        sop_instance_uid=export_uid(run_uid, case_id, "detection-sr"),
+        content_datetime=when,
+    )
+    return sr
+
+
 def export_run(
     wb: Workbench,
     actor: Actor,
@@ -546,6 +588,9 @@ def export_run(
     progress: Progress = None,
 ) -> PacsExport:
     """Store a run's SEGs, TID 1500 SRs and its sealed report (Encapsulated PDF) via STOW-RS.
+
+    A detection run adds, per case with marks, the TID 1500 SR of its marks
+    (kind ``detection_sr``: one volumetric ROI per mark with its score).
 
     The objects are also kept under ``<workdir>/runs/<run>/export/``.
 
@@ -584,15 +629,18 @@ def export_run(
         score_name = str(((model.spec or {}).get("input") or {}).get("score_output") or "score")
         root = Path(test_set.root_path)
         files = load_index(session, test_set).files
-        cases = [
-            (c.case_id, c.mask_path, c.score)
-            for c in session.scalars(
-                select(CaseResult)
-                .where(CaseResult.run_id == run.id)
-                .where(CaseResult.status == CaseStatus.COMPLETED.value)
-                .order_by(CaseResult.case_id)
-            )
-        ]
+        marks_sha = {}
+        cases = []
+        for c in session.scalars(
+            select(CaseResult)
+            .where(CaseResult.run_id == run.id)
+            .where(CaseResult.status == CaseStatus.COMPLETED.value)
+            .order_by(CaseResult.case_id)
+        ):
+            cases.append((c.case_id, c.mask_path, c.score))
+            metrics = c.metrics or {}
+            if metrics.get("marks_sha256") and metrics.get("n_marks"):
+                marks_sha[c.case_id] = str(metrics["marks_sha256"])  # detection runs
         when = run.finished_at or run.started_at or dt.datetime(2000, 1, 1)
         report = (
             session.scalars(
@@ -641,6 +689,24 @@ def export_run(
             content_datetime=when,
         )
         datasets.append(("sr", case_id, sr))
+        if case_id in marks_sha:
+            datasets.append(
+                (
+                    "detection_sr",
+                    case_id,
+                    _detection_sr(
+                        wb,
+                        run_uid,
+                        case_id,
+                        marks_sha[case_id],
+                        headers,
+                        when=when,
+                        model_name=model_name,
+                        model_version=model_version,
+                        device_uid=device_uid,
+                    ),
+                )
+            )
     report_uid = None
     if report_info is not None:
         report_uid, sealed_path, sealed_sha = report_info

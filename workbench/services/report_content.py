@@ -25,12 +25,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench import __version__
+from workbench.config import Workdir
 from workbench.protocols import (
     EndpointResult,
+    FrocSummary,
     NotEvaluablePolicy,
     Protocol,
     RunResults,
     StratumResult,
+    Task,
+    lesion_table,
     metric_info,
     stratum_labels,
 )
@@ -51,7 +55,7 @@ from workbench.records.models import (
 from workbench.reports import content as rc
 from workbench.services.adjudication import RunAdjudication, adjudication_summary
 from workbench.services.protocols import parsed_protocol
-from workbench.services.runs import case_frame, stored_results
+from workbench.services.runs import case_frame, detection_frames, stored_results
 from workbench.stats import Estimate
 from workbench.vocabulary import EstimateStatus
 
@@ -63,6 +67,7 @@ __all__ = [
     "methods_section",
     "results_section",
     "calibration_section",
+    "detection_section",
     "acceptance_rows",
     "adjudication_section",
     "audit_section",
@@ -86,6 +91,15 @@ PER_CASE_COLUMNS = (
     "patient_sex",
     "patient_age_years",
     "mask_sha256",
+    "n_lesions",
+    "n_marks",
+    "n_ll",
+    "n_nl",
+    "n_missed",
+    "max_nl_score",
+    "marks_sha256",
+    "lesions_sha256",
+    "matches_sha256",
 )
 
 #: Header attributes counted per level in the report's dataset section.
@@ -147,6 +161,9 @@ class ReportInputs:
     audit_entries: Sequence[AuditEntry]
     audit_head: str
     selected: Sequence[rc.SelectedCase] = ()
+    lesions: pd.DataFrame | None = None
+    froc_panels: Sequence[tuple[str, FrocSummary]] = ()
+    detection_note: str = ""
 
 
 def _selected_cases(
@@ -225,6 +242,10 @@ def gather_report_inputs(
         )
     )
     head = audit.head(session)
+    frame = case_frame(session, run.id, protocol)
+    lesions, panels, note = _detection_inputs(
+        session, run, protocol, frame, workdir, report.created_at
+    )
     return ReportInputs(
         report_uid=report.report_uid,
         created_by=report.created_by,
@@ -233,7 +254,7 @@ def gather_report_inputs(
         final=final,
         run=run,
         results=results,
-        frame=case_frame(session, run.id, protocol),
+        frame=frame,
         protocol=protocol,
         protocol_version=pv,
         model=model,
@@ -245,7 +266,53 @@ def gather_report_inputs(
         audit_entries=tuple(entries),
         audit_head=head.entry_hash if head else "",
         selected=_selected_cases(session, run, workdir),
+        lesions=lesions,
+        froc_panels=panels,
+        detection_note=note,
     )
+
+
+def _detection_inputs(
+    session: Session,
+    run: Run,
+    protocol: Protocol,
+    frame: pd.DataFrame,
+    workdir: Path | None,
+    created_at: datetime,
+) -> tuple[pd.DataFrame | None, tuple[tuple[str, FrocSummary], ...], str]:
+    """A detection run's per-lesion table and the FROC curves of the report's figures.
+
+    The run's curves come first; every other run of the same protocol version on the same
+    test set that had completed when the report was created follows, for comparison (they
+    are not part of this run's acceptance; a later run does not change a report).
+    """
+    if protocol.task is not Task.DETECTION:
+        return None, (), ""
+    note = ""
+    lesions: pd.DataFrame | None = None
+    if workdir is None:
+        note = "the per-lesion table needs the run's records (no workdir given)"
+    else:
+        found, matches = detection_frames(Workdir(workdir, "").runs_dir, run.run_uid, frame)
+        lesions = lesion_table(found, matches)
+    panels: list[tuple[str, FrocSummary]] = []
+    others = session.scalars(
+        select(Run)
+        .where(
+            Run.protocol_version_id == run.protocol_version_id,
+            Run.test_set_id == run.test_set_id,
+            Run.status == "completed",
+            (Run.id == run.id) | (Run.finished_at <= created_at),
+        )
+        .order_by(Run.id)
+    ).all()
+    for other in sorted(others, key=lambda r: r.id != run.id):
+        results = stored_results(other)
+        model = session.get(RegisteredModel, other.model_id)
+        if results is None or results.froc is None or model is None:
+            continue
+        panels.append((f"{model.name} {model.version}", results.froc))
+    return lesions, tuple(panels), note
 
 
 # -- estimates -------------------------------------------------------------------------------
@@ -587,6 +654,7 @@ def results_section(inputs: ReportInputs) -> rc.ResultsSection:
         distributions=distributions,
         agreement=tuple(agreement),
         calibration=calibration_section(inputs),
+        detection=detection_section(inputs),
     )
 
 
@@ -710,6 +778,82 @@ def calibration_section(inputs: ReportInputs) -> rc.CalibrationSection | None:
 def _rater_names(columns: Sequence[str]) -> list[str]:
     """Readers' names from their label columns (``reader1_malignant`` -> ``reader1``)."""
     return [c.split("_", 1)[0] if "_" in c else c for c in columns]
+
+
+def _optional(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def detection_section(inputs: ReportInputs) -> rc.DetectionSection | None:
+    """Matching and candidate rules, FROC/wAFROC curves, detection endpoints, lesion table.
+
+    None for a run that is not a detection run.
+    """
+    protocol, results = inputs.protocol, inputs.results
+    if protocol.task is not Task.DETECTION or protocol.matching is None:
+        return None
+    det = protocol.reference_standard.detection
+    reference = ""
+    if det is not None:
+        reference = {
+            "table": f"lesion table {det.table_path}",
+            "sr": "DICOM SR measurement reports (TID 1500)",
+            "seg_components": (
+                f"connected components (26-connected, at least {det.min_voxels} voxels) of the "
+                f"readers' SEG combined by {det.rule.value} of {', '.join(det.readers)}"
+            ),
+        }[det.source.value]
+    candidates = protocol.candidates.describe() if protocol.candidates is not None else ""
+    if not candidates and inputs.model.task in ("segmentation", "both"):
+        candidates = "components (26-connected) of probability >= 0.5; score = maximum probability"
+    rows = []
+    for _, row in (inputs.lesions if inputs.lesions is not None else pd.DataFrame()).iterrows():
+        matched = str(row.get("status")) == "matched"
+        rows.append(
+            rc.LesionRow(
+                case_id=str(row["case_id"]),
+                lesion_id=str(row["lesion_id"]),
+                size_mm=_optional(row.get("diameter")),
+                weight=_optional(row.get("lesion_weight")),
+                matched=matched,
+                mark_id=str(row.get("mark_id")) if matched else "",
+                rating=_optional(row.get("rating")) if matched else None,
+                iou=_optional(row.get("iou")) if matched else None,
+                distance_mm=_optional(row.get("distance_mm")) if matched else None,
+            )
+        )
+    endpoints = tuple(
+        rc.AcceptanceRow(
+            endpoint=e.display_name,
+            criterion=e.criterion_text,
+            estimate=_overall_estimate(e),
+            verdict=e.overall_verdict,
+            primary=e.primary,
+            digits=_digits(e),
+        )
+        for e in results.endpoints
+    )
+    froc = results.froc
+    note = inputs.detection_note
+    if froc is None:
+        note = "; ".join(n for n in (results.froc_reason, note) if n)
+    return rc.DetectionSection(
+        matching=protocol.matching.describe(),
+        candidates=candidates,
+        reference=reference,
+        panels=tuple(inputs.froc_panels),
+        endpoints=endpoints,
+        lesions=tuple(rows),
+        n_cases=froc.n_cases if froc is not None else 0,
+        n_lesions=len(rows) if rows else (froc.n_lesions if froc is not None else 0),
+        n_matched=sum(r.matched for r in rows),
+        n_marks=froc.n_marks if froc is not None else 0,
+        note=note,
+    )
 
 
 def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:

@@ -9,7 +9,10 @@
 3. inference, case by case; each finished case is stored at once with its
    audit entry, so a run that dies is resumed from the completed cases;
 4. per-case metrics against the reference standard and the statistics of every
-   endpoint overall and per stratum;
+   endpoint overall and per stratum (detection: each case's marks matched to its
+   reference lesions by the protocol's locked rule, every decision stored per case
+   in ``matches.json`` beside ``marks.json`` and ``lesions.json``, their SHA-256
+   recorded with the case; free-response endpoints from those matches);
 5. the acceptance criteria, the discrepancy queue, and the stored results with
    their SHA-256.
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,6 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench import __version__
+from workbench.dicom.lesions import LESION_COLUMNS
 from workbench.dicom.manifest import Manifest, verify_manifest
 from workbench.dicom.reference import (
     combine_reader_masks,
@@ -58,20 +64,26 @@ from workbench.inference.environment import snapshot
 from workbench.inference.executor import InferenceExecutor
 from workbench.inference.loading import load_model
 from workbench.inference.registry import ModelSpec, ScoreActivation, verify_model_files
-from workbench.inference.runner import CaseInput, CaseOutput, run_inference
+from workbench.inference.runner import CaseInput, CaseOutput, MarkRule, run_inference
 from workbench.protocols import (
     CaseAccounting,
     EndpointResult,
     Protocol,
     RunContext,
     RunResults,
+    Task,
+    evaluate_detection,
     evaluate_endpoints,
     find_discrepancies,
+    lesion_table,
+    match_marks,
+    match_summary,
     structure_column,
 )
 from workbench.protocols.cases import CaseSpec, build_cases
 from workbench.protocols.evaluation import STRUCTURE_VALUES
-from workbench.protocols.schema import ReferenceSource
+from workbench.protocols.results import SupplementaryAnalyses
+from workbench.protocols.schema import DetectionSource, ReferenceSource
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
 from workbench.records.models import (
@@ -109,8 +121,11 @@ from workbench.stats import segmentation_metrics
 from workbench.vocabulary import CaseStatus, Verdict
 
 __all__ = [
+    "DetectionRecords",
     "RunPlan",
     "RunSummary",
+    "detection_frames",
+    "detection_records",
     "plan_run",
     "stored_results",
     "run_results",
@@ -343,6 +358,273 @@ def _classification_outputs(
     return score, values
 
 
+#: Per-case detection records written beside the case's ``marks.json``.
+LESIONS_FILENAME = "lesions.json"
+MATCHES_FILENAME = "matches.json"
+#: Lesion attributes a ``seg_components`` reference provides besides the diameter and weight.
+SEG_COMPONENT_ATTRIBUTES = ("n_voxels", "volume_ml")
+_NON_IMAGE = ("SEG", "RTSTRUCT", "SR", "KO", "PR", "RTPLAN", "RTDOSE", "DOC")
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _records_json(frame: pd.DataFrame) -> bytes:
+    """Canonical JSON of a frame's rows (sorted keys, no whitespace, NaN as null)."""
+    rows = [
+        {str(k): _json_value(v) for k, v in record.items()}
+        for record in frame.to_dict(orient="records")
+    ]
+    return json.dumps(
+        rows, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str
+    ).encode("utf-8")
+
+
+def _write_record_file(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_record_file(path: Path, expected_sha256: str) -> pd.DataFrame:
+    """A stored per-case record file, refused when it no longer has its recorded SHA-256."""
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise IntegrityError(
+            f"{path} no longer matches the SHA-256 recorded with its case "
+            f"({expected_sha256[:12]}...); the run's detection records were changed."
+        )
+    return pd.DataFrame(json.loads(data.decode("utf-8")))
+
+
+def _reference_lesion_table(
+    protocol: Protocol, index_files: pd.DataFrame, root: Path, manifest: Manifest
+) -> pd.DataFrame | None:
+    """Reference lesions of a ``table`` or ``sr`` detection source, checked against the images.
+
+    Read once when the run is planned, from the verified lock: the CSV must be a file of
+    the locked manifest with its locked SHA-256. ``None`` for other protocols and for a
+    ``seg_components`` source (read per case).
+
+    Raises
+    ------
+    WorkflowError
+        The table is not part of the locked test set, or a listed attribute is missing.
+    IntegrityError
+        The table changed since the lock.
+    GeometryError
+        A row (or SR content item) names an unknown UID or lies outside its image; the
+        message names the row.
+    """
+    from workbench.dicom.lesions import lesions_from_sr, lesions_from_table
+
+    det = protocol.reference_standard.detection
+    if det is None:
+        return None
+    if det.source is DetectionSource.SEG_COMPONENTS:
+        unknown = [a for a in det.attributes if a not in SEG_COMPONENT_ATTRIBUTES]
+        if unknown:
+            raise WorkflowError(
+                f"reference_standard.detection.attributes names {unknown}; SEG components "
+                f"provide {list(SEG_COMPONENT_ATTRIBUTES)} besides diameter and lesion_weight."
+            )
+        return None
+    modality = index_files["modality"].fillna("").astype(str)
+    images = index_files[~modality.isin(_NON_IMAGE)]
+    if det.source is DetectionSource.TABLE:
+        rel = det.table_path
+        expected = manifest.entries.get(rel)
+        if expected is None:
+            raise WorkflowError(
+                f"reference_standard.detection.table: {rel} is not a file of the locked test "
+                "set; add it to the test-set folder before locking."
+            )
+        data = (root / rel).read_bytes() if (root / rel).is_file() else b""
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise IntegrityError(
+                f"{rel} in {root} no longer matches its locked SHA-256 ({expected[:12]}...)."
+            )
+        table = pd.read_csv(io.BytesIO(data))
+        renames = {csv: ours for ours, csv in det.columns.items()}
+        if det.weight_column:
+            renames[det.weight_column] = "lesion_weight"
+        missing = [c for c in renames if c not in table.columns]
+        if missing:
+            raise WorkflowError(
+                f"reference_standard.detection: {rel} lacks column(s) {missing}; found "
+                f"{list(table.columns)}."
+            )
+        lesions = lesions_from_table(
+            table.rename(columns=renames),
+            images,
+            default_diameter_mm=det.default_diameter_mm,
+            root=root,
+        )
+    else:
+        paths = [root / str(rel) for rel in index_files.loc[modality == "SR", "path"]]
+        lesions = lesions_from_sr(
+            paths, images, default_diameter_mm=det.default_diameter_mm, root=root
+        )
+    missing = [a for a in det.attributes if a not in lesions.columns]
+    if missing:
+        raise WorkflowError(
+            f"reference_standard.detection.attributes names {missing}, which the "
+            f"{det.source.value} reference lacks; found columns {list(lesions.columns)}."
+        )
+    return lesions
+
+
+def _case_lesions(plan: RunPlan, case: CaseSpec) -> pd.DataFrame:
+    """A case's reference lesions (``case_id``, ``lesion_id``, geometry in LPS mm, weight)."""
+    from workbench.dicom.lesions import lesions_from_mask
+
+    det = plan.protocol.reference_standard.detection
+    assert det is not None
+    if det.source is DetectionSource.SEG_COMPONENTS:
+        volume = load_series(case.image_paths)
+        masks = [
+            read_structure_mask(case.seg_paths[r], volume, ReferenceSource.SEG.value, None)
+            for r in det.readers
+        ]
+        mask = combine_reader_masks(masks, list(det.readers), str(det.rule))
+        lesions = lesions_from_mask(mask, volume.affine, min_voxels=det.min_voxels)
+    else:
+        table = plan.reference_lesions
+        assert table is not None
+        lesions = table[table["series_instance_uid"].astype(str) == case.series_uid]
+    lesions = lesions.assign(case_id=case.case_id)
+    lesions["lesion_id"] = lesions["lesion_id"].astype(str)
+    keep = ["case_id", "lesion_id", *LESION_COLUMNS[1:], *det.attributes]
+    return lesions[[c for c in dict.fromkeys(keep) if c in lesions.columns]].reset_index(drop=True)
+
+
+def _case_marks(output: CaseOutput) -> pd.DataFrame:
+    """The marks a case's output holds, checked against their recorded SHA-256."""
+    from workbench.inference.detection import Mark, marks_to_frame
+
+    if output.marks_path is None or output.marks_sha256 is None:
+        raise WorkflowError(
+            "the model produced no marks; a detection protocol needs a segmentation model "
+            "(its probability map becomes marks by the protocol's candidates rule) or a model "
+            "that emits marks"
+        )
+    data = Path(output.marks_path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != output.marks_sha256:
+        raise IntegrityError(f"{output.marks_path} does not match its recorded SHA-256.")
+    marks = [Mark(**item) for item in json.loads(data.decode("utf-8"))]
+    return marks_to_frame(output.case_id, marks)
+
+
+def _detection_outputs(
+    plan: RunPlan,
+    case: CaseSpec,
+    output: CaseOutput,
+    case_dir: Path,
+    known_lesions: tuple[Path, str] | None = None,
+) -> dict[str, Any]:
+    """Match a case's marks to its reference lesions and store both, with their hashes.
+
+    A failed case keeps its reference lesions (all missed) so that a protocol counting
+    failures as errors counts them. ``known_lesions`` is the case's ``lesions.json`` of an
+    earlier run of the same protocol version on the same locked test set, with its
+    recorded SHA-256: the reference does not depend on the model, so it is read back
+    (re-hashed) instead of being derived again.
+    """
+    matching = plan.protocol.matching
+    assert matching is not None
+    if known_lesions is not None:
+        lesions = _read_record_file(*known_lesions)
+        if lesions.empty:
+            lesions = pd.DataFrame(columns=["case_id", "lesion_id"])
+        lesions = lesions.assign(case_id=case.case_id)
+    else:
+        lesions = _case_lesions(plan, case)
+    values: dict[str, Any] = {
+        "lesions_sha256": _write_record_file(case_dir / LESIONS_FILENAME, _records_json(lesions))
+    }
+    completed = output.status == CaseStatus.COMPLETED
+    marks = _case_marks(output) if completed else pd.DataFrame(columns=["case_id", "mark_id"])
+    matches = match_marks(matching, lesions, marks, cases=[case.case_id])
+    values["matches_sha256"] = _write_record_file(
+        case_dir / MATCHES_FILENAME, _records_json(matches)
+    )
+    if completed:
+        values["marks_sha256"] = output.marks_sha256
+    values.update(match_summary(matches))
+    return values
+
+
+def _case_dir(runs_dir: Path, run_uid: str, case_id: str) -> Path:
+    return runs_dir / run_uid / "seg" / "cases" / case_id
+
+
+def detection_frames(
+    runs_dir: Path, run_uid: str, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every case's stored lesions and match decisions, each file checked against its hash.
+
+    Parameters
+    ----------
+    runs_dir : Path
+        The workdir's runs folder (``Workdir.runs_dir``).
+    run_uid : str
+    frame : pandas.DataFrame
+        The run's case frame (:func:`case_frame`), with each case's recorded hashes.
+
+    Returns
+    -------
+    (lesions, matches) : pandas.DataFrame
+        One row per reference lesion (``case_id``, ``lesion_id``, geometry, weight,
+        attributes) and one per matching decision
+        (:data:`workbench.protocols.detection.MATCH_COLUMNS`).
+
+    Raises
+    ------
+    IntegrityError
+        A record file no longer has the SHA-256 recorded with its case.
+    """
+    from workbench.dicom.lesions import LESION_COLUMNS as columns
+    from workbench.protocols.detection import MATCH_COLUMNS
+
+    lesions: list[pd.DataFrame] = []
+    matches: list[pd.DataFrame] = []
+    for row in frame.to_dict(orient="records"):
+        case_dir = _case_dir(runs_dir, run_uid, str(row["case_id"]))
+        for name, key, out in (
+            (LESIONS_FILENAME, "lesions_sha256", lesions),
+            (MATCHES_FILENAME, "matches_sha256", matches),
+        ):
+            digest = row.get(key)
+            if isinstance(digest, str) and digest:
+                part = _read_record_file(case_dir / name, digest)
+                if len(part):
+                    out.append(part.assign(case_id=str(row["case_id"])))
+    if matches:
+        matches = [
+            m[[*MATCH_COLUMNS, *(c for c in m.columns if c not in MATCH_COLUMNS)]] for m in matches
+        ]
+    lesion_frame = (
+        pd.concat(lesions, ignore_index=True)
+        if lesions
+        else pd.DataFrame(columns=["case_id", *columns])
+    )
+    match_frame = (
+        pd.concat(matches, ignore_index=True)
+        if matches
+        else pd.DataFrame(columns=list(MATCH_COLUMNS))
+    )
+    return lesion_frame, match_frame
+
+
 def _case_attributes(case: CaseSpec) -> dict[str, Any]:
     """What a case brings into the analysis besides the model's output, frozen with the run.
 
@@ -396,6 +678,9 @@ class RunPlan:
     case_timeout_s : float
     executor : InferenceExecutor or None
         Where inference runs; ``None`` for the local default.
+    reference_lesions : pandas.DataFrame or None
+        Detection protocols with a ``table`` or ``sr`` source: every reference lesion,
+        read and checked against the images when the run is planned.
     """
 
     protocol_version_id: int
@@ -411,6 +696,7 @@ class RunPlan:
     device: str | None
     case_timeout_s: float
     executor: InferenceExecutor | None = None
+    reference_lesions: pd.DataFrame | None = None
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -539,7 +825,6 @@ def plan_run(
         index = load_index(session, ts)
         root = Path(ts.root_path)
         ids = (pv.id, reg.id, ts.id)
-        model_files = dict(reg.files or {})
         storage_path = reg.storage_path
         spec = ModelSpec.model_validate(reg.spec)
         context = RunContext(
@@ -561,6 +846,8 @@ def plan_run(
             "the run is refused."
         )
     try:
+        # The hashes audited at registration, never the mutable files column.
+        model_files = model_service.registered_files(wb, context.model)
         verify_model_files(storage_path, model_files)
     except WorkbenchError as error:
         _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"model changed: {error}")
@@ -574,7 +861,15 @@ def plan_run(
         )
     labels = _read_locked_labels(root, manifest)
     seg_ref = proto.reference_standard.segmentation
+    det_ref = proto.reference_standard.detection
     references = find_reference_files(index.files, root, seg_ref.source.value) if seg_ref else None
+    if det_ref is not None and det_ref.source is DetectionSource.SEG_COMPONENTS:
+        references = find_reference_files(index.files, root, ReferenceSource.SEG.value)
+    try:
+        reference_lesions = _reference_lesion_table(proto, index.files, root, manifest)
+    except WorkbenchError as error:
+        _refuse(wb, actor, "run.refused", ts_name=test_set, detail=f"reference lesions: {error}")
+        raise
     cases = build_cases(index.files, labels, proto, root, references=references)
     problems = preflight_cases(proto, cases, labels, test_set_name=test_set, spec=spec)
     blocking = [p for p in problems if p.blocking]
@@ -605,6 +900,7 @@ def plan_run(
         case_timeout_s=case_timeout_s
         or float(os.environ.get("WORKBENCH_CASE_TIMEOUT_S", DEFAULT_CASE_TIMEOUT_S)),
         executor=executor,
+        reference_lesions=reference_lesions,
     )
 
 
@@ -765,11 +1061,29 @@ def _execute(
     out_dir = wb.workdir.runs_dir / run_uid / "seg"
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    detection = proto.task is Task.DETECTION
+    known_lesions = _known_lesions(wb, plan, run_id) if detection else {}
+
     def on_case(output: CaseOutput) -> None:
         case = by_id[output.case_id]
         metrics: dict[str, Any] = {"seconds": output.seconds}
         status: str = str(output.status)
         reason = output.reason
+        if output.probability_sha256:
+            metrics["probability_sha256"] = output.probability_sha256
+        if detection:
+            try:
+                metrics.update(
+                    _detection_outputs(
+                        plan,
+                        case,
+                        output,
+                        _case_dir(wb.workdir.runs_dir, run_uid, case.case_id),
+                        known_lesions.get(case.case_id),
+                    )
+                )
+            except (WorkbenchError, NotEstimableError, OSError, ValueError, KeyError) as error:
+                status, reason = CaseStatus.FAILED.value, f"detection: {error}"
         segmentation_reference = proto.reference_standard.segmentation is not None
         score = output.score
         if status == CaseStatus.COMPLETED.value and segmentation_reference and output.mask_path:
@@ -779,7 +1093,7 @@ def _execute(
                 )
             except (WorkbenchError, NotEstimableError) as error:
                 status, reason = CaseStatus.FAILED.value, f"metrics: {error}"
-        if status == CaseStatus.COMPLETED.value:
+        if status == CaseStatus.COMPLETED.value and not detection:
             score, extra = _classification_outputs(proto, plan.model_spec, output)
             metrics.update(extra)
         with wb.transaction() as session:
@@ -797,17 +1111,25 @@ def _execute(
                 metrics=metrics,
             )
 
-    run_inference(
-        to_run,
-        loaded,
-        plan.model_spec,
-        out_dir=out_dir,
-        executor=plan.executor,
-        completed=frozenset(done),
-        on_case=on_case,
-        progress=progress,
-        case_timeout_s=plan.case_timeout_s,
-    )
+    pending = [c for c in to_run if c.case_id not in done]
+    reuse = _reusable_probabilities(wb, plan, run_id, pending) if detection and pending else None
+    if reuse is not None:
+        _derive_marks(wb, actor, plan, run_uid, reuse, pending, on_case, progress)
+    else:
+        run_inference(
+            to_run,
+            loaded,
+            plan.model_spec,
+            out_dir=out_dir,
+            executor=plan.executor,
+            completed=frozenset(done),
+            on_case=on_case,
+            progress=progress,
+            case_timeout_s=plan.case_timeout_s,
+            marks_rule=_mark_rule(proto) if detection else None,
+            # kept for later detection runs of this model on this test set
+            keep_probability=proto.task in (Task.SEGMENTATION, Task.DETECTION),
+        )
 
     step("statistics")
     with wb.transaction(readonly=True) as session:
@@ -815,7 +1137,16 @@ def _execute(
     missing = sorted(set(by_id) - set(frame["case_id"]))
     if missing:
         raise WorkflowError(f"Run {run_uid}: cases {missing[:10]} have no stored outcome.")
-    evaluation = evaluate_endpoints(proto, frame)
+    froc, froc_reason = None, ""
+    if detection:
+        lesions, matches = detection_frames(wb.workdir.runs_dir, run_uid, frame)
+        analysis = evaluate_detection(proto, frame, lesions, matches)
+        evaluation = analysis.evaluation
+        froc, froc_reason = analysis.froc, analysis.froc_reason
+        supplementary = SupplementaryAnalyses()
+    else:
+        evaluation = evaluate_endpoints(proto, frame)
+        supplementary = supplementary_analysis(proto, frame)
     candidates = find_discrepancies(proto, frame)
     results = RunResults(
         run_uid=run_uid,
@@ -830,7 +1161,9 @@ def _execute(
             else (),
         ),
         evaluation=evaluation,
-        supplementary=supplementary_analysis(proto, frame),
+        supplementary=supplementary,
+        froc=froc,
+        froc_reason=froc_reason,
     )
     stored = results.to_dict()
     results_sha = sha256_json(stored)
@@ -897,13 +1230,186 @@ def _execute(
         return _summary(session, run)
 
 
+def _known_lesions(wb: Workbench, plan: RunPlan, run_id: int) -> dict[str, tuple[Path, str]]:
+    """Each case's ``lesions.json`` of the newest completed run of the same protocol version
+    on the same test set (same locked manifest), with its recorded SHA-256."""
+    with wb.transaction(readonly=True) as session:
+        for run in session.scalars(
+            select(Run)
+            .where(
+                Run.protocol_version_id == plan.protocol_version_id,
+                Run.test_set_id == plan.test_set_id,
+                Run.status == RunStatus.COMPLETED.value,
+                Run.id != run_id,
+            )
+            .order_by(Run.id.desc())
+        ):
+            results = stored_results(run)
+            if results is None or results.context.manifest_digest != (plan.context.manifest_digest):
+                continue
+            found = {}
+            for c in session.scalars(select(CaseResult).where(CaseResult.run_id == run.id)):
+                digest = (c.metrics or {}).get("lesions_sha256")
+                if digest:
+                    path = _case_dir(wb.workdir.runs_dir, run.run_uid, c.case_id)
+                    found[c.case_id] = (path / LESIONS_FILENAME, str(digest))
+            return found
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptProbabilities:
+    """A completed run of the same model on the same locked test set with kept maps."""
+
+    run_uid: str
+    sha256: dict[str, str]
+
+
+def _reusable_probabilities(
+    wb: Workbench, plan: RunPlan, run_id: int, cases: list[CaseInput]
+) -> _KeptProbabilities | None:
+    """The newest completed run whose kept probability maps cover every case to run.
+
+    Same registered model (and model digest), same test set locked with the same
+    manifest digest, and a candidate threshold at or above the kept floor: a detection
+    run then derives its marks from those maps instead of running the model again.
+    """
+    from workbench.inference.runner import PROBABILITY_FLOOR
+
+    if _mark_rule(plan.protocol).threshold < PROBABILITY_FLOOR:
+        return None
+    wanted = {c.case_id for c in cases}
+    with wb.transaction(readonly=True) as session:
+        candidates = session.scalars(
+            select(Run)
+            .where(
+                Run.model_id == plan.model_id,
+                Run.test_set_id == plan.test_set_id,
+                Run.status == RunStatus.COMPLETED.value,
+                Run.id != run_id,
+            )
+            .order_by(Run.id.desc())
+        ).all()
+        for run in candidates:
+            results = stored_results(run)
+            if results is None or (
+                results.context.model_digest,
+                results.context.manifest_digest,
+            ) != (plan.context.model_digest, plan.context.manifest_digest):
+                continue
+            kept = {
+                c.case_id: str((c.metrics or {}).get("probability_sha256") or "")
+                for c in session.scalars(
+                    select(CaseResult).where(
+                        CaseResult.run_id == run.id,
+                        CaseResult.status == CaseStatus.COMPLETED.value,
+                    )
+                )
+            }
+            if all(kept.get(case_id) for case_id in wanted):
+                return _KeptProbabilities(run.run_uid, {k: kept[k] for k in wanted})
+    return None
+
+
+def _derive_marks(
+    wb: Workbench,
+    actor: Actor,
+    plan: RunPlan,
+    run_uid: str,
+    reuse: _KeptProbabilities,
+    cases: list[CaseInput],
+    on_case: Callable[[CaseOutput], None],
+    progress: Progress,
+) -> None:
+    """Marks of every case from the kept probability maps of ``reuse.run_uid`` (audited).
+
+    The maps are the same model's on the same locked images, each checked against the
+    SHA-256 recorded with its case; the marks are those a fresh inference would give.
+    """
+    from workbench.inference.runner import (
+        MARKS_FILENAME,
+        PROBABILITY_FILENAME,
+        marks_from_kept_probability,
+    )
+
+    rule = _mark_rule(plan.protocol)
+    with wb.transaction() as session:
+        audit.append(
+            session,
+            actor=actor.username,
+            action="run.reuse_inference",
+            record_type="run",
+            record_id=run_uid,
+            new={
+                "source_run": reuse.run_uid,
+                "what": "kept lesion probability maps of the same model on the same locked "
+                "test set; marks derived by the protocol's candidates rule",
+                "model_digest": plan.context.model_digest,
+                "manifest_digest": plan.context.manifest_digest,
+                "candidates": {"threshold": rule.threshold, "min_voxels": rule.min_voxels},
+                "n_cases": len(cases),
+            },
+        )
+    for done, case in enumerate(cases, start=1):
+        started = time.perf_counter()
+        source = _case_dir(wb.workdir.runs_dir, reuse.run_uid, case.case_id)
+        sha = reuse.sha256[case.case_id]
+        try:
+            path, digest, n_marks = marks_from_kept_probability(
+                source / PROBABILITY_FILENAME,
+                sha,
+                rule,
+                _case_dir(wb.workdir.runs_dir, run_uid, case.case_id) / MARKS_FILENAME,
+            )
+            output = CaseOutput(
+                case_id=case.case_id,
+                status=CaseStatus.COMPLETED,
+                marks_path=path,
+                marks_sha256=digest,
+                n_marks=n_marks,
+                probability_path=source / PROBABILITY_FILENAME,
+                probability_sha256=sha,
+                seconds=time.perf_counter() - started,
+            )
+        except (WorkbenchError, OSError, ValueError) as error:
+            output = CaseOutput(
+                case_id=case.case_id,
+                status=CaseStatus.FAILED,
+                reason=f"marks from the kept probability map of {reuse.run_uid}: {error}",
+                seconds=time.perf_counter() - started,
+            )
+        on_case(output)
+        if progress is not None:
+            progress(done, len(cases), f"{case.case_id}: marks from {reuse.run_uid}")
+
+
+def _mark_rule(protocol: Protocol) -> MarkRule:
+    """The runner's rule for a segmentation model's marks (the protocol's ``candidates``)."""
+    rule = protocol.candidates
+    if rule is None:
+        return MarkRule()
+    return MarkRule(threshold=rule.threshold, min_voxels=rule.min_voxels)
+
+
 def _discrepancy_details(finding: str, row: dict[str, Any]) -> dict[str, Any]:
     """What a reviewer may see of a discrepant case: the finding and the case's figures.
 
     The score stays in the record (for the secondary analysis) and is hidden from
     blinded reviewers by :func:`workbench.services.adjudication.open_case`.
     """
-    keep = ("series_instance_uid", "dice", "hd95", "surface_dice", "y_true", "score", "status")
+    keep = (
+        "series_instance_uid",
+        "dice",
+        "hd95",
+        "surface_dice",
+        "y_true",
+        "score",
+        "status",
+        "n_lesions",
+        "n_missed",
+        "n_nl",
+        "max_nl_score",
+    )
     per_structure = ("/dice", "/hd95", "/surface_dice", "/excluded")
     details: dict[str, Any] = {"finding": finding}
     for key in [*keep, *(k for k in row if str(k).endswith(per_structure))]:
@@ -953,6 +1459,12 @@ def _store_case(
             "reason": reason,
             "score": score,
             "mask_sha256": mask_sha256,
+            # detection: the marks and the stored matching decisions
+            **{
+                key: value
+                for key, value in (metrics or {}).items()
+                if key in ("marks_sha256", "lesions_sha256", "matches_sha256", "probability_sha256")
+            },
         },
     )
 
@@ -1118,3 +1630,78 @@ def run_results(wb: Workbench, actor: Actor, run_uid: str) -> tuple[RunResults, 
         assert pv is not None
         frame = case_frame(session, run.id, protocol_service.parsed_protocol(pv))
         return results, frame
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionRecords:
+    """Every matching decision of a detection run, as stored per case.
+
+    Parameters
+    ----------
+    run_uid : str
+    matching : str
+        The protocol's locked matching rule, in words.
+    lesions : pandas.DataFrame
+        One row per reference lesion with its matching mark
+        (:func:`workbench.protocols.lesion_table`): ``case_id``, ``lesion_id``,
+        ``diameter``, ``lesion_weight``, ``status`` (``matched``/``missed``), ``mark_id``,
+        ``rating``, ``iou``, ``distance_mm``, geometry and attributes.
+    matches : pandas.DataFrame
+        Every decision (:data:`workbench.protocols.detection.MATCH_COLUMNS`): ``LL``,
+        ``NL``, ``below_floor`` marks and ``missed`` lesions.
+    """
+
+    run_uid: str
+    matching: str
+    lesions: pd.DataFrame
+    matches: pd.DataFrame
+
+
+def detection_records(
+    wb: Workbench, actor: Actor, run_uid: str, *, case_id: str | None = None
+) -> DetectionRecords:
+    """A detection run's stored lesions and matches (``run.view``), each file re-hashed.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+    run_uid : str
+    case_id : str, optional
+        Only this case.
+
+    Raises
+    ------
+    PermissionDeniedError
+        A blinded reviewer asks before the run's adjudication is finished.
+    WorkflowError
+        Not a detection run.
+    IntegrityError
+        A stored record file no longer has the SHA-256 recorded with its case.
+    """
+    with wb.transaction(readonly=True) as session:
+        user = current_user(session, actor, "run.view")
+        run = get_one(session, Run, "run", run_uid=run_uid)
+        reason = results_hidden_reason(session, user, run)
+        if reason is not None:
+            raise PermissionDeniedError(reason)
+        pv = session.get(ProtocolVersion, run.protocol_version_id)
+        assert pv is not None
+        protocol = protocol_service.parsed_protocol(pv)
+        if protocol.task is not Task.DETECTION or protocol.matching is None:
+            raise WorkflowError(
+                f"Run {run_uid} validates a {protocol.task.value} protocol; it has no "
+                "detection records."
+            )
+        frame = case_frame(session, run.id, protocol)
+    if case_id is not None:
+        frame = frame[frame["case_id"].astype(str) == case_id]
+        if frame.empty:
+            raise WorkflowError(f"Run {run_uid} has no case {case_id!r}.")
+    lesions, matches = detection_frames(wb.workdir.runs_dir, run_uid, frame)
+    return DetectionRecords(
+        run_uid=run_uid,
+        matching=protocol.matching.describe(),
+        lesions=lesion_table(lesions, matches),
+        matches=matches,
+    )
