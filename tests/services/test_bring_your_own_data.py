@@ -5,17 +5,21 @@
    case per image, labels keyed by accession number as a PACS exports them, strata from
    the DICOM header (Manufacturer), classified by a 2D TorchScript model and by the same
    network as ONNX.
-2. CT segmentation whose reference standard is NIfTI masks listed in
-   ``reference/masks.csv`` instead of DICOM SEG.
+2. CT segmentation on real CT (series built from pydicom's ``CT_small.dcm``, as in
+   ``test_multiclass.py``) whose reference standard is one reader's NIfTI (RAS) and
+   another's NRRD (LPS) masks listed in ``reference/masks.csv`` instead of DICOM SEG;
+   per-case Dice is checked against Dice computed here from the HU thresholds.
+3. The same real CT with two readers' RTSTRUCT outlines named by UID (readers from
+   Operators' Name); per-case Dice is checked against masks computed by matplotlib's
+   point-in-polygon test.
 
-Each goes import -> check -> lock -> protocol check -> validate -> report -> sign -> seal
--> verify through the services.
+Each goes import -> check -> lock (with the protocol's pre-flight) -> protocol check ->
+validate -> report -> sign -> seal -> verify through the services.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -31,16 +35,14 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from workbench.dicom.seg import read_seg_mask
-from workbench.dicom.volume import load_series
+from workbench.dicom.volume import Volume, load_series
 from workbench.inference.registry import ModelSpec
 from workbench.services import models, preflight, protocols, reports, runs, testsets
 from workbench.vocabulary import Verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "malformed"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_multiclass, imported late
 import harness  # noqa: E402
-from inference_fixtures import ThresholdNet, save_scripted, tiny_spec  # noqa: E402
 
 CR_FILES = (
     "RG1_UNCI.dcm",
@@ -195,7 +197,9 @@ def _import_check_lock(wb: object, qa: object, root: Path, name: str, protocol_t
     ref = protocols.add_protocol_version(wb, qa, protocol_text).ref
     result = testsets.check_quality(wb, qa, name, protocol=ref)
     assert not result.blocking, [f for f in result.findings if f.severity == "critical"][:5]
-    testsets.lock_test_set(wb, qa, name, password=harness.ACCOUNTS["qa1"][2])
+    # the lock runs the protocol's pre-flight and refuses on a blocking problem
+    info = testsets.lock_test_set(wb, qa, name, password=harness.ACCOUNTS["qa1"][2], protocol=ref)
+    assert info.preflight is not None and info.preflight.ok, info.preflight
     return ref
 
 
@@ -271,71 +275,166 @@ def test_real_radiographs_with_torchscript_and_onnx_2d_models(
         wb.close()
 
 
-def test_ct_segmentation_with_nifti_reference_masks(tmp_path: Path) -> None:
-    root = tmp_path / "set"
-    harness.synth(root, n_cases=3)
-    # Replace the readers' DICOM SEGs by NIfTI masks (RAS affine) listed in masks.csv.
-    rows = ["series_instance_uid,reader,path"]
-    (root / "reference" / "masks").mkdir(parents=True)
-    for seg in sorted(root.rglob("reader*.dcm")):
-        ds = pydicom.dcmread(seg, stop_before_pixels=True)
-        series_uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
-        ct_files = sorted(
-            p
-            for p in root.rglob("*.dcm")
-            if "reader" not in p.name
-            and str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) == series_uid
-        )
-        volume = load_series(ct_files)
-        mask = read_seg_mask(seg, volume)
-        lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-        image = nib.Nifti1Image(
-            np.transpose(mask.astype(np.uint8), (2, 1, 0)), lps_to_ras @ volume.affine
-        )
-        rel = f"reference/masks/{seg.parent.parent.name}-{seg.stem}.nii.gz"
-        nib.save(image, str(root / rel))
-        rows.append(f"{series_uid},{seg.stem},{rel}")
-        seg.unlink()
-    (root / "reference" / "masks.csv").write_text("\n".join(rows) + "\n")
+#: HU thresholds of the real-CT segmentation: each reader's mask and the model's.
+READER_HU = {"reader1": 150.0, "reader2": 250.0}
+MODEL_HU = 200.0
 
+
+class _BoneNet(torch.nn.Module):
+    """Background and one class, HU >= MODEL_HU, from HU windowed to -1000..1000."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level = (MODEL_HU + 999.5) / 2000.0  # half a HU below the edge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 400.0 * (x - self.level)], dim=1)
+
+
+def _bone_spec(spacing: float) -> ModelSpec:
+    return ModelSpec.from_json(
+        json.dumps(
+            {
+                "name": "bone-threshold",
+                "version": "1.0",
+                "task": "segmentation",
+                "format": "torchscript",
+                "intended_use": "Test fixture on real CT; not a clinical model.",
+                "input": {
+                    "target_spacing": [5.0, spacing, spacing],
+                    "orientation": "LPS",
+                    "hu_window": [-1000, 1000],
+                    "roi_size": [64, 64, 4],
+                    "output_classes": ["background", "bone"],
+                    "segmentation_output": None,
+                    "score_output": None,
+                },
+            }
+        ),
+        source="bone-threshold.json",
+    )
+
+
+def _real_ct_protocol(test_set: str) -> str:
+    data = yaml.safe_load((harness.PROTOCOL_DIR / "lesion-segmentation-v1.yaml").read_text())
+    data.update(
+        id="real-ct-nifti",
+        title="Bone on real CT against NIfTI and NRRD reference masks",
+        intended_use="Pipeline test of file-based reference masks on real CT; not clinical.",
+        test_set={"name": test_set},
+        endpoints=[
+            {
+                "id": "dice-mean",
+                "metric": "dice_mean",
+                "primary": True,
+                "ci": {"method": "bootstrap", "level": 0.95, "n_boot": 500, "seed": 0},
+                "criterion": {"statistic": "value", "operator": ">=", "threshold": 0.7},
+            }
+        ],
+        strata=[{"factor": "manufacturer", "min_n": 1, "assess": False}],
+        discrepancy_rules=[],
+        limitations=["Real CT slices replicated into series with threshold masks."],
+    )
+    data["reference_standard"] = {
+        "description": "Two readers' masks (NIfTI, RAS; NRRD, LPS); voxels both marked.",
+        "segmentation": {
+            "source": "nifti",
+            "readers": ["reader1", "reader2"],
+            "rule": "intersection",
+        },
+        "readers": [
+            {"id": r, "role": "segmentation reader", "qualification": "threshold fixture"}
+            for r in ("reader1", "reader2")
+        ],
+    }
+    data.pop("subgroup_acceptance", None)
+    data["adjudication"]["required_before_approval"] = False
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_real_ct_segmentation_with_nifti_and_nrrd_reference_masks(tmp_path: Path) -> None:
+    """Real CT (CT_small-based series), reader1's masks as NIfTI in RAS, reader2's as NRRD
+    in LPS, both listed in masks.csv; per-case Dice checked against the HU thresholds."""
+    import nrrd
+    from test_multiclass import _ct_case
+
+    root = tmp_path / "set"
+    (root / "reference" / "masks").mkdir(parents=True)
+    rows, labels = ["series_instance_uid,reader,path"], ["case_id,series_instance_uid"]
+    expected = {}
+    for i in range(4):
+        case_id = f"ct{i}"
+        paths = _ct_case(root, case_id, shift=7 * i, manufacturer=("GE", "Siemens")[i % 2])
+        volume = load_series(paths)
+        hu = volume.array.astype(np.float64)
+        masks = {reader: hu >= level for reader, level in READER_HU.items()}
+        xyz = masks["reader1"].astype(np.uint8).transpose(2, 1, 0)
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+        nifti = f"reference/masks/{case_id}-reader1.nii.gz"
+        nib.save(nib.Nifti1Image(xyz, lps_to_ras @ volume.affine), str(root / nifti))
+        nrrd_path = f"reference/masks/{case_id}-reader2.nrrd"
+        nrrd.write(
+            str(root / nrrd_path),
+            masks["reader2"].astype(np.uint8).transpose(2, 1, 0),
+            {
+                "space": "left-posterior-superior",
+                "space directions": volume.affine[:3, :3].T,
+                "space origin": volume.affine[:3, 3],
+            },
+            index_order="F",
+        )
+        rows += [f"{volume.series_instance_uid},reader1,{nifti}"]
+        rows += [f"{volume.series_instance_uid},reader2,{nrrd_path}"]
+        labels.append(f"{case_id},{volume.series_instance_uid}")
+        # both readers' masks count: a mask read misaligned changes the intersection
+        reference = masks["reader1"] & masks["reader2"]
+        model = hu >= MODEL_HU
+        assert 0 < reference.sum() < model.sum()
+        expected[case_id] = 2 * (model & reference).sum() / (model.sum() + reference.sum())
+    (root / "reference" / "masks.csv").write_text("\n".join(rows) + "\n")
+    (root / "reference" / "labels.csv").write_text("\n".join(labels) + "\n")
     workdir = tmp_path / "wb"
     workdir.mkdir()
     wb = harness.open_wb(workdir)
     try:
         harness.make_accounts(wb)
         qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
-        data = yaml.safe_load((harness.PROTOCOL_DIR / "lesion-segmentation-v1.yaml").read_text())
-        data.update(id="nifti-seg", test_set={"name": "nifti-set"}, discrepancy_rules=[])
-        data["reference_standard"]["segmentation"]["source"] = "nifti"
-        data["adjudication"]["required_before_approval"] = False
-        data.pop("subgroup_acceptance", None)
-        for factor in data.get("strata", []):
-            factor["min_n"] = 1
         text = tmp_path / "seg.yaml"
-        text.write_text(yaml.safe_dump(data, sort_keys=False))
+        text.write_text(_real_ct_protocol("nifti-set"))
         ref = _import_check_lock(wb, qa1, root, "nifti-set", text)
         protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
-        model_path = save_scripted(ThresholdNet(), tmp_path / "seg.ts")
-        model = models.register_model(wb, qa1, model_path, tiny_spec())
+        scripted = tmp_path / "bone.ts"
+        torch.jit.script(_BoneNet()).save(str(scripted))
+        spacing = float(pydicom.dcmread(get_testdata_file("CT_small.dcm")).PixelSpacing[0])
+        model = models.register_model(wb, qa1, scripted, _bone_spec(spacing))
+        report = preflight.check_protocol(
+            wb, qa1, protocol=ref, test_set="nifti-set", model=model.ref
+        )
+        assert report.ok and report.n_analysable == 4, report.lines()
         summary = runs.validate(
             wb, qa1, protocol=ref, model=model.ref, test_set="nifti-set", device="cpu"
         )
         assert summary.status == "completed" and summary.n_excluded == 0, summary
-        _, frame = runs.run_results(wb, qa1, summary.run_uid)
-        assert frame["reference_voxels"].astype(int).gt(0).all()
+        results, frame = runs.run_results(wb, qa1, summary.run_uid)
+        by_case = frame.set_index("case_id")
+        for case_id, dice in expected.items():
+            assert by_case.loc[case_id, "dice"] == pytest.approx(dice, abs=0.02), case_id
+        endpoint = results.evaluation.endpoint("dice-mean")
+        assert endpoint.estimate is not None
+        mean = float(np.mean(list(expected.values())))
+        assert endpoint.estimate.value == pytest.approx(mean, abs=0.02)
+        assert endpoint.verdict is (Verdict.PASS if mean >= 0.7 else Verdict.FAIL)
+        assert {s.stratum: s.n for s in endpoint.strata} == {"GE": 2, "Siemens": 2}
         _report_and_verify(wb, summary.run_uid)
     finally:
         wb.close()
-    shutil.rmtree(root)
 
 
-def _rtstruct(seg: Path, ct_files: list[Path], reader: str, out: Path) -> None:
-    """An RTSTRUCT of the reader's SEG mask: one closed planar contour per slice (its hull)."""
+def _rtstruct(volume: Volume, outlines: dict[int, np.ndarray], reader: str, out: Path) -> None:
+    """A reader's RTSTRUCT: one closed planar contour per slice, ``outlines[k]`` the
+    ``(column, row)`` vertices drawn on slice ``k``; the reader in Operators' Name."""
     from pydicom.dataset import FileMetaDataset
-    from scipy.spatial import ConvexHull
 
-    volume = load_series(ct_files)
-    mask = read_seg_mask(seg, volume)
     first = volume.headers[0]
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -375,16 +474,8 @@ def _rtstruct(seg: Path, ct_files: list[Path], reader: str, out: Path) -> None:
     roi.ROIGenerationAlgorithm = "MANUAL"
     ds.StructureSetROISequence = Sequence([roi])
     contours = []
-    for z in range(mask.shape[0]):
-        rows, cols = np.nonzero(mask[z])
-        if len(rows) < 3:
-            continue
-        # Pixel corners around the mask, so every masked pixel centre lies inside the hull.
-        corners = np.concatenate(
-            [np.stack([cols + dc, rows + dr], axis=1) for dc in (-0.5, 0.5) for dr in (-0.5, 0.5)]
-        )
-        hull = corners[ConvexHull(corners).vertices]
-        xyz = [volume.voxel_to_patient([z, r, c]) for c, r in hull]
+    for z, outline in sorted(outlines.items()):
+        xyz = [volume.voxel_to_patient([z, r, c]) for c, r in outline]
         contour = Dataset()
         contour.ContourGeometricType = "CLOSED_PLANAR"
         contour.NumberOfContourPoints = len(xyz)
@@ -406,44 +497,167 @@ def _rtstruct(seg: Path, ct_files: list[Path], reader: str, out: Path) -> None:
     ds.save_as(out, enforce_file_format=True)
 
 
-def test_ct_segmentation_with_rtstruct_references(tmp_path: Path) -> None:
-    root = tmp_path / "set"
-    harness.synth(root, n_cases=3)
-    for seg in sorted(root.rglob("reader*.dcm")):
-        ds = pydicom.dcmread(seg, stop_before_pixels=True)
-        series_uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
-        ct_files = sorted(
-            p
-            for p in seg.parent.parent.rglob("*.dcm")
-            if "reader" not in p.name
-            and str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) == series_uid
+def _outlines(hu: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
+    """Each reader outlines the largest bone component (HU >= 200) of every slice:
+    reader1 an octagon, reader2 a rectangle, around its extent. Vertices sit off the
+    pixel centres so that no centre lies on an edge."""
+    from scipy import ndimage
+
+    out: dict[str, dict[int, np.ndarray]] = {"reader1": {}, "reader2": {}}
+    for z in range(hu.shape[0]):
+        labels, n = ndimage.label(hu[z] >= MODEL_HU)
+        sizes = ndimage.sum(np.ones_like(labels), labels, range(1, n + 1))
+        rows, cols = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+        r0, r1, c0, c1 = rows.min() - 2.3, rows.max() + 2.3, cols.min() - 2.3, cols.max() + 2.3
+        cr, cc, hr, hc = (r0 + r1) / 2, (c0 + c1) / 2, (r1 - r0) / 2, (c1 - c0) / 2
+        angles = np.deg2rad(np.arange(8) * 45.0 + 22.5)
+        out["reader1"][z] = np.stack([cc + hc * np.cos(angles), cr + hr * np.sin(angles)], 1)
+        out["reader2"][z] = np.array(
+            [[c0 + 1, r0 + 1], [c1 - 1, r0 + 1], [c1 - 1, r1 - 1], [c0 + 1, r1 - 1]]
         )
-        # Named by UID, as tools name them: the reader comes from Operators' Name.
-        _rtstruct(seg, ct_files, seg.stem, seg.parent / f"{generate_uid()}.dcm")
-        seg.unlink()
+    return out
+
+
+def _inside(outlines: dict[int, np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
+    """Pixel centres inside each slice's outline (matplotlib's point-in-polygon test)."""
+    from matplotlib.path import Path as Polygon
+
+    rows, cols = np.mgrid[: shape[1], : shape[2]]
+    centres = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float)
+    mask = np.zeros(shape, dtype=bool)
+    for z, outline in outlines.items():
+        mask[z] = Polygon(outline).contains_points(centres).reshape(shape[1:])
+    return mask
+
+
+def test_real_ct_segmentation_with_rtstruct_references(tmp_path: Path) -> None:
+    """Real CT (CT_small-based series), two readers' RTSTRUCTs named by UID (reader from
+    Operators' Name); per-case Dice checked against masks computed here by matplotlib's
+    point-in-polygon test on the pixel centres."""
+    from test_multiclass import _ct_case
+
+    root = tmp_path / "set"
+    (root / "reference").mkdir(parents=True)
+    labels, expected = ["case_id,series_instance_uid"], {}
+    for i in range(4):
+        case_id = f"ct{i}"
+        paths = _ct_case(root, case_id, shift=7 * i, manufacturer=("GE", "Siemens")[i % 2])
+        volume = load_series(paths)
+        hu = volume.array.astype(np.float64)
+        outlines = _outlines(hu)
+        for reader, drawn in outlines.items():
+            # Named by UID, as planning systems name them.
+            _rtstruct(volume, drawn, reader, paths[0].parent.parent / f"{generate_uid()}.dcm")
+        labels.append(f"{case_id},{volume.series_instance_uid}")
+        reference = _inside(outlines["reader1"], hu.shape) | _inside(outlines["reader2"], hu.shape)
+        model = hu >= MODEL_HU
+        assert 0 < (model & ~reference).sum() and 0 < (reference & ~model).sum()
+        expected[case_id] = 2 * (model & reference).sum() / (model.sum() + reference.sum())
+    (root / "reference" / "labels.csv").write_text("\n".join(labels) + "\n")
+    data = yaml.safe_load(_real_ct_protocol("rt-set"))
+    data["id"] = "real-ct-rtstruct"
+    data["reference_standard"]["segmentation"] = {
+        "source": "rtstruct",
+        "readers": ["reader1", "reader2"],
+        "rule": "majority",  # two readers: their union
+    }
+    data["reference_standard"]["description"] = "Two readers' RTSTRUCT outlines, by majority."
     workdir = tmp_path / "wb"
     workdir.mkdir()
     wb = harness.open_wb(workdir)
     try:
         harness.make_accounts(wb)
         qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
-        data = yaml.safe_load((harness.PROTOCOL_DIR / "lesion-segmentation-v1.yaml").read_text())
-        data.update(id="rtstruct-seg", test_set={"name": "rt-set"}, discrepancy_rules=[])
-        data["reference_standard"]["segmentation"]["source"] = "rtstruct"
-        data["adjudication"]["required_before_approval"] = False
-        data.pop("subgroup_acceptance", None)
         text = tmp_path / "rt.yaml"
         text.write_text(yaml.safe_dump(data, sort_keys=False))
         ref = _import_check_lock(wb, qa1, root, "rt-set", text)
         protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
-        model_path = save_scripted(ThresholdNet(), tmp_path / "seg.ts")
-        model = models.register_model(wb, qa1, model_path, tiny_spec())
+        scripted = tmp_path / "bone.ts"
+        torch.jit.script(_BoneNet()).save(str(scripted))
+        spacing = float(pydicom.dcmread(get_testdata_file("CT_small.dcm")).PixelSpacing[0])
+        model = models.register_model(wb, qa1, scripted, _bone_spec(spacing))
         summary = runs.validate(
             wb, qa1, protocol=ref, model=model.ref, test_set="rt-set", device="cpu"
         )
         assert summary.status == "completed" and summary.n_excluded == 0, summary
-        _, frame = runs.run_results(wb, qa1, summary.run_uid)
-        assert frame["reference_voxels"].astype(int).gt(0).all()
+        results, frame = runs.run_results(wb, qa1, summary.run_uid)
+        by_case = frame.set_index("case_id")
+        for case_id, dice in expected.items():
+            assert by_case.loc[case_id, "dice"] == pytest.approx(dice, abs=0.02), case_id
+        endpoint = results.evaluation.endpoint("dice-mean")
+        assert endpoint.estimate is not None
+        assert endpoint.estimate.value == pytest.approx(np.mean(list(expected.values())), abs=0.02)
         _report_and_verify(wb, summary.run_uid)
+    finally:
+        wb.close()
+
+
+def test_real_ct_label_map_seg_references_two_structures(tmp_path: Path) -> None:
+    """Real CT with each reader's Label Map SEG (SOP Class ...66.7, written by highdicom,
+    named by UID): two structures through check, lock, validate; per-case Dice of each
+    structure checked against Dice computed here from the HU thresholds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+    from test_multiclass import (
+        BONE_HU,
+        MODEL_SOFT_HIGH_HU,
+        SOFT_HU,
+        TwoStructureNet,
+        _ct_case,
+        _dice,
+        _seg_protocol,
+        _seg_spec,
+    )
+    from test_seg_labelmap import _label_map_seg
+
+    from workbench.dicom.index import index_folder
+
+    root = tmp_path / "set"
+    (root / "reference").mkdir(parents=True)
+    rows, expected = ["case_id,series_instance_uid"], {}
+    for i in range(3):
+        case_id = f"ct{i}"
+        paths = _ct_case(root, case_id, shift=7 * i, manufacturer=("GE", "Siemens")[i % 2])
+        _label_map_seg(paths, root / "cases" / case_id / "SEG")
+        volume = load_series(paths)
+        hu = volume.array.astype(np.float64)
+        rows.append(f"{case_id},{volume.series_instance_uid}")
+        expected[case_id] = {
+            "bone": _dice(hu >= BONE_HU, hu >= BONE_HU),
+            "soft": _dice(
+                (hu >= SOFT_HU[0]) & (hu < MODEL_SOFT_HIGH_HU),
+                (hu >= SOFT_HU[0]) & (hu < SOFT_HU[1]),
+            ),
+        }
+    (root / "reference" / "labels.csv").write_text("\n".join(rows) + "\n")
+    kinds = set(index_folder(root, workers=1).files.query("modality == 'SEG'")["kind"])
+    if kinds != {"segmentation"}:
+        pytest.skip(f"the DICOM index files Label Map SEGs as {sorted(kinds)}, not segmentation")
+    workdir = tmp_path / "wb"
+    workdir.mkdir()
+    wb = harness.open_wb(workdir)
+    try:
+        harness.make_accounts(wb)
+        qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
+        text = tmp_path / "protocol.yaml"
+        text.write_text(_seg_protocol("labelmap-set"))
+        ref = _import_check_lock(wb, qa1, root, "labelmap-set", text)
+        protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
+        scripted = tmp_path / "two.ts"
+        torch.jit.script(TwoStructureNet()).save(str(scripted))
+        model = models.register_model(wb, qa1, scripted, _seg_spec())
+        summary = runs.validate(
+            wb, qa1, protocol=ref, model=model.ref, test_set="labelmap-set", device="cpu"
+        )
+        assert summary.status == "completed" and summary.n_excluded == 0, summary
+        results, frame = runs.run_results(wb, qa1, summary.run_uid)
+        by_case = frame.set_index("case_id")
+        for case_id, dice in expected.items():
+            for structure in ("bone", "soft"):
+                assert by_case.loc[case_id, f"{structure}/dice"] == pytest.approx(
+                    dice[structure], abs=0.02
+                ), (case_id, structure)
+        bone = results.evaluation.endpoint("bone-dice")
+        soft = results.evaluation.endpoint("soft-dice")
+        assert (bone.verdict, soft.verdict) == (Verdict.PASS, Verdict.FAIL)
     finally:
         wb.close()

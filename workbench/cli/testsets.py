@@ -208,7 +208,8 @@ def testset_check(
     protocol: Annotated[
         str | None,
         typer.Option(
-            "--protocol", help="Protocol id[@version]: its suite, task and labels key apply."
+            "--protocol",
+            help="Protocol id@version (or id): its suite, task and labels key apply.",
         ),
     ] = None,
     workdir: WorkdirOpt = None,
@@ -224,8 +225,10 @@ def testset_check(
         report = check_quality(wb, actor, name, suite=suite, task=task, ocr=ocr, protocol=protocol)
     if details:
         for f in report.findings:
+            # several series may share a folder: name the series of a series finding
+            series = f" series {f.series_instance_uid}" if f.series_instance_uid else ""
             typer.echo(
-                f"  {f.id} {f.severity:8} {f.check:22} {f.path or '(test set)'}  "
+                f"  {f.id} {f.severity:8} {f.check:22} {f.path or '(test set)'}{series}  "
                 f"{f.attribute or '-'}  expected: {f.expected or '-'}  found: {f.found or '-'}"
                 f"  ({f.message})"
             )
@@ -281,6 +284,14 @@ def testset_waive(
 @_guarded
 def testset_lock(
     name: str,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="Stored id@version (or id), or a protocol YAML file: run its pre-flight "
+            "first and refuse the lock on a blocking problem.",
+        ),
+    ] = None,
     workdir: WorkdirOpt = None,
     db: DbOpt = None,
     user: UserOpt = None,
@@ -289,9 +300,14 @@ def testset_lock(
     """Freeze the manifest under your e-signature (meaning: responsibility)."""
     from workbench.services.testsets import lock_test_set
 
+    source: str | Path | None = protocol
+    if protocol is not None and (protocol.endswith((".yaml", ".yml")) or Path(protocol).is_file()):
+        source = Path(protocol)
     with _workbench(workdir, db) as wb:
         actor, secret = _login(wb, user, password)
-        info = lock_test_set(wb, actor, name, password=secret)
+        info = lock_test_set(wb, actor, name, password=secret, protocol=source)
+    if info.preflight is not None:
+        typer.echo("\n".join(info.preflight.lines()))
     typer.echo(f"locked '{info.name}', manifest digest {info.manifest_digest}")
 
 

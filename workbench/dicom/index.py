@@ -45,6 +45,7 @@ __all__ = [
 Progress = Callable[[int, int, str], None]
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 _DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 
 _TAGS = [
@@ -412,7 +413,7 @@ KINDS = {
 
 
 def _kind(sop_class: str | None, ds: Dataset) -> str:
-    if sop_class == SEG_STORAGE:
+    if sop_class in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE):
         return "segmentation"
     if sop_class == _DIRECTORY_STORAGE or 0x00041220 in ds._dict:  # DirectoryRecordSequence
         return "directory"

@@ -29,7 +29,9 @@ def reference_structures(path: str | Path, source: str) -> tuple[str | int, ...]
     Returns
     -------
     tuple
-        SEG: the Segment Labels; RTSTRUCT: the ROI names; NIfTI/NRRD: the label
+        SEG (Segmentation Storage or Label Map Segmentation Storage): the Segment
+        Labels, a label map's background segment 0 left out; RTSTRUCT: the ROI names;
+        NIfTI/NRRD: the label
         values other than 0 that occur in the map (an absent value is a missing
         structure, since a label map cannot say "drawn, but empty").
 

@@ -7,6 +7,18 @@ the mask belongs to ``volume.sop_instance_uids[k]``. Writing uses highdicom
 a segmentation with ``algorithm_name`` is AUTOMATIC and carries the Algorithm
 Identification Sequence, otherwise MANUAL. Reading picks one segment by number
 or by Segment Label, or takes the union of all.
+
+Both SOP classes are read (:data:`SEG_SOP_CLASSES`):
+
+- Segmentation Storage (``1.2.840.10008.5.1.4.1.1.66.4``), SegmentationType
+  BINARY or FRACTIONAL, one frame per segment and source slice. A FRACTIONAL
+  segment holds a voxel wherever its stored value is above 0, whatever the
+  Maximum Fractional Value (probability or occupancy alike).
+- Label Map Segmentation Storage (``1.2.840.10008.5.1.4.1.1.66.7``, SegmentationType
+  LABELMAP), one frame per source slice whose pixel values are Segment Numbers:
+  segment ``k`` is the voxels of value ``k``. Value 0 is background; a segment 0
+  in the Segment Sequence (highdicom writes one, labelled "Background") is not a
+  structure and is never read as one.
 """
 
 from __future__ import annotations
@@ -28,6 +40,9 @@ from workbench.dicom.volume import Volume, sort_slices
 from workbench.errors import DicomReadError, SegmentationError
 
 __all__ = [
+    "LABEL_MAP_SEG_STORAGE",
+    "SEG_SOP_CLASSES",
+    "SEG_STORAGE",
     "SegIdentity",
     "build_seg_dataset",
     "identify_seg",
@@ -36,7 +51,37 @@ __all__ = [
     "write_seg",
 ]
 
-_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Segmentation Storage (PS3.4 B.5): BINARY or FRACTIONAL segments.
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Label Map Segmentation Storage (PS3.4 B.5): one LABELMAP frame per source slice.
+LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+#: The SOP classes read as a SEG, with their names.
+SEG_SOP_CLASSES: dict[str, str] = {
+    SEG_STORAGE: "Segmentation Storage",
+    LABEL_MAP_SEG_STORAGE: "Label Map Segmentation Storage",
+}
+
+
+def _expected_classes() -> str:
+    return " or ".join(f"{name} ({uid})" for uid, name in SEG_SOP_CLASSES.items())
+
+
+def _is_label_map(seg: Dataset) -> bool:
+    return (
+        str(seg.get("SOPClassUID", "")) == LABEL_MAP_SEG_STORAGE
+        or str(seg.get("SegmentationType", "")) == "LABELMAP"
+    )
+
+
+def _described_segments(seg: Dataset) -> dict[int, str]:
+    """Segment Number -> Segment Label, without the background segment 0 of a label map."""
+    found = {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", ""))
+        for item in seg.get("SegmentSequence", [])
+    }
+    if _is_label_map(seg):
+        found.pop(0, None)
+    return dict(sorted(found.items()))
 
 
 def _referenced_series(seg: Dataset) -> set[str]:
@@ -58,7 +103,8 @@ def read_seg_mask(
     Parameters
     ----------
     seg_path : str or Path
-        A Segmentation Storage file that references ``volume``'s series.
+        A Segmentation Storage or Label Map Segmentation Storage file that
+        references ``volume``'s series.
     volume : Volume
         The source CT series, as returned by :func:`~workbench.dicom.volume.load_series`.
     segment_number : int, optional
@@ -83,10 +129,9 @@ def read_seg_mask(
         seg = hd.seg.segread(path)
     except Exception as exc:  # highdicom/pydicom raise several types for bad input
         raise SegmentationError(f"Cannot read {path} as DICOM SEG: {exc}") from exc
-    if seg.SOPClassUID != _SEG_SOP_CLASS:
+    if str(seg.SOPClassUID) not in SEG_SOP_CLASSES:
         raise SegmentationError(
-            f"{path}: expected SOP Class Segmentation Storage ({_SEG_SOP_CLASS}), "
-            f"found {seg.SOPClassUID}."
+            f"{path}: expected SOP Class {_expected_classes()}, found {seg.SOPClassUID}."
         )
     refs = _referenced_series(seg)
     if refs and volume.series_instance_uid not in refs:
@@ -108,6 +153,7 @@ def read_seg_mask(
         pixels = seg.get_pixels_by_source_instance(
             list(volume.sop_instance_uids),
             segment_numbers=numbers,
+            rescale_fractional=False,  # stored FRACTIONAL values: a voxel is in where > 0
             dtype=np.uint8,
         )
         mask = np.asarray(pixels).any(axis=-1)
@@ -129,10 +175,7 @@ def segment_number_of(seg: Dataset, segment_label: str, where: str | Path = "SEG
     SegmentationError
         No segment or several segments carry the label (the message lists the labels found).
     """
-    found = {
-        int(item.SegmentNumber): str(item.get("SegmentLabel", ""))
-        for item in seg.get("SegmentSequence", [])
-    }
+    found = _described_segments(seg)
     numbers = [n for n, label in found.items() if label == segment_label]
     if len(numbers) != 1:
         raise SegmentationError(
@@ -140,6 +183,16 @@ def segment_number_of(seg: Dataset, segment_label: str, where: str | Path = "SEG
             f"{len(numbers)} among segments {found}."
         )
     return numbers[0]
+
+
+def _functional_group(seg: Dataset, frame: Dataset, keyword: str, path: Path) -> Dataset:
+    """A functional group macro of one frame: per-frame, else shared (PS3.3 C.7.6.16)."""
+    for holder in (frame, *seg.get("SharedFunctionalGroupsSequence", [])):
+        if keyword in holder and len(holder[keyword].value):
+            return holder[keyword].value[0]
+    raise SegmentationError(
+        f"{path}: expected {keyword} in the per-frame or shared functional groups; found neither."
+    )
 
 
 def _mask_by_position(
@@ -155,11 +208,16 @@ def _mask_by_position(
     if frames.ndim == 2:
         frames = frames[np.newaxis]
     inverse = np.linalg.inv(volume.direction * np.asarray(volume.spacing[::-1]))
+    label_map = _is_label_map(seg)
+    wanted = numbers if numbers is not None else list(_described_segments(seg))
     for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        if numbers is not None and number not in numbers:
-            continue
-        ipp = np.asarray([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
+        if not label_map:
+            identification = _functional_group(seg, group, "SegmentIdentificationSequence", path)
+            number = int(identification.ReferencedSegmentNumber)
+            if numbers is not None and number not in numbers:
+                continue
+        position = _functional_group(seg, group, "PlanePositionSequence", path)
+        ipp = np.asarray([float(v) for v in position.ImagePositionPatient])
         xyz = inverse @ (ipp - volume.origin)
         if np.any(np.abs(xyz[:2]) > 0.01) or abs(xyz[2] - round(xyz[2])) > 0.01:
             raise SegmentationError(
@@ -168,7 +226,8 @@ def _mask_by_position(
         k = int(round(xyz[2]))
         if not 0 <= k < volume.shape[0]:
             raise SegmentationError(f"{path}: frame {i + 1} lies outside the volume.")
-        mask[k] |= frames[i] > 0
+        # a label-map frame holds Segment Numbers; a BINARY/FRACTIONAL frame one segment
+        mask[k] |= np.isin(frames[i], wanted) if label_map else frames[i] > 0
     return mask
 
 
@@ -432,7 +491,8 @@ class SegIdentity:
         Referenced Instances), sorted.
     frame_of_reference_uid : str or None
     segment_labels : dict of int to str
-        Segment Number -> Segment Label (Segment Sequence, PS3.3 C.8.20.2).
+        Segment Number -> Segment Label (Segment Sequence, PS3.3 C.8.20.2); a label
+        map's background segment 0 is left out.
     algorithm_types : dict of int to str
         Segment Number -> Segment Algorithm Type (``MANUAL``, ``SEMIAUTOMATIC``,
         ``AUTOMATIC``).
@@ -443,6 +503,8 @@ class SegIdentity:
         Algorithm Names of automatic segments (Segmentation Algorithm
         Identification Sequence), sorted.
     content_label : str or None
+    segmentation_type : str
+        ``BINARY``, ``FRACTIONAL`` or ``LABELMAP`` (PS3.3 C.8.20.2).
     """
 
     sop_instance_uid: str
@@ -454,6 +516,7 @@ class SegIdentity:
     reader: str | None
     algorithm_names: tuple[str, ...]
     content_label: str | None
+    segmentation_type: str = "BINARY"
 
     @property
     def referenced_series_uid(self) -> str:
@@ -490,7 +553,8 @@ def identify_seg(seg: Dataset | str | Path) -> SegIdentity:
     Raises
     ------
     SegmentationError
-        Not readable, or not Segmentation Storage (expected and found SOP Class).
+        Not readable, or neither Segmentation Storage nor Label Map Segmentation
+        Storage (expected and found SOP Class).
 
     Examples
     --------
@@ -506,17 +570,18 @@ def identify_seg(seg: Dataset | str | Path) -> SegIdentity:
         except Exception as exc:  # pydicom raises several types for bad files
             raise SegmentationError(f"Cannot read {seg} as DICOM: {exc}") from exc
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != _SEG_SOP_CLASS:
+    if sop_class not in SEG_SOP_CLASSES:
         raise SegmentationError(
-            f"Expected SOP Class Segmentation Storage ({_SEG_SOP_CLASS}). "
+            f"Expected SOP Class {_expected_classes()}. "
             f"Found {sop_class or 'none'} (Modality {ds.get('Modality', 'none')})."
         )
-    labels: dict[int, str] = {}
+    labels = _described_segments(ds)
     types: dict[int, str] = {}
     algorithms: set[str] = set()
     for item in ds.get("SegmentSequence", []):
         number = int(item.SegmentNumber)
-        labels[number] = str(item.get("SegmentLabel", ""))
+        if number not in labels:
+            continue  # a label map's background
         types[number] = str(item.get("SegmentAlgorithmType", ""))
         for algorithm in item.get("SegmentationAlgorithmIdentificationSequence", []):
             if "AlgorithmName" in algorithm:
@@ -529,9 +594,10 @@ def identify_seg(seg: Dataset | str | Path) -> SegIdentity:
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
         referenced_series_uids=tuple(sorted(_referenced_series(ds))),
         frame_of_reference_uid=str(ds.FrameOfReferenceUID) if "FrameOfReferenceUID" in ds else None,
-        segment_labels=dict(sorted(labels.items())),
+        segment_labels=labels,
         algorithm_types=dict(sorted(types.items())),
         reader=str(creator) if creator else None,
         algorithm_names=tuple(sorted(algorithms)),
         content_label=str(ds.ContentLabel) if "ContentLabel" in ds else None,
+        segmentation_type=str(ds.get("SegmentationType", "")) or "BINARY",
     )

@@ -34,7 +34,7 @@ from workbench.records.models import RegisteredModel, TestSet
 from workbench.services import models as model_service
 from workbench.services import protocols as protocol_service
 from workbench.services.context import Actor, Workbench, current_user, get_one
-from workbench.services.testsets import LABELS_PATH, load_index
+from workbench.services.testset_index import LABELS_PATH, load_index
 
 __all__ = ["PreflightProblem", "PreflightReport", "check_protocol", "preflight_cases"]
 
@@ -68,6 +68,8 @@ class PreflightReport:
     exclusions : tuple of (str, int)
         Exclusion reasons with their counts, most frequent first.
     problems : tuple of PreflightProblem
+    protocol_sha256 : str
+        SHA-256 of the protocol text checked.
     """
 
     protocol: str
@@ -77,11 +79,25 @@ class PreflightReport:
     n_analysable: int
     exclusions: tuple[tuple[str, int], ...] = ()
     problems: tuple[PreflightProblem, ...] = field(default_factory=tuple)
+    protocol_sha256: str = ""
 
     @property
     def ok(self) -> bool:
         """No blocking problem."""
         return not any(p.blocking for p in self.problems)
+
+    def audit_record(self) -> dict[str, object]:
+        """The outcome as plain JSON data for an audit entry (e.g. with a lock)."""
+        return {
+            "protocol": self.protocol,
+            "protocol_sha256": self.protocol_sha256,
+            "model": self.model,
+            "ok": self.ok,
+            "n_cases": self.n_cases,
+            "n_analysable": self.n_analysable,
+            "exclusions": dict(self.exclusions),
+            "problems": [p.line() for p in self.problems],
+        }
 
     def lines(self) -> list[str]:
         """A summary for the terminal."""
@@ -166,8 +182,15 @@ def preflight_cases(
             )
         )
     frame = pd.DataFrame([dict(c.attributes) for c in analysable])
+    # Sources come from every case and the labels file: with every case excluded the
+    # empty frame would make header attributes such as manufacturer look missing.
+    sources = set(frame.columns).union(*(c.attributes for c in cases))
+    if labels is not None:
+        sources |= set(labels.columns)
     for factor in protocol.strata:
-        if factor.source_column not in frame.columns:
+        if factor.unit.value == "lesion":
+            continue  # a reference-lesion attribute, checked when the lesions are read
+        if factor.source_column not in sources:
             problems.append(
                 PreflightProblem(
                     "stratum source",
@@ -177,6 +200,8 @@ def preflight_cases(
                 )
             )
             continue
+        if factor.source_column not in frame.columns:
+            continue  # nothing analysable to count; the "cases" problem says why
         counts = stratum_labels(frame, factor).value_counts()
         small = {str(k): int(v) for k, v in counts.items() if v < factor.min_n}
         if small and factor.assess:
@@ -193,7 +218,8 @@ def preflight_cases(
     problems += _class_problems(protocol, labels)
     problems += _structure_problems(protocol, analysable)
     if spec is not None:
-        problems += _model_problems(protocol, spec, analysable)
+        # with nothing analysable, still say whether the model fits these images
+        problems += _model_problems(protocol, spec, analysable or cases)
     return problems
 
 
@@ -262,7 +288,10 @@ def _model_problems(
 ) -> list[PreflightProblem]:
     problems = []
     task = protocol.task.value
-    if spec.task is not ModelTask.BOTH and spec.task.value != task:
+    # a segmentation model feeds a detection protocol through its candidates rule
+    fits = spec.task is ModelTask.BOTH or spec.task.value == task
+    fits = fits or (task == "detection" and spec.task is ModelTask.SEGMENTATION)
+    if not fits:
         problems.append(
             PreflightProblem(
                 "model task", f"model {spec.name}@{spec.version}", f"task {task}", spec.task.value
@@ -411,4 +440,5 @@ def check_protocol(
         n_analysable=sum(c.exclusion is None for c in cases),
         exclusions=tuple(sorted(exclusions.items(), key=lambda kv: (-kv[1], kv[0]))),
         problems=tuple(problems),
+        protocol_sha256=proto.sha256,
     )

@@ -4,24 +4,24 @@ A test set moves ``draft -> locked``. Import indexes a folder and stores one row
 per file with its SHA-256; the quality gate runs the data-quality suite and
 stores its findings; locking freezes the manifest (every file's SHA-256 and the
 manifest digest) under the e-signature of a ``qa`` user and is refused while
-critical findings stand. A locked test set never changes: re-importing or
-re-checking it is refused, and ``verify`` re-hashes every file against the
-frozen manifest.
+critical findings stand or, given a protocol, while its pre-flight finds a blocking
+problem. A locked test set never changes: re-importing or re-checking it is
+refused, and ``verify`` re-hashes every file against the frozen manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from workbench.dicom.index import FILE_COLUMNS, DicomIndex, index_folder
+from workbench.dicom.index import DicomIndex, index_folder
 from workbench.dicom.manifest import (
     Manifest,
     ManifestDiff,
@@ -54,6 +54,10 @@ from workbench.records.models import (
     utcnow,
 )
 from workbench.services.context import Actor, Progress, Workbench, current_user, get_one
+from workbench.services.testset_index import LABELS_PATH, load_index
+
+if TYPE_CHECKING:
+    from workbench.services.preflight import PreflightReport
 
 __all__ = [
     "TestSetInfo",
@@ -67,6 +71,7 @@ __all__ = [
     "LABELS_PATH",
     "Waiver",
     "finding_id",
+    "current_waivers",
     "list_waivers",
     "quality_gate",
     "waive_finding",
@@ -78,7 +83,6 @@ WAIVER_RECORD = "quality_waiver"
 MIN_JUSTIFICATION = 20
 
 #: Where a test set keeps its per-case reference labels, relative to its root.
-LABELS_PATH = "reference/labels.csv"
 
 #: Index columns stored in their own database columns; every other index column goes
 #: into ``TestSetFile.header`` so that the index can be rebuilt exactly.
@@ -115,6 +119,8 @@ class TestSetInfo:
     locked_by, locked_at : str or None
     unreadable : tuple of (str, str)
         ``(path, reason)`` of every unreadable or non-DICOM file, by path.
+    preflight : PreflightReport or None
+        The pre-flight run by :func:`lock_test_set` when given a protocol.
     """
 
     __test__ = False
@@ -130,6 +136,7 @@ class TestSetInfo:
     locked_by: str | None = None
     locked_at: str | None = None
     unreadable: tuple[tuple[str, str], ...] = ()
+    preflight: PreflightReport | None = None
 
 
 def _info(session: Session, test_set: TestSet) -> TestSetInfo:
@@ -333,47 +340,6 @@ def import_test_set(
         return _info(session, test_set)
 
 
-def load_index(session: Session, test_set: TestSet) -> DicomIndex:
-    """Rebuild the :class:`DicomIndex` of a stored test set from its file rows."""
-    files = session.scalars(
-        select(TestSetFile).where(TestSetFile.test_set_id == test_set.id).order_by(TestSetFile.path)
-    ).all()
-    dicom_rows, unreadable_rows, other_rows = [], [], []
-    for f in files:
-        base = {"path": f.path, "size": f.size, "sha256": f.sha256}
-        if f.kind == FileKind.DICOM.value:
-            dicom_rows.append(
-                {
-                    **base,
-                    "sop_instance_uid": f.sop_instance_uid,
-                    "sop_class_uid": f.sop_class_uid,
-                    "series_instance_uid": f.series_instance_uid,
-                    "study_instance_uid": f.study_instance_uid,
-                    "modality": f.modality,
-                    "manufacturer": f.manufacturer,
-                    "manufacturer_model_name": f.manufacturer_model_name,
-                    "patient_sex": f.patient_sex,
-                    "patient_age": f.patient_age,
-                    **(f.header or {}),
-                }
-            )
-        elif f.kind == FileKind.UNREADABLE.value:
-            unreadable_rows.append({**base, "reason": f.reason})
-        else:
-            other_rows.append(base)
-    files_frame = pd.DataFrame(dicom_rows, columns=list(FILE_COLUMNS))
-    for column, dtype in FILE_COLUMNS.items():
-        if dtype != "str":
-            files_frame[column] = files_frame[column].astype(dtype)
-    return DicomIndex(
-        root=Path(test_set.root_path),
-        files=files_frame,
-        unreadable=pd.DataFrame(unreadable_rows, columns=["path", "size", "sha256", "reason"]),
-        other_files=pd.DataFrame(other_rows, columns=["path", "size", "sha256"]),
-        skipped=pd.DataFrame(columns=["path", "reason"]),
-    )
-
-
 def _labels(root: Path) -> pd.DataFrame | None:
     path = root / LABELS_PATH
     return pd.read_csv(path, dtype={"case_id": str}) if path.is_file() else None
@@ -510,13 +476,18 @@ def lock_test_set(
     name: str,
     *,
     password: str,
+    protocol: str | Path | None = None,
     progress: Progress = None,
 ) -> TestSetInfo:
     """Freeze a test set's manifest under the e-signature of a ``qa`` user.
 
     The files are re-hashed first: what is locked is what is on disk now and
     matches what was imported. The latest data-quality report must exist and
-    have no critical findings.
+    have no critical findings. With ``protocol``, the pre-flight that ``validate``
+    runs (:func:`workbench.services.preflight.check_protocol`) runs first: a
+    blocking problem refuses the lock, every problem is listed at once, and the
+    outcome is audited with the lock (``preflight`` in the ``testset.lock`` entry)
+    or with the refusal (``testset.lock_refused``).
 
     Parameters
     ----------
@@ -526,11 +497,15 @@ def lock_test_set(
     name : str
     password : str
         Re-authentication for the e-signature (meaning ``responsibility``).
+    protocol : str or Path, optional
+        A stored protocol ``id@version`` (or ``id``), or a protocol YAML file, to
+        run the pre-flight against; None locks without it.
     progress : callable, optional
 
     Returns
     -------
     TestSetInfo
+        With ``preflight`` set when a protocol was given.
 
     Raises
     ------
@@ -539,7 +514,7 @@ def lock_test_set(
     QualityGateError
         No quality check yet, or critical findings stand.
     WorkflowError
-        Files changed since import.
+        Files changed since import, or the pre-flight found a blocking problem.
     """
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "testset.lock")
@@ -566,6 +541,9 @@ def lock_test_set(
             )
         index = load_index(session, test_set)
         root = Path(test_set.root_path)
+    preflight = None
+    if protocol is not None:
+        preflight = _lock_preflight(wb, actor, name, protocol)
     manifest = build_manifest(root, index)
     diff = verify_manifest(root, manifest, progress=progress)
     if not diff.ok:
@@ -607,9 +585,38 @@ def lock_test_set(
                 "manifest_digest": manifest.digest,
                 "n_entries": len(manifest.entries),
                 "signature_id": signature.id,
+                **({"preflight": preflight.audit_record()} if preflight is not None else {}),
             },
         )
-        return _info(session, test_set)
+        info = _info(session, test_set)
+    return replace(info, preflight=preflight)
+
+
+def _lock_preflight(
+    wb: Workbench, actor: Actor, name: str, protocol: str | Path
+) -> PreflightReport:
+    """The pre-flight of a lock; a blocking problem is audited and refuses the lock."""
+    from workbench.services.preflight import check_protocol  # it imports this module
+
+    report = check_protocol(wb, actor, protocol=protocol, test_set=name)
+    if report.ok:
+        return report
+    with wb.transaction() as session:
+        current_user(session, actor, "testset.lock")
+        audit.append(
+            session,
+            actor=actor.username,
+            action="testset.lock_refused",
+            record_type="test_set",
+            record_id=name,
+            new={"preflight": report.audit_record()},
+        )
+    blocking = [p for p in report.problems if p.blocking]
+    raise WorkflowError(
+        f"Pre-flight of test set '{name}' against protocol {report.protocol} found "
+        f"{len(blocking)} blocking problem(s); the lock is refused:\n"
+        + "\n".join(report.lines()[1:-1])  # exclusions and problems, without the verdict
+    )
 
 
 def frozen_manifest(test_set: TestSet) -> Manifest:
@@ -807,12 +814,21 @@ def quality_gate(session: Session, test_set: TestSet) -> tuple[bool, int]:
     return not unwaived, len(unwaived)
 
 
+def current_waivers(session: Session, test_set: TestSet) -> list[Waiver]:
+    """The waivers that apply to the latest data-quality report, by finding id.
+
+    Read models (:func:`workbench.services.views.latest_quality`) show them beside
+    :func:`quality_gate`, in the caller's transaction.
+    """
+    return sorted(_waivers(session, test_set).values(), key=lambda w: w.finding_id)
+
+
 def list_waivers(wb: Workbench, actor: Actor, name: str) -> list[Waiver]:
     """The waivers that apply to the latest data-quality report of a test set."""
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "testset.import")
         test_set = get_one(session, TestSet, "test set", name=name)
-        return sorted(_waivers(session, test_set).values(), key=lambda w: w.finding_id)
+        return current_waivers(session, test_set)
 
 
 def waive_finding(
