@@ -165,18 +165,42 @@ def test_test_set_names_are_checked_at_import(bad: str, wb_copy: harness.Pipelin
 # --------------------------------------------------------------------------- blinding
 
 
-def _open_discrepancy(pipe: harness.Pipeline) -> None:
-    [(run_id,)] = _rows(pipe, "select id from runs where run_uid = ?", pipe.run_uid)
-    [(case_id,)] = _rows(pipe, "select case_id from case_results where run_id = ? limit 1", run_id)
-    _sql(
-        pipe,
-        (
-            "insert into discrepancies (run_id, case_id, rule, details, blinding, status, "
-            "created_at) values (?, ?, 'score_disagrees', '{}', ?, 'open', "
-            "'2026-12-01 00:00:00.000000')",
-            (run_id, case_id, json.dumps({"model": "A", "reference": "B"})),
-        ),
-    )
+def _open_discrepancy(pipe: harness.Pipeline, case_index: int = 0) -> int:
+    """A discrepancy on one case of the run, stored and audited as a run stores it."""
+    from sqlalchemy import select
+
+    from workbench.records.models import CaseResult, Discrepancy, Run
+
+    wb = harness.open_wb(pipe.workdir)
+    try:
+        with wb.transaction() as session:
+            run = session.scalars(select(Run).where(Run.run_uid == pipe.run_uid)).one()
+            cases = session.scalars(
+                select(CaseResult.case_id)
+                .where(CaseResult.run_id == run.id)
+                .order_by(CaseResult.case_id)
+            ).all()
+            record = Discrepancy(
+                run_id=run.id,
+                case_id=cases[case_index],
+                rule="score_disagrees",
+                details={},
+                blinding={"model": "A", "reference": "B"},
+                status="open",
+            )
+            session.add(record)
+            session.flush()
+            audit.append(
+                session,
+                actor="qa1",
+                action="discrepancy.create",
+                record_type="discrepancy",
+                record_id=record.id,
+                new={"run": pipe.run_uid, "case_id": record.case_id, "rule": record.rule},
+            )
+            return int(record.id)
+    finally:
+        wb.close()
 
 
 def _scores_and_verdicts(entries: list[dict[str, Any]], run_uid: str) -> tuple[list[Any], Any]:
@@ -193,10 +217,29 @@ def _scores_and_verdicts(entries: list[dict[str, Any]], run_uid: str) -> tuple[l
     return scores, verdict
 
 
+def _stored_outcome(pipe: harness.Pipeline) -> list[str]:
+    """What the trail stores about the run's outcome: verdict reason and results hashes."""
+    [(reason, run_sha)] = _rows(
+        pipe,
+        "select json_extract(new_value, '$.verdict_reason'), "
+        "json_extract(new_value, '$.results_sha256') from audit_log "
+        "where action = 'run.complete' and record_id = ?",
+        pipe.run_uid,
+    )
+    [(report_sha,)] = _rows(
+        pipe,
+        "select json_extract(new_value, '$.results_sha256') from audit_log "
+        "where action = 'report.build' and record_id = ?",
+        pipe.report_uid,
+    )
+    assert run_sha and report_sha
+    return [v for v in (reason, run_sha, report_sha) if v]
+
+
 def test_blinded_reviewer_sees_no_verdict_or_scores_in_the_audit_trail(
     wb_copy: harness.Pipeline, tmp_path: Path
 ) -> None:
-    _open_discrepancy(wb_copy)
+    discrepancy = _open_discrepancy(wb_copy)
     wb = harness.open_wb(wb_copy.workdir)
     try:
         reviewer, auditor = harness.login(wb, "rev1"), harness.login(wb, "aud")
@@ -208,6 +251,18 @@ def test_blinded_reviewer_sees_no_verdict_or_scores_in_the_audit_trail(
         for_run = audit_trail.export_entries(wb, reviewer, record_id=wb_copy.run_uid)
         verdicts = [e["new_value"]["verdict"] for e in for_run if e["action"] == "run.complete"]
         assert verdicts == [audit.REDACTED]
+        # Nothing else tells the outcome: the verdict's reason (empty for a pass, the failed
+        # endpoint otherwise) and the results hashes are hidden wherever they are recorded.
+        [complete] = [e for e in for_run if e["action"] == "run.complete"]
+        assert complete["new_value"]["verdict_reason"] == audit.REDACTED
+        assert {"verdict", "verdict_reason", "results_sha256"} <= set(complete["redacted"])
+        for_report = audit_trail.export_entries(wb, reviewer, record_id=wb_copy.report_uid)
+        [built] = [e for e in for_report if e["action"] == "report.build"]
+        assert built["new_value"]["results_sha256"] == audit.REDACTED
+        assert built["new_value"]["attachments"] == audit.REDACTED
+        stored = _stored_outcome(wb_copy)
+        shown = json.dumps(audit_trail.export_entries(wb, reviewer), ensure_ascii=False)
+        assert [value for value in stored if value in shown] == []
         # Auditors (not adjudicating) see the stored values, and their export holds them.
         scores, verdict = _scores_and_verdicts(
             audit_trail.export_entries(wb, auditor), wb_copy.run_uid
@@ -220,15 +275,31 @@ def test_blinded_reviewer_sees_no_verdict_or_scores_in_the_audit_trail(
             audit_trail.write_export(wb, reviewer, tmp_path / "r.json", fmt="json")
     finally:
         wb.close()
-    _sql(wb_copy, "update discrepancies set status = 'adjudicated'")
+    from workbench.services import adjudication
+
+    _sql(wb_copy, "update discrepancies set status = 'adjudicated'")  # behind the services
     wb = harness.open_wb(wb_copy.workdir)
     try:
         scores, verdict = _scores_and_verdicts(
             audit_trail.export_entries(wb, harness.login(wb, "rev1")), wb_copy.run_uid
         )
+        assert set(scores) == {audit.REDACTED} and verdict == audit.REDACTED  # still blinded
+        _sql(wb_copy, "update discrepancies set status = 'open'")
+        adjudication.adjudicate(
+            wb,
+            harness.login(wb, "rev1"),
+            discrepancy,
+            decision="both_acceptable",
+            comment="both calls are defensible",
+            password=harness.ACCOUNTS["rev1"][2],
+        )
+        after = audit_trail.export_entries(wb, harness.login(wb, "rev1"))
     finally:
         wb.close()
+    scores, verdict = _scores_and_verdicts(after, wb_copy.run_uid)
+    shown_after = json.dumps(after, ensure_ascii=False)
     assert audit.REDACTED not in scores and verdict != audit.REDACTED  # shown again
+    assert all(value in shown_after for value in _stored_outcome(wb_copy))
 
 
 # --------------------------------------------------------------------------- anchors
@@ -273,8 +344,22 @@ def test_swapped_model_file_with_rewritten_file_list_is_detected(
     try:
         with pytest.raises(errors.ModelIntegrityError):
             models.verify_model(wb, wb_copy.model_ref)
+        with pytest.raises(errors.ModelIntegrityError, match="tiny-cls@1.0"):
+            models.registered_files(wb, wb_copy.model_ref)
+        with pytest.raises(errors.ModelIntegrityError):  # the run is refused, before inference
+            runs.validate(
+                wb,
+                harness.login(wb, "qa1"),
+                protocol=wb_copy.protocol_ref,
+                model=wb_copy.model_ref,
+                test_set=harness.TEST_SET,
+                device="cpu",
+            )
     finally:
         wb.close()
+    assert _rows(wb_copy, "select count(*) from runs")[0][0] == 1  # no run on the swapped model
+    refused = [e for e in _entries(wb_copy) if e["action"] == "run.refused"]
+    assert refused and "model changed" in refused[-1]["new_value"]
     _audit_verify_fails(wb_copy, "model tiny-cls@1.0")
 
 
@@ -362,6 +447,111 @@ def test_resealed_changed_report_with_updated_hash_column_is_invalid(
     assert not check.valid
     assert "audited hashes" in _failed(check)
     _audit_verify_fails(wb_copy, "sealed_sha256 column")
+
+
+def test_raised_role_and_re_enabled_account_are_named_by_audit_verify(
+    wb_copy: harness.Pipeline,
+) -> None:
+    from workbench.services import accounts
+
+    wb = harness.open_wb(wb_copy.workdir)
+    try:
+        accounts.disable_user(wb, harness.login(wb, "admin"), "aud", reason="left the company")
+    finally:
+        wb.close()
+    _audit_verify(wb_copy)  # changes made through the services are anchored
+    _sql(
+        wb_copy,
+        "update users set role = 'admin' where username = 'rev1'",
+        "update users set disabled = 0 where username = 'aud'",
+    )
+    wb = harness.open_wb(wb_copy.workdir)
+    try:  # the raised role grants no sign-in, and the refusal is audited
+        for user in ("rev1", "aud"):
+            with pytest.raises(errors.IntegrityError, match=f"Account '{user}' differs"):
+                harness.login(wb, user)
+        with pytest.raises(errors.IntegrityError, match="role is 'admin'"):
+            accounts.open_session(wb, "rev1", harness.ACCOUNTS["rev1"][2])
+    finally:
+        wb.close()
+    refused = [e for e in _entries(wb_copy) if e["action"] == "security.login_refused"]
+    assert [json.loads(e["new_value"])["fields"] for e in refused] == [
+        ["role"],
+        ["disabled"],
+        ["role"],
+    ]
+    message = _audit_verify_fails(wb_copy, "user rev1")
+    assert "role is 'admin', but the audited value" in message and "'reviewer'" in message
+    assert "user aud" in message and "disabled is False" in message
+    [(aud,)] = _rows(wb_copy, "select id from users where username = 'aud'")
+    _sql(
+        wb_copy,
+        ("delete from password_history where user_id = ?", (aud,)),
+        ("delete from user_sessions where user_id = ?", (aud,)),
+        ("delete from users where id = ?", (aud,)),
+    )
+    _audit_verify_fails(wb_copy, rf"user aud \(id {aud}\): row is none")
+
+
+def test_case_result_changed_or_deleted_is_named_by_audit_verify(
+    wb_copy: harness.Pipeline,
+) -> None:
+    [(case_id, score)] = _rows(
+        wb_copy, "select case_id, score from case_results order by case_id limit 1"
+    )
+    _sql(
+        wb_copy,
+        ("update case_results set score = ? where case_id = ?", (1.0 - score, case_id)),
+        ("update case_results set mask_sha256 = ? where case_id <> ?", ("0" * 64, case_id)),
+    )
+    message = _audit_verify_fails(wb_copy, f"case_result {wb_copy.run_uid}/{case_id}: score")
+    assert "mask_sha256" in message
+    _sql(wb_copy, ("delete from case_results where case_id = ?", (case_id,)))
+    message = _audit_verify_fails(wb_copy, f"case_result {wb_copy.run_uid}/{case_id}: row")
+
+
+def test_discrepancy_status_and_decision_changed_are_named_by_audit_verify(
+    wb_copy: harness.Pipeline,
+) -> None:
+    from sqlalchemy import select
+
+    from workbench.records import anchors
+    from workbench.records.models import Run
+    from workbench.services import adjudication
+
+    decided, still_open = _open_discrepancy(wb_copy, 0), _open_discrepancy(wb_copy, 1)
+    wb = harness.open_wb(wb_copy.workdir)
+    try:
+        status = adjudication.adjudicate(
+            wb,
+            harness.login(wb, "rev1"),
+            decided,
+            decision="a_correct",
+            comment="A follows the lesion margin",
+            password=harness.ACCOUNTS["rev1"][2],
+        )
+    finally:
+        wb.close()
+    assert status == "adjudicated"
+    _audit_verify(wb_copy)  # decided through the service: nothing differs
+    _sql(
+        wb_copy,
+        ("update discrepancies set status = 'adjudicated' where id = ?", (still_open,)),
+        ("update adjudications set decision = 'b_correct' where discrepancy_id = ?", (decided,)),
+    )
+    message = _audit_verify_fails(wb_copy, f"discrepancy {still_open} ")
+    assert "status is 'adjudicated', but the audited value" in message and "'open'" in message
+    assert f"adjudication {decided} " in message and "decision is 'b_correct'" in message
+    wb = harness.open_wb(wb_copy.workdir)
+    try:  # for the gates: the row says adjudicated, the reviewers' audited decisions do not
+        with wb.transaction(readonly=True) as session:
+            run = session.scalars(select(Run).where(Run.run_uid == wb_copy.run_uid)).one()
+            unresolved = [d.id for d in anchors.unresolved_discrepancies(session, run)]
+    finally:
+        wb.close()
+    assert unresolved == [still_open]
+    _sql(wb_copy, ("delete from discrepancies where id = ?", (still_open,)))
+    _audit_verify_fails(wb_copy, f"discrepancy {still_open} .*: row is none")
 
 
 # --------------------------------------------------------------------------- signatures
@@ -483,6 +673,75 @@ def _rechain(pipe: harness.Pipeline, rows: list[dict[str, Any]]) -> None:
         *((insert, tuple(r[c] for c in columns)) for r in rewritten),
         *saved,
     )
+
+
+def _insert_chained(pipe: harness.Pipeline, **fields: Any) -> int:
+    """INSERT one correctly chained entry after the head (no trigger stands in the way)."""
+    from datetime import UTC, datetime
+
+    from workbench.records.models import AuditEntry
+
+    last = _entries(pipe)[-1]
+    entry = AuditEntry(
+        seq=last["seq"] + 1,
+        ts=datetime.fromisoformat(last["ts"]).replace(tzinfo=UTC),
+        old_value=None,
+        reason=None,
+        prev_hash=last["entry_hash"],
+        **fields,
+    )
+    digest = audit.entry_hash(entry)
+    _sql(
+        pipe,
+        (
+            "insert into audit_log (seq, ts, actor, action, record_type, record_id, old_value, "
+            "new_value, reason, prev_hash, entry_hash) values (?, ?, ?, ?, ?, ?, null, ?, null, "
+            "?, ?)",
+            (
+                entry.seq,
+                last["ts"],
+                entry.actor,
+                entry.action,
+                entry.record_type,
+                entry.record_id,
+                json.dumps(entry.new_value),
+                entry.prev_hash,
+                digest,
+            ),
+        ),
+    )
+    return int(entry.seq)
+
+
+def test_forged_entry_inserted_after_the_newest_checkpoint_is_detected(
+    wb_copy: harness.Pipeline,
+) -> None:
+    [(user_id,)] = _rows(wb_copy, "select id from users where username = 'rev1'")
+    [(state,)] = _rows(
+        wb_copy,
+        "select new_value from audit_log where action = 'user.create' and record_id = ?",
+        str(user_id),
+    )
+    _sql(wb_copy, "update users set role = 'admin' where username = 'rev1'")
+    _audit_verify_fails(wb_copy, "user rev1")
+    # The forger also appends a correctly chained entry that "records" the new role ...
+    seq = _insert_chained(
+        wb_copy,
+        actor="admin",
+        action="user.reset_password",
+        record_type="user",
+        record_id=str(user_id),
+        new_value={**json.loads(state), "role": "admin"},
+    )
+    wb = harness.open_wb(wb_copy.workdir)
+    try:
+        with wb.transaction(readonly=True) as session:
+            assert audit.verify_chain(session).count == seq  # the hash chain alone is fooled
+    finally:
+        wb.close()
+    # ... but the workbench signs a checkpoint straight after every such step.
+    message = _audit_verify_fails(wb_copy, f"Audit entry {seq} .user.reset_password on user")
+    assert "not covered by a signed checkpoint" in message
 
 
 def test_signed_checkpoints_are_made_and_audited_automatically(wb_copy: harness.Pipeline) -> None:

@@ -11,19 +11,38 @@ with the value in that entry (the *anchor*), never with the column alone.
 The anchor of a record is the **first** audit entry of its creating action
 (a record is registered, locked, created, completed, sealed or signed once), so
 an entry appended later by someone who can write to the database does not
-replace it.
+replace it. Accounts and discrepancies change state through the services (an
+account is disabled, a discrepancy decided), so their anchor is the newest
+audited value of each field; the workbench signs a checkpoint straight after
+each of those steps, and ``audit verify`` refuses such an entry that no
+checkpoint covers (:data:`workbench.records.audit.ANCHORING_ACTIONS`).
 
-============================  ======================  ===============================
-record                        anchoring action        anchored fields
-============================  ======================  ===============================
-model ``name@version``        ``model.register``      ``digest``, ``files``
-test set ``name``             ``testset.lock``        ``manifest_digest``
-protocol ``id@version``       ``protocol.create``     ``sha256``
-run ``RUN-...``               ``run.complete``        ``verdict``, ``results_sha256``
-report ``VR-...``             ``report.build``,       ``results_sha256``;
-                              ``report.seal``         ``sealed_sha256``
-signature (any record)        ``signature.sign``      every field of the signature
-============================  ======================  ===============================
+==============================  ==========================  ===========================
+record                          anchoring action            anchored fields
+==============================  ==========================  ===========================
+model ``name@version``          ``model.register``          ``digest``, ``files``
+test set ``name``               ``testset.lock``            ``manifest_digest``
+protocol ``id@version``         ``protocol.create``         ``sha256``
+run ``RUN-...``                 ``run.complete``            ``verdict``, ``results_sha256``
+report ``VR-...``               ``report.build``,           ``results_sha256``;
+                                ``report.seal``             ``sealed_sha256``
+signature (any record)          ``signature.sign``          every field of the signature
+user (by id)                    ``user.create``,            ``username``, ``full_name``,
+                                ``user.disable``,           ``role``, ``disabled``
+                                ``user.reset_password``     (newest value of each)
+case result ``RUN-.../case``    ``case.record``             ``status``, ``score``,
+                                                            ``mask_sha256``, mark,
+                                                            lesion and match hashes
+discrepancy (by id)             ``discrepancy.create``      ``run``, ``case_id``, ``rule``
+discrepancy, adjudication       ``discrepancy.adjudicate``  ``status`` (newest); each
+                                                            read's reviewer, decision,
+                                                            comment and kind
+==============================  ==========================  ===========================
+
+Not anchored: a discrepancy's A/B assignment (``blinding``; recording it in the
+trail, even hashed, would unblind reviewers who read the trail), sign-in
+counters and lockouts (security events), and the detail columns of case results
+(``metrics``, ``strata``) other than the hashes listed.
 
 :func:`check_all_records` walks every record against its anchor and
 :func:`check_append_only_guards` checks that the database still refuses
@@ -41,15 +60,20 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from workbench.errors import IntegrityError
+from workbench.errors import IntegrityError, ModelIntegrityError
+from workbench.records.audit import audited_discrepancy_status
 from workbench.records.models import (
+    Adjudication,
     AuditEntry,
+    CaseResult,
+    Discrepancy,
     ProtocolVersion,
     RegisteredModel,
     Report,
     Run,
     Signature,
     TestSet,
+    User,
 )
 
 __all__ = [
@@ -58,6 +82,7 @@ __all__ = [
     "anchor_of",
     "require_equal",
     "model_anchor",
+    "anchored_model_files",
     "manifest_anchor",
     "protocol_anchor",
     "run_anchor",
@@ -69,6 +94,16 @@ __all__ = [
     "check_report",
     "check_signature",
     "check_signature_set",
+    "USER_FIELDS",
+    "USER_ANCHOR_ACTIONS",
+    "CASE_FIELDS",
+    "user_anchors",
+    "check_user",
+    "check_users",
+    "check_case_results",
+    "audited_discrepancy_status",
+    "unresolved_discrepancies",
+    "check_discrepancies",
     "check_all_records",
     "check_append_only_guards",
 ]
@@ -180,6 +215,39 @@ def model_anchor(session: Session, ref: str) -> tuple[dict[str, str], str]:
     files, _ = _anchored_value(session, "model", ref, "model.register", "files")
     digest, _ = _anchored_value(session, "model", ref, "model.register", "digest")
     return {str(k): str(v) for k, v in dict(files).items()}, str(digest)
+
+
+def anchored_model_files(session: Session, model: RegisteredModel) -> dict[str, str]:
+    """The file hashes audited when ``model`` was registered, for re-hashing its files.
+
+    A run hashes the model's files against these, never against the
+    ``models.files`` column: the column and the files can be rewritten together.
+
+    Parameters
+    ----------
+    session : Session
+    model : RegisteredModel
+
+    Returns
+    -------
+    dict of str to str
+        ``{relative path: sha256}`` from the ``model.register`` entry.
+
+    Raises
+    ------
+    ModelIntegrityError
+        The model has no registration entry, or its ``files`` or ``digest``
+        column differs from the audited value (the message names the model).
+    """
+    differs = check_model(session, model)
+    if differs:
+        raise ModelIntegrityError(
+            f"Model {model.name}@{model.version} differs from its registration: "
+            + "; ".join(m.describe() for m in differs)
+            + ". The models table was changed outside the workbench; the model is refused."
+        )
+    files, _digest = model_anchor(session, f"{model.name}@{model.version}")
+    return files
 
 
 def manifest_anchor(session: Session, name: str) -> str:
@@ -577,8 +645,283 @@ def check_signature_set(
     return out
 
 
+#: User fields the entries of :data:`USER_ANCHOR_ACTIONS` record as the account's state.
+USER_FIELDS = ("username", "full_name", "role", "disabled")
+
+#: Entries that set an account's anchored state. Each is one of the audit's
+#: anchoring actions, so a signed checkpoint follows it; a step that changes a
+#: role must be added here and there.
+USER_ANCHOR_ACTIONS = ("user.create", "user.disable", "user.reset_password")
+
+#: Per-case values a ``case.record`` entry holds (detection hashes only for detection runs).
+CASE_FIELDS = ("status", "score", "mask_sha256")
+_CASE_FILE_HASHES = ("marks_sha256", "lesions_sha256", "matches_sha256")
+
+
+def _new_value(entry: AuditEntry) -> dict[str, Any]:
+    return entry.new_value if isinstance(entry.new_value, dict) else {}
+
+
+def user_anchors(
+    session: Session, user_id: int | None = None
+) -> dict[str, dict[str, tuple[Any, int]]]:
+    """The audited state of accounts: ``{user id: {field: (value, seq)}}``.
+
+    Each field of :data:`USER_FIELDS` takes its value from the newest entry of
+    :data:`USER_ANCHOR_ACTIONS` that records it (creation, disabling, password
+    reset); ``seq`` is that entry's sequence number.
+
+    Parameters
+    ----------
+    session : Session
+    user_id : int, optional
+        Only this account (default: every account).
+    """
+    query = select(AuditEntry).where(
+        AuditEntry.record_type == "user", AuditEntry.action.in_(USER_ANCHOR_ACTIONS)
+    )
+    if user_id is not None:
+        query = query.where(AuditEntry.record_id == str(user_id))
+    out: dict[str, dict[str, tuple[Any, int]]] = {}
+    for entry in session.scalars(query.order_by(AuditEntry.seq)):
+        value = _new_value(entry)
+        fields = out.setdefault(str(entry.record_id), {})
+        fields.update({key: (value[key], entry.seq) for key in USER_FIELDS if key in value})
+    return {key: fields for key, fields in out.items() if fields}
+
+
+def check_user(
+    session: Session,
+    user: User,
+    anchored: Mapping[str, Mapping[str, tuple[Any, int]]] | None = None,
+) -> list[AnchorMismatch]:
+    """Compare one account's name, role and disabled flag with their audited values.
+
+    Parameters
+    ----------
+    session : Session
+    user : User
+    anchored : Mapping, optional
+        :func:`user_anchors` of every account, when checking many.
+    """
+    where = f"{user.username} (id {user.id})"
+    found_anchors = user_anchors(session, user.id) if anchored is None else anchored
+    fields = found_anchors.get(str(user.id))
+    if not fields:
+        return [AnchorMismatch("user", where, "creation", "a 'user.create' entry", "none")]
+    return [
+        AnchorMismatch("user", where, key, _short(value), _short(getattr(user, key)), seq)
+        for key, (value, seq) in fields.items()
+        if getattr(user, key) != value
+    ]
+
+
+def check_users(session: Session) -> list[AnchorMismatch]:
+    """Compare every account's name, role and disabled flag with their audited values.
+
+    A role raised, an account re-enabled or deleted directly in the ``users``
+    table is named here; sign-in counters and lockouts are security events, not
+    anchored.
+    """
+    anchored = user_anchors(session)
+    out: list[AnchorMismatch] = []
+    present: set[str] = set()
+    for user in session.scalars(select(User).order_by(User.id)):
+        present.add(str(user.id))
+        out += check_user(session, user, anchored)
+    for user_id, fields in anchored.items():
+        if user_id not in present:  # accounts are disabled, never deleted
+            name, seq = fields.get("username", ("?", None))
+            out.append(
+                AnchorMismatch("user", f"{name} (id {user_id})", "row", "an account", "none", seq)
+            )
+    return out
+
+
+def check_case_results(session: Session) -> list[AnchorMismatch]:
+    """Compare every case result (status, score, mask and detection hashes) with its entry.
+
+    The anchor of a case is its ``case.record`` entry, written when the case
+    was stored; a row deleted since is named too (while its run exists).
+    """
+    from workbench.records.audit import bounded_text
+
+    recorded: dict[str, AuditEntry] = {}
+    for entry in session.scalars(
+        select(AuditEntry).where(AuditEntry.action == "case.record").order_by(AuditEntry.seq)
+    ):
+        recorded.setdefault(str(entry.record_id), entry)
+    out: list[AnchorMismatch] = []
+    seen: set[str] = set()
+    rows = session.execute(
+        select(
+            Run.run_uid,
+            CaseResult.case_id,
+            CaseResult.status,
+            CaseResult.score,
+            CaseResult.mask_sha256,
+            CaseResult.metrics,
+        )
+        .join(Run, CaseResult.run_id == Run.id)
+        .order_by(CaseResult.id)
+    )
+    for run_uid, case_id, status, score, mask_sha256, metrics in rows:
+        ref = bounded_text(f"{run_uid}/{case_id}")
+        seen.add(ref)
+        case_entry = recorded.get(ref)
+        if case_entry is None:
+            out.append(
+                AnchorMismatch("case_result", ref, "recording", "a 'case.record' entry", "none")
+            )
+            continue
+        value = _new_value(case_entry)
+        found = {"status": status, "score": score, "mask_sha256": mask_sha256}
+        found.update({key: (metrics or {}).get(key) for key in _CASE_FILE_HASHES})
+        for key, now in found.items():
+            if key in value and value[key] != now:
+                out.append(
+                    AnchorMismatch(
+                        "case_result", ref, key, _short(value[key]), _short(now), case_entry.seq
+                    )
+                )
+    runs = set(session.scalars(select(Run.run_uid)))
+    for ref, entry in recorded.items():
+        if ref not in seen and ref.split("/", 1)[0] in runs:
+            what = f"a {_new_value(entry).get('status')} case result"
+            out.append(AnchorMismatch("case_result", ref, "row", what, "none", entry.seq))
+    return out
+
+
+def unresolved_discrepancies(session: Session, run: Run) -> list[Discrepancy]:
+    """A run's discrepancies not adjudicated, by their row **or** their audited decision.
+
+    For gates (blinding, approval): a status set to ``adjudicated`` in the
+    database without the reviewers' audited decisions leaves the discrepancy
+    unresolved.
+    """
+    rows = list(run.discrepancies)
+    audited = audited_discrepancy_status(session, [d.id for d in rows])
+    return [d for d in rows if d.status != "adjudicated" or audited.get(str(d.id)) != "adjudicated"]
+
+
+def check_discrepancies(session: Session) -> list[AnchorMismatch]:
+    """Compare every discrepancy and adjudication with the entries that created and decided it.
+
+    The run, case and rule come from ``discrepancy.create``; the status from
+    the newest ``discrepancy.adjudicate`` entry (``open`` before any); each
+    adjudication row (reviewer, decision, comment, kind) from the
+    ``discrepancy.adjudicate`` entry of its e-signature. A discrepancy marked
+    adjudicated in the database (which would lift the blinding and the
+    approval gate), a decision rewritten, or a discrepancy or read deleted is
+    named here.
+    """
+    created: dict[str, AuditEntry] = {}
+    decided: dict[str, list[AuditEntry]] = {}
+    for entry in session.scalars(
+        select(AuditEntry)
+        .where(
+            AuditEntry.record_type == "discrepancy",
+            AuditEntry.action.in_(("discrepancy.create", "discrepancy.adjudicate")),
+        )
+        .order_by(AuditEntry.seq)
+    ):
+        if entry.action == "discrepancy.create":
+            created.setdefault(str(entry.record_id), entry)
+        else:
+            decided.setdefault(str(entry.record_id), []).append(entry)
+    reads: dict[int, list[Adjudication]] = {}
+    for read_row in session.scalars(select(Adjudication).order_by(Adjudication.id)):
+        reads.setdefault(read_row.discrepancy_id, []).append(read_row)
+    out: list[AnchorMismatch] = []
+    rows = session.execute(
+        select(Discrepancy, Run.run_uid)
+        .join(Run, Discrepancy.run_id == Run.id)
+        .order_by(Discrepancy.id)
+    )
+    seen: set[str] = set()
+    for d, run_uid in rows:
+        where = f"{d.id} ({run_uid}/{d.case_id})"
+        seen.add(str(d.id))
+        made_entry = created.get(str(d.id))
+        if made_entry is None:
+            out.append(
+                AnchorMismatch(
+                    "discrepancy", where, "creation", "a 'discrepancy.create' entry", "none"
+                )
+            )
+            continue
+        made = _new_value(made_entry)
+        for key, now in (("run", run_uid), ("case_id", d.case_id), ("rule", d.rule)):
+            if key in made and made[key] != now:
+                out.append(
+                    AnchorMismatch(
+                        "discrepancy", where, key, _short(made[key]), _short(now), made_entry.seq
+                    )
+                )
+        decisions = decided.get(str(d.id), [])
+        last = decisions[-1] if decisions else made_entry
+        status = _new_value(last).get("status") or "open"
+        if d.status != status:
+            out.append(
+                AnchorMismatch(
+                    "discrepancy", where, "status", repr(status), repr(d.status), last.seq
+                )
+            )
+        by_signature = {_new_value(e).get("signature_id"): e for e in decisions}
+        for row in reads.get(d.id, []):
+            read = f"{where} read {row.id} by {row.reviewer}"
+            audited = by_signature.pop(row.signature_id, None)
+            if audited is None:
+                out.append(
+                    AnchorMismatch(
+                        "adjudication", read, "decision", "a 'discrepancy.adjudicate' entry", "none"
+                    )
+                )
+                continue
+            value = {**_new_value(audited), "reviewer": audited.actor}
+            for key in ("reviewer", "decision", "comment", "kind"):
+                now = getattr(row, key)
+                if key in value and value[key] != now:
+                    out.append(
+                        AnchorMismatch(
+                            "adjudication", read, key, _short(value[key]), _short(now), audited.seq
+                        )
+                    )
+        for audited in by_signature.values():
+            decision = _new_value(audited).get("decision")
+            out.append(
+                AnchorMismatch(
+                    "adjudication",
+                    where,
+                    "row",
+                    f"a {decision!r} read by {audited.actor}",
+                    "none",
+                    audited.seq,
+                )
+            )
+    runs = set(session.scalars(select(Run.run_uid)))
+    for d_id, made_entry in created.items():
+        made = _new_value(made_entry)
+        if d_id not in seen and made.get("run") in runs:
+            where = f"{d_id} ({made.get('run')}/{made.get('case_id')})"
+            out.append(
+                AnchorMismatch(
+                    "discrepancy",
+                    where,
+                    "row",
+                    "a discrepancy to adjudicate",
+                    "none",
+                    made_entry.seq,
+                )
+            )
+    return out
+
+
 def check_all_records(session: Session) -> list[AnchorMismatch]:
-    """Walk every anchored record (models, test sets, protocols, runs, reports, signatures).
+    """Walk every anchored record against its audit entry.
+
+    Models, test sets, protocols, runs, reports, signatures, user accounts,
+    case results, discrepancies and adjudications.
 
     Returns
     -------
@@ -598,6 +941,9 @@ def check_all_records(session: Session) -> list[AnchorMismatch]:
         out += check_run(session, run)
     for report in session.scalars(select(Report).order_by(Report.id)):
         out += check_report(session, report)
+    out += check_users(session)
+    out += check_case_results(session)
+    out += check_discrepancies(session)
     present = set()
     for signature in session.scalars(select(Signature).order_by(Signature.id)):
         present.add(signature.id)

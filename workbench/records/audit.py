@@ -136,6 +136,9 @@ CHECKPOINT_ACTION = "audit.checkpoint"
 CHECKPOINT_EVERY = 200
 
 #: Steps after which the chain head is signed automatically (see :func:`needs_checkpoint`).
+#: They include every step whose entry anchors a record's changing state (an
+#: account's role, a discrepancy's status), so that :func:`verify_stored_checkpoints`
+#: can demand a signed checkpoint after each of them.
 ANCHORING_ACTIONS: frozenset[str] = frozenset(
     {
         "testset.lock",
@@ -144,7 +147,11 @@ ANCHORING_ACTIONS: frozenset[str] = frozenset(
         "report.sign",
         "report.seal",
         "signature.sign",
+        "user.create",
+        "user.disable",
         "user.reset_password",
+        "discrepancy.create",
+        "discrepancy.adjudicate",
     }
 )
 
@@ -828,7 +835,12 @@ def verify_stored_checkpoints(
     AuditChainError
         A checkpoint's signature does not verify; the chain no longer holds
         the head a checkpoint signed (inserted, removed or rewritten entries);
-        a checkpoint recorded in the trail is missing from ``audit_checkpoints``.
+        a checkpoint recorded in the trail is missing from ``audit_checkpoints``;
+        an entry of :data:`ANCHORING_ACTIONS` comes after the newest checkpoint
+        (the workbench always signs one straight after such a step, so the
+        entry was inserted outside it). A trail without any checkpoint (written
+        by a release before checkpoints) is only chain-checked; its first
+        anchoring step after an upgrade signs a checkpoint that covers it.
     """
     rows = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)))
     recorded = list(
@@ -839,7 +851,7 @@ def verify_stored_checkpoints(
         )
     )
     if not rows and not recorded:
-        return status
+        return status  # a trail from before checkpoints were signed: nothing to compare with
     if public_key is None:
         raise AuditChainError(
             f"{len(rows)} signed checkpoint(s) are stored, but the checkpoint key "
@@ -867,6 +879,7 @@ def verify_stored_checkpoints(
                 "audit_checkpoints (it was deleted).",
                 sequence=entry.seq,
             )
+    _require_covered(session, covered, status.count)
     return ChainStatus(
         count=status.count,
         head_seq=status.head_seq,
@@ -875,6 +888,35 @@ def verify_stored_checkpoints(
         checkpoints=len(rows),
         covered=covered,
     )
+
+
+def _require_covered(session: Session, covered: int, count: int) -> None:
+    """Refuse an entry of :data:`ANCHORING_ACTIONS` that no stored checkpoint covers.
+
+    The workbench signs a checkpoint in the same transaction as each such
+    entry, so one after the newest checkpoint was added behind its back (a
+    correctly chained ``INSERT``). Only the ``count`` entries already verified
+    are looked at: their checkpoints committed with them, while entries written
+    since may not be visible together with theirs.
+    """
+    entry = session.scalars(
+        select(AuditEntry)
+        .where(
+            AuditEntry.seq > covered,
+            AuditEntry.seq <= count,
+            AuditEntry.action.in_(sorted(ANCHORING_ACTIONS)),
+        )
+        .order_by(AuditEntry.seq)
+        .limit(1)
+    ).first()
+    if entry is not None:
+        raise AuditChainError(
+            f"Audit entry {entry.seq} ({entry.action} on {entry.record_type} "
+            f"{entry.record_id}) is not covered by a signed checkpoint, but the workbench "
+            "signs one straight after every such step: the entry was inserted outside the "
+            "workbench.",
+            sequence=entry.seq,
+        )
 
 
 def verify_checkpoint(
@@ -993,9 +1035,14 @@ REDACTED = "[hidden until adjudication is finished]"
 
 #: Fields that would tell a blinded reviewer which of A and B is the model.
 _BLINDED_FIELDS: dict[str, tuple[str, ...]] = {
-    "run.complete": ("verdict", "results_sha256"),
-    "case.record": ("score", "mask_sha256"),
+    # "verdict_reason" is empty for a pass and names the failed endpoint otherwise.
+    "run.complete": ("verdict", "verdict_reason", "results_sha256"),
+    "case.record": ("score", "mask_sha256", "marks_sha256", "lesions_sha256", "matches_sha256"),
     "discrepancy.adjudicate": ("decision", "comment"),
+    # A report's results hash stands for the run's results (results.json is an
+    # attachment, and its signatures sign that hash).
+    "report.build": ("results_sha256", "attachments"),
+    "signature.sign": ("content_sha256",),
 }
 
 
@@ -1005,13 +1052,17 @@ def redact_for_blinded_reviewer(
     """Hide from a reviewer what would unblind the adjudication still open to them.
 
     While a run has a discrepancy that is not adjudicated, a clinical reviewer
-    sees neither the run's verdict and results hash (``run.complete``) nor any
-    case's score or mask hash (``case.record``) of that run, nor the decision
-    and comment other reviewers gave on a discrepancy still open. The values
-    are shown again once every discrepancy of the run is adjudicated. Redacted
-    entries name the hidden fields under ``"redacted"``; their ``entry_hash``
-    covers the stored values, so check the chain with ``audit verify``, not on
-    a redacted listing.
+    sees neither the run's verdict, the reason for it and its results hash
+    (``run.complete``), nor any case's score, mask or mark hashes
+    (``case.record``) of that run, nor the results hash and attachment hashes
+    of its reports (``report.build``) and the content hash their signatures
+    sign (``signature.sign``), nor the decision and comment other
+    reviewers gave on a discrepancy still open. The values are shown again
+    once every discrepancy of the run is adjudicated, in its row and in its
+    audited decision (:func:`workbench.records.anchors.audited_discrepancy_status`).
+    Redacted entries name the hidden fields under ``"redacted"``; their
+    ``entry_hash`` covers the stored values, so check the chain with ``audit
+    verify``, not on a redacted listing.
 
     Parameters
     ----------
@@ -1026,17 +1077,31 @@ def redact_for_blinded_reviewer(
     list of dict
         New dicts; entries with nothing to hide are returned unchanged.
     """
-    from workbench.records.models import Discrepancy, Run
+    from workbench.records.models import Discrepancy, Report, Run
 
-    open_rows = session.execute(
-        select(Run.run_uid, Discrepancy.id)
-        .join(Discrepancy, Discrepancy.run_id == Run.id)
-        .where(Discrepancy.status != "adjudicated")
-    ).all()
+    # A discrepancy is closed only when its row and its audited decision both say so:
+    # a status set to "adjudicated" in the database lifts no blinding.
+    audited = audited_discrepancy_status(session)
+    open_rows = [
+        (run_uid, d_id)
+        for run_uid, d_id, status in session.execute(
+            select(Run.run_uid, Discrepancy.id, Discrepancy.status).join(
+                Discrepancy, Discrepancy.run_id == Run.id
+            )
+        )
+        if status != "adjudicated" or audited.get(str(d_id)) != "adjudicated"
+    ]
     if not open_rows:
         return entries
     blinded_runs = {run_uid for run_uid, _ in open_rows}
     open_discrepancies = {str(d_id) for _, d_id in open_rows}
+    blinded_reports = set(
+        session.scalars(
+            select(Report.report_uid)
+            .join(Run, Report.run_id == Run.id)
+            .where(Run.run_uid.in_(blinded_runs))
+        )
+    )
     out = []
     for entry in entries:
         action = str(entry.get("action"))
@@ -1046,6 +1111,10 @@ def redact_for_blinded_reviewer(
             hide = record_id in blinded_runs
         elif action == "case.record":
             hide = record_id.split("/", 1)[0] in blinded_runs
+        elif action == "report.build" or (
+            action == "signature.sign" and entry.get("record_type") == "report"
+        ):
+            hide = record_id in blinded_reports
         elif action == "discrepancy.adjudicate":
             hide = record_id in open_discrepancies and entry.get("actor") != username
         value = entry.get("new_value")
@@ -1122,3 +1191,31 @@ def audit_csv_text(entries: Iterable[Mapping[str, Any]]) -> str:
     buffer = io.StringIO()
     write_audit_csv(entries, buffer)
     return buffer.getvalue()
+
+
+def audited_discrepancy_status(
+    session: Session, ids: Iterable[int] | None = None
+) -> dict[str, str]:
+    """``{discrepancy id: status}`` from the newest ``discrepancy.adjudicate`` entry of each.
+
+    A discrepancy that is not in the result has no audited decision: it is open
+    whatever its row says.
+
+    Parameters
+    ----------
+    session : Session
+    ids : iterable of int, optional
+        Only these discrepancies (default: all).
+    """
+    query = select(AuditEntry.record_id, AuditEntry.new_value).where(
+        AuditEntry.record_type == "discrepancy",
+        AuditEntry.action == "discrepancy.adjudicate",
+    )
+    if ids is not None:
+        query = query.where(AuditEntry.record_id.in_([str(i) for i in ids]))
+    out: dict[str, str] = {}
+    for record_id, value in session.execute(query.order_by(AuditEntry.seq)):
+        status = value.get("status") if isinstance(value, dict) else None
+        if status:
+            out[str(record_id)] = str(status)
+    return out

@@ -1,18 +1,24 @@
 """Sign-in, login sessions and account administration.
 
 ``login`` checks the password (failures are counted and lock the account; the
-message never says whether the username exists). ``open_session`` and
-``resume_session`` give the app a bearer token whose inactivity timeout is
-enforced by the records layer. Administration (create, disable, unlock, reset)
-needs the ``user.manage`` permission; administrators cannot sign or alter
-validation records (see the permission matrix).
+message never says whether the username exists), then that the account's name,
+role and disabled flag are those of the audit trail (a role raised in the
+database grants no sign-in). ``open_session`` and ``resume_session`` give the
+app a bearer token whose inactivity timeout is enforced by the records layer.
+Administration (create, disable, unlock, reset) needs the ``user.manage``
+permission; administrators cannot sign or alter validation records (see the
+permission matrix).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from workbench.records import users
+from sqlalchemy.orm import Session
+
+from workbench.errors import IntegrityError
+from workbench.records import anchors, audit, users
+from workbench.records.db import run_durably
 from workbench.records.models import Role
 from workbench.records.permissions import allowed
 from workbench.services.context import Actor, Workbench, current_user, issue_actor
@@ -58,6 +64,35 @@ def _actor(user: users.User) -> Actor:
     return issue_actor(user.username, user.full_name, user.role)
 
 
+def _as_audited(session: Session, user: users.User, context: str) -> users.User:
+    """``user``, refused when its name, role or disabled flag differs from the audit trail.
+
+    A role raised (or an account re-enabled) directly in the database does not
+    grant a sign-in; the refusal is kept as a security event.
+    """
+    differs = anchors.check_user(session, user)
+    if not differs:
+        return user
+    user_id, name = user.id, user.username
+    fields = sorted({d.field for d in differs})
+
+    def refuse(s: Session) -> None:
+        audit.append_security_event(
+            s,
+            actor=name,
+            action="login_refused",
+            record_id=user_id,
+            details={"context": context, "state": "differs from audit trail", "fields": fields},
+        )
+
+    run_durably(session, refuse)
+    raise IntegrityError(
+        f"Account {name!r} differs from its audited record ("
+        + "; ".join(d.describe() for d in differs)
+        + "); sign-in is refused. An administrator should run 'workbench audit verify'."
+    )
+
+
 def login(wb: Workbench, username: str, password: str) -> Actor:
     """Authenticate with username and password.
 
@@ -65,15 +100,26 @@ def login(wb: Workbench, username: str, password: str) -> Actor:
     ------
     AuthenticationError
         Wrong username or password (one message for both), locked or disabled account.
+    IntegrityError
+        The account's name, role or disabled flag was changed outside the
+        workbench (it differs from the audit trail; see
+        :func:`workbench.records.anchors.check_user`).
     """
     with wb.transaction() as session:
-        return _actor(users.authenticate(session, username, password))
+        user = users.authenticate(session, username, password)
+        return _actor(_as_audited(session, user, "login"))
 
 
 def open_session(wb: Workbench, username: str, password: str) -> tuple[Actor, str]:
-    """Authenticate and start a login session; returns the actor and its bearer token."""
+    """Authenticate and start a login session; returns the actor and its bearer token.
+
+    Raises
+    ------
+    AuthenticationError, IntegrityError
+        As :func:`login`.
+    """
     with wb.transaction() as session:
-        user = users.authenticate(session, username, password)
+        user = _as_audited(session, users.authenticate(session, username, password), "session")
         token = users.start_session(session, user)
         return _actor(user), token
 
@@ -85,9 +131,11 @@ def resume_session(wb: Workbench, token: str) -> Actor:
     ------
     SessionExpiredError
         Inactive for longer than the policy's timeout, or ended.
+    IntegrityError
+        The account was changed outside the workbench since (as :func:`login`).
     """
     with wb.transaction() as session:
-        return _actor(users.check_session(session, token))
+        return _actor(_as_audited(session, users.check_session(session, token), "resume"))
 
 
 def close_session(wb: Workbench, token: str) -> None:

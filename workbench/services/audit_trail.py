@@ -44,9 +44,12 @@ def verify_audit_chain(wb: Workbench) -> ChainStatus:
 
     Checks, in order: the hash chain (first bad entry named); every signed
     checkpoint stored in the database (signature by the workbench key, its head
-    still in the chain, none deleted); the database triggers that refuse changes
-    to the append-only tables; every model, test set, protocol, run, report and
-    signature against the audit entry that anchors it (each difference named).
+    still in the chain, none deleted, and none missing after an anchoring step:
+    see :data:`workbench.records.audit.ANCHORING_ACTIONS`); the database
+    triggers that refuse changes to the append-only tables; every model, test
+    set, protocol, run, report, signature, account, case result, discrepancy
+    and adjudication against the audit entries that anchor it (each difference
+    named; :func:`workbench.records.anchors.check_all_records`).
 
     Verification reads only; it needs no account, so that it can run on a copy
     of the database handed to an inspector (with the workdir's ``keys`` folder,

@@ -5,10 +5,12 @@ copies the model file (TorchScript, ONNX) or bundle folder into a staging folder
 inside the workdir's ``models/``, test-loads the staged copy on a dummy input of
 the declared shape (:func:`~workbench.inference.loading.check_model_runs`), and
 only then moves it to ``models/<name>/<version>/``, records the SHA-256 of every
-file and the model's digest, and stores its specification and card. A model that
-does not load or whose outputs do not fit its spec is refused, the refusal is
-audited and nothing is kept. Nothing outside ``models/`` is ever deleted. Before
-every run the files are hashed again and a change is refused
+file and the model's digest (in its row and in the ``model.register`` audit
+entry), and stores its specification and card. A model that does not load or
+whose outputs do not fit its spec is refused, the refusal is audited and nothing
+is kept. Nothing outside ``models/`` is ever deleted. Before every run the files
+are hashed again and compared with the audited hashes
+(:func:`registered_files`); a change is refused
 (:class:`~workbench.errors.ModelIntegrityError`).
 """
 
@@ -34,7 +36,15 @@ from workbench.records import audit
 from workbench.records.models import RegisteredModel
 from workbench.services.context import Actor, Workbench, current_user, get_one
 
-__all__ = ["ModelInfo", "register_model", "list_models", "get_model", "verify_model", "parse_ref"]
+__all__ = [
+    "ModelInfo",
+    "register_model",
+    "list_models",
+    "get_model",
+    "verify_model",
+    "registered_files",
+    "parse_ref",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,22 +319,46 @@ def list_models(wb: Workbench) -> list[ModelInfo]:
         ]
 
 
+def registered_files(wb: Workbench, ref: str) -> dict[str, str]:
+    """The file hashes audited when model ``ref`` was registered, to re-hash its files against.
+
+    Use these, never the ``models.files`` column, before a model is run: an
+    attacker who swaps the files can rewrite that column to match.
+
+    Parameters
+    ----------
+    wb : Workbench
+    ref : str
+        ``name@version`` (or ``name`` for the newest version).
+
+    Returns
+    -------
+    dict of str to str
+        ``{relative path: sha256}`` from the ``model.register`` audit entry.
+
+    Raises
+    ------
+    ModelIntegrityError
+        The model's ``files`` or ``digest`` column differs from the audited
+        registration, or the registration entry is missing (the message names
+        the model).
+    NotFoundError
+        No such model.
+    """
+    from workbench.records import anchors
+
+    with wb.transaction(readonly=True) as session:
+        return anchors.anchored_model_files(session, _lookup(session, ref))
+
+
 def verify_model(wb: Workbench, ref: str) -> ModelInfo:
     """Re-hash a registered model's files against the hashes audited at registration.
 
     Raises ``ModelIntegrityError`` on any change, also when the ``models`` row's
-    file list was rewritten to match changed files (:mod:`workbench.records.anchors`).
+    file list or digest was rewritten to match changed files
+    (:mod:`workbench.records.anchors`).
     """
-    from workbench.errors import ModelIntegrityError
-    from workbench.records import anchors
-
     info = get_model(wb, ref)
-    with wb.transaction(readonly=True) as session:
-        files, _digest = anchors.model_anchor(session, info.ref)
+    files = registered_files(wb, info.ref)
     verify_model_files(info.storage_path, files)
-    if files != info.files:
-        raise ModelIntegrityError(
-            f"Model {info.ref}: the stored file list differs from the one audited at "
-            "registration; the models table was changed outside the workbench."
-        )
     return info
