@@ -131,6 +131,7 @@ def test_report_serialisation(defect_set: CheckedSet) -> None:
         "check",
         "severity",
         "path",
+        "series_instance_uid",
         "attribute",
         "expected",
         "found",

@@ -195,6 +195,7 @@ def test_grouped_summary_and_export(mixed_report: QualityReport, tmp_path: Path)
         "check",
         "severity",
         "path",
+        "series_instance_uid",
         "attribute",
         "expected",
         "found",

@@ -11,8 +11,10 @@ identifiers (names, IDs, dates, institution) it matches. The text itself is
 never written to a finding, a log or an error: it may be the PHI the check is
 looking for.
 
-OCR takes about a second per 1024 x 768 frame, so it runs only when asked
-(``run_quality_checks(..., ocr=True)``, ``workbench testset check --ocr``).
+OCR reads about 2.3 frames of 1024 x 768 a second (about 0.45 s a
+frame; ``benchmarks/bench_quality.py``) and an image gets up to three frames, so it
+runs only when asked (``run_quality_checks(..., ocr=True)``,
+``workbench testset check --ocr``).
 """
 
 from __future__ import annotations

@@ -131,20 +131,24 @@ def suite_definition(name: str) -> Suite:
 
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 HU_MIN, HU_MAX = -2048.0, 4095.0
 
 Progress = Callable[[int, int, str], None]
 
 
 class _IndexLike(Protocol):
-    files: pd.DataFrame
+    @property
+    def files(self) -> pd.DataFrame: ...
 
 
 def _is_seg(files: pd.DataFrame) -> pd.Series:
     if "kind" in files.columns:
         return files["kind"].astype(str) == "segmentation"
     by_class = (
-        files.get("sop_class_uid", pd.Series("", index=files.index)).astype(str) == SEG_STORAGE
+        files.get("sop_class_uid", pd.Series("", index=files.index))
+        .astype(str)
+        .isin([SEG_STORAGE, LABEL_MAP_SEG_STORAGE])
     )
     by_mod = files.get("modality", pd.Series("", index=files.index)).astype(str) == "SEG"
     return by_class | by_mod
@@ -656,12 +660,22 @@ def _unreadable_findings(unreadable: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def _text(value: Any) -> str:
+    """A table cell as text, ``""`` for a missing value."""
+    try:
+        if pd.isna(value):
+            return ""
+    except (TypeError, ValueError):  # array-like values are present
+        pass
+    return str(value)
+
+
 def _modality_findings(images: pd.DataFrame, suite: Suite) -> list[Finding]:
     """One finding per series (and unexpected modality) outside the suite's modalities."""
     out: list[Finding] = []
     expected = ", ".join(sorted(suite.modalities))
     keys = images[["series_instance_uid", "modality"]].astype(object).fillna("")
-    for (_series, modality), group in images.groupby(
+    for (series, modality), group in images.groupby(
         [keys["series_instance_uid"], keys["modality"]], sort=True
     ):
         if not modality or modality in suite.modalities:
@@ -678,6 +692,7 @@ def _modality_findings(images: pd.DataFrame, suite: Suite) -> list[Finding]:
                 f"expected Modality {expected}, found {modality!r}{extra}",
                 expected,
                 str(modality),
+                str(series),
             )
         )
     return out
@@ -857,6 +872,7 @@ def run_quality_checks(
         _category(m, t, f)
         for m, t, f in zip(images["modality"], images["image_type"], frames, strict=True)
     ]
+    images["pixel_spacing"] = gxs.pixel_spacing_pair(images)
     images["any_pixel_spacing"] = images["pixel_spacing_row"].where(
         images["pixel_spacing_row"].notna(), images["imager_pixel_spacing_row"]
     )
@@ -874,11 +890,19 @@ def run_quality_checks(
     series = series_table(volumes) if not volumes.empty else series_table(images.iloc[0:0])
     folder_of: Callable[[Any], str] = lambda uid: str(series.at[uid, "folder"])  # noqa: E731
     if not series.empty:
-        findings += gxs.run_suite(series, gxs.series_suite(), name="series", path_of=folder_of)
+        # several series may share a folder: their findings name the series too
+        findings += gxs.run_suite(
+            series, gxs.series_suite(), name="series", path_of=folder_of, series_of=str
+        )
     if not images.empty:
         cases = case_frame(images, series, segs, _read_labels(base, labels), references)
         case_path: Callable[[Any], str] = lambda i: str(cases.at[i, "path"])  # noqa: E731
-        findings += gxs.run_suite(cases, gxs.case_suite(task), name="cases", path_of=case_path)
+        case_series: Callable[[Any], str] = lambda i: _text(  # noqa: E731
+            cases.at[i, "series_instance_uid"]
+        )
+        findings += gxs.run_suite(
+            cases, gxs.case_suite(task), name="cases", path_of=case_path, series_of=case_series
+        )
     checks += [
         "required_tags",
         "modality",

@@ -24,9 +24,11 @@ __all__ = [
     "CATEGORIES",
     "COLUMN_ATTRIBUTES",
     "ExpectationSpec",
+    "PIXEL_SPACING_RANGE",
     "case_suite",
     "file_suite",
     "image_suite",
+    "pixel_spacing_pair",
     "run_suite",
     "series_suite",
 ]
@@ -89,6 +91,7 @@ COLUMN_ATTRIBUTES: dict[str, str] = {
     "columns": attribute("Columns"),
     "pixel_spacing_row": attribute("PixelSpacing"),
     "pixel_spacing_col": attribute("PixelSpacing"),
+    "pixel_spacing": attribute("PixelSpacing"),
     "any_pixel_spacing": f"{attribute('PixelSpacing')} or {attribute('ImagerPixelSpacing')}",
     "slice_thickness": attribute("SliceThickness"),
     "image_position_z": attribute("ImagePositionPatient"),
@@ -101,6 +104,37 @@ COLUMN_ATTRIBUTES: dict[str, str] = {
     "us_regions": attribute("SequenceOfUltrasoundRegions"),
 }
 """How findings name the DICOM attribute behind each index column."""
+
+PIXEL_SPACING_RANGE = (0.1, 5.0)
+"""Plausible PixelSpacing (0028,0030) of a cross-sectional image in mm, both values."""
+
+
+def pixel_spacing_pair(frame: pd.DataFrame) -> pd.Series:
+    """The ``pixel_spacing`` column that :func:`image_suite` checks, from row and column.
+
+    PixelSpacing (0028,0030) holds the row and the column spacing; the index keeps
+    them in ``pixel_spacing_row`` and ``pixel_spacing_col``. Checking each would
+    report one missing attribute twice. The pair becomes one value: missing when
+    either is, else the row spacing when it lies outside :data:`PIXEL_SPACING_RANGE`,
+    else the column spacing (inside the range only when both are).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Rows of ``DicomIndex.files`` with ``pixel_spacing_row`` and
+        ``pixel_spacing_col``.
+
+    Returns
+    -------
+    Series of float
+        Indexed like ``frame``; NaN where the pair is incomplete.
+    """
+    row = pd.to_numeric(frame["pixel_spacing_row"], errors="coerce").astype(float)
+    col = pd.to_numeric(frame["pixel_spacing_col"], errors="coerce").astype(float)
+    lo, hi = PIXEL_SPACING_RANGE
+    row_outside = (row < lo) | (row > hi)
+    return row.where(row_outside, col).where(row.notna() & col.notna())
+
 
 CATEGORIES = ("cross_sectional", "projection", "ultrasound", "other")
 """Image categories with their own expectations (see :func:`image_suite`)."""
@@ -202,25 +236,26 @@ def image_suite(category: str) -> list[ExpectationSpec]:
         _between("rows", 32, 8192, "geometry_range", major, "Rows {value} outside 32 to 8192")
     )
     if category == "cross_sectional":
+        # PixelSpacing holds two values but is one attribute: its presence and range
+        # are checked once, on the column pixel_spacing_pair derives from both
         for col in (
-            "pixel_spacing_row",
-            "pixel_spacing_col",
+            "pixel_spacing",
             "slice_thickness",
             "image_position_z",
             "image_orientation",
         ):
             specs.append(_not_null(col, crit))
-        for col in ("pixel_spacing_row", "pixel_spacing_col"):
-            specs.append(
-                _between(
-                    col,
-                    0.1,
-                    5.0,
-                    "geometry_range",
-                    major,
-                    "pixel spacing {value} mm outside 0.1 to 5 mm",
-                )
+        lo, hi = PIXEL_SPACING_RANGE
+        specs.append(
+            _between(
+                "pixel_spacing",
+                lo,
+                hi,
+                "geometry_range",
+                major,
+                f"pixel spacing {{value}} mm (row or column) outside {lo:g} to {hi:g} mm",
             )
+        )
         specs.append(
             _between(
                 "slice_thickness",
@@ -485,6 +520,7 @@ def run_suite(
     *,
     name: str,
     path_of: Callable[[Any], str],
+    series_of: Callable[[Any], str] | None = None,
 ) -> list[Finding]:
     """Validate ``frame`` with the expectations and translate failures into findings.
 
@@ -498,6 +534,10 @@ def run_suite(
         Suite name (unique within the process run).
     path_of : callable
         Maps a row's index label to the path the finding names.
+    series_of : callable, optional
+        Maps a row's index label to the Series Instance UID the finding is about,
+        for tables of series or cases (several may share a folder); by default
+        findings name no series.
 
     Returns
     -------
@@ -568,6 +608,7 @@ def run_suite(
                     meta.get("message", "expectation failed").replace("{value}", shown),
                     meta.get("expected", ""),
                     shown,
+                    series_of(rows[int(i)]) if series_of is not None else "",
                 )
             )
     return findings

@@ -8,7 +8,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,7 @@ FINDING_COLUMNS = (
     "check",
     "severity",
     "path",
+    "series_instance_uid",
     "attribute",
     "expected",
     "found",
@@ -46,11 +47,28 @@ def finding_id(data: Mapping[str, Any]) -> str:
     """Stable identifier of a finding: SHA-256 (16 hex digits) of its canonical content.
 
     The same finding found again by a later check has the same identifier; waivers
-    refer to it.
+    refer to it. The content is the check, severity, path, attribute and message,
+    plus the series instance UID of findings about one series (several series may
+    share a folder); findings about a file or the whole set carry none, so that
+    their identifiers are those of earlier releases.
+
+    Parameters
+    ----------
+    data : mapping
+        A finding as :meth:`Finding.to_dict` writes it (stored findings of earlier
+        releases, without ``series_instance_uid``, are accepted).
+
+    Returns
+    -------
+    str
+        16 lower-case hexadecimal digits.
     """
     key = {
         k: str(data.get(k, "") or "") for k in ("check", "severity", "path", "attribute", "message")
     }
+    series = str(data.get("series_instance_uid", "") or "")
+    if series:
+        key["series_instance_uid"] = series
     text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -88,6 +106,11 @@ _ORDER = {s: i for i, s in enumerate(Severity)}
 _ITEM = re.compile(r"\[\d+\]")
 
 
+def _group_attribute(finding: Finding) -> str:
+    """The attribute as groups name it: items of a sequence (``Seq[3].X``) are one."""
+    return _ITEM.sub("[*]", finding.attribute)
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One data-quality problem.
@@ -113,6 +136,10 @@ class Finding:
     found : str
         What it found, short; for identifying attributes a description of the
         value (``"a value that looks like a person name"``), never the value.
+    series_instance_uid : str
+        Series Instance UID of a finding about one series or case (series checks,
+        reference standard, modality); ``""`` otherwise. Several series may share a
+        folder, so it is part of :attr:`id`.
     """
 
     check: str
@@ -122,6 +149,7 @@ class Finding:
     message: str
     expected: str = ""
     found: str = ""
+    series_instance_uid: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", Severity(self.severity))
@@ -136,6 +164,7 @@ class Finding:
                 "path": self.path,
                 "attribute": self.attribute,
                 "message": self.message,
+                "series_instance_uid": self.series_instance_uid,
             }
         )
 
@@ -146,6 +175,7 @@ class Finding:
             "check": self.check,
             "severity": self.severity.value,
             "path": self.path,
+            "series_instance_uid": self.series_instance_uid,
             "attribute": self.attribute,
             "expected": self.expected,
             "found": self.found,
@@ -154,7 +184,7 @@ class Finding:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Finding:
-        """Inverse of :meth:`to_dict` (stored findings without expected/found load too)."""
+        """Inverse of :meth:`to_dict` (stored findings of earlier releases load too)."""
         return Finding(
             str(data.get("check", "")),
             Severity(str(data.get("severity", "info"))),
@@ -163,6 +193,7 @@ class Finding:
             str(data.get("message", "")),
             str(data.get("expected", "") or ""),
             str(data.get("found", "") or ""),
+            str(data.get("series_instance_uid", "") or ""),
         )
 
 
@@ -218,7 +249,16 @@ class QualityReport:
     ) -> QualityReport:
         """Sort findings and count them by severity."""
         ordered = tuple(
-            sorted(findings, key=lambda f: (_ORDER[f.severity], f.check, f.path, f.attribute))
+            sorted(
+                findings,
+                key=lambda f: (
+                    _ORDER[f.severity],
+                    f.check,
+                    f.path,
+                    f.series_instance_uid,
+                    f.attribute,
+                ),
+            )
         )
         counts = Counter(f.severity.value for f in ordered)
         summary = {s.value: counts.get(s.value, 0) for s in Severity}
@@ -240,15 +280,58 @@ class QualityReport:
         """
         groups: dict[tuple[str, Severity, str], list[Finding]] = {}
         for f in self.findings:
-            # items of a sequence are one attribute: Seq[3].X and Seq[7].X group together
-            key = _ITEM.sub("[*]", f.attribute)
-            groups.setdefault((f.check, f.severity, key), []).append(f)
+            groups.setdefault((f.check, f.severity, _group_attribute(f)), []).append(f)
         out = [
             FindingGroup(c, s, a, len(items), len({f.path for f in items}), items[0].message)
             for (c, s, a), items in groups.items()
         ]
         out.sort(key=lambda g: (_ORDER[g.severity], -g.count, g.check, g.attribute))
         return tuple(out)
+
+    def filtered(
+        self,
+        *,
+        severities: Iterable[Severity | str] = (),
+        checks: Iterable[str] = (),
+        attributes: Iterable[str] = (),
+    ) -> QualityReport:
+        """The report restricted to some severities, checks and attributes.
+
+        Parameters
+        ----------
+        severities, checks : iterable of str
+            Keep the findings of these severities and checks; empty keeps all.
+        attributes : iterable of str
+            Keep the findings of these attributes, spelled as :meth:`grouped` spells
+            them (items of a sequence as ``Seq[*].X``); empty keeps all.
+
+        Returns
+        -------
+        QualityReport
+            Same suite, checks run and file count; only the findings kept.
+
+        Raises
+        ------
+        ValueError
+            A severity that is not one of :class:`Severity`.
+        """
+        wanted_severities = set()
+        for s in severities:
+            if s not in set(Severity):
+                choices = ", ".join(v.value for v in Severity)
+                raise ValueError(f"Unknown severity {s!r}; expected one of {choices}.")
+            wanted_severities.add(Severity(s))
+        wanted_checks, wanted_attributes = set(checks), set(attributes)
+        kept = [
+            f
+            for f in self.findings
+            if (not wanted_severities or f.severity in wanted_severities)
+            and (not wanted_checks or f.check in wanted_checks)
+            and (not wanted_attributes or _group_attribute(f) in wanted_attributes)
+        ]
+        return QualityReport.build(
+            kept, checks_run=list(self.checks_run), n_files=self.n_files, suite=self.suite
+        )
 
     @property
     def blocking(self) -> tuple[Finding, ...]:

@@ -264,6 +264,18 @@ class QualitySummary:
     n_critical, n_major, n_minor : int
     report : QualityReport
         The stored findings, typed.
+    gate_open : bool
+        Whether the data-quality gate lets the test set be locked and used
+        (:func:`workbench.services.testsets.quality_gate`): no critical finding, or
+        every critical finding waived with two QA signatures.
+    n_unwaived_critical : int
+        Critical findings that still block.
+    waivers : tuple of Waiver
+        The waivers that apply to this check, complete or awaiting a signature.
+    task : str or None
+        The task whose reference standard the check required (None: SEG and labels).
+    ocr : bool
+        Whether the pixels were searched for burned-in text.
     """
 
     created_at: str | None
@@ -273,6 +285,11 @@ class QualitySummary:
     n_major: int
     n_minor: int
     report: QualityReport
+    gate_open: bool = False
+    n_unwaived_critical: int = 0
+    waivers: tuple[testsets.Waiver, ...] = ()
+    task: str | None = None
+    ocr: bool = False
 
 
 def latest_quality(wb: Workbench, actor: Actor, test_set_name: str) -> QualitySummary | None:
@@ -291,6 +308,8 @@ def latest_quality(wb: Workbench, actor: Actor, test_set_name: str) -> QualitySu
         stored = testsets.latest_quality(session, test_set)
         if stored is None:
             return None
+        payload = dict(stored.findings or {})
+        gate_open, unwaived = testsets.quality_gate(session, test_set)
         return QualitySummary(
             created_at=stored.created_at.isoformat() if stored.created_at else None,
             created_by=stored.created_by,
@@ -298,7 +317,12 @@ def latest_quality(wb: Workbench, actor: Actor, test_set_name: str) -> QualitySu
             n_critical=int(stored.n_critical or 0),
             n_major=int(stored.n_major or 0),
             n_minor=int(stored.n_minor or 0),
-            report=QualityReport.from_dict(dict(stored.findings or {})),
+            report=QualityReport.from_dict(payload),
+            gate_open=gate_open,
+            n_unwaived_critical=unwaived,
+            waivers=tuple(testsets.current_waivers(session, test_set)),
+            task=str(payload["task"]) if payload.get("task") else None,
+            ocr=bool(payload.get("ocr", False)),
         )
 
 
