@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from tests.app._seed import Seeded
+from tests.app._seed import ACCOUNTS, Seeded
+from workbench.app import _mpr
 from workbench.app._nav import page_by_key, pages_for
+from workbench.records.models import AuditEntry
+from workbench.reports import extract_attachments
+from workbench.services import accounts, reports
+from workbench.services.context import Workbench
 
 PAGE = "pages/case_explorer.py"
 
@@ -58,9 +70,8 @@ def test_qa_explores_worst_cases_in_three_planes(
     level = at.selectbox(key="explorer-level").value
     assert set(at.dataframe[0].value["manufacturer"]) == {level}
     # Move the crosshair and change the window: the view re-renders.
-    at.slider(key=next(s.key for s in at.slider if str(s.key).endswith("-axial"))).set_value(1).run(
-        timeout=120
-    )
+    axial = next(str(s.key) for s in at.slider if str(s.key).endswith("-axial"))
+    at.slider(key=axial).set_value(1).run(timeout=120)
     assert not at.exception, at.exception
 
 
@@ -164,3 +175,128 @@ def test_a_radiograph_opens_in_one_view_with_window_zoom_and_pan() -> None:
     at.slider(key="cr-pan-x").set_value(0.2).run()
     assert not at.exception, at.exception
     assert at.get("image") and not at.error
+
+
+def test_worst_case_view_with_its_map_goes_into_the_built_report(
+    app: Callable[..., AppTest], seeded: Seeded, wb: Workbench, tmp_path: Path
+) -> None:
+    """The Done-when flow: worst case -> map -> "Add this view" -> built report with that PNG."""
+    run = seeded.run_uids["lesion-segmentation@2"]
+    at = _open(app, "qa.author", run=run)
+    table = at.dataframe[0].value
+    worst = str(at.selectbox(key="explorer-case").value)
+    assert worst == str(table["case_id"].iloc[0])
+    assert float(table["dice"].iloc[0]) == float(table["dice"].min())  # the worst Dice
+    next(b for b in at.button if str(b.key).endswith("-go")).click().run(timeout=300)
+    assert not at.exception, at.exception
+    assert "Aid to review only" in _text(at)
+    note = "Worst Dice of the run; the probability map covers the missed region"
+    at.text_input(key="select-note").input(note)
+    submit = next(b for b in at.button if b.label.startswith("Add this view to the report"))
+    submit.click().run(timeout=300)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "Added to the report's selected cases." in [s.value for s in at.success]
+
+    # The audit entry records the composed view: path and SHA-256 of the real PNG.
+    with wb.transaction(readonly=True) as session:
+        entry = session.scalars(
+            select(AuditEntry)
+            .where(
+                AuditEntry.action == "explorer.case_select",
+                AuditEntry.record_id == f"{run}/{worst}",
+            )
+            .order_by(AuditEntry.seq.desc())
+        ).first()
+    assert entry is not None and entry.actor == "qa.author"
+    new = dict(entry.new_value or {})
+    assert new["note"] == note
+    png = (seeded.workdir / str(new["png_path"])).read_bytes()
+    sha = hashlib.sha256(png).hexdigest()
+    assert new["png_sha256"] == sha
+    view = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    ramp = (_mpr.heat_colours(np.array([1.0])) + 0.5).astype(np.uint8)[0]
+    assert (view == ramp).all(axis=2).any(), "the heat ramp of the map's legend is drawn"
+    text = _mpr.png_text(png)
+    assert "aid to review" in text["Description"] and "Reference" in text["Description"]
+    assert f"case {worst}" in text["Title"]
+
+    # The report built through the service prints that image in its Selected cases section.
+    qa = accounts.login(wb, "qa.author", ACCOUNTS["qa.author"][2])
+    report = reports.build_report(wb, qa, run)
+    pdf = report.pdf_path or ""
+    pdf_text = subprocess.run(
+        ["pdftotext", "-layout", pdf, "-"], capture_output=True, text=True, check=True
+    ).stdout
+    start = pdf_text.rindex("Selected cases")
+    section = pdf_text[start : pdf_text.index("Appendix A", start)]  # up to the audit appendix
+    assert f"Case {worst}" in section and note.split(";")[0] in section
+    assert sha in "".join(section.split())  # the audited SHA-256 printed beside the image
+    subprocess.run(["pdfimages", "-png", pdf, str(tmp_path / "img")], check=True)
+    embedded = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(tmp_path.glob("img-*"))]
+    assert any(e.shape == view.shape and (e == view).all() for e in embedded), (
+        "the selected PNG's pixels are embedded in the report"
+    )
+    assert sha.encode() in extract_attachments(pdf)["results.json"]
+
+
+def test_adjudication_outcome_is_shown_beside_the_case(
+    app: Callable[..., AppTest], seeded: Seeded, wb: Workbench
+) -> None:
+    """A signed read of the case's discrepancy: decision, adjudicator, time and comment."""
+    from workbench.services import adjudication
+
+    run = seeded.run_uids["lesion-segmentation@2"]
+    second = accounts.login(wb, "dr.second", ACCOUNTS["dr.second"][2])
+    open_items = [i for i in adjudication.queue(wb, second, run) if i.status == "open"]
+    if len(open_items) < 2:  # the first open item belongs to the two-reader page test
+        pytest.skip("the seeded two-reader run has fewer than two open discrepancies")
+    item = open_items[-1]
+    comment = "B stops at the pleura; A leaks into the chest wall."
+    adjudication.adjudicate(
+        wb,
+        second,
+        item.discrepancy_id,
+        decision="b_correct",
+        comment=comment,
+        password=ACCOUNTS["dr.second"][2],
+    )
+    at = _open(app, "inspector", run=run, case=item.case_id)
+    assert at.selectbox(key="explorer-case").value == item.case_id
+    columns = ["decided (UTC)", "adjudicator", "read", "decision", "comment"]
+    (reads,) = [d.value for d in at.dataframe if list(d.value.columns) == columns]
+    (row,) = reads.to_dict("records")
+    assert row["adjudicator"] == "Dr. Sam Rivera (dr.second)"
+    assert row["read"] == "primary" and row["comment"] == comment
+    assert row["decision"] in {"model correct (b_correct)", "reference correct (b_correct)"}
+    assert f"#{item.discrepancy_id}" in _text(at)
+
+
+def test_exported_view_says_the_map_is_an_aid_to_review() -> None:
+    """The heat map's legend line, drawn and in the PNG's metadata, carries the aid note."""
+    from PIL import ImageFont
+
+    layers = [_mpr.Layer("Model output (tiny-seg@1.0)", (255, 140, 0), np.zeros((2, 2), bool))]
+    legend = _mpr.view_legend(
+        layers, heat_label="Model foreground probability", distance_mm=4.0, crosshair=True
+    )
+    labels = [label for label, _mark in legend]
+    assert labels[0] == "Model output (tiny-seg@1.0)" and legend[1][1] == _mpr.HEAT
+    assert labels[1] == (
+        "Model foreground probability: heat map (low to high): dark red to yellow; "
+        "aid to review, not evidence of correctness"
+    )
+    assert labels[2] == "distance: 4.0 mm" and labels[3].startswith("crosshair")
+    png = _mpr.compose_views([("axial", Image.new("RGB", (96, 96)))], legend, "Run R, case c")
+    font = ImageFont.load_default(size=14)
+    needed = 6 + 48 + font.getlength(labels[1])  # gap + ramp swatch + text
+    assert Image.open(io.BytesIO(png)).width >= needed  # the line is not cut off
+    text = _mpr.png_text(png)
+    assert text["Title"] == "Run R, case c"
+    assert text["Description"].splitlines() == labels
+    assert "aid to review" in text["Disclaimer"]
+    plain = _mpr.compose_views(
+        [("axial", Image.new("RGB", (96, 96)))], _mpr.view_legend(layers), "Run R, case c"
+    )
+    assert "Disclaimer" not in _mpr.png_text(plain)
+    assert Image.open(io.BytesIO(plain)).width == 320  # no map: the narrow canvas

@@ -143,7 +143,7 @@ def test_select_case_for_report_is_audited(wb: Workbench, seeded: Seeded) -> Non
     with wb.transaction(readonly=True) as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.seq == chosen.audit_seq)).one()
     assert entry.action == "explorer.case_select" and entry.actor == "qa.author"
-    assert entry.new_value["png_sha256"] == chosen.sha256
+    assert (entry.new_value or {})["png_sha256"] == chosen.sha256
     listed = explorer.selected_cases(wb, _login(wb, "inspector"), run)
     assert [c.case_id for c in listed] == [case_id]
     assert dataclasses.is_dataclass(listed[0]) and listed[0].note == "Lowest Dice"
@@ -221,3 +221,50 @@ def test_selected_view_goes_into_the_report(wb: Workbench, seeded: Seeded) -> No
     assert "Worst Dice of the run" in text
     results = extract_attachments(draft.pdf_path or "")["results.json"]
     assert hashlib.sha256(png.getvalue()).hexdigest().encode() in results
+
+
+def test_case_shows_the_adjudication_outcome_unblinded(wb: Workbench, seeded: Seeded) -> None:
+    """Decision, adjudicator, time and comment of each read reach QA and auditors."""
+    from datetime import UTC, datetime
+
+    from workbench.records.models import Discrepancy
+
+    run = seeded.run_uids["lesion-segmentation"]
+    reviewer = _login(wb, "dr.reviewer")
+    items = adjudication.queue(wb, reviewer, run)
+    if not items:
+        pytest.skip("the seeded run queued no discrepancy")
+    item = items[-1]
+    auditor = _login(wb, "inspector")
+    before = explorer.explorer_case(wb, auditor, run, item.case_id)
+    pending = next(d for d in before.discrepancies if d.discrepancy_id == item.discrepancy_id)
+    assert pending.reads == () and pending.outcome is None and pending.status == "open"
+    started = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    adjudication.adjudicate(
+        wb,
+        reviewer,
+        item.discrepancy_id,
+        decision="a_correct",
+        comment="Output A follows the lesion border on every slice.",
+        password=ACCOUNTS["dr.reviewer"][2],
+    )
+    with wb.transaction(readonly=True) as session:
+        stored = session.get(Discrepancy, item.discrepancy_id)
+        assert stored is not None
+        blinding = dict(stored.blinding or {})
+    expected = "model correct" if blinding.get("model", "A") == "A" else "reference correct"
+    for who in ("inspector", "qa.author"):
+        case = explorer.explorer_case(wb, _login(wb, who), run, item.case_id)
+        link = next(d for d in case.discrepancies if d.discrepancy_id == item.discrepancy_id)
+        assert link.status == "adjudicated" and link.outcome == expected
+        (read,) = link.reads
+        assert (read.reviewer, read.reviewer_name) == ("dr.reviewer", "Dr. Robin Reyes")
+        assert (read.kind, read.decision, read.meaning) == ("primary", "a_correct", expected)
+        assert read.comment == "Output A follows the lesion border on every slice."
+        assert (
+            started
+            <= read.decided_at.replace(tzinfo=None)
+            <= datetime.now(UTC).replace(tzinfo=None)
+        )
+    with pytest.raises(PermissionDeniedError):
+        explorer.explorer_case(wb, reviewer, run, item.case_id)

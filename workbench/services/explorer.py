@@ -14,7 +14,8 @@ Functions
 :func:`query_cases`
     Sorting and filtering of that table (worst first, false negatives, failures, one stratum).
 :func:`explorer_case`
-    One case: image paths, overlays, metrics, a header summary, discrepancy links.
+    One case: image paths, overlays, metrics, a header summary, discrepancies with their
+    adjudication outcome (decisions, adjudicators, times, comments).
 :func:`case_explanation`
     An explanation map of one case, computed once and cached under the workdir.
 :func:`select_case_for_report` / :func:`selected_cases`
@@ -28,6 +29,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from workbench.records.models import (
 )
 from workbench.services import protocols as protocol_service
 from workbench.services import runs, views
+from workbench.services.adjudication import _final_decision, _model_verdict
 from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.vocabulary import CaseStatus
 
@@ -60,6 +63,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "HEADER_KEYWORDS",
     "may_explore",
+    "AdjudicationOutcome",
     "DiscrepancyLink",
     "ExplorerCases",
     "CaseQuery",
@@ -156,8 +160,41 @@ def _operating_threshold(protocol: Protocol) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class AdjudicationOutcome:
+    """One signed adjudication read of a discrepancy, unblinded for QA and auditors.
+
+    Parameters
+    ----------
+    reviewer : str
+        The adjudicator's username.
+    reviewer_name : str
+        The adjudicator's full name.
+    kind : str
+        ``primary``, ``secondary`` or ``consensus``.
+    decision : str
+        The blinded decision as signed (``a_correct``, ``b_correct``, ``both_acceptable``,
+        ``neither``, ``indeterminate``).
+    meaning : str
+        What it says about the model once unblinded (``model correct``,
+        ``reference correct``, ``both acceptable``, ``neither acceptable``, ``indeterminate``).
+    comment : str
+        The adjudicator's reasoning.
+    decided_at : datetime
+        When the decision was signed (UTC).
+    """
+
+    reviewer: str
+    reviewer_name: str
+    kind: str
+    decision: str
+    meaning: str
+    comment: str
+    decided_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class DiscrepancyLink:
-    """A discrepancy queued for a case (what the explorer links to).
+    """A discrepancy queued for a case, with its adjudication outcome (what the explorer shows).
 
     Parameters
     ----------
@@ -166,11 +203,54 @@ class DiscrepancyLink:
         The protocol's discrepancy rule that queued it.
     status : str
         ``open``, ``adjudicated`` or ``needs_consensus``.
+    reads : tuple of AdjudicationOutcome
+        The signed reads in the order they were made (empty while open).
+    outcome : str or None
+        The final decision's meaning for the model (the consensus read where there is
+        one, else the last read); ``None`` until the discrepancy is adjudicated.
     """
 
     discrepancy_id: int
     rule: str
     status: str
+    reads: tuple[AdjudicationOutcome, ...] = ()
+    outcome: str | None = None
+
+
+def _discrepancy_links(session: Session, run: Run, case_id: str) -> tuple[DiscrepancyLink, ...]:
+    """The case's discrepancies with their reads, unblinded (callers checked the role)."""
+    found = session.scalars(
+        select(Discrepancy)
+        .where(Discrepancy.run_id == run.id, Discrepancy.case_id == case_id)
+        .order_by(Discrepancy.id)
+    ).all()
+    if not found:
+        return ()
+    names = {row[0]: row[1] for row in session.execute(select(User.username, User.full_name))}
+    links = []
+    for d in found:
+        reads = tuple(
+            AdjudicationOutcome(
+                reviewer=a.reviewer,
+                reviewer_name=names.get(a.reviewer, a.reviewer),
+                kind=a.kind,
+                decision=a.decision,
+                meaning=_model_verdict(d, a.decision) or a.decision,
+                comment=a.comment or "",
+                decided_at=a.created_at,
+            )
+            for a in sorted(d.adjudications, key=lambda a: (a.created_at, a.id))
+        )
+        links.append(
+            DiscrepancyLink(
+                discrepancy_id=d.id,
+                rule=d.rule,
+                status=d.status,
+                reads=reads,
+                outcome=_model_verdict(d, _final_decision(d)),
+            )
+        )
+    return tuple(links)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,14 +535,7 @@ def explorer_case(wb: Workbench, actor: Actor, run_uid: str, case_id: str) -> Ex
             session, CaseResult, "case result", run_id=run.id, case_id=case_id
         )
         model = session.get(RegisteredModel, run.model_id)
-        links = tuple(
-            DiscrepancyLink(discrepancy_id=d.id, rule=d.rule, status=d.status)
-            for d in session.scalars(
-                select(Discrepancy)
-                .where(Discrepancy.run_id == run.id, Discrepancy.case_id == case_id)
-                .order_by(Discrepancy.id)
-            )
-        )
+        links = _discrepancy_links(session, run, case_id)
         metrics = dict(result.metrics or {})
         strata = {k: v for k, v in (result.strata or {}).items() if k != "case_id"}
         score = result.score

@@ -156,7 +156,28 @@ with listing:
     if case.discrepancies:
         st.markdown("**Discrepancies**")
         for link in case.discrepancies:
-            st.markdown(f"- #{link.discrepancy_id} rule *{esc(link.rule)}*: {esc(link.status)}")
+            outcome = f" - **{esc(link.outcome)}**" if link.outcome else ""
+            st.markdown(
+                f"- #{link.discrepancy_id} rule *{esc(link.rule)}*: {esc(link.status)}{outcome}"
+            )
+            if link.reads:
+                st.dataframe(
+                    [
+                        {
+                            "decided (UTC)": read.decided_at.strftime("%Y-%m-%d %H:%M"),
+                            "adjudicator": f"{read.reviewer_name} ({read.reviewer})",
+                            "read": read.kind,
+                            "decision": f"{read.meaning} ({read.decision})",
+                            "comment": read.comment,
+                        }
+                        for read in link.reads
+                    ],
+                    hide_index=True,
+                    width="stretch",
+                    key=f"explorer-reads-{link.discrepancy_id}",
+                )
+            else:
+                st.caption("Not adjudicated yet.")
         st.page_link(
             "pages/audit.py",
             label="Adjudication records in the audit trail",
@@ -229,10 +250,14 @@ with viewer:
         else:
             show_heat = False
 
-    def _heat(volume: Any) -> tuple[np.ndarray, str] | None:
+    def _heat(shape: tuple[int, ...]) -> tuple[np.ndarray, str] | None:
         if not show_heat or result is None:
             return None
-        if tuple(result.heat.shape) != tuple(volume.array.shape):
+        if tuple(result.heat.shape) != tuple(shape):
+            st.warning(
+                f"The explanation map has shape {tuple(result.heat.shape)}; the image has "
+                f"{tuple(shape)}. Compute the map again."
+            )
             return None
         return result.heat, result.label
 
@@ -262,7 +287,16 @@ with viewer:
         and dict(case.header).get("Modality", "CT") in {"CR", "DX", "MG", "XA", "RF", "US", "SC"}
     )
     if single_image:
-        _mpr.show_image2d(f"explorer-{run_uid}-{case_id}", case.ct_paths[0], caption=caption)
+        _mpr.show_image2d(
+            f"explorer-{run_uid}-{case_id}",
+            case.ct_paths[0],
+            caption=caption,
+            overlays=overlays,
+            rule=case.reference_rule,
+            recorded=recorded,
+            heat=_heat,
+            on_export=_export,
+        )
     else:
         _mpr.show_mpr(
             f"explorer-{run_uid}-{case_id}",
