@@ -98,7 +98,8 @@ def study_analyze(
     typer.echo(f"{result.study}: {result.n_cases} cases, readers {', '.join(result.readers)}")
     for arm, estimate in result.arm_auc.items():
         typer.echo(
-            f"  AUC {arm}: {estimate.value:.4f} [{estimate.ci_low:.4f}, {estimate.ci_high:.4f}]"
+            f"  {result.figure_of_merit} {arm}: {estimate.value:.4f} "
+            f"[{estimate.ci_low:.4f}, {estimate.ci_high:.4f}]"
         )
     typer.echo(
         f"  difference {result.arms[1]} - {result.arms[0]}: {d.value:.4f} "

@@ -75,6 +75,7 @@ __all__ = [
     "Discrepancy",
     "Adjudication",
     "Report",
+    "ReaderMark",
 ]
 
 
@@ -585,3 +586,35 @@ class Report(Base):
     created_by: Mapped[str] = mapped_column(_USERNAME)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     content_sha256: Mapped[str | None] = mapped_column(_SHA256)
+
+
+class ReaderMark(Base):
+    """One lesion mark of a reader-study reader (append-only, like the ratings).
+
+    Saving a case of a detection study adds one rating row (the highest mark
+    confidence, 0 for a case read without a mark) and one row here per mark, tied
+    to that rating: the marks of a case's newest rating are the reader's marks of
+    the case. The position is in patient coordinates (LPS, mm); ``sop_instance_uid``,
+    ``frame``, ``column`` and ``row`` keep where on which image it was placed, and
+    the optional box is in LPS mm too.
+    """
+
+    __tablename__ = "reader_marks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rating_id: Mapped[int] = mapped_column(ForeignKey("reader_ratings.id"), index=True)
+    mark_number: Mapped[int]
+    confidence: Mapped[float]
+    x: Mapped[float]
+    y: Mapped[float]
+    z: Mapped[float]
+    x_min: Mapped[float | None]
+    y_min: Mapped[float | None]
+    z_min: Mapped[float | None]
+    x_max: Mapped[float | None]
+    y_max: Mapped[float | None]
+    z_max: Mapped[float | None]
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    frame: Mapped[int | None]
+    column: Mapped[float | None]
+    row: Mapped[float | None]

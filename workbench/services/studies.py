@@ -13,9 +13,20 @@ The second arm opens only after the design's washout period. When every session
 is signed, ``analyze_study`` (QA and auditors) runs the Obuchowski-Rockette
 analysis of the design's hypothesis.
 
-Every step writes an audit entry. Ratings enter the audit trail as the SHA-256
-of the rating record, never the value, so no reader can learn another's
-ratings from the trail.
+In a detection study (a design with a ``detection`` section) readers mark
+lesions instead: ``mark_case`` saves a case's marks (each a position on an image
+of the case, converted to patient coordinates with the image's DICOM geometry,
+or given in patient coordinates; an optional box; a confidence on the design's
+scale), or records the case as read with no mark. Saving adds one rating row
+(the highest confidence, 0 without a mark) and one append-only mark row per
+mark; a case saved again gets new rows and the newest counts until the arm is
+signed. The analysis matches the marks to the test set's reference lesions by
+the design's rule and runs the Obuchowski-Rockette analysis of the wAFROC
+figure of merit.
+
+Every step writes an audit entry. Ratings and marks enter the audit trail as the
+SHA-256 of the record, never the values, so no reader can learn another's
+ratings or marks from the trail.
 """
 
 from __future__ import annotations
@@ -24,16 +35,19 @@ import hashlib
 import io
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.errors import (
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -43,6 +57,7 @@ from workbench.errors import (
 from workbench.records import audit, signatures
 from workbench.records.models import (
     CaseResult,
+    ReaderMark,
     RegisteredModel,
     Run,
     RunStatus,
@@ -64,11 +79,13 @@ from workbench.studies import (
     ReaderStudyDesign,
     StudyAnalysis,
     StudyDesignKind,
+    analyze_marks,
     analyze_ratings,
     load_study_design,
 )
 
 __all__ = [
+    "Mark",
     "ReadingCase",
     "ReadingProgress",
     "StudyInfo",
@@ -77,6 +94,7 @@ __all__ = [
     "approve_study",
     "arm_order",
     "list_studies",
+    "mark_case",
     "study_design",
     "next_case",
     "open_reading",
@@ -87,6 +105,10 @@ __all__ = [
     "reading_progress",
     "sign_arm",
 ]
+
+
+#: Modalities that are not images a reader reads.
+_NON_IMAGE = ("SEG", "RTSTRUCT", "SR", "KO", "PR", "RTPLAN", "RTDOSE", "DOC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +159,28 @@ class ReadingCase:
     model_score: float | None
     model_mask: str | None
     shown_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """One lesion mark a reader places on a case of a detection study.
+
+    Either on an image of the case: ``sop_instance_uid`` (and ``frame``, 1-based, for a
+    multi-frame image) with the pixel position ``column``, ``row`` (0-based, fractional
+    allowed) and optionally a pixel ``box`` ``(col_min, row_min, col_max, row_max)``; or
+    in patient coordinates: ``x``, ``y``, ``z`` (LPS, mm). ``confidence`` is on the
+    design's rating scale.
+    """
+
+    confidence: float
+    sop_instance_uid: str | None = None
+    column: float | None = None
+    row: float | None = None
+    frame: int = 1
+    box: tuple[float, float, float, float] | None = None
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
 
 
 def _info(study: ReaderStudy) -> StudyInfo:
@@ -200,7 +244,7 @@ def _cases(session: Session, design: ReaderStudyDesign) -> list[_Case]:
             f"{list(labels.columns)}."
         )
     files = load_index(session, ts).files
-    images = files[~files["modality"].fillna("").isin(["SEG", "RTSTRUCT", "SR", "KO", "PR"])]
+    images = files[~files["modality"].fillna("").isin(_NON_IMAGE)]
     paths = {
         str(uid): tuple(str(root / p) for p in sorted(group["path"]))
         for uid, group in images.groupby("series_instance_uid")
@@ -330,7 +374,9 @@ def approve_study(wb: Workbench, actor: Actor, ref: str, *, password: str) -> St
             )
         for arm in design.arms:
             _model_outputs(session, design, arm.id)  # an aided arm needs the model's run
-        _cases(session, design)
+        cases = _cases(session, design)
+        if design.reads_marks:
+            _reference_lesions(session, design, cases)  # the reference lesions must load
         signature = signatures.sign(
             session,
             username=user.username,
@@ -587,6 +633,10 @@ def rate_cases(
             )
         if reading.status != ReadingSessionStatus.OPEN.value:
             raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
+        if design.reads_marks:
+            raise WorkflowError(
+                f"Readers of {ref} mark lesions; save each case's marks with mark_case."
+            )
         shown = shown_at or {}
         for case_id, rating in ratings.items():
             if case_id not in reading.case_order:
@@ -627,6 +677,233 @@ def rate_cases(
         )
 
 
+def _image_rows(session: Session, design: ReaderStudyDesign) -> tuple[Path, pd.DataFrame]:
+    """The locked test set's folder and the DICOM index rows of its images."""
+    ts: TestSet = get_one(session, TestSet, "test set", name=design.test_set.name)
+    frozen_manifest(ts)
+    files = load_index(session, ts).files
+    modality = files["modality"].fillna("").astype(str)
+    return Path(ts.root_path), files[~modality.isin(_NON_IMAGE)]
+
+
+def _mark_position(
+    mark: Mark, number: int, case_id: str, series_uid: str, images: pd.DataFrame, root: Path
+) -> dict[str, Any]:
+    """A mark's record: its position (and box) in patient coordinates, from the image geometry."""
+    from workbench.dicom.lesions import ImageGeometry, frame_geometry
+
+    where = f"Mark {number} of case '{case_id}'"
+    record: dict[str, Any] = dict.fromkeys(
+        ("x_min", "y_min", "z_min", "x_max", "y_max", "z_max", "sop_instance_uid", "frame")
+    )
+    record |= {"column": None, "row": None}
+    if mark.sop_instance_uid is None:
+        point = [mark.x, mark.y, mark.z]
+        if any(v is None or not np.isfinite(float(v)) for v in point) or mark.box is not None:
+            raise ProtocolError(
+                f"{where}: expected an image position (sop_instance_uid, column, row) or a "
+                f"patient position x, y, z in mm (without a pixel box); found {mark}."
+            )
+        record |= {"x": float(point[0]), "y": float(point[1]), "z": float(point[2])}  # type: ignore[arg-type]
+        return record
+    rows = images[
+        (images["sop_instance_uid"].astype(str) == mark.sop_instance_uid)
+        & (images["series_instance_uid"].astype(str) == series_uid)
+    ]
+    if rows.empty:
+        raise ProtocolError(
+            f"{where}: SOP Instance {mark.sop_instance_uid} is not an image of this case."
+        )
+    image = rows.iloc[0].to_dict()
+    geometry = ImageGeometry.from_index_row(image)
+    if not 1 <= mark.frame <= geometry.frames:
+        raise ProtocolError(
+            f"{where}: expected a frame in 1..{geometry.frames}; found {mark.frame}."
+        )
+    geometry = frame_geometry(geometry, image, mark.frame, root)
+    if mark.column is None or mark.row is None:
+        raise ProtocolError(f"{where}: an image position needs column and row (pixels).")
+    column, row = float(mark.column), float(mark.row)
+    if not (0 <= column < geometry.columns and 0 <= row < geometry.rows):
+        raise ProtocolError(
+            f"{where}: pixel (column {column:g}, row {row:g}) lies outside the image of "
+            f"{geometry.columns} x {geometry.rows} pixels."
+        )
+    centre = geometry.pixel_to_patient(np.array(column), np.array(row))
+    record |= {
+        "x": float(centre[0]),
+        "y": float(centre[1]),
+        "z": float(centre[2]),
+        "sop_instance_uid": mark.sop_instance_uid,
+        "frame": int(mark.frame),
+        "column": column,
+        "row": row,
+    }
+    if mark.box is not None:
+        col_min, row_min, col_max, row_max = (float(v) for v in mark.box)
+        inside = 0 <= col_min <= column <= col_max < geometry.columns and (
+            0 <= row_min <= row <= row_max < geometry.rows
+        )
+        if not inside:
+            raise ProtocolError(
+                f"{where}: the box (columns {col_min:g}-{col_max:g}, rows {row_min:g}-"
+                f"{row_max:g}) must hold the mark and lie inside the image of "
+                f"{geometry.columns} x {geometry.rows} pixels."
+            )
+        corners = geometry.pixel_to_patient(
+            np.array([col_min, col_max, col_min, col_max]),
+            np.array([row_min, row_min, row_max, row_max]),
+        )
+        # a box drawn on one image spans that image's slice thickness
+        normal = np.cross(geometry.row_direction, geometry.column_direction)
+        try:
+            thickness = float(image.get("slice_thickness") or 0.0)
+        except (TypeError, ValueError):
+            thickness = 0.0
+        thickness = thickness if np.isfinite(thickness) else 0.0
+        spread = np.vstack([corners + normal * thickness / 2.0, corners - normal * thickness / 2.0])
+        low, high = spread.min(axis=0), spread.max(axis=0)
+        record |= {
+            "x_min": float(low[0]),
+            "y_min": float(low[1]),
+            "z_min": float(low[2]),
+            "x_max": float(high[0]),
+            "y_max": float(high[1]),
+            "z_max": float(high[2]),
+        }
+    return record
+
+
+def mark_case(
+    wb: Workbench,
+    actor: Actor,
+    ref: str,
+    arm: str,
+    case_id: str,
+    marks: Sequence[Mark],
+    *,
+    shown_at: datetime | None = None,
+) -> ReadingProgress:
+    """Save the actor's lesion marks of one case of a detection study (none: read, no mark).
+
+    Adds one rating row (the highest confidence, 0 without a mark) and one append-only
+    row per mark; saving the case again adds new rows and the newest counts until the
+    arm is signed. The audit entry holds the SHA-256 of the saved marks, never them.
+
+    Parameters
+    ----------
+    marks : sequence of Mark
+        The case's marks; empty when the reader saw no lesion.
+    shown_at : datetime, optional
+        When the case was shown (the reading time is saving time minus this).
+
+    Raises
+    ------
+    RecordLockedError
+        The arm is signed.
+    WorkflowError
+        The reading is not open, or the study's readers rate cases instead.
+    NotFoundError
+        The case is not in this reading.
+    ProtocolError
+        A confidence is off the design's scale, or a position is not on an image of the
+        case (the message names the mark).
+    """
+    with wb.transaction() as session:
+        user = current_user(session, actor, "study.read")
+        study = _lookup(session, ref)
+        design = _design(study)
+        reading = _reading(session, study.id, user.username, arm)
+        if reading is None:
+            raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
+        if reading.status == ReadingSessionStatus.SIGNED.value:
+            raise RecordLockedError(
+                f"The reading of arm '{arm}' is signed; its marks can no longer change."
+            )
+        if reading.status != ReadingSessionStatus.OPEN.value:
+            raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
+        if not design.reads_marks:
+            raise WorkflowError(f"Readers of {ref} rate cases; save ratings with rate_case.")
+        if case_id not in reading.case_order:
+            raise NotFoundError(f"Case '{case_id}' is not in this reading.")
+        case = next(c for c in _cases(session, design) if c.case_id == case_id)
+        root, images = _image_rows(session, design)
+        records = []
+        for number, mark in enumerate(marks, start=1):
+            confidence = design.rating_scale.check_mark(float(mark.confidence))
+            record = _mark_position(mark, number, case_id, case.series_uid, images, root)
+            records.append(record | {"mark_number": number, "confidence": confidence})
+        now = utcnow()
+        rating = ReaderRating(
+            session_id=reading.id,
+            case_id=case_id,
+            rating=max((r["confidence"] for r in records), default=0.0),
+            shown_at=shown_at,
+            rated_at=now,
+            seconds=None if shown_at is None else max(0.0, (now - shown_at).total_seconds()),
+        )
+        session.add(rating)
+        session.flush()
+        for record in records:
+            session.add(ReaderMark(rating_id=rating.id, **record))
+        session.flush()
+        digest = hashlib.sha256(
+            json.dumps(
+                [rating.id, reading.id, case_id, now.isoformat(), records],
+                separators=(",", ":"),
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        audit.append(
+            session,
+            actor=user.username,
+            action="study.mark",
+            record_type="reader_rating",
+            record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}/{case_id}",
+            new={"marks_sha256": digest, "seconds": rating.seconds},
+        )
+        return ReadingProgress(
+            study=ref,
+            reader=user.username,
+            arm=arm,
+            status=reading.status,
+            n_cases=len(reading.case_order),
+            n_rated=len(_latest_ratings(session, reading)),
+        )
+
+
+def _marks_of(session: Session, ratings: Sequence[ReaderRating]) -> dict[int, list[ReaderMark]]:
+    """The marks saved with each rating row, in the order they were placed."""
+    out: dict[int, list[ReaderMark]] = {r.id: [] for r in ratings}
+    if not out:
+        return out
+    for mark in session.scalars(
+        select(ReaderMark)
+        .where(ReaderMark.rating_id.in_(list(out)))
+        .order_by(ReaderMark.rating_id, ReaderMark.mark_number)
+    ):
+        out[mark.rating_id].append(mark)
+    return out
+
+
+_MARK_FIELDS = (
+    "confidence",
+    "x",
+    "y",
+    "z",
+    "x_min",
+    "y_min",
+    "z_min",
+    "x_max",
+    "y_max",
+    "z_max",
+    "sop_instance_uid",
+    "frame",
+    "column",
+    "row",
+)
+
+
 def reading_order(wb: Workbench, actor: Actor, ref: str, arm: str) -> tuple[str, ...]:
     """The case order of the actor's own reading of an arm (open it first)."""
     with wb.transaction(readonly=True) as session:
@@ -652,11 +929,14 @@ def sign_arm(wb: Workbench, actor: Actor, ref: str, arm: str, *, password: str) 
             raise WorkflowError(
                 f"{len(missing)} case(s) of arm '{arm}' are not rated yet (first: {missing[0]})."
             )
-        content = hashlib.sha256(
-            json.dumps(
-                [[c, latest[c].rating] for c in reading.case_order], separators=(",", ":")
-            ).encode()
-        ).hexdigest()
+        signed: list[list[Any]] = [[c, latest[c].rating] for c in reading.case_order]
+        if _design(study).reads_marks:
+            saved = _marks_of(session, list(latest.values()))
+            for item in signed:
+                item.append(
+                    [[getattr(m, f) for f in _MARK_FIELDS] for m in saved[latest[str(item[0])].id]]
+                )
+        content = hashlib.sha256(json.dumps(signed, separators=(",", ":")).encode()).hexdigest()
         signature = signatures.sign(
             session,
             username=user.username,
@@ -717,40 +997,203 @@ def reading_progress(wb: Workbench, actor: Actor, ref: str) -> list[ReadingProgr
         return out
 
 
-def analyze_study(wb: Workbench, actor: Actor, ref: str) -> StudyAnalysis:
-    """Run the design's analysis once every reading is signed (``study.view``).
+def _reference_lesions(
+    session: Session, design: ReaderStudyDesign, cases: Sequence[_Case]
+) -> pd.DataFrame:
+    """The reference lesions of a detection study's cases (LPS mm), from the locked test set.
+
+    Raises
+    ------
+    WorkflowError
+        The lesion table is not part of the lock or lacks a named column, or a case
+        lacks a reader's reference SEG.
+    IntegrityError
+        The lesion table changed since the lock.
+    GeometryError
+        A row (or SR content item) names an unknown UID or lies outside its image.
+    """
+    from workbench.dicom.lesions import (
+        LESION_COLUMNS,
+        lesions_from_mask,
+        lesions_from_sr,
+        lesions_from_table,
+    )
+    from workbench.dicom.reference import combine_reader_masks, read_structure_mask
+    from workbench.dicom.volume import load_series
+    from workbench.protocols.schema import DetectionSource
+
+    assert design.detection is not None
+    det = design.detection.reference
+    ts: TestSet = get_one(session, TestSet, "test set", name=design.test_set.name)
+    manifest = frozen_manifest(ts)
+    root = Path(ts.root_path)
+    files = load_index(session, ts).files
+    modality = files["modality"].fillna("").astype(str)
+    images = files[~modality.isin(_NON_IMAGE)]
+    frames = []
+    if det.source is DetectionSource.SEG_COMPONENTS:
+        segs = files[modality == "SEG"]
+        for case in cases:
+            found = {
+                Path(str(rel)).stem.lower(): root / str(rel)
+                for rel in segs.loc[
+                    segs["referenced_series_uid"].astype(str) == case.series_uid, "path"
+                ]
+            }
+            missing = [r for r in det.readers if r.lower() not in found]
+            if missing:
+                raise WorkflowError(
+                    f"Case '{case.case_id}' lacks the reference SEG of reader(s) {missing}; "
+                    f"found {sorted(found)}."
+                )
+            volume = load_series(case.image_paths)
+            masks = [
+                read_structure_mask(found[r.lower()], volume, "seg", None) for r in det.readers
+            ]
+            mask = combine_reader_masks(masks, list(det.readers), str(det.rule))
+            lesions = lesions_from_mask(mask, volume.affine, min_voxels=det.min_voxels)
+            frames.append(lesions.assign(case_id=case.case_id))
+    else:
+        if det.source is DetectionSource.TABLE:
+            rel = det.table_path
+            expected = manifest.entries.get(rel)
+            if expected is None:
+                raise WorkflowError(
+                    f"detection.reference.table: {rel} is not a file of the locked test set "
+                    f"'{ts.name}'; add it to the test-set folder before locking."
+                )
+            data = (root / rel).read_bytes() if (root / rel).is_file() else b""
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise IntegrityError(
+                    f"{rel} in {root} no longer matches its locked SHA-256 ({expected[:12]}...)."
+                )
+            table = pd.read_csv(io.BytesIO(data))
+            renames = {csv: ours for ours, csv in det.columns.items()}
+            if det.weight_column:
+                renames[det.weight_column] = "lesion_weight"
+            absent = [c for c in renames if c not in table.columns]
+            if absent:
+                raise WorkflowError(
+                    f"detection.reference: {rel} lacks column(s) {absent}; found "
+                    f"{list(table.columns)}."
+                )
+            lesions = lesions_from_table(
+                table.rename(columns=renames),
+                images,
+                default_diameter_mm=det.default_diameter_mm,
+                root=root,
+            )
+        else:
+            paths = [root / str(rel) for rel in files.loc[modality == "SR", "path"]]
+            lesions = lesions_from_sr(
+                paths, images, default_diameter_mm=det.default_diameter_mm, root=root
+            )
+        by_series = {c.series_uid: c.case_id for c in cases}
+        series = lesions["series_instance_uid"].astype(str)
+        frames.append(
+            lesions[series.isin(by_series)].assign(
+                case_id=series[series.isin(by_series)].map(by_series)
+            )
+        )
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    keep = ["case_id", *LESION_COLUMNS]
+    out = out.reindex(columns=keep)
+    out["case_id"] = out["case_id"].astype(str)
+    out["lesion_id"] = out["lesion_id"].astype(str)
+    return out.reset_index(drop=True)
+
+
+def _checked_lesions(
+    session: Session, design: ReaderStudyDesign, cases: Sequence[_Case]
+) -> pd.DataFrame:
+    """The reference lesions, once the labels column agrees with them on every case."""
+    lesions = _reference_lesions(session, design, cases)
+    with_lesions = set(lesions["case_id"])
+    disagree = sorted(c.case_id for c in cases if bool(c.truth) != (c.case_id in with_lesions))
+    if disagree:
+        raise ProtocolError(
+            f"truth.labels_column '{design.truth.labels_column}' must be 1 exactly for the cases "
+            f"with reference lesions; it disagrees for {disagree[:10]}."
+        )
+    return lesions
+
+
+def _study_analysis(
+    session: Session, study: ReaderStudy, design: ReaderStudyDesign
+) -> StudyAnalysis:
+    """The design's analysis of every signed reading (ratings, or marks of a detection study).
 
     Raises
     ------
     WorkflowError
         A reader has not signed an arm yet.
+    ProtocolError
+        A detection study's labels column disagrees with its reference lesions.
+    """
+    ref = f"{study.study_id}@{study.version}"
+    cases = _cases(session, design)
+    rows: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    for reader in design.readers:
+        for arm in (a.id for a in design.arms):
+            reading = _reading(session, study.id, reader, arm)
+            if reading is None or reading.status != ReadingSessionStatus.SIGNED.value:
+                raise WorkflowError(
+                    f"{reader} has not signed arm '{arm}' of {ref} yet; the study is analysed "
+                    "once every reading is signed."
+                )
+            latest = _latest_ratings(session, reading)
+            for case_id, rating in latest.items():
+                rows.append(
+                    {
+                        "reader": reader,
+                        "arm": arm,
+                        "case_id": case_id,
+                        "rating": rating.rating,
+                        "seconds": rating.seconds,
+                    }
+                )
+            if design.reads_marks:
+                saved = _marks_of(session, list(latest.values()))
+                for case_id, rating in latest.items():
+                    for m in saved[rating.id]:
+                        marks.append(
+                            {
+                                "reader": reader,
+                                "arm": arm,
+                                "case_id": case_id,
+                                "mark_id": str(m.mark_number),
+                                "score": m.confidence,
+                                **{f: getattr(m, f) for f in _MARK_FIELDS[1:10]},
+                            }
+                        )
+    if not design.reads_marks:
+        truth = pd.Series({c.case_id: c.truth for c in cases})
+        return analyze_ratings(design, pd.DataFrame(rows), truth)
+    lesions = _checked_lesions(session, design, cases)
+    columns = ["reader", "arm", "case_id", "mark_id", "score", *_MARK_FIELDS[1:10]]
+    return analyze_marks(design, pd.DataFrame(rows), pd.DataFrame(marks, columns=columns), lesions)
+
+
+def analyze_study(wb: Workbench, actor: Actor, ref: str) -> StudyAnalysis:
+    """Run the design's analysis once every reading is signed (``study.view``).
+
+    A rating study: Obuchowski-Rockette on the case ratings' AUCs. A detection study:
+    each reader's marks matched to the reference lesions by the design's rule, and
+    Obuchowski-Rockette on the wAFROC figures of merit (:func:`workbench.studies.analyze_marks`).
+
+    Raises
+    ------
+    WorkflowError
+        A reader has not signed an arm yet.
+    ProtocolError
+        A detection study's labels column disagrees with its reference lesions.
     """
     with wb.transaction() as session:
         user = current_user(session, actor, "study.view")
         study = _lookup(session, ref)
         design = _design(study)
-        cases = _cases(session, design)
-        rows = []
-        for reader in design.readers:
-            for arm in (a.id for a in design.arms):
-                reading = _reading(session, study.id, reader, arm)
-                if reading is None or reading.status != ReadingSessionStatus.SIGNED.value:
-                    raise WorkflowError(
-                        f"{reader} has not signed arm '{arm}' yet; the study is analysed once "
-                        "every reading is signed."
-                    )
-                for case_id, rating in _latest_ratings(session, reading).items():
-                    rows.append(
-                        {
-                            "reader": reader,
-                            "arm": arm,
-                            "case_id": case_id,
-                            "rating": rating.rating,
-                            "seconds": rating.seconds,
-                        }
-                    )
-        truth = pd.Series({c.case_id: c.truth for c in cases})
-        result = analyze_ratings(design, pd.DataFrame(rows), truth)
+        result = _study_analysis(session, study, design)
         audit.append(
             session,
             actor=user.username,

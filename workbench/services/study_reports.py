@@ -70,10 +70,11 @@ from workbench.services.studies import (
     _latest_ratings,
     _lookup,
     _reading,
+    _study_analysis,
 )
 from workbench.services.testsets import frozen_manifest
 from workbench.stats import Estimate
-from workbench.studies import ReaderStudyDesign, StudyAnalysis, analyze_ratings, empirical_roc
+from workbench.studies import ReaderStudyDesign, StudyAnalysis, empirical_roc
 
 __all__ = [
     "REQUIRED_SIGNATURES",
@@ -266,7 +267,7 @@ def _study_data(session: Session, ref: str) -> _StudyData:
                 }
                 for case_id, r in latest.items()
             ]
-    analysis = analyze_ratings(design, pd.DataFrame(latest_rows), pd.Series(truth))
+    analysis = _study_analysis(session, study, design)
     return _StudyData(
         study=study,
         design=design,

@@ -16,6 +16,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +24,32 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import ProtocolError
-from workbench.stats import Estimate, MrmcResult, auc, obuchowski_rockette
+from workbench.protocols.detection import match_marks
+from workbench.stats import (
+    Estimate,
+    MrmcResult,
+    auc,
+    froc_estimate,
+    froc_mrmc,
+    obuchowski_rockette,
+)
 from workbench.studies.design import ReaderStudyDesign
 from workbench.vocabulary import Verdict
 
-__all__ = ["ReaderAuc", "StudyAnalysis", "analyze_ratings", "empirical_roc"]
+__all__ = [
+    "ReaderAuc",
+    "StudyAnalysis",
+    "analyze_marks",
+    "analyze_ratings",
+    "empirical_roc",
+    "free_response_truth",
+    "match_reader_marks",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class ReaderAuc:
-    """One reader's AUC in one arm, with its DeLong CI."""
+    """One reader's AUC (DeLong CI), or wAFROC (bootstrap CI) of a detection study, in one arm."""
 
     reader: str
     arm: str
@@ -65,6 +82,11 @@ class StudyAnalysis:
     verdict : Verdict
     reason : str
     criterion_text : str
+    figure_of_merit : str
+        What ``arm_auc``, ``per_reader`` and ``difference`` measure: ``"AUC"`` (case
+        ratings, ROC) or ``"wAFROC"`` / ``"wAFROC1"`` (lesion marks, free response).
+    n_lesions : int or None
+        Reference lesions of a detection study (``None`` for a ROC study).
     """
 
     study: str
@@ -81,6 +103,8 @@ class StudyAnalysis:
     verdict: Verdict
     reason: str
     criterion_text: str
+    figure_of_merit: str = "AUC"
+    n_lesions: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values of every number of the analysis (the report's analysis JSON)."""
@@ -113,6 +137,8 @@ class StudyAnalysis:
                 "readers": list(self.readers),
                 "n_cases": self.n_cases,
                 "n_positive": self.n_positive,
+                "figure_of_merit": self.figure_of_merit,
+                "n_lesions": self.n_lesions,
                 "arm_auc": {k: _estimate(e) for k, e in self.arm_auc.items()},
                 "difference": _estimate(self.difference),
                 "p_value": self.p_value,
@@ -225,23 +251,13 @@ def analyze_ratings(
         Ratings missing for a reader, arm or case of a fully crossed design, or a case
         without truth.
     """
-    first, second = (a.id for a in design.arms)
     missing_truth = sorted(set(ratings["case_id"].astype(str)) - set(truth.index.astype(str)))
     if missing_truth:
         raise ProtocolError(f"Cases without a reference label: {missing_truth[:10]}.")
     frame = ratings.copy()
     frame["case_id"] = frame["case_id"].astype(str)
     frame["truth"] = frame["case_id"].map({str(k): int(v) for k, v in truth.items()})
-    counts = frame.groupby(["reader", "arm"])["case_id"].nunique()
-    cases = frame["case_id"].nunique()
-    expected = {(r, a) for r in design.readers for a in (first, second)}
-    incomplete = sorted(k for k in expected if counts.get(k, 0) != cases)
-    if incomplete:
-        listed = ", ".join(f"{r}/{a} ({counts.get((r, a), 0)})" for r, a in incomplete)
-        raise ProtocolError(
-            f"A fully crossed analysis needs every reader to rate all {cases} cases in both "
-            f"arms; incomplete: {listed}."
-        )
+    cases = _complete(design, frame, "rate")
     result = obuchowski_rockette(
         frame,
         reader="reader",
@@ -252,6 +268,52 @@ def analyze_ratings(
         level=design.level,
         covariance=design.analysis.covariance,
     )
+    per_reader = tuple(
+        ReaderAuc(
+            reader=str(reader),
+            arm=str(arm),
+            auc=auc(group["truth"].to_numpy(int), group["rating"].to_numpy(float), ci="delong"),
+        )
+        for (reader, arm), group in frame.groupby(["reader", "arm"], sort=True)
+    )
+    return _conclude(
+        design,
+        result,
+        per_reader,
+        frame,
+        n_cases=cases,
+        n_positive=int(frame.drop_duplicates("case_id")["truth"].sum()),
+    )
+
+
+def _complete(design: ReaderStudyDesign, frame: pd.DataFrame, what: str) -> int:
+    """The number of cases, once every reader read every case in both arms."""
+    first, second = (a.id for a in design.arms)
+    counts = frame.groupby(["reader", "arm"])["case_id"].nunique()
+    cases = int(frame["case_id"].nunique())
+    expected = {(r, a) for r in design.readers for a in (first, second)}
+    incomplete = sorted(k for k in expected if counts.get(k, 0) != cases)
+    if incomplete:
+        listed = ", ".join(f"{r}/{a} ({counts.get((r, a), 0)})" for r, a in incomplete)
+        raise ProtocolError(
+            f"A fully crossed analysis needs every reader to {what} all {cases} cases in both "
+            f"arms; incomplete: {listed}."
+        )
+    return cases
+
+
+def _conclude(
+    design: ReaderStudyDesign,
+    result: MrmcResult,
+    per_reader: tuple[ReaderAuc, ...],
+    frame: pd.DataFrame,
+    *,
+    n_cases: int,
+    n_positive: int,
+    n_lesions: int | None = None,
+) -> StudyAnalysis:
+    """The difference of the arms against the design's bound, and the study's verdict."""
+    first, second = (a.id for a in design.arms)
     difference = result.differences.get((second, first))
     if difference is None:
         reverse = result.differences[(first, second)]
@@ -264,14 +326,6 @@ def analyze_ratings(
             n=reverse.n,
             se=reverse.se,
         )
-    per_reader = tuple(
-        ReaderAuc(
-            reader=str(reader),
-            arm=str(arm),
-            auc=auc(group["truth"].to_numpy(int), group["rating"].to_numpy(float), ci="delong"),
-        )
-        for (reader, arm), group in frame.groupby(["reader", "arm"], sort=True)
-    )
     seconds = (
         {
             str(k): float(v)
@@ -293,8 +347,8 @@ def analyze_ratings(
         study=f"{design.id}@{design.version}",
         arms=(first, second),
         readers=tuple(design.readers),
-        n_cases=cases,
-        n_positive=int(frame.drop_duplicates("case_id")["truth"].sum()),
+        n_cases=n_cases,
+        n_positive=n_positive,
         arm_auc=dict(result.modality_auc),
         difference=difference,
         p_value=float(result.p_value),
@@ -304,4 +358,190 @@ def analyze_ratings(
         verdict=verdict,
         reason=reason,
         criterion_text=design.criterion_text,
+        figure_of_merit=design.primary_endpoint.label,
+        n_lesions=n_lesions,
+    )
+
+
+def match_reader_marks(
+    design: ReaderStudyDesign, marks: pd.DataFrame, lesions: pd.DataFrame, cases: Sequence[str]
+) -> pd.DataFrame:
+    """Every reader's marks matched to the reference lesions by the design's locked rule.
+
+    Parameters
+    ----------
+    design : ReaderStudyDesign
+        A detection study (with a ``detection`` section).
+    marks : DataFrame
+        One row per mark: ``reader``, ``arm``, ``case_id``, ``mark_id`` (unique within a
+        reader's case), ``score`` (the confidence) and the centre ``x, y, z`` (LPS mm),
+        optionally a box ``x_min``... ``z_max``.
+    lesions : DataFrame
+        One row per reference lesion: ``case_id``, ``lesion_id``, geometry (LPS mm),
+        ``diameter``, ``lesion_weight``.
+    cases : sequence of str
+        Every case of the study.
+
+    Returns
+    -------
+    DataFrame
+        :data:`workbench.protocols.detection.MATCH_COLUMNS` plus ``reader`` and ``arm``:
+        one row per decision (``LL``, ``NL``, ``below_floor``, ``missed``) of each
+        reader in each arm.
+    """
+    if design.detection is None:
+        raise ProtocolError(
+            f"Reader study {design.id}@{design.version} has no detection section; its readers "
+            "rate cases and do not mark lesions."
+        )
+    first, second = (a.id for a in design.arms)
+    case_ids = [str(c) for c in cases]
+    out = []
+    for reader in design.readers:
+        for arm in (first, second):
+            mine = marks[(marks["reader"] == reader) & (marks["arm"] == arm)]
+            table = match_marks(
+                design.detection.matching,
+                lesions,
+                mine.drop(columns=["reader", "arm"]),
+                cases=case_ids,
+            )
+            out.append(table.assign(reader=reader, arm=arm))
+    return pd.concat(out, ignore_index=True)
+
+
+def free_response_truth(lesions: pd.DataFrame, cases: Sequence[str]) -> pd.DataFrame:
+    """The free-response truth: one row per lesion, one empty row per lesion-free case.
+
+    Returns
+    -------
+    DataFrame
+        ``case_id``, ``lesion_id`` (``None`` for a lesion-free case) and ``lesion_weight``
+        (equal within a case when the lesions carry none).
+    """
+    rows: list[dict[str, Any]] = []
+    weights = (
+        lesions["lesion_weight"]
+        if "lesion_weight" in lesions
+        else pd.Series(np.nan, index=lesions.index)
+    )
+    by_case = {str(c): g for c, g in lesions.assign(_w=weights).groupby("case_id")}
+    for case_id in (str(c) for c in cases):
+        group = by_case.get(case_id)
+        if group is None or group.empty:
+            rows.append({"case_id": case_id, "lesion_id": None, "lesion_weight": np.nan})
+            continue
+        for _, lesion in group.iterrows():
+            rows.append(
+                {
+                    "case_id": case_id,
+                    "lesion_id": str(lesion["lesion_id"]),
+                    "lesion_weight": float(lesion["_w"]),
+                }
+            )
+    truth = pd.DataFrame(rows, columns=["case_id", "lesion_id", "lesion_weight"])
+    if truth["lesion_weight"].notna().sum() == 0:
+        truth = truth.drop(columns=["lesion_weight"])
+    return truth
+
+
+def analyze_marks(
+    design: ReaderStudyDesign,
+    readings: pd.DataFrame,
+    marks: pd.DataFrame,
+    lesions: pd.DataFrame,
+) -> StudyAnalysis:
+    """Analyse a completed detection reader study by the wAFROC figure of merit.
+
+    Each reader's marks in each arm are matched to the reference lesions by the
+    design's rule (one-to-one), and the weighted AFROC figure of merit [3]_ of
+    every reader and arm enters the Obuchowski-Rockette analysis with the
+    jackknife covariance (:func:`workbench.stats.froc_mrmc`, as RJafroc's
+    ``St(dataset, FOM = "wAFROC", method = "OR")``). Per-reader figures of merit
+    carry stratified bootstrap CIs (:func:`workbench.stats.froc_estimate`, seeded
+    with the design's seed).
+
+    Parameters
+    ----------
+    design : ReaderStudyDesign
+        A detection study.
+    readings : DataFrame
+        One row per (reader, arm, case) read, marks or not: ``reader``, ``arm``,
+        ``case_id`` and optionally ``seconds`` (reading time).
+    marks : DataFrame
+        One row per mark, see :func:`match_reader_marks`.
+    lesions : DataFrame
+        One row per reference lesion, see :func:`match_reader_marks`.
+
+    Returns
+    -------
+    StudyAnalysis
+        ``arm_auc``, ``per_reader`` and ``difference`` hold the wAFROC figure of merit
+        (``figure_of_merit`` says so); ``n_positive`` counts the cases with lesions.
+
+    Raises
+    ------
+    ProtocolError
+        A reader did not read every case in both arms, a mark lies on a case outside
+        the readings, or the marks cannot be matched (the message says why).
+    NotEstimableError
+        The figure of merit needs a class of cases the test set lacks (``wafroc``
+        without lesion-free cases: use ``wafroc1``).
+
+    References
+    ----------
+    .. [3] Chakraborty DP. Observer Performance Methods for Diagnostic Imaging. CRC Press,
+       2017, ch. 13 (wAFROC) and ch. 18 (OR analysis of FROC data).
+    """
+    frame = readings.copy()
+    frame["case_id"] = frame["case_id"].astype(str)
+    n_cases = _complete(design, frame, "read")
+    cases = sorted(frame["case_id"].unique())
+    marks = marks.copy()
+    marks["case_id"] = marks["case_id"].astype(str)
+    stray = sorted(set(marks["case_id"]) - set(cases))
+    if stray:
+        raise ProtocolError(f"Marks on cases outside the readings: {stray[:10]}.")
+    lesions = lesions.copy()
+    lesions["case_id"] = lesions["case_id"].astype(str)
+    lesions = lesions[lesions["case_id"].isin(cases)].reset_index(drop=True)
+    matches = match_reader_marks(design, marks, lesions, cases)
+    kept = matches[matches["status"].isin(["LL", "NL"])]
+    free = pd.DataFrame(
+        {
+            "reader": kept["reader"].astype(str),
+            "arm": kept["arm"].astype(str),
+            "case_id": kept["case_id"].astype(str),
+            "lesion_id": kept["lesion_id"].where(kept["status"] == "LL", None),
+            "rating": kept["score"].astype(float),
+        }
+    ).reset_index(drop=True)
+    truth = free_response_truth(lesions, cases)
+    fom = design.primary_endpoint.value
+    silent = [r for r in design.readers if r not in set(free["reader"])]
+    if silent:
+        raise ProtocolError(
+            f"Reader(s) {silent} made no mark in either arm (or every mark fell below the "
+            "score floor); the free-response analysis has no figure of merit for them."
+        )
+    result = froc_mrmc(free, truth, fom=fom, reader="reader", modality="arm", level=design.level)
+    per_reader = []
+    for reader in sorted(design.readers):
+        for arm in sorted(a.id for a in design.arms):
+            mine = free[(free["reader"] == reader) & (free["arm"] == arm)]
+            per_reader.append(
+                ReaderAuc(
+                    reader=reader,
+                    arm=arm,
+                    auc=froc_estimate(mine, truth, fom=fom, level=design.level, seed=design.seed),
+                )
+            )
+    return _conclude(
+        design,
+        result,
+        tuple(per_reader),
+        frame,
+        n_cases=n_cases,
+        n_positive=int(lesions["case_id"].nunique()),
+        n_lesions=len(lesions),
     )

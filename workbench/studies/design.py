@@ -22,6 +22,23 @@ A design is a YAML file with ``kind: reader_study``::
     margin: 0.05
     level: 0.95
 
+A detection study has readers mark lesions instead of rating cases: each mark is
+a location (and optionally a box) with a confidence on ``rating_scale`` (1-5, or
+1-100 since a 0 % mark is no mark), a case read without a mark is recorded as
+such, and the primary endpoint is the reader-averaged wAFROC figure of merit
+(``wafroc``; ``wafroc1`` for test sets without lesion-free cases). The
+``detection`` section names the reference lesions of the test set and the rule
+that matches a mark to a lesion, both as in a detection protocol
+(:class:`workbench.protocols.schema.DetectionReference`,
+:class:`workbench.protocols.schema.Matching`)::
+
+    truth: {labels_column: has_lesion}  # 1 exactly for the cases with reference lesions
+    rating_scale: five_point            # the confidence of each mark
+    detection:
+      reference: {source: table, table: reference/lesions.csv}
+      matching: {rule: center_distance, threshold: 10}
+    primary_endpoint: wafroc
+
 A study whose readers are simulated (the demonstration) says so in its own
 data, with the pre-specified simulation::
 
@@ -36,8 +53,8 @@ the analysis is the fully crossed Obuchowski-Rockette one, so its numbers would 
 wrong. The split-plot OR analysis (Obuchowski 2012; Hillis 2014) is not implemented.
 
 The acceptance criterion follows from hypothesis and margin: for superiority the
-lower confidence limit of the reader-averaged AUC difference (second arm minus
-first) must exceed 0; for non-inferiority it must exceed ``-margin``.
+lower confidence limit of the reader-averaged AUC (or wAFROC) difference (second
+arm minus first) must exceed 0; for non-inferiority it must exceed ``-margin``.
 """
 
 from __future__ import annotations
@@ -51,10 +68,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from workbench.errors import ProtocolError
+from workbench.protocols.schema import DetectionReference, Matching
 
 __all__ = [
     "Arm",
+    "DetectionReading",
     "Hypothesis",
+    "PrimaryEndpoint",
     "RatingScale",
     "ReaderStudyDesign",
     "SimulatedReading",
@@ -82,6 +102,41 @@ class RatingScale(StrEnum):
         elif not 0 <= value <= 100:
             raise ProtocolError(f"A probability rating must lie in 0..100; found {value!r}.")
         return float(value)
+
+    def check_mark(self, value: float) -> float:
+        """Return a mark's confidence when it is on the scale, else raise naming the scale.
+
+        A mark says "here is a lesion", so a 0 % mark is no mark: on the probability
+        scale a mark's confidence lies in 1..100.
+        """
+        if self is RatingScale.FIVE_POINT:
+            if value not in (1, 2, 3, 4, 5):
+                raise ProtocolError(
+                    f"A mark's five-point confidence must be 1, 2, 3, 4 or 5; found {value!r}."
+                )
+        elif not 1 <= value <= 100:
+            raise ProtocolError(
+                f"A mark's probability must lie in 1..100 (a 0 % mark is no mark); found {value!r}."
+            )
+        return float(value)
+
+
+class PrimaryEndpoint(StrEnum):
+    """The study's primary endpoint, reader-averaged, second arm minus first.
+
+    ``auc_difference``: the ROC AUC of case ratings. ``wafroc``: the weighted AFROC
+    figure of merit of lesion marks (needs lesion-free cases); ``wafroc1``: its
+    variant for test sets in which every case has a lesion.
+    """
+
+    AUC_DIFFERENCE = "auc_difference"
+    WAFROC = "wafroc"
+    WAFROC1 = "wafroc1"
+
+    @property
+    def label(self) -> str:
+        """The figure of merit in words (``AUC`` or ``wAFROC``)."""
+        return {"auc_difference": "AUC", "wafroc": "wAFROC", "wafroc1": "wAFROC1"}[self.value]
 
 
 class Hypothesis(StrEnum):
@@ -130,6 +185,19 @@ class Analysis(_Strict):
     covariance: Literal["jackknife", "delong"] = "jackknife"
 
 
+class DetectionReading(_Strict):
+    """What readers of a detection study mark, and how their marks meet the reference.
+
+    ``reference`` names the test set's reference lesions (a lesion table, DICOM SR
+    or the components of the readers' SEG); ``matching`` the locked rule that
+    declares a mark a localisation of a lesion (IoU, centre inside the lesion,
+    centre distance), both as in a detection protocol.
+    """
+
+    reference: DetectionReference
+    matching: Matching
+
+
 class SimulatedReading(_Strict):
     """The pre-specified simulation of a study whose readers are simulated, not people.
 
@@ -159,7 +227,8 @@ class ReaderStudyDesign(_Strict):
     rating_scale: RatingScale = RatingScale.FIVE_POINT
     washout_days: float = Field(default=28.0, ge=0)
     seed: int = 0
-    primary_endpoint: Literal["auc_difference"] = "auc_difference"
+    primary_endpoint: PrimaryEndpoint = PrimaryEndpoint.AUC_DIFFERENCE
+    detection: DetectionReading | None = None
     analysis: Analysis = Field(default_factory=Analysis)
     hypothesis: Hypothesis = Hypothesis.SUPERIORITY
     margin: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -189,7 +258,33 @@ class ReaderStudyDesign(_Strict):
             )
         if self.hypothesis is Hypothesis.NON_INFERIORITY and self.margin <= 0:
             raise ValueError("margin: a non-inferiority study needs a margin > 0")
+        free_response = self.primary_endpoint is not PrimaryEndpoint.AUC_DIFFERENCE
+        if free_response and self.detection is None:
+            raise ValueError(
+                f"primary_endpoint: '{self.primary_endpoint.value}' is a free-response endpoint "
+                "of lesion marks; add a detection section (reference lesions and matching rule)"
+            )
+        if self.detection is not None and not free_response:
+            raise ValueError(
+                "primary_endpoint: readers of a detection study mark lesions, so the endpoint "
+                f"is 'wafroc' or 'wafroc1'; found '{self.primary_endpoint.value}'"
+            )
+        if self.detection is not None and self.analysis.covariance != "jackknife":
+            raise ValueError(
+                "analysis.covariance: the wAFROC analysis uses the jackknife covariance of the "
+                f"figures of merit; found '{self.analysis.covariance}'"
+            )
+        if self.detection is not None and self.simulation is not None:
+            raise ValueError(
+                "simulation: simulated readers give case ratings, not lesion marks; remove "
+                "simulation or the detection section"
+            )
         return self
+
+    @property
+    def reads_marks(self) -> bool:
+        """Whether readers mark lesions (a detection study) rather than rate cases."""
+        return self.detection is not None
 
     @property
     def criterion_text(self) -> str:
@@ -197,7 +292,8 @@ class ReaderStudyDesign(_Strict):
         first, second = (a.id for a in self.arms)
         bound = -self.margin if self.hypothesis is Hypothesis.NON_INFERIORITY else 0.0
         return (
-            f"lower bound of the {self.level:.0%} CI of the reader-averaged AUC difference "
+            f"lower bound of the {self.level:.0%} CI of the reader-averaged "
+            f"{self.primary_endpoint.label} difference "
             f"({second} minus {first}) > {bound:g} ({self.hypothesis.value.replace('_', '-')})"
         )
 
