@@ -81,6 +81,25 @@ def test_results_plots_and_case_table(app: Callable[..., AppTest], seeded: Seede
     )
     tabs = [t.label for t in cls.tabs]
     assert "ROC" in tabs
+    assert "Calibration and decision curve" in tabs
+    tables = {df.key: df.value for df in cls.dataframe}
+    notes = " ".join(str(i.value) for i in cls.info)
+    # Each analysis shows its table, or says why it could not be estimated.
+    if "calib-table" in tables:
+        calibration = tables["calib-table"]
+        assert calibration["stratum"].iloc[0] == "overall"
+        assert {"intercept", "slope", "brier", "ece"} <= set(calibration.columns)
+    else:
+        assert "Calibration:" in notes, notes
+    if "decision-table" in tables:
+        decision = tables["decision-table"]
+        assert {"model net benefit", "treat all", "interventions avoided per 100"} <= set(
+            decision.columns
+        )
+        assert (decision["judged here"] == "yes").sum() == 1
+    else:
+        assert "Decision curve:" in notes, notes
+    assert not cls.exception
 
 
 def test_case_viewer_renders_slice(app: Callable[..., AppTest], seeded: Seeded) -> None:

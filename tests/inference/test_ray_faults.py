@@ -198,8 +198,12 @@ def _driver(
 def _finish(driver: subprocess.Popen[str], timeout: float = 400) -> dict[str, Any]:
     out, err = driver.communicate(timeout=timeout)
     assert driver.returncode == 0, err[-4000:]
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    # Ray's own processes may log to the driver's stdout after the result line.
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            result: dict[str, Any] = json.loads(line)
+            return result
+    raise AssertionError(f"the driver printed no result: {out[-4000:]}")
 
 
 def _progress(path: Path) -> list[list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.protocols.results import (
@@ -19,6 +20,7 @@ from workbench.vocabulary import Verdict
 
 __all__ = [
     "decision_curve_figure",
+    "decision_curve_table",
     "distribution_figure",
     "forest_figure",
     "froc_figure",
@@ -458,3 +460,54 @@ def wafroc_figure(panels: Sequence[tuple[str, FrocSummary]]) -> go.Figure:
         margin={"t": 30},
     )
     return fig
+
+
+def decision_curve_table(curve: DecisionCurveSummary, *, every: float = 0.05) -> pd.DataFrame:
+    """The decision curve as a table: net benefit and interventions avoided per threshold.
+
+    Parameters
+    ----------
+    curve : DecisionCurveSummary
+    every : float, default 0.05
+        Spacing of the thresholds shown (the curve's own grid is finer); the
+        threshold at which the protocol judges net benefit is always shown.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per threshold probability: the model's net benefit, treat-all's, and
+        the net interventions avoided per 100 patients, each with its interval.
+    """
+
+    def cell(value: float | None, low: float | None, high: float | None, scale: float) -> str:
+        if value is None:
+            return "undefined"
+        if low is None or high is None:
+            return f"{value * scale:.3f}"
+        return f"{value * scale:.3f} [{low * scale:.3f}, {high * scale:.3f}]"
+
+    rows = []
+    for i, threshold in enumerate(curve.thresholds):
+        on_grid = abs(threshold / every - round(threshold / every)) < 1e-9
+        judged = curve.criterion_at is not None and abs(threshold - curve.criterion_at) < 1e-9
+        if not (on_grid or judged):
+            continue
+        rows.append(
+            {
+                "threshold": round(threshold, 4),
+                "model net benefit": cell(
+                    curve.net_benefit[i], curve.net_benefit_low[i], curve.net_benefit_high[i], 1
+                ),
+                "treat all": cell(
+                    curve.treat_all[i], curve.treat_all_low[i], curve.treat_all_high[i], 1
+                ),
+                "interventions avoided per 100": cell(
+                    curve.interventions_avoided[i],
+                    curve.interventions_avoided_low[i],
+                    curve.interventions_avoided_high[i],
+                    1,
+                ),
+                "judged here": "yes" if judged else "",
+            }
+        )
+    return pd.DataFrame(rows)

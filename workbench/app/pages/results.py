@@ -220,8 +220,18 @@ if "Calibration and decision curve" in tabs:
         elif supplementary.calibration_reason:
             st.info(f"Calibration: {esc(supplementary.calibration_reason)}")
         if supplementary.decision_curve is not None:
-            st.plotly_chart(
-                _charts.decision_curve_figure(supplementary.decision_curve), key="decision-curve"
+            curve = supplementary.decision_curve
+            st.plotly_chart(_charts.decision_curve_figure(curve), key="decision-curve")
+            st.dataframe(
+                _charts.decision_curve_table(curve),
+                hide_index=True,
+                width="stretch",
+                key="decision-table",
+            )
+            st.caption(
+                f"Net benefit at a prevalence of {curve.prevalence:.3f} (n={curve.n}); "
+                "interventions avoided: net reduction in interventions per 100 patients against "
+                "treating all, at no loss of true positives (Vickers & Elkin 2006)."
             )
         elif supplementary.decision_curve_reason:
             st.info(f"Decision curve: {esc(supplementary.decision_curve_reason)}")
