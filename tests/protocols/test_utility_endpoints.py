@@ -386,6 +386,40 @@ def test_net_benefit_gain_is_judged_against_both_default_strategies() -> None:
     assert curve.net_benefit[at] == pytest.approx(cmp.model.value)
 
 
+def test_net_benefit_at_the_deployment_prevalence() -> None:
+    """With decision_curve.prevalence: deployment, curve and endpoint use the protocol's
+    deployment prevalence (classes reweighted), not the enriched test set's."""
+    endpoint = (
+        "  - id: nb\n    metric: net_benefit_gain\n    primary: false\n    ci: {n_boot: 500}\n"
+        "    criterion: {statistic: ci_low, operator: '>', threshold: 0}\n"
+    )
+    settings = "deployment_prevalence: 0.1\ndecision_curve: {thresholds: [0.05, 0.5], step: 0.05, "
+    deployed = _protocol(settings + "criterion_at: 0.2, prevalence: deployment}", endpoint)
+    enriched = _protocol(settings + "criterion_at: 0.2}", endpoint)
+    frame = _frame()
+    assert frame["y_true"].mean() > 0.3  # enriched against the deployment prevalence 0.1
+    result = evaluate_endpoints(deployed, frame).endpoint("nb")
+    cmp = stats.net_benefit_comparison(
+        frame["y_true"], frame["score"], 0.2, n_boot=500, seed=0, prevalence=0.1
+    )
+    binding = min(cmp.over_treat_all, cmp.over_treat_none, key=lambda e: e.ci_low)
+    assert result.estimate is not None
+    assert (result.estimate.value, result.estimate.ci_low) == (binding.value, binding.ci_low)
+    curve = supplementary_analysis(deployed, frame).decision_curve
+    test_set_curve = supplementary_analysis(enriched, frame).decision_curve
+    assert curve is not None and test_set_curve is not None
+    assert curve.prevalence == pytest.approx(0.1)
+    assert test_set_curve.prevalence == pytest.approx(frame["y_true"].mean())
+    at = curve.thresholds.index(0.2)
+    assert curve.net_benefit[at] == pytest.approx(cmp.model.value)
+    assert curve.net_benefit[at] != pytest.approx(test_set_curve.net_benefit[at])
+
+
+def test_deployment_net_benefit_needs_a_deployment_prevalence() -> None:
+    with pytest.raises(ProtocolError, match="decision_curve.prevalence: deployment needs"):
+        _protocol("decision_curve: {thresholds: [0.05, 0.5], prevalence: deployment}")
+
+
 def test_calibration_summaries_overall_and_by_factor() -> None:
     protocol = _protocol("calibration: {bins: 4, by: [manufacturer]}", CALIBRATION_ENDPOINTS)
     extra = supplementary_analysis(protocol, _frame())

@@ -433,6 +433,7 @@ def _utility_estimate(
             level=level,
             n_boot=endpoint.ci.n_boot,
             seed=endpoint.ci.seed,
+            prevalence=protocol.decision_curve_prevalence,
         )
         # the binding comparison: its lower limit > 0 iff the model beats both defaults
         if cmp.over_treat_all.ci_low <= cmp.over_treat_none.ci_low:

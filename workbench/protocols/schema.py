@@ -836,11 +836,17 @@ class DecisionCurveSpec(_Strict):
     ``thresholds: [low, high]`` with ``step`` spans the clinically reasonable
     threshold probabilities [Vickers & Elkin 2006]; ``criterion_at`` is the
     threshold probability at which ``net_benefit_gain`` endpoints are judged.
+    ``prevalence`` says at which prevalence net benefit is computed: the test
+    set's (``test_set``, the default) or the protocol's ``deployment_prevalence``
+    (``deployment``: each class is reweighted to it, as for a case-control sample
+    [Pfeiffer & Gail 2020; dcurves' ``prevalence`` argument]). An enriched test set
+    overstates the net benefit a low-prevalence population would see.
     """
 
     thresholds: tuple[float, float]
     step: float = Field(default=0.01, gt=0.0, le=0.5)
     criterion_at: float | None = None
+    prevalence: Literal["test_set", "deployment"] = "test_set"
 
     @model_validator(mode="after")
     def _range(self) -> DecisionCurveSpec:
@@ -1367,6 +1373,16 @@ class Protocol(_Strict):
                     f"metric {ep.metric.value} is judged at decision_curve.criterion_at; add "
                     "decision_curve: {thresholds: [low, high], criterion_at: p}",
                 )
+        if (
+            self.decision_curve is not None
+            and self.decision_curve.prevalence == "deployment"
+            and self.deployment_prevalence is None
+        ):
+            raise LocatedValueError(
+                ("decision_curve", "prevalence"),
+                "decision_curve.prevalence: deployment needs the protocol's "
+                "deployment_prevalence (e.g. deployment_prevalence: 0.05)",
+            )
         factor_names = {s.factor for s in self.strata}
         for j, name in enumerate(self.calibration.by or []):
             if name not in factor_names:
@@ -1612,6 +1628,13 @@ class Protocol(_Strict):
         raise KeyError(
             f"no endpoint {endpoint_id!r}; expected one of {[e.id for e in self.endpoints]}"
         )
+
+    @property
+    def decision_curve_prevalence(self) -> float | None:
+        """Prevalence at which net benefit is computed; ``None``: the test set's own."""
+        if self.decision_curve is not None and self.decision_curve.prevalence == "deployment":
+            return self.deployment_prevalence
+        return None
 
     def threshold_of(self, endpoint: Endpoint) -> float | None:
         """The score threshold a threshold endpoint is evaluated at.

@@ -253,6 +253,7 @@ def _decision_curve(
             ci="bootstrap",
             n_boot=DECISION_CURVE_REPLICATES,
             seed=0,
+            prevalence=protocol.decision_curve_prevalence,
         )
     except WorkbenchError as error:
         return None, str(error)
