@@ -300,3 +300,42 @@ def test_pdfsig_reports_the_seal(sealed, identity, tmp_path):
     assert "Signature is Valid" in out.stdout
     assert "ETSI.CAdES.detached" in out.stdout
     assert "Total document signed" in out.stdout
+
+
+@needs_poppler
+def test_waived_findings_are_listed_with_their_signers(tmp_path, content):
+    """A gate opened by waivers says so, and lists each waiver with its justification and
+    signers; the check's suite, task and OCR setting are printed."""
+    from dataclasses import replace
+
+    from workbench.reports.content import WaivedFinding
+
+    quality = replace(
+        content.dataset.quality,
+        passed=True,
+        task="segmentation",
+        ocr=True,
+        waived=(
+            WaivedFinding(
+                finding_id="3f2a9c1d7e5b",
+                check="slice_spacing",
+                severity="critical",
+                path="dicom/case0007",
+                attribute="SliceThickness (0018,0050)",
+                justification="Reconstruction interval differs; reviewed, no gap in anatomy.",
+                signed_by=("qa.author", "qa.approver"),
+            ),
+        ),
+    )
+    waived = replace(content, dataset=replace(content.dataset, quality=quality))
+    text = _squash(pdf_text(build_report(waived, tmp_path / "waived.pdf").path))
+    for expected in (
+        "PASSED with 1 finding(s) waived",
+        "task segmentation",
+        "burned-in text read by OCR",
+        "Waived findings",
+        "no gap in anatomy",
+        "qa.author",
+        "qa.approver",
+    ):
+        assert _squash(expected) in text, expected

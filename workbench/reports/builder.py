@@ -635,13 +635,18 @@ def _dataset(content: ReportContent) -> list[Flowable]:
     out.append(_h2("Data quality"))
     q = d.quality
     verdict = "PASSED" if q.passed else "FAILED"
-    out.append(
-        _markup(
-            f"Data-quality gate: <b>{verdict}</b>"
-            + (f" (suite {text(q.suite)})" if q.suite else "")
-            + "."
+    if q.passed and q.waived:
+        verdict += f" with {len(q.waived)} finding(s) waived"
+    how = ", ".join(
+        part
+        for part in (
+            f"suite {text(q.suite)}" if q.suite else "",
+            f"task {text(q.task)}" if q.task else "",
+            "burned-in text read by OCR" if q.ocr else "no OCR of burned-in text",
         )
+        if part
     )
+    out.append(_markup(f"Data-quality gate: <b>{verdict}</b> ({how})."))
     if q.findings:
         out.append(Spacer(1, 3))
         out.append(
@@ -649,6 +654,25 @@ def _dataset(content: ReportContent) -> list[Flowable]:
                 [["Check", "Severity", "Count", "Message"]]
                 + [[f.check, f.severity, f.count, f.message or "\u2014"] for f in q.findings],
                 [45 * mm, 20 * mm, 15 * mm, CONTENT_WIDTH - 80 * mm],
+            )
+        )
+    if q.waived:
+        out.append(Spacer(1, 3))
+        out.append(_markup("<b>Waived findings</b> (e-signed; a critical one by two QA users)"))
+        out.append(
+            _table(
+                [["Finding", "Severity", "File / attribute", "Justification", "Signed by"]]
+                + [
+                    [
+                        f"{w.check} ({w.finding_id[:10]})",
+                        w.severity,
+                        f"{w.path} {w.attribute}".strip() or "\u2014",
+                        w.justification,
+                        ", ".join(w.signed_by),
+                    ]
+                    for w in q.waived
+                ],
+                [35 * mm, 17 * mm, 40 * mm, CONTENT_WIDTH - 122 * mm, 30 * mm],
             )
         )
     phi = d.phi_check

@@ -38,6 +38,7 @@ __all__ = [
     "CalibrationSection",
     "CaseNote",
     "DataQualitySummary",
+    "WaivedFinding",
     "DatasetSummary",
     "DecisionCurve",
     "DetectionSection",
@@ -327,12 +328,32 @@ class QualityFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class WaivedFinding:
+    """A finding the gate let through on an e-signed waiver, and who signed it."""
+
+    finding_id: str
+    check: str
+    severity: str
+    path: str
+    attribute: str
+    justification: str
+    signed_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DataQualitySummary:
-    """Data-quality gate outcome for the test set."""
+    """Data-quality gate outcome for the test set, as the gate decided it (waivers included).
+
+    ``passed`` is the gate: open when no critical finding is left unwaived. ``suite``,
+    ``task`` and ``ocr`` are those of the check that ran.
+    """
 
     passed: bool
     findings: tuple[QualityFinding, ...] = ()
     suite: str = ""
+    waived: tuple[WaivedFinding, ...] = ()
+    task: str = ""
+    ocr: bool = False
 
 
 @dataclass(frozen=True, slots=True)

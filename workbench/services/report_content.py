@@ -56,6 +56,7 @@ from workbench.reports import content as rc
 from workbench.services.adjudication import RunAdjudication, adjudication_summary
 from workbench.services.protocols import parsed_protocol
 from workbench.services.runs import case_frame, detection_frames, stored_results
+from workbench.services.testsets import Waiver, current_waivers, quality_gate
 from workbench.stats import Estimate
 from workbench.vocabulary import EstimateStatus
 
@@ -164,6 +165,8 @@ class ReportInputs:
     lesions: pd.DataFrame | None = None
     froc_panels: Sequence[tuple[str, FrocSummary]] = ()
     detection_note: str = ""
+    quality_gate_open: bool = False
+    waivers: Sequence[Waiver] = ()
 
 
 def _selected_cases(
@@ -260,6 +263,8 @@ def gather_report_inputs(
         model=model,
         test_set=test_set,
         quality=quality,
+        quality_gate_open=quality_gate(session, test_set)[0],
+        waivers=tuple(current_waivers(session, test_set)),
         adjudication=adjudication_summary(session, run),
         blinding={d.case_id: dict(d.blinding or {}) for d in run.discrepancies},
         signatures=tuple(signatures_list),
@@ -392,14 +397,29 @@ def _quality_summary(inputs: ReportInputs) -> tuple[rc.DataQualitySummary, rc.Ph
     for f in findings:
         by_check.setdefault((str(f.get("check")), str(f.get("severity"))), []).append(f)
     summary = rc.DataQualitySummary(
-        passed=bool(quality.passed) if quality else False,
+        passed=inputs.quality_gate_open if quality else False,
         findings=tuple(
             rc.QualityFinding(
                 check=c, severity=s, count=len(items), message=str(items[0].get("message", ""))
             )
             for (c, s), items in sorted(by_check.items())
         ),
-        suite=inputs.protocol.data_quality_suite,
+        suite=str(payload.get("suite") or inputs.protocol.data_quality_suite),
+        waived=tuple(
+            rc.WaivedFinding(
+                finding_id=w.finding_id,
+                check=w.check,
+                severity=w.severity,
+                path=w.path,
+                attribute=w.attribute,
+                justification=w.justification,
+                signed_by=tuple(w.signed_by),
+            )
+            for w in inputs.waivers
+            if w.complete
+        ),
+        task=str(payload.get("task") or ""),
+        ocr=bool(payload.get("ocr", False)),
     )
     phi_findings = [f for f in findings if str(f.get("check", "")).startswith("phi")]
     phi = rc.PhiCheck(
