@@ -339,3 +339,34 @@ def test_waived_findings_are_listed_with_their_signers(tmp_path, content):
         "qa.approver",
     ):
         assert _squash(expected) in text, expected
+
+
+@needs_poppler
+def test_report_says_why_a_result_is_not_pass(tmp_path, content):
+    """A not-evaluable endpoint carries its reason into the acceptance section, and the
+    run's verdict is printed with the protocol's reason for it."""
+    from dataclasses import replace
+
+    from workbench.vocabulary import Verdict
+
+    first = replace(
+        content.acceptance[0],
+        verdict=Verdict.NOT_EVALUABLE,
+        reason="AUC is not estimable: every case has the same label",
+    )
+    failed = replace(
+        content,
+        acceptance=(first, *content.acceptance[1:]),
+        verdict=Verdict.FAIL,
+        verdict_reason="auc NOT EVALUABLE; counted as FAIL (not_evaluable_counts_as: fail)",
+    )
+    text = _squash(pdf_text(build_report(failed, tmp_path / "failed.pdf").path))
+    for expected in (
+        "Why a result is not PASS",
+        "every case has the same label",
+        "counted as FAIL (not_evaluable_counts_as: fail)",
+        "Run verdict",
+    ):
+        assert _squash(expected) in text, expected
+    assert failed.to_dict()["verdict"] == Verdict.FAIL.value
+    assert type(failed).from_dict(failed.to_dict()) == failed

@@ -511,6 +511,12 @@ def _title_page(content: ReportContent, results_sha256: str) -> list[Flowable]:
                     f"{passed} of {len(content.acceptance)} criteria PASS; "
                     f"primary endpoints {conclusion}",
                 ),
+                *(
+                    [("Run verdict", format_verdict(content.verdict))]
+                    if content.verdict is not None
+                    else []
+                ),
+                *([("Because", content.verdict_reason)] if content.verdict_reason else []),
                 ("Results SHA-256", results_sha256),
             ],
             mono_keys=["Results SHA-256"],
@@ -1177,6 +1183,24 @@ def _acceptance(content: ReportContent) -> list[Flowable]:
             "Caption",
         )
     )
+    reasons = [row for row in content.acceptance if row.reason]
+    if reasons:
+        out.append(_markup("<b>Why a result is not PASS</b>"))
+        out += _bullets(
+            [
+                f"{row.endpoint}"
+                + ("" if row.stratum == "overall" else f" ({row.stratum})")
+                + f": {format_verdict(row.verdict)} \u2014 {row.reason}"
+                for row in reasons
+            ]
+        )
+    if content.verdict is not None:
+        out.append(
+            _markup(
+                f"Run verdict: <b>{text(format_verdict(content.verdict))}</b>"
+                + (f" \u2014 {text(content.verdict_reason)}" if content.verdict_reason else "")
+            )
+        )
     out.append(_h2("Deviations from the protocol"))
     if content.deviations:
         out.append(

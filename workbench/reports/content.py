@@ -744,6 +744,7 @@ class AcceptanceRow(_Converting):
     primary: bool = True
     stratum: str = "overall"
     digits: int = 3
+    reason: str = ""
 
     def __post_init__(self) -> None:
         self._coerce_enum("verdict", Verdict)
@@ -879,6 +880,11 @@ class ReportContent(_Converting):
         One row per case (plain scalars); attached as CSV, not printed in full.
     selected_cases : tuple of SelectedCase
         Views a QA author chose from the case explorer, printed in an appendix.
+    verdict : Verdict, optional
+        The run's verdict as the protocol concludes it (a not-evaluable primary
+        endpoint counted as its ``not_evaluable_counts_as`` says).
+    verdict_reason : str
+        Why the verdict is not PASS, as the evaluation states it.
     """
 
     report_id: str
@@ -905,9 +911,13 @@ class ReportContent(_Converting):
     audit_chain_head: str
     per_case: tuple[CaseRow, ...] = ()
     selected_cases: tuple[SelectedCase, ...] = ()
+    verdict: Verdict | None = None
+    verdict_reason: str = ""
 
     def __post_init__(self) -> None:
         self._coerce_enum("status", ReportStatus)
+        if self.verdict is not None:
+            self._coerce_enum("verdict", Verdict)
         _require_utc("ReportContent", "created_at", self.created_at)
         if self.created_at is None:
             raise ReportError("ReportContent.created_at is required. Found None.")

@@ -58,7 +58,7 @@ from workbench.services.protocols import parsed_protocol
 from workbench.services.runs import case_frame, detection_frames, stored_results
 from workbench.services.testsets import Waiver, current_waivers, quality_gate
 from workbench.stats import Estimate
-from workbench.vocabulary import EstimateStatus
+from workbench.vocabulary import EstimateStatus, Verdict
 
 __all__ = [
     "ReportInputs",
@@ -889,6 +889,7 @@ def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:
                 verdict=endpoint.overall_verdict,
                 primary=endpoint.primary,
                 digits=digits,
+                reason="" if endpoint.overall_verdict is Verdict.PASS else endpoint.reason,
             )
         )
         rows.extend(
@@ -900,6 +901,7 @@ def acceptance_rows(inputs: ReportInputs) -> tuple[rc.AcceptanceRow, ...]:
                 primary=endpoint.primary,
                 stratum=f"{s.factor} = {s.stratum}",
                 digits=digits,
+                reason="" if s.verdict is Verdict.PASS else s.reason,
             )
             for s in endpoint.strata
             if s.judged
@@ -1117,4 +1119,6 @@ def report_content(inputs: ReportInputs) -> rc.ReportContent:
         audit_chain_head=inputs.audit_head,
         per_case=tuple(per_case_rows(inputs.frame)),
         selected_cases=tuple(inputs.selected),
+        verdict=inputs.results.verdict,
+        verdict_reason=inputs.results.verdict_reason,
     )
