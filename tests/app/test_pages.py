@@ -52,6 +52,7 @@ def test_protocols_versions_and_diff(app: Callable[..., AppTest]) -> None:
     at = _open(app, "qa.author", "pages/protocols.py")
     table = at.dataframe[0].value
     assert "superseded" in set(table["status"]) and "approved" in set(table["status"])
+    at.selectbox(key="protocol-choice").set_value("lesion-segmentation").run()
     codes = [c.value for c in at.code]
     assert any("+  readers_per_case: 2" in c for c in codes)
 

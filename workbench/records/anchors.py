@@ -766,7 +766,7 @@ def check_case_results(session: Session) -> list[AnchorMismatch]:
         .order_by(CaseResult.id)
     )
     for run_uid, case_id, status, score, mask_sha256, metrics in rows:
-        ref = bounded_text(f"{run_uid}/{case_id}")
+        ref = bounded_text("/".join((str(run_uid), str(case_id))))
         seen.add(ref)
         case_entry = recorded.get(ref)
         if case_entry is None:
