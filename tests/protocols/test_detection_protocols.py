@@ -367,3 +367,38 @@ def test_discrepancy_rules_on_match_counts(text: str) -> None:
     ]
     with pytest.raises(ProtocolError, match="n_missed"):
         find_discrepancies(p, frame.drop(columns=["n_missed"]))
+
+
+def test_cluster_by_resamples_patients_for_detection_intervals(world) -> None:  # type: ignore[no-untyped-def]
+    """Two cases per patient: the bootstrap of every detection endpoint resamples patients."""
+    cases, lesions, marks = world
+    cases = cases.assign(patient=[f"p{i // 2:02d}" for i in range(len(cases))])
+    text = _changed(
+        DETECTION.read_text(encoding="utf-8"),
+        endpoints__0__metric="wafroc",
+        endpoints__0__ci={"n_boot": 300},
+        **{"subgroup_acceptance": None, "cluster_by": "patient"},
+    )
+    p = load_protocol(text)
+    matches = _matches(p, lesions, marks, cases)
+    analysis = evaluate_detection(p, cases, lesions, matches)
+    primary = analysis.evaluation.endpoints[0]
+    fm = matches[matches["status"].isin(["LL", "NL"])].rename(columns={"score": "rating"})
+    fm = fm.assign(lesion_id=fm["lesion_id"].where(fm["status"] == "LL", None))
+    truth = pd.concat(
+        [
+            lesions[["case_id", "lesion_id", "lesion_weight"]],
+            pd.DataFrame({"case_id": [f"c{i:02d}" for i in range(12, 20)], "lesion_id": None}),
+        ]
+    )
+    truth["patient"] = truth["case_id"].map(dict(zip(cases["case_id"], cases["patient"])))
+    expected = wstats.froc_estimate(
+        fm, truth, fom="wafroc", n_boot=300, seed=p.endpoints[0].ci.seed, clusters="patient"
+    )
+    assert primary.endpoint_id == p.endpoints[0].id and primary.estimate is not None
+    assert "10 clusters" in primary.estimate.method
+    assert (primary.estimate.value, primary.estimate.ci_low, primary.estimate.ci_high) == (
+        pytest.approx(expected.value),
+        pytest.approx(expected.ci_low),
+        pytest.approx(expected.ci_high),
+    )

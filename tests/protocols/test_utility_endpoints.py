@@ -439,3 +439,144 @@ def test_protocols_without_calibration_keep_their_supplementary_analyses() -> No
     assert extra.calibration == () and extra.calibration_reason == ""
     assert extra.decision_curve is None and extra.operating_point is None
     assert "calibration" not in extra.to_dict() and "decision_curve" not in extra.to_dict()
+
+
+# -- several cases per patient (cluster_by) --------------------------------------------------
+
+
+def _bilateral_frame(n_patients: int = 40, seed: int = 5) -> pd.DataFrame:
+    """Two cases per patient (left and right) whose truth and score share the patient."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        diseased = rng.uniform() < 0.4
+        level = rng.normal(1.2 if diseased else -1.2, 1.0)
+        for side in ("L", "R"):
+            y = int(diseased if rng.uniform() < 0.9 else not diseased)
+            score = 1.0 / (1.0 + np.exp(-(level + rng.normal(0.0, 0.4))))
+            rows.append(
+                {
+                    "case_id": f"P{i:03d}{side}",
+                    "patient": f"P{i:03d}",
+                    "status": "completed",
+                    "y_true": y,
+                    "score": float(score),
+                    "manufacturer": "A" if i % 2 else "B",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+CLUSTER_ENDPOINTS = """
+  - id: sens
+    metric: sensitivity
+    primary: false
+    criterion: {statistic: ci_low, operator: ">=", threshold: 0.5}
+  - id: spec
+    metric: specificity
+    primary: false
+    ci: {method: clopper-pearson}
+    criterion: {statistic: ci_low, operator: ">=", threshold: 0.5}
+  - id: acc
+    metric: accuracy
+    primary: false
+    criterion: {statistic: value, operator: ">=", threshold: 0.5}
+  - id: ppv-dep
+    metric: ppv_at_prevalence
+    primary: false
+    ci: {method: adjusted-logit}
+    criterion: {statistic: value, operator: ">=", threshold: 0.1}
+  - id: f1
+    metric: f1
+    primary: false
+    ci: {n_boot: 300}
+    criterion: {statistic: value, operator: ">=", threshold: 0.5}
+  - id: kappa
+    metric: kappa_model_vs_consensus
+    primary: false
+    criterion: {statistic: value, operator: ">=", threshold: 0.2}
+"""
+
+
+def test_cluster_by_makes_every_interval_treat_the_patient_as_the_unit() -> None:
+    settings = "operating_point: {threshold: 0.5}\ndeployment_prevalence: 0.1\n"
+    clustered = _protocol(settings + "cluster_by: patient", CLUSTER_ENDPOINTS)
+    plain = _protocol(settings, CLUSTER_ENDPOINTS)
+    frame = _bilateral_frame()
+    result = evaluate_endpoints(clustered, frame)
+    independent = evaluate_endpoints(plain, frame)
+    y, s = frame["y_true"].to_numpy(), frame["score"].to_numpy()
+    patients = frame["patient"].to_numpy()
+    bm = stats.binary_metrics(y, s, threshold=0.5, clusters=patients)
+    assert result.endpoint("sens").estimate == bm.sensitivity
+    assert result.endpoint("acc").estimate == bm.accuracy
+    spec = stats.binary_metrics(
+        y, s, threshold=0.5, clusters=patients, method="clopper-pearson"
+    ).specificity
+    assert result.endpoint("spec").estimate == spec
+    for endpoint_id in ("sens", "spec", "acc"):
+        got = result.endpoint(endpoint_id).estimate
+        naive = independent.endpoint(endpoint_id).estimate
+        assert got is not None and naive is not None
+        assert got.value == naive.value
+        assert "clustered" in got.method and "clustered" not in naive.method
+    # two correlated reads per patient: the accuracy interval widens
+    acc, acc_naive = result.endpoint("acc").estimate, independent.endpoint("acc").estimate
+    assert acc is not None and acc_naive is not None
+    assert acc.ci_high - acc.ci_low > acc_naive.ci_high - acc_naive.ci_low
+    assert bm.sensitivity is not None and bm.specificity is not None
+    pv = stats.predictive_values(
+        bm.sensitivity,
+        bm.specificity,
+        0.1,
+        method="adjusted-logit",
+        rate_variance="standard-error",
+    )
+    assert result.endpoint("ppv-dep").estimate == pv.ppv
+    f1 = result.endpoint("f1").estimate
+    assert f1 is not None and "40 clusters" in f1.method
+    kappa = result.endpoint("kappa").estimate
+    assert kappa is not None and "cases treated as independent" in kappa.method
+    # per stratum: the stratum's cases and patients
+    part = frame[frame["manufacturer"] == "A"]
+    bm_a = stats.binary_metrics(
+        part["y_true"], part["score"], threshold=0.5, clusters=part["patient"]
+    )
+    assert result.endpoint("sens").stratum("manufacturer", "A").estimate == bm_a.sensitivity
+
+
+def test_cluster_by_needs_every_case_to_name_its_patient() -> None:
+    protocol = _protocol(
+        "operating_point: {threshold: 0.5}\ndeployment_prevalence: 0.1\ncluster_by: patient",
+        CLUSTER_ENDPOINTS,
+    )
+    frame = _bilateral_frame()
+    frame.loc[3, "patient"] = None
+    with pytest.raises(ProtocolError, match=r"cluster_by 'patient'.*P001R"):
+        evaluate_endpoints(protocol, frame)
+    with pytest.raises(ProtocolError, match="cluster_by"):
+        evaluate_endpoints(protocol, frame.drop(columns="patient"))
+
+
+def test_cluster_by_resamples_patients_for_calibration_and_net_benefit() -> None:
+    protocol = _protocol(
+        "cluster_by: patient\ncalibration: {bins: 5}\n"
+        "decision_curve: {thresholds: [0.05, 0.5], step: 0.05, criterion_at: 0.2}",
+        CALIBRATION_ENDPOINTS
+        + "  - id: nb\n    metric: net_benefit_gain\n    primary: false\n    ci: {n_boot: 300}\n"
+        "    criterion: {statistic: ci_low, operator: '>', threshold: 0}\n",
+    )
+    frame = _bilateral_frame()
+    result = evaluate_endpoints(protocol, frame)
+    expected = stats.calibration(
+        frame["y_true"], frame["score"], bins=5, n_boot=400, seed=0, clusters=frame["patient"]
+    )
+    assert result.endpoint("slope").estimate == expected.slope
+    cmp = stats.net_benefit_comparison(
+        frame["y_true"], frame["score"], 0.2, n_boot=300, seed=0, clusters=frame["patient"]
+    )
+    binding = min(cmp.over_treat_all, cmp.over_treat_none, key=lambda e: e.ci_low)
+    nb = result.endpoint("nb").estimate
+    assert nb is not None and (nb.value, nb.ci_low) == (binding.value, binding.ci_low)
+    extra = supplementary_analysis(protocol, frame)
+    assert extra.decision_curve is not None and "clusters" in extra.decision_curve.method

@@ -109,6 +109,28 @@ def test_section_holds_overall_and_per_scanner_calibration(results: RunResults) 
     assert "score >= 0.5" in section.operating_point
 
 
+def test_decision_table_holds_interventions_avoided_at_the_judged_threshold(
+    results: RunResults,
+) -> None:
+    section = calibration_section(SimpleNamespace(results=results))  # type: ignore[arg-type]
+    assert section is not None and section.decision_curve is not None
+    table = section.decision_curve.table
+    curve = results.supplementary.decision_curve
+    assert curve is not None
+    assert [row.threshold for row in table] == [curve.thresholds[i] for i in curve.tabulated()]
+    judged = [row for row in table if row.judged]
+    assert [row.threshold for row in judged] == [pytest.approx(0.2)]
+    at = curve.thresholds.index(judged[0].threshold)
+    assert judged[0].avoided == curve.interventions_avoided[at]
+    assert (judged[0].avoided_low, judged[0].avoided_high) == (
+        curve.interventions_avoided_low[at],
+        curve.interventions_avoided_high[at],
+    )
+    # net interventions avoided per 100: (NB model - NB treat all) x 100 x (1 - p_t) / p_t
+    expected = (judged[0].model - judged[0].treat_all) * 100 * (1 - 0.2) / 0.2  # type: ignore[operator]
+    assert judged[0].avoided == pytest.approx(expected)
+
+
 def test_section_round_trips_in_the_content(calibration_content: ReportContent) -> None:
     again = ReportContent.from_dict(calibration_content.to_dict())
     assert again == calibration_content
@@ -155,3 +177,5 @@ def test_report_prints_the_section_and_its_criteria(
     assert "calibration slope contains 1" in text
     assert "at threshold probability 0.2" in text
     assert "calibration slope per stratum" in text  # forest plot of a two-sided metric
+    assert "Net benefit and interventions avoided" in text
+    assert "Avoided per 100" in text and "0.2 *" in text

@@ -661,3 +661,68 @@ def test_real_ct_label_map_seg_references_two_structures(tmp_path: Path) -> None
         assert (bone.verdict, soft.verdict) == (Verdict.PASS, Verdict.FAIL)
     finally:
         wb.close()
+
+
+def test_real_radiographs_of_two_images_per_patient_cluster_by_patient_id(
+    radiographs: Path, tmp_path: Path
+) -> None:
+    """Pairs of the real CR images share a PatientID; with ``cluster_by: patient_id`` the
+    run's intervals treat the four patients as the units, and the report says so."""
+    import shutil
+    import subprocess
+
+    from workbench.stats import auc, binary_metrics
+
+    root = tmp_path / "paired"
+    shutil.copytree(radiographs, root)
+    for i, path in enumerate(sorted((root / "images").glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = f"PAT{i // 2:02d}"
+        ds.save_as(path)
+    data = yaml.safe_load(_protocol_text("paired"))
+    data["cluster_by"] = "patient_id"
+    data["operating_point"] = {"threshold": 0.5}
+    data["endpoints"][0]["ci"] = {"method": "delong", "level": 0.95}
+    data["endpoints"].append(
+        {
+            "id": "accuracy",
+            "metric": "accuracy",
+            "primary": False,
+            "criterion": {"statistic": "value", "operator": ">=", "threshold": 0.0},
+        }
+    )
+    text = tmp_path / "protocol.yaml"
+    text.write_text(yaml.safe_dump(data, sort_keys=False))
+    workdir = tmp_path / "wb"
+    workdir.mkdir()
+    wb = harness.open_wb(workdir)
+    try:
+        harness.make_accounts(wb)
+        qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
+        ref = _import_check_lock(wb, qa1, root, "paired", text)
+        protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
+        scripted = tmp_path / "cr.ts"
+        torch.jit.script(_Radiograph()).save(str(scripted))
+        spec = ModelSpec.from_json(json.dumps(_spec("cr-ts", "torchscript", "abnormal")))
+        model = models.register_model(wb, qa1, scripted, spec)
+        summary = runs.validate(
+            wb, qa1, protocol=ref, model=model.ref, test_set="paired", device="cpu"
+        )
+        assert summary.status == "completed", summary.error
+        results, frame = runs.run_results(wb, qa1, summary.run_uid)
+        assert sorted(frame["patient_id"]) == sorted(f"PAT{i // 2:02d}" for i in range(8))
+        y = frame["abnormal"].astype(int).to_numpy()
+        s = frame["score"].astype(float).to_numpy()
+        patients = frame["patient_id"].to_numpy()
+        by_id = {e.endpoint_id: e for e in results.endpoints}
+        assert by_id["auc"].estimate == auc(y, s, ci="delong", clusters=patients)
+        expected = binary_metrics(y, s, threshold=0.5, clusters=patients).accuracy
+        assert by_id["accuracy"].estimate == expected
+        assert expected is not None and "4 clusters, 8 cases" in expected.method
+        report = reports.build_report(wb, qa1, summary.run_uid)
+        pdf = subprocess.run(
+            ["pdftotext", report.pdf_path or "", "-"], capture_output=True, check=True
+        ).stdout.decode()
+        assert "clustered by patient_id" in " ".join(pdf.split())
+    finally:
+        wb.close()

@@ -230,3 +230,39 @@ def test_small_strata_and_unmatched_rows_are_notes() -> None:
     ], [p.line() for p in problems]
     assert problems[0].found == "1 row(s) match none (first: A9)"
     assert problems[1].found == "GE: n=2, Philips: n=1 (reported, not judged)"
+
+
+def test_cluster_by_patient_id_reads_the_dicom_patient_id(radiographs: Path) -> None:
+    """Real CR files: ``cluster_by: patient_id`` takes each case's PatientID from its header;
+    a case without one blocks the pre-flight, naming it."""
+    from workbench.dicom.index import index_folder
+    from workbench.protocols.cases import build_cases
+
+    data = yaml.safe_load(_protocol_text("cr-set"))
+    data["cluster_by"] = "patient_id"
+    protocol = load_protocol(yaml.safe_dump(data, sort_keys=False))
+    index = index_folder(radiographs, workers=1)
+    labels = pd.read_csv(radiographs / "reference" / "labels.csv", dtype={"case_id": str})
+    cases = build_cases(index.files, labels, protocol, radiographs)
+    images = index.files[index.files["modality"] == "CR"]
+    expected = images.groupby("series_instance_uid")["patient_id"].first().to_dict()
+    analysable = [c for c in cases if c.exclusion is None]
+    assert analysable
+    assert {c.series_uid: c.attributes["patient_id"] for c in analysable} == {
+        c.series_uid: expected[c.series_uid] for c in analysable
+    }
+    problems = preflight.preflight_cases(protocol, cases, labels, test_set_name="cr-set")
+    assert "cluster" not in {p.check for p in problems}, [p.line() for p in problems]
+    first = analysable[0]
+    blank = CaseSpec(
+        case_id=first.case_id,
+        series_uid=first.series_uid,
+        image_paths=first.image_paths,
+        attributes={**first.attributes, "patient_id": None},
+    )
+    problems = preflight.preflight_cases(
+        protocol, [blank if c is first else c for c in cases], labels, test_set_name="cr-set"
+    )
+    cluster = [p for p in problems if p.check == "cluster"]
+    assert len(cluster) == 1 and cluster[0].blocking
+    assert f"first: {first.case_id}" in cluster[0].found

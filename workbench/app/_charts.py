@@ -15,6 +15,7 @@ from workbench.protocols.results import (
     RocSummary,
     StratumResult,
 )
+from workbench.reports.formatting import format_with_interval
 from workbench.stats import Estimate
 from workbench.vocabulary import Verdict
 
@@ -478,36 +479,25 @@ def decision_curve_table(curve: DecisionCurveSummary, *, every: float = 0.05) ->
         One row per threshold probability: the model's net benefit, treat-all's, and
         the net interventions avoided per 100 patients, each with its interval.
     """
-
-    def cell(value: float | None, low: float | None, high: float | None, scale: float) -> str:
-        if value is None:
-            return "undefined"
-        if low is None or high is None:
-            return f"{value * scale:.3f}"
-        return f"{value * scale:.3f} [{low * scale:.3f}, {high * scale:.3f}]"
+    cell = format_with_interval
 
     rows = []
-    for i, threshold in enumerate(curve.thresholds):
-        on_grid = abs(threshold / every - round(threshold / every)) < 1e-9
-        judged = curve.criterion_at is not None and abs(threshold - curve.criterion_at) < 1e-9
-        if not (on_grid or judged):
-            continue
+    for i in curve.tabulated(every):
         rows.append(
             {
-                "threshold": round(threshold, 4),
+                "threshold": round(curve.thresholds[i], 4),
                 "model net benefit": cell(
-                    curve.net_benefit[i], curve.net_benefit_low[i], curve.net_benefit_high[i], 1
+                    curve.net_benefit[i], curve.net_benefit_low[i], curve.net_benefit_high[i]
                 ),
                 "treat all": cell(
-                    curve.treat_all[i], curve.treat_all_low[i], curve.treat_all_high[i], 1
+                    curve.treat_all[i], curve.treat_all_low[i], curve.treat_all_high[i]
                 ),
                 "interventions avoided per 100": cell(
                     curve.interventions_avoided[i],
                     curve.interventions_avoided_low[i],
                     curve.interventions_avoided_high[i],
-                    1,
                 ),
-                "judged here": "yes" if judged else "",
+                "judged here": "yes" if curve.judged_at(i) else "",
             }
         )
     return pd.DataFrame(rows)

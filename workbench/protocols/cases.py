@@ -25,7 +25,9 @@ identifies a case's image series:
 A case's id is the labels row's ``case_id`` when it has one, else the PatientID,
 else the series UID. Its attributes are the DICOM header attributes of
 :data:`HEADER_ATTRIBUTES` (so strata such as ``manufacturer`` or ``kvp`` need no
-labels column) overlaid by every column of its labels row.
+labels column) overlaid by every column of its labels row. With the protocol's
+``cluster_by`` naming an index column that the labels row does not hold (``patient_id``,
+the DICOM PatientID), that column is added too.
 """
 
 from __future__ import annotations
@@ -280,13 +282,17 @@ def build_cases(
                 f"modality {series_modality} is not among the protocol's "
                 f"{', '.join(protocol.modalities)}"
             )
+        attributes = {**header, **{k: v for k, v in label.items()}}
+        cluster = protocol.cluster_by
+        if cluster and attributes.get(cluster) is None and cluster in group.columns:
+            attributes[cluster] = _clean(group[cluster].iloc[0])  # e.g. the DICOM PatientID
         cases.append(
             CaseSpec(
                 case_id=case_id,
                 series_uid=str(series_uid),
                 image_paths=tuple(root / str(p) for p in sorted(group["path"])),
                 seg_paths=seg_paths,
-                attributes={**header, **{k: v for k, v in label.items()}},
+                attributes=attributes,
                 exclusion=exclusion,
             )
         )

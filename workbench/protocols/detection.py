@@ -38,6 +38,7 @@ from workbench.errors import NotEstimableError, ProtocolError, StatisticsError
 from workbench.protocols.evaluation import (
     _Context,
     _prepare,
+    case_clusters,
     conclude_evaluation,
     judge_endpoint,
     stratum_labels,
@@ -288,12 +289,21 @@ def lesion_table(lesions: pd.DataFrame, matches: pd.DataFrame) -> pd.DataFrame:
     return out[first + rest].sort_values(["case_id", "lesion_id"]).reset_index(drop=True)
 
 
+#: Column of the truth frame holding each case's patient when the protocol has ``cluster_by``.
+CLUSTER_COLUMN = "_cluster"
+
+
 class _FrocData:
     """The free-response marks and truth of the analysed cases, and their restrictions."""
 
     def __init__(self, cases: pd.DataFrame, lesions: pd.DataFrame, matches: pd.DataFrame):
         self.case_ids = [str(c) for c in cases["case_id"]]
         keep = set(self.case_ids)
+        clusters = case_clusters(cases)
+        #: the patient of every case under ``cluster_by`` (intervals resample patients)
+        self.cluster_of: dict[str, str] | None = (
+            None if clusters is None else dict(zip(self.case_ids, clusters, strict=True))
+        )
         les = lesions[lesions["case_id"].astype(str).isin(keep)].copy()
         les["case_id"] = les["case_id"].astype(str)
         les["lesion_id"] = les["lesion_id"].astype(str)
@@ -336,6 +346,8 @@ class _FrocData:
             ],
             ignore_index=True,
         )
+        if self.cluster_of is not None:
+            truth[CLUSTER_COLUMN] = truth["case_id"].map(self.cluster_of)
         marks = self.marks[self.marks["case_id"].isin(kept)]
         if lesion_keys is not None:
             on_lesion = marks["lesion_id"].notna()
@@ -345,6 +357,10 @@ class _FrocData:
             ]
             marks = marks[~on_lesion.to_numpy() | np.asarray(inside, dtype=bool)]
         return marks.reset_index(drop=True), truth
+
+
+def _cluster_column(truth: pd.DataFrame) -> str | None:
+    return CLUSTER_COLUMN if CLUSTER_COLUMN in truth.columns else None
 
 
 def _estimator(
@@ -382,6 +398,7 @@ def _estimator(
                         level=level,
                         n_boot=endpoint.ci.n_boot,
                         seed=endpoint.ci.seed,
+                        clusters=_cluster_column(truth),
                     ),
                     "",
                 )
@@ -393,6 +410,7 @@ def _estimator(
                 level=level,
                 n_boot=endpoint.ci.n_boot,
                 seed=endpoint.ci.seed,
+                clusters=_cluster_column(truth),
             ).iloc[0]
             n_cases = int(truth["case_id"].nunique())
             return (
@@ -401,8 +419,13 @@ def _estimator(
                     float(row["ci_low"]),
                     float(row["ci_high"]),
                     level,
-                    f"bootstrap-percentile ({endpoint.ci.n_boot} replicates, cases resampled "
-                    "within class; pointwise FROC band)",
+                    f"bootstrap-percentile ({endpoint.ci.n_boot} replicates, "
+                    + (
+                        "cases resampled within class"
+                        if _cluster_column(truth) is None
+                        else f"{truth[CLUSTER_COLUMN].nunique()} patients resampled"
+                    )
+                    + "; pointwise FROC band)",
                     n_cases,
                 ),
                 "",
@@ -470,12 +493,20 @@ def _froc_summary(
     seed = ci.seed if ci is not None else 0
     level = ci.level if ci is not None else 0.95
     try:
-        curve = wstats.froc_curve(marks, truth, level=level, n_boot=n_boot, seed=seed)
+        curve = wstats.froc_curve(
+            marks, truth, level=level, n_boot=n_boot, seed=seed, clusters=_cluster_column(truth)
+        )
         grid = sorted(
             {*DEFAULT_FPPI_GRID, *(float(ep.fppi) for ep in endpoints if ep.fppi is not None)}
         )
         at = wstats.sensitivity_at_fppi(
-            marks, truth, fppi=grid, level=level, n_boot=n_boot, seed=seed
+            marks,
+            truth,
+            fppi=grid,
+            level=level,
+            n_boot=n_boot,
+            seed=seed,
+            clusters=_cluster_column(truth),
         )
     except (NotEstimableError, StatisticsError) as exc:
         return None, f"FROC curve not estimable: {exc}"
@@ -487,7 +518,13 @@ def _froc_summary(
     if wafroc is None:
         try:
             wafroc = wstats.froc_estimate(
-                marks, truth, fom=fom, level=level, n_boot=n_boot, seed=seed
+                marks,
+                truth,
+                fom=fom,
+                level=level,
+                n_boot=n_boot,
+                seed=seed,
+                clusters=_cluster_column(truth),
             )
         except (NotEstimableError, StatisticsError):
             wafroc = None

@@ -62,6 +62,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ from workbench.protocols.schema import (
     SubgroupRule,
     structure_column,
 )
+from workbench.stats._core import as_clusters
 from workbench.stats.bootstrap import case_weight_batches, interval_from_replicates
 from workbench.vocabulary import CaseStatus, EstimateStatus, Verdict
 
@@ -194,6 +196,34 @@ def _class_frame(protocol: Protocol, frame: pd.DataFrame, failed_mask: pd.Series
         frame["_pred_class"] = predicted.to_numpy()
 
 
+def _cluster_labels(column: str, frame: pd.DataFrame) -> np.ndarray:
+    """The patient (cluster) of every analysed case, read from ``cluster_by``'s column."""
+    _require_columns(frame, [column], "cluster_by (the patient of each case)")
+    values = frame[column]
+    blank = values.isna() | (values.astype(str).str.strip() == "")
+    if blank.any():
+        raise ProtocolError(
+            f"cluster_by {column!r}: case(s) {frame.loc[blank, 'case_id'].tolist()[:10]} have "
+            "no value; every analysed case needs its patient."
+        )
+    return values.astype(str).to_numpy()
+
+
+def case_clusters(frame: pd.DataFrame) -> np.ndarray | None:
+    """The cluster (patient) labels of an analysis frame, or None without ``cluster_by``.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        A frame prepared for analysis (a run's analysed cases or one stratum of them).
+
+    Returns
+    -------
+    ndarray of str or None
+    """
+    return frame["_cluster"].to_numpy() if "_cluster" in frame.columns else None
+
+
 def _prepare(protocol: Protocol, cases: pd.DataFrame, structure: str | None = None) -> _Prepared:
     _require_columns(cases, ["case_id", "status"], "every protocol")
     frame = cases.copy()
@@ -212,6 +242,8 @@ def _prepare(protocol: Protocol, cases: pd.DataFrame, structure: str | None = No
     frame["status"] = status
     excluded = tuple(frame.loc[status == "excluded", "case_id"])
     frame = frame[status != "excluded"].copy()
+    if protocol.cluster_by is not None:
+        frame["_cluster"] = _cluster_labels(protocol.cluster_by, frame)
     notes: list[str] = []
     exclude_failed = protocol.failed_cases is FailedCasePolicy.EXCLUDE
 
@@ -352,16 +384,23 @@ _CALIBRATION_FIELDS = {
 }
 
 
-def _f1(y: np.ndarray, called: np.ndarray, endpoint: Endpoint, level: float) -> wstats.Estimate:
-    """F1 = 2 TP / (2 TP + FP + FN) with a percentile bootstrap interval over cases."""
+def _f1(
+    y: np.ndarray,
+    called: np.ndarray,
+    endpoint: Endpoint,
+    level: float,
+    clusters: np.ndarray | None = None,
+) -> wstats.Estimate:
+    """F1 = 2 TP / (2 TP + FP + FN) with a percentile bootstrap over cases (or patients)."""
     tp_i = (called & (y == 1)).astype(np.float64)
     err_i = (called != (y == 1)).astype(np.float64)  # FP + FN per case
     denom = 2 * tp_i.sum() + err_i.sum()
     if denom == 0:
         raise NotEstimableError("F1 is undefined: no positive cases and no positive calls")
     theta = float(2 * tp_i.sum() / denom)
+    codes = as_clusters(clusters, len(y))
     reps = []
-    for w in case_weight_batches(len(y), None, endpoint.ci.n_boot, endpoint.ci.seed):
+    for w in case_weight_batches(len(y), codes, endpoint.ci.n_boot, endpoint.ci.seed):
         w64 = w.astype(np.float64)
         tp_b, err_b = w64 @ tp_i, w64 @ err_i
         d = 2 * tp_b + err_b
@@ -375,7 +414,8 @@ def _f1(y: np.ndarray, called: np.ndarray, endpoint: Endpoint, level: float) -> 
             "hold neither a positive case nor a positive call."
         )
     lo, hi = interval_from_replicates(theta, good, level=level, method="percentile")
-    method = f"bootstrap-percentile ({endpoint.ci.n_boot} replicates, {len(y)} cases)"
+    units = f"{len(y)} cases" if codes is None else f"{int(codes.max()) + 1} clusters"
+    method = f"bootstrap-percentile ({endpoint.ci.n_boot} replicates, {units})"
     return wstats.Estimate(theta, lo, hi, level, method, len(y), float(good.std(ddof=1)))
 
 
@@ -401,6 +441,7 @@ def _calibration_fit(
             level=level,
             n_boot=endpoint.ci.n_boot,
             seed=endpoint.ci.seed,
+            clusters=case_clusters(frame),
         )
     return ctx.calibrations[key]
 
@@ -434,6 +475,7 @@ def _utility_estimate(
             n_boot=endpoint.ci.n_boot,
             seed=endpoint.ci.seed,
             prevalence=protocol.decision_curve_prevalence,
+            clusters=case_clusters(frame),
         )
         # the binding comparison: its lower limit > 0 iff the model beats both defaults
         if cmp.over_treat_all.ci_low <= cmp.over_treat_none.ci_low:
@@ -455,11 +497,14 @@ def _utility_estimate(
     threshold = protocol.threshold_of(endpoint)
     assert threshold is not None
     s = frame["_s"].to_numpy(dtype=float)
+    clusters = case_clusters(frame)
     if metric is Metric.F1:
-        return _f1(y, s >= threshold, endpoint, level), ""
+        return _f1(y, s >= threshold, endpoint, level, clusters), ""
     # PPV / NPV at the deployment prevalence
     assert protocol.deployment_prevalence is not None
-    bm = wstats.binary_metrics(y, s, threshold=threshold, method="wilson", level=level)
+    bm = wstats.binary_metrics(
+        y, s, threshold=threshold, method="wilson", level=level, clusters=clusters
+    )
     if bm.sensitivity is None or bm.specificity is None:
         missing = "sensitivity" if bm.sensitivity is None else "specificity"
         return None, bm.not_estimable.get(missing, f"{missing} not estimable")
@@ -469,6 +514,7 @@ def _utility_estimate(
         protocol.deployment_prevalence,
         level=level,
         method=endpoint.ci_method,
+        rate_variance="binomial" if clusters is None else "standard-error",
     )
     return (pv.ppv if metric is Metric.PPV_AT_PREVALENCE else pv.npv), ""
 
@@ -482,6 +528,14 @@ _UTILITY_METRICS = frozenset(
         *_CALIBRATION_FIELDS,
     }
 )
+
+
+def _unclustered(est: wstats.Estimate, frame: pd.DataFrame) -> wstats.Estimate:
+    """Say so in the method when an interval treats the cases of one patient as independent."""
+    if case_clusters(frame) is None:
+        return est
+    note = "; cases treated as independent (no clustered variance for kappa)"
+    return dataclasses.replace(est, method=est.method + note)
 
 
 def _estimate(
@@ -501,6 +555,7 @@ def _estimate(
                     level=level,
                     n_boot=endpoint.ci.n_boot,
                     seed=endpoint.ci.seed,
+                    clusters=case_clusters(frame),
                 ),
                 "",
             )
@@ -514,15 +569,13 @@ def _estimate(
             classes = list(ctx.protocol.reference_standard.classes or [])
             predicted = frame["_pred_class"].tolist()
             extra = sorted({str(p) for p in predicted} - set(classes))
-            return (
-                wstats.cohen_kappa(
-                    frame["_ref_class"].tolist(),
-                    predicted,
-                    level=level,
-                    categories=[*classes, *extra],
-                ),
-                "",
+            kappa = wstats.cohen_kappa(
+                frame["_ref_class"].tolist(),
+                predicted,
+                level=level,
+                categories=[*classes, *extra],
             )
+            return _unclustered(kappa, frame), ""
         if endpoint.metric is Metric.AUC:
             return (
                 wstats.auc(
@@ -532,6 +585,7 @@ def _estimate(
                     level=level,
                     n_boot=endpoint.ci.n_boot,
                     seed=endpoint.ci.seed,
+                    clusters=case_clusters(frame),
                 ),
                 "",
             )
@@ -539,9 +593,15 @@ def _estimate(
         assert threshold is not None
         if endpoint.metric is Metric.KAPPA_MODEL_VS_CONSENSUS:
             decision = (s >= threshold).astype(int)
-            return wstats.cohen_kappa(y, decision, level=level, categories=[0, 1]), ""
+            kappa = wstats.cohen_kappa(y, decision, level=level, categories=[0, 1])
+            return _unclustered(kappa, frame), ""
         bm = wstats.binary_metrics(
-            y, s, threshold=threshold, method=endpoint.ci_method, level=level
+            y,
+            s,
+            threshold=threshold,
+            method=endpoint.ci_method,
+            level=level,
+            clusters=case_clusters(frame),
         )
         est = getattr(bm, endpoint.metric.value)
         if est is None:

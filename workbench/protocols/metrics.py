@@ -20,6 +20,13 @@ benefit of the model at the protocol's ``decision_curve.criterion_at`` minus tha
 of the default strategy (treat-all or treat-none) it beats by the smaller paired
 lower confidence limit, so that ``ci_low > 0`` means it beats both.
 
+With the protocol's ``cluster_by`` (several cases per patient) every interval treats the
+patient as the unit: proportions get the clustered Wilson or Clopper-Pearson interval at
+the Korn-Graubard effective sample size (:func:`workbench.stats.clustered_proportion_ci`),
+the predictive values at prevalence carry those variances, AUC uses the clustered DeLong
+variance (or resamples patients), and F1, calibration and net benefit resample patients.
+Kappa has no clustered variance; its interval says so.
+
 References
 ----------
 .. [1] Van Calster B, McLernon DJ, van Smeden M, Wynants L, Steyerberg EW.
@@ -43,7 +50,7 @@ inferred ROC AUC, needs cases without lesions), ``lesion_sensitivity`` (lesions
 localised by any kept mark / lesions) and ``sensitivity_at_fppi`` (lesion
 localisation fraction at the endpoint's stated ``fppi`` non-lesion marks per image).
 Intervals: case-resampling bootstrap (within diseased and non-diseased cases, or
-whole patients with ``detection.cluster_by``), or the jackknife.
+whole patients with the protocol's ``cluster_by``), or the jackknife.
 """
 
 from __future__ import annotations

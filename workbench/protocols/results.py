@@ -997,6 +997,10 @@ class CalibrationSummary:
         )
 
 
+def _on_grid(value: float, every: float) -> bool:
+    return abs(value / every - round(value / every)) < 1e-9
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionCurveSummary:
     """The decision curve: net benefit of the model, treat-all and treat-none per threshold.
@@ -1070,6 +1074,29 @@ class DecisionCurveSummary:
             n=int(_or(data, "n", 0)),
             criterion_at=None if at is None else float(at),
         )
+
+    def tabulated(self, every: float = 0.05) -> tuple[int, ...]:
+        """Indices of the thresholds a table of the curve shows.
+
+        Parameters
+        ----------
+        every : float, default 0.05
+            Spacing of the thresholds shown (the curve's own grid may be finer).
+
+        Returns
+        -------
+        tuple of int
+            The thresholds on multiples of ``every``, and always the one at which the
+            protocol judges net benefit (``criterion_at``).
+        """
+        return tuple(
+            i for i, t in enumerate(self.thresholds) if _on_grid(t, every) or self.judged_at(i)
+        )
+
+    def judged_at(self, index: int) -> bool:
+        """Whether the protocol judges net benefit at the ``index``-th threshold."""
+        at = self.criterion_at
+        return at is not None and abs(self.thresholds[index] - at) < 1e-9
 
 
 @dataclass(frozen=True, slots=True)

@@ -1301,6 +1301,18 @@ class Protocol(_Strict):
             "endpoints are not evaluable."
         ),
     )
+    cluster_by: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        max_length=64,
+        description=(
+            "The case attribute naming the patient when a patient contributes several "
+            "cases (two breasts, both eyes, several series): patient_id (the DICOM "
+            "PatientID), study_instance_uid or a labels.csv column. Every interval then "
+            "treats the patient as the unit: clustered Wilson/Clopper-Pearson intervals "
+            "for proportions, clustered DeLong variance, bootstrap over patients."
+        ),
+    )
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     decision_curve: DecisionCurveSpec | None = None
     matching: Matching | None = Field(

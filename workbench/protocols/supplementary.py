@@ -130,8 +130,21 @@ def _agreement(
     return tuple(rows), fleiss, fleiss_reason
 
 
+def _patients(protocol: Protocol, done: pd.DataFrame) -> np.ndarray | None:
+    """The patient (cluster) of each case under ``cluster_by``, else None."""
+    column = protocol.cluster_by
+    if column is None or column not in done.columns:
+        return None
+    return done[column].astype(str).to_numpy()
+
+
 def _calibration_summary(
-    protocol: Protocol, y: np.ndarray, p: np.ndarray, factor: str, stratum: str
+    protocol: Protocol,
+    y: np.ndarray,
+    p: np.ndarray,
+    factor: str,
+    stratum: str,
+    clusters: np.ndarray | None = None,
 ) -> CalibrationSummary:
     """Calibration of one group of cases (raises WorkbenchError when not estimable)."""
     spec = protocol.calibration
@@ -143,6 +156,7 @@ def _calibration_summary(
         ci="bootstrap",
         n_boot=CALIBRATION_REPLICATES,
         seed=0,
+        clusters=clusters,
     )
     bins = tuple(
         ReliabilityBin(
@@ -208,7 +222,7 @@ def _calibration(
     y = done["y_true"].astype(int).to_numpy()
     p = done["score"].astype(float).to_numpy()
     try:
-        summaries = [_calibration_summary(protocol, y, p, "", "overall")]
+        summaries = [_calibration_summary(protocol, y, p, "", "overall", _patients(protocol, done))]
     except WorkbenchError as error:
         return (), str(error)
     by = protocol.calibration.by
@@ -223,6 +237,7 @@ def _calibration(
                         group["score"].astype(float).to_numpy(),
                         factor,
                         str(level),
+                        _patients(protocol, group),
                     )
                 )
             except WorkbenchError:
@@ -254,6 +269,7 @@ def _decision_curve(
             n_boot=DECISION_CURVE_REPLICATES,
             seed=0,
             prevalence=protocol.decision_curve_prevalence,
+            clusters=_patients(protocol, done),
         )
     except WorkbenchError as error:
         return None, str(error)

@@ -61,6 +61,7 @@ from workbench.reports._style import (
 from workbench.reports.attachments import RESULTS_JSON, Attachment, report_attachments
 from workbench.reports.content import (
     CalibrationSection,
+    DecisionCurve,
     DetectionSection,
     EstimateStatus,
     MetricResult,
@@ -78,6 +79,7 @@ from workbench.reports.formatting import (
     format_p_value,
     format_utc,
     format_verdict,
+    format_with_interval,
 )
 
 __all__ = ["BuiltReport", "build_report"]
@@ -1065,7 +1067,15 @@ def _calibration(section: CalibrationSection, figure_number: int) -> list[Flowab
             "Calibration-in-the-large (intercept, ideal 0) and calibration slope (ideal 1) "
             "are logistic recalibration fits on logit(p); Brier score and expected "
             f"calibration error (ECE, {section.bins} {strategy} bins) are lower for better "
-            "calibration. Intervals are percentile bootstrap intervals over cases."
+            "calibration. Intervals are percentile bootstrap intervals over "
+            + (
+                "patients (whole patients resampled)."
+                if "clusters" in section.rows[0].brier.method
+                else "cases."
+            )
+            + " ECE is biased upwards in finite samples (the noise within each bin adds to "
+            "it), so even a perfectly calibrated model has ECE above 0 and an interval that "
+            "excludes 0; it is judged against the protocol's threshold, not against 0."
         )
     if section.note:
         intro.append(section.note)
@@ -1146,7 +1156,42 @@ def _calibration(section: CalibrationSection, figure_number: int) -> list[Flowab
                 ]
             )
         )
+        if curve.table:
+            out += _decision_table(curve)
     return out
+
+
+def _decision_table(curve: DecisionCurve) -> list[Flowable]:
+    """Net benefit and net interventions avoided per 100 patients at tabulated thresholds."""
+    cell = format_with_interval
+    level = format_level(curve.level)
+    rows: list[list[object]] = [
+        ["p_t", f"Model ({level} CI)", f"Treat all ({level} CI)", "Avoided per 100 (CI)"]
+    ]
+    for row in curve.table:
+        cells = [
+            f"{row.threshold:g}" + (" *" if row.judged else ""),
+            cell(row.model, row.model_low, row.model_high, 3),
+            cell(row.treat_all, row.treat_all_low, row.treat_all_high, 3),
+            cell(row.avoided, row.avoided_low, row.avoided_high, 1),
+        ]
+        rows.append([_p(c, "CellBold") for c in cells] if row.judged else list(cells))
+    note = (
+        "Net benefit of the model and of treating all, and the net number of interventions "
+        "avoided per 100 patients by acting on the model instead of treating all: "
+        "(net benefit of the model - net benefit of treat-all) x 100 x (1 - p_t) / p_t."
+    )
+    if any(row.judged for row in curve.table):
+        note += " *: the threshold at which the net-benefit endpoint is judged."
+    return [
+        KeepTogether(
+            [
+                _h2("Net benefit and interventions avoided"),
+                _table(rows, [18 * mm, 52 * mm, 52 * mm, CONTENT_WIDTH - 122 * mm]),
+                _p(note, "Caption"),
+            ]
+        )
+    ]
 
 
 def _acceptance(content: ReportContent) -> list[Flowable]:

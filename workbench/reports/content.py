@@ -583,6 +583,37 @@ class CalibrationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionCurveRow:
+    """One tabulated threshold of a decision curve, each value with its interval.
+
+    Parameters
+    ----------
+    threshold : float
+        Threshold probability p_t.
+    model, model_low, model_high : float or None
+        Net benefit of acting on the model.
+    treat_all, treat_all_low, treat_all_high : float or None
+        Net benefit of treating everyone.
+    avoided, avoided_low, avoided_high : float or None
+        Net interventions avoided per 100 patients against treat-all.
+    judged : bool
+        Whether the protocol's net-benefit criterion is judged at this threshold.
+    """
+
+    threshold: float
+    model: float | None
+    model_low: float | None
+    model_high: float | None
+    treat_all: float | None
+    treat_all_low: float | None
+    treat_all_high: float | None
+    avoided: float | None
+    avoided_low: float | None
+    avoided_high: float | None
+    judged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionCurve:
     """Net benefit of the model, treat-all and treat-none over threshold probabilities.
 
@@ -599,6 +630,7 @@ class DecisionCurve:
     method: str = ""
     level: float = 0.95
     criterion_at: float | None = None
+    table: tuple[DecisionCurveRow, ...] = ()
 
     def __post_init__(self) -> None:
         lengths = {

@@ -18,6 +18,7 @@ __all__ = [
     "format_p_value",
     "format_utc",
     "format_verdict",
+    "format_with_interval",
 ]
 
 
@@ -25,6 +26,33 @@ def format_number(value: float, digits: int = 3) -> str:
     """Fixed-point with ``digits`` decimals; a rounded negative zero prints as zero."""
     text = f"{value:.{digits}f}"
     return "0." + "0" * digits if text == "-0." + "0" * digits else text
+
+
+def format_with_interval(
+    value: float | None, low: float | None, high: float | None, digits: int = 3
+) -> str:
+    """``value [low, high]``; the value alone where the interval is undefined.
+
+    Parameters
+    ----------
+    value, low, high : float or None
+        A value and its interval; ``None`` marks what is undefined.
+    digits : int
+        Decimals.
+
+    Returns
+    -------
+    str
+        ``"undefined"`` when ``value`` is None.
+    """
+    if value is None:
+        return "undefined"
+    if low is None or high is None:
+        return format_number(value, digits)
+    return (
+        f"{format_number(value, digits)} [{format_number(low, digits)}, "
+        f"{format_number(high, digits)}]"
+    )
 
 
 def format_level(level: float) -> str:

@@ -18,6 +18,7 @@ marked ``blocking`` stop a run before it starts.
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,12 +216,35 @@ def preflight_cases(
                     blocking=False,
                 )
             )
+    problems += _cluster_problems(protocol, analysable)
     problems += _class_problems(protocol, labels)
     problems += _structure_problems(protocol, analysable)
     if spec is not None:
         # with nothing analysable, still say whether the model fits these images
         problems += _model_problems(protocol, spec, analysable or cases)
     return problems
+
+
+def _cluster_problems(protocol: Protocol, analysable: list[CaseSpec]) -> list[PreflightProblem]:
+    """``cluster_by``: every analysable case names its patient (cluster)."""
+    column = protocol.cluster_by
+    if column is None or not analysable:
+        return []
+    missing = [c.case_id for c in analysable if _blank(c.attributes.get(column))]
+    if not missing:
+        return []
+    return [
+        PreflightProblem(
+            "cluster",
+            f"cluster_by {column}",
+            f"a {column} for every case (labels.csv column or DICOM header attribute)",
+            f"{len(missing)} case(s) without one (first: {missing[0]})",
+        )
+    ]
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == ""
 
 
 def _class_problems(protocol: Protocol, labels: pd.DataFrame | None) -> list[PreflightProblem]:

@@ -506,7 +506,8 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
                 metric=f"{ep.id}: "
                 + _structure_label(info.label, protocol.structure_of(ep.structure)),
                 definition=ep.description or info.label,
-                ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})",
+                ci_method=f"{ep.ci.method or info.ci_methods[0]} ({ep.ci.level:.0%})"
+                + (f", clustered by {protocol.cluster_by}" if protocol.cluster_by else ""),
             )
         )
         threshold = protocol.threshold_of(ep)
@@ -551,6 +552,15 @@ def methods_section(inputs: ReportInputs) -> rc.MethodsSummary:
             + (
                 " A primary endpoint that is not evaluable makes the verdict NOT EVALUABLE."
                 if protocol.not_evaluable_counts_as is NotEvaluablePolicy.NOT_EVALUABLE
+                else ""
+            )
+            + (
+                f" Cases are clustered by {protocol.cluster_by} (a patient may contribute "
+                "several cases): every interval treats the patient as the unit (proportions: "
+                "Wilson or Clopper-Pearson at the Korn-Graubard effective sample size; AUC: "
+                "clustered DeLong variance; bootstrap intervals resample patients). Kappa "
+                "intervals treat cases as independent."
+                if protocol.cluster_by
                 else ""
             )
         ),
@@ -774,6 +784,22 @@ def calibration_section(inputs: ReportInputs) -> rc.CalibrationSection | None:
                 method=curve.method,
                 level=curve.level,
                 criterion_at=curve.criterion_at,
+                table=tuple(
+                    rc.DecisionCurveRow(
+                        threshold=curve.thresholds[i],
+                        model=curve.net_benefit[i],
+                        model_low=curve.net_benefit_low[i],
+                        model_high=curve.net_benefit_high[i],
+                        treat_all=curve.treat_all[i],
+                        treat_all_low=curve.treat_all_low[i],
+                        treat_all_high=curve.treat_all_high[i],
+                        avoided=curve.interventions_avoided[i],
+                        avoided_low=curve.interventions_avoided_low[i],
+                        avoided_high=curve.interventions_avoided_high[i],
+                        judged=curve.judged_at(i),
+                    )
+                    for i in curve.tabulated()
+                ),
             )
     operating_point = ""
     if op is not None:

@@ -66,7 +66,12 @@ from workbench.stats.planning import (
     sample_size_sensitivity,
     sample_size_specificity,
 )
-from workbench.stats.proportions import BinaryMetrics, binary_metrics, proportion_ci
+from workbench.stats.proportions import (
+    BinaryMetrics,
+    binary_metrics,
+    clustered_proportion_ci,
+    proportion_ci,
+)
 from workbench.stats.roc import RocCurve, auc, auc_variance, delong_test, roc_curve_with_band
 from workbench.stats.segmentation import (
     SegmentationMetrics,
@@ -134,6 +139,7 @@ __all__ = [
     "net_benefit_comparison",
     "percent_agreement",
     "predictive_values",
+    "clustered_proportion_ci",
     "proportion_ci",
     "roc_curve_with_band",
     "sample_size_auc",

@@ -32,6 +32,7 @@ from workbench.stats._core import Estimate, check_level, choose, z_crit
 __all__ = ["PredictiveValues", "predictive_values"]
 
 METHODS = ("logit", "adjusted-logit")
+RATE_VARIANCES = ("binomial", "standard-error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,17 @@ def _rate(name: str, est: Estimate) -> tuple[float, int]:
     return value, n
 
 
+def _effective_n(name: str, est: Estimate) -> float:
+    value, n = float(est.value), int(est.n)
+    if est.se is None or not math.isfinite(est.se) or est.se < 0:
+        raise StatisticsError(
+            f"rate_variance='standard-error' needs the {name}'s standard error, found {est.se!r}."
+        )
+    if est.se == 0.0:
+        return float(n)
+    return value * (1.0 - value) / est.se**2
+
+
 def predictive_values(
     sensitivity: Estimate,
     specificity: Estimate,
@@ -74,6 +86,7 @@ def predictive_values(
     *,
     level: float = 0.95,
     method: str = "logit",
+    rate_variance: str = "binomial",
 ) -> PredictiveValues:
     """PPV and NPV at a deployment prevalence, with delta-method intervals.
 
@@ -95,6 +108,13 @@ def predictive_values(
         failures of Se and Sp for the variance and the interval's centre [1]_, which is
         defined also at Se or Sp of 0 or 1. Either way the point estimate is the
         unadjusted Bayes value.
+    rate_variance : {"binomial", "standard-error"}
+        ``"binomial"``: the variance of Se and Sp is that of ``n`` independent cases.
+        ``"standard-error"``: it is each estimate's ``se``, so that an interval that
+        accounts for several cases per patient
+        (:func:`~workbench.stats.clustered_proportion_ci`) carries its clustering into
+        the predictive values: the counts in the variance become the effective sample
+        size ``p (1 - p) / se**2`` (``n`` where ``se`` is 0).
 
     Returns
     -------
@@ -116,8 +136,13 @@ def predictive_values(
     """
     method = choose("method", method, METHODS)
     level = check_level(level)
+    rate_variance = choose("rate_variance", rate_variance, RATE_VARIANCES)
     se, n1 = _rate("sensitivity", sensitivity)
     sp, n0 = _rate("specificity", specificity)
+    m1, m0 = float(n1), float(n0)
+    if rate_variance == "standard-error":
+        m1 = _effective_n("sensitivity", sensitivity)
+        m0 = _effective_n("specificity", specificity)
     pi = float(prevalence)
     if not 0.0 < pi < 1.0:
         raise StatisticsError(f"prevalence must lie strictly between 0 and 1, found {pi!r}.")
@@ -133,8 +158,8 @@ def predictive_values(
     npv = sp * (1.0 - pi) / called_negative
     if method == "adjusted-logit":
         half = z * z / 2.0
-        se_c, n1_c = (se * n1 + half) / (n1 + 2 * half), n1 + 2 * half
-        sp_c, n0_c = (sp * n0 + half) / (n0 + 2 * half), n0 + 2 * half
+        se_c, n1_c = (se * m1 + half) / (m1 + 2 * half), m1 + 2 * half
+        sp_c, n0_c = (sp * m0 + half) / (m0 + 2 * half), m0 + 2 * half
     else:
         if se in (0.0, 1.0) or sp in (0.0, 1.0):
             raise NotEstimableError(
@@ -142,7 +167,7 @@ def predictive_values(
                 f"sensitivity {se:g} and specificity {sp:g} (a rate of 0 or 1 has infinite "
                 "logit variance). Use method='adjusted-logit'."
             )
-        se_c, n1_c, sp_c, n0_c = se, float(n1), sp, float(n0)
+        se_c, n1_c, sp_c, n0_c = se, m1, sp, m0
     logit_pi = math.log(pi / (1.0 - pi))
     centre_ppv = math.log(se_c / (1.0 - sp_c)) + logit_pi
     var_ppv = (1.0 - se_c) / (n1_c * se_c) + sp_c / (n0_c * (1.0 - sp_c))
@@ -154,6 +179,8 @@ def predictive_values(
         lo = 1.0 / (1.0 + math.exp(-(centre - z * sd)))
         hi = 1.0 / (1.0 + math.exp(-(centre + z * sd)))
         name = f"delta method, {method} (Mercaldo 2007), prevalence {pi:g}"
+        if rate_variance == "standard-error":
+            name += f"; Se, Sp variances from their standard errors (n {m1:.1f}, {m0:.1f})"
         return Estimate(value, lo, hi, level, name, n1 + n0, sd)
 
     return PredictiveValues(
