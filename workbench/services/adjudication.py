@@ -57,6 +57,8 @@ __all__ = [
     "CaseAdjudication",
     "RunAdjudication",
     "SecondaryAnalysis",
+    "final_decision",
+    "model_verdict",
 ]
 
 
@@ -441,15 +443,42 @@ def adjudicate(
         return d.status
 
 
-def _final_decision(d: Discrepancy) -> str | None:
+def final_decision(d: Discrepancy) -> str | None:
+    """The decision that settles an adjudicated discrepancy, or None while it is open.
+
+    Parameters
+    ----------
+    d : Discrepancy
+
+    Returns
+    -------
+    str or None
+        The last consensus decision when there is one, else the last adjudication's;
+        ``None`` for a discrepancy that is not adjudicated.
+    """
     if d.status != DiscrepancyStatus.ADJUDICATED.value or not d.adjudications:
         return None
     consensus = [a for a in d.adjudications if a.kind == AdjudicationKind.CONSENSUS.value]
     return (consensus or d.adjudications)[-1].decision
 
 
-def _model_verdict(d: Discrepancy, decision: str | None) -> str | None:
-    """Translate a blinded A/B decision into what it says about the model."""
+def model_verdict(d: Discrepancy, decision: str | None) -> str | None:
+    """Translate a blinded A/B decision into what it says about the model.
+
+    Parameters
+    ----------
+    d : Discrepancy
+        The discrepancy, whose blinding says which of A and B showed the model.
+    decision : str or None
+        ``a_correct``, ``b_correct``, ``both_acceptable``, ``neither`` or
+        ``indeterminate``.
+
+    Returns
+    -------
+    str or None
+        ``"model correct"``, ``"reference correct"``, ``"both acceptable"``,
+        ``"neither acceptable"`` or ``"indeterminate"``; None without a decision.
+    """
     if decision is None:
         return None
     model = (d.blinding or {}).get("model", "A")
@@ -527,7 +556,7 @@ def adjudication_summary(session: Session, run: Run) -> RunAdjudication:
     names = {row[0]: row[1] for row in session.execute(select(User.username, User.full_name))}
     cases = []
     for d in sorted(run.discrepancies, key=lambda d: d.case_id):
-        decision = _final_decision(d)
+        decision = final_decision(d)
         cases.append(
             CaseAdjudication(
                 case_id=d.case_id,
@@ -545,7 +574,7 @@ def adjudication_summary(session: Session, run: Run) -> RunAdjudication:
                     for a in d.adjudications
                 ),
                 final_decision=decision,
-                interpretation=_model_verdict(d, decision),
+                interpretation=model_verdict(d, decision),
             )
         )
     counts: dict[str, int] = {}

@@ -54,7 +54,7 @@ from workbench.records.models import (
 )
 from workbench.services import protocols as protocol_service
 from workbench.services import runs, views
-from workbench.services.adjudication import _final_decision, _model_verdict
+from workbench.services.adjudication import final_decision, model_verdict
 from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.vocabulary import CaseStatus
 
@@ -235,7 +235,7 @@ def _discrepancy_links(session: Session, run: Run, case_id: str) -> tuple[Discre
                 reviewer_name=names.get(a.reviewer, a.reviewer),
                 kind=a.kind,
                 decision=a.decision,
-                meaning=_model_verdict(d, a.decision) or a.decision,
+                meaning=model_verdict(d, a.decision) or a.decision,
                 comment=a.comment or "",
                 decided_at=a.created_at,
             )
@@ -247,7 +247,7 @@ def _discrepancy_links(session: Session, run: Run, case_id: str) -> tuple[Discre
                 rule=d.rule,
                 status=d.status,
                 reads=reads,
-                outcome=_model_verdict(d, _final_decision(d)),
+                outcome=model_verdict(d, final_decision(d)),
             )
         )
     return tuple(links)
