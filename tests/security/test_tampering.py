@@ -547,9 +547,12 @@ def test_discrepancy_status_and_decision_changed_are_named_by_audit_verify(
         with wb.transaction(readonly=True) as session:
             run = session.scalars(select(Run).where(Run.run_uid == wb_copy.run_uid)).one()
             unresolved = [d.id for d in anchors.unresolved_discrepancies(session, run)]
+        # the approval and sealing gates and the reviewers' queue count it as open
+        pending = adjudication.pending_count(wb, wb_copy.run_uid)
     finally:
         wb.close()
     assert unresolved == [still_open]
+    assert pending == 1
     _sql(wb_copy, ("delete from discrepancies where id = ?", (still_open,)))
     _audit_verify_fails(wb_copy, f"discrepancy {still_open} .*: row is none")
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from workbench.errors import PermissionDeniedError, WorkflowError
 from workbench.protocols import Protocol, ProtocolEvaluation, evaluate_endpoints
 from workbench.records import audit, signatures
+from workbench.records.anchors import unresolved_discrepancies
 from workbench.records.models import (
     Adjudication,
     AdjudicationDecision,
@@ -208,10 +209,14 @@ def queue(wb: Workbench, actor: Actor, run_uid: str) -> list[QueueItem]:
 
 
 def pending_count(wb: Workbench, run_uid: str) -> int:
-    """Number of discrepancies of a run still open or waiting for consensus."""
+    """Number of discrepancies of a run still open or waiting for consensus.
+
+    A discrepancy counts as settled only when its row and its audited decision both say
+    so (:func:`workbench.records.anchors.unresolved_discrepancies`).
+    """
     with wb.transaction(readonly=True) as session:
         run = _run(session, run_uid)
-        return sum(d.status != DiscrepancyStatus.ADJUDICATED.value for d in run.discrepancies)
+        return len(unresolved_discrepancies(session, run))
 
 
 def open_case(wb: Workbench, actor: Actor, discrepancy_id: int) -> AdjudicationCase:

@@ -32,6 +32,7 @@ from workbench.errors import (
 )
 from workbench.protocols import Protocol
 from workbench.records import audit, signatures
+from workbench.records.anchors import unresolved_discrepancies
 from workbench.records.models import (
     ProtocolVersion,
     RegisteredModel,
@@ -288,7 +289,8 @@ def sign_report(
         if meaning == "approved" and report.created_by == user.username:
             raise PermissionDeniedError("The author of a report cannot approve it.")
         if meaning == "approved" and protocol.adjudication.required_before_approval:
-            open_items = [d.case_id for d in run.discrepancies if d.status != "adjudicated"]
+            # a row marked adjudicated without the reviewers' audited decision stays open
+            open_items = [d.case_id for d in unresolved_discrepancies(session, run)]
             if open_items:
                 raise WorkflowError(
                     f"Report {report_uid} cannot be approved: {len(open_items)} discrepanc"
@@ -386,8 +388,8 @@ def seal_report(wb: Workbench, actor: Actor, report_uid: str) -> ReportInfo:
                 + ", ".join(missing)
                 + "."
             )
-        if protocol.adjudication.required_before_approval and any(
-            d.status != "adjudicated" for d in run.discrepancies
+        if protocol.adjudication.required_before_approval and unresolved_discrepancies(
+            session, run
         ):
             raise WorkflowError(f"Report {report_uid} has unadjudicated discrepancies.")
         _require_current(session, report, wb.workdir.root)

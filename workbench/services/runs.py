@@ -86,6 +86,7 @@ from workbench.protocols.results import SupplementaryAnalyses
 from workbench.protocols.schema import DetectionSource, ReferenceSource
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records import audit
+from workbench.records.anchors import unresolved_discrepancies
 from workbench.records.models import (
     CaseResult,
     Discrepancy,
@@ -1570,7 +1571,7 @@ def results_hidden_reason(session: Session, user: User, run: Run) -> str | None:
     protocol = protocol_service.parsed_protocol(pv)
     if protocol.adjudication.reviewers_see_aggregate_results:
         return None
-    pending = sum(d.status != DiscrepancyStatus.ADJUDICATED.value for d in run.discrepancies)
+    pending = len(unresolved_discrepancies(session, run))
     if not pending:
         return None
     return (
