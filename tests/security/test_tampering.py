@@ -493,6 +493,23 @@ def test_raised_role_and_re_enabled_account_are_named_by_audit_verify(
     _audit_verify_fails(wb_copy, rf"user aud \(id {aud}\): row is none")
 
 
+def test_signed_in_account_whose_role_is_raised_in_the_database_acts_no_more(
+    wb_copy: harness.Pipeline,
+) -> None:
+    """A role raised under an open session: the next action on its authority is refused."""
+    from workbench.services import accounts
+
+    wb = harness.open_wb(wb_copy.workdir)
+    try:
+        reviewer = harness.login(wb, "rev1")
+        _sql(wb_copy, "update users set role = 'admin' where username = 'rev1'")
+        with pytest.raises(errors.IntegrityError, match="role is 'admin', audited 'reviewer'"):
+            accounts.disable_user(wb, reviewer, "aud", reason="not on a reviewer's authority")
+    finally:
+        wb.close()
+    assert not [e for e in _entries(wb_copy) if e["action"] == "user.disable"]
+
+
 def test_case_result_changed_or_deleted_is_named_by_audit_verify(
     wb_copy: harness.Pipeline,
 ) -> None:

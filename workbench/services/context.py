@@ -33,8 +33,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from workbench.config import Workdir, resolve_workdir
-from workbench.errors import AuthenticationError, NotFoundError, StorageError
-from workbench.records import audit
+from workbench.errors import AuthenticationError, IntegrityError, NotFoundError, StorageError
+from workbench.records import anchors, audit
 from workbench.records.db import Database, open_database
 from workbench.records.models import User
 from workbench.records.permissions import require
@@ -197,6 +197,9 @@ def current_user(session: Session, actor: Actor, action: str | None = None) -> U
         exists, is disabled or locked.
     PermissionDeniedError
         The role does not allow ``action``; the refusal is written to the audit trail.
+    IntegrityError
+        The account's role, name or disabled flag differs from its audited value (changed
+        outside the services): nothing is done on its authority.
     """
     if not isinstance(actor, Actor) or not _issued_by_sign_in(actor):
         raise AuthenticationError(
@@ -207,6 +210,14 @@ def current_user(session: Session, actor: Actor, action: str | None = None) -> U
     if user is None:
         raise AuthenticationError("This account no longer exists; sign in again.")
     if action is not None:
+        differs = anchors.check_user(session, user)
+        if differs:
+            raise IntegrityError(
+                f"The account {user.username!r} differs from its audited record ("
+                + "; ".join(f"{m.field} is {m.found}, audited {m.anchored}" for m in differs)
+                + "): it was changed outside the workbench. Nothing is done on its authority; "
+                "an administrator should run 'workbench audit verify'."
+            )
         require(user, action, session=session)
     elif user.disabled or user.locked:
         raise AuthenticationError("This account is disabled or locked; sign in again.")
