@@ -15,7 +15,6 @@ cannot approve it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +48,19 @@ from workbench.reports import (
 from workbench.reports import content as rc
 from workbench.reports import (
     seal_pdf,
-    verify_pdf,
 )
 from workbench.reports.attachments import RESULTS_JSON, report_attachments
 from workbench.services.context import Actor, Workbench, current_user, get_one
 from workbench.services.protocols import parsed_protocol
 from workbench.services.report_content import gather_report_inputs, report_content
-from workbench.services.sealing import ReportCheck, signing_identity
-from workbench.services.study_reports import verify_study_report_file
+from workbench.services.sealing import (
+    ReportCheck,
+    conclude_check,
+    missing_file,
+    seal_checks,
+    signing_identity,
+)
+from workbench.services.study_reports import check_study_report
 
 __all__ = [
     "ReportInfo",
@@ -441,44 +445,16 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
     Needs no account, so that an inspector can run it; the outcome is audited.
     """
     pdf = Path(path)
-    checks: list[tuple[str, bool, str]] = []
     if not pdf.is_file():
-        return ReportCheck(
-            str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")]
-        )
-    if os.environ.get("WORKBENCH_SIGNING_KEY") and os.environ.get("WORKBENCH_SIGNING_CERT"):
-        roots = signing_identity(wb).trust_roots
-    else:  # never new keys to verify with; missing keys are an error once reports were sealed
-        from workbench.reports.keys import existing_trust_roots
-
-        with wb.transaction(readonly=True) as session:
-            sealed = session.scalars(
-                select(Report.id).where(Report.sealed_sha256.is_not(None)).limit(1)
-            ).first()
-        roots = existing_trust_roots(wb.workdir.keys_dir, required=sealed is not None)
-    outcome = verify_pdf(pdf, trust_roots=roots)
-    checks.append(
-        ("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature")
-    )
-    checks.append(
-        (
-            "covers whole file",
-            outcome.covers_whole_file,
-            "no bytes added after sealing"
-            if outcome.covers_whole_file
-            else "modified after sealing",
-        )
-    )
-    checks.append(
-        (
-            "trusted certificate",
-            outcome.trusted,
-            "chains to the workbench CA" if outcome.trusted else "not trusted",
-        )
-    )
+        return missing_file(pdf)
+    with wb.transaction(readonly=True) as session:
+        sealed = session.scalars(
+            select(Report.id).where(Report.sealed_sha256.is_not(None)).limit(1)
+        ).first()
+    outcome, checks = seal_checks(wb, pdf, keys_required=sealed is not None)
     uid = outcome.report_id
     if uid and uid.startswith("SR-"):  # a reader-study report: checked against its own record
-        return verify_study_report_file(wb, pdf)
+        return check_study_report(wb, pdf, outcome, checks)
     with wb.transaction() as session:
         report = (
             session.scalars(select(Report).where(Report.report_uid == uid)).first() if uid else None
@@ -533,21 +509,9 @@ def verify_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
                 else list(outcome.embedded_signatures),
                 excluded_from={"approved": report.created_by},
             )
-        valid = all(ok for _, ok, _ in checks) and outcome.valid
-        reason = "; ".join([*outcome.problems, *(f"{n}: {d}" for n, ok, d in checks if not ok)])
-        audit.append(
-            session,
-            actor="system",
-            action="report.verify",
-            record_type="report",
-            record_id=uid or pdf.name,
-            new={
-                "file_sha256": outcome.file_sha256,
-                "valid": valid,
-                "reason": audit.bounded_text(reason, limit=500),
-            },
+        return conclude_check(
+            session, pdf, outcome, checks, action="report.verify", record_type="report"
         )
-    return ReportCheck(str(pdf), valid, reason or "valid", uid, checks)
 
 
 def list_reports(wb: Workbench) -> list[ReportInfo]:

@@ -21,7 +21,6 @@ the audit trail; nothing is typed in.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +49,8 @@ from workbench.records.studies import (
     ReadingSessionStatus,
 )
 from workbench.reports import content as rc
-from workbench.reports import seal_pdf, verify_pdf
+from workbench.reports import seal_pdf
+from workbench.reports.sealing import PdfVerification
 from workbench.reports.study_report import (
     FixedEffectsRow,
     ReaderCurve,
@@ -63,7 +63,14 @@ from workbench.reports.study_report import (
     study_report_attachments,
 )
 from workbench.services.context import Actor, Workbench, current_user, get_one
-from workbench.services.sealing import ReportCheck, signing_identity
+from workbench.services.sealing import (
+    Check,
+    ReportCheck,
+    conclude_check,
+    missing_file,
+    seal_checks,
+    signing_identity,
+)
 from workbench.services.studies import (
     _cases,
     _design,
@@ -736,37 +743,30 @@ def verify_study_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
     each intact and as printed in the document.
     """
     pdf = Path(path)
-    checks: list[tuple[str, bool, str]] = []
     if not pdf.is_file():
-        return ReportCheck(
-            str(pdf), False, f"{pdf} does not exist", checks=[("file", False, "missing")]
-        )
-    if os.environ.get("WORKBENCH_SIGNING_KEY") and os.environ.get("WORKBENCH_SIGNING_CERT"):
-        roots = signing_identity(wb).trust_roots
-    else:
-        from workbench.reports.keys import existing_trust_roots
+        return missing_file(pdf)
+    outcome, checks = seal_checks(wb, pdf, keys_required=True)
+    return check_study_report(wb, pdf, outcome, checks)
 
-        roots = existing_trust_roots(wb.workdir.keys_dir, required=True)
-    outcome = verify_pdf(pdf, trust_roots=roots)
-    checks.append(
-        ("PAdES seal", outcome.signed and outcome.intact, outcome.signer_subject or "no signature")
-    )
-    checks.append(
-        (
-            "covers whole file",
-            outcome.covers_whole_file,
-            "no bytes added after sealing"
-            if outcome.covers_whole_file
-            else "modified after sealing",
-        )
-    )
-    checks.append(
-        (
-            "trusted certificate",
-            outcome.trusted,
-            "chains to the workbench CA" if outcome.trusted else "not trusted",
-        )
-    )
+
+def check_study_report(
+    wb: Workbench, pdf: Path, outcome: PdfVerification, checks: list[Check]
+) -> ReportCheck:
+    """Check a verified study-report PDF against its audit record; the outcome is audited.
+
+    Parameters
+    ----------
+    wb : Workbench
+    pdf : Path
+    outcome : PdfVerification
+        The PDF's seal verification (:func:`workbench.services.sealing.seal_checks`).
+    checks : list of Check
+        The seal checks, extended here with those against the records.
+
+    Returns
+    -------
+    ReportCheck
+    """
     uid = outcome.report_id
     with wb.transaction() as session:
         build = _entry(session, uid, "study_report.build") if uid else None
@@ -809,21 +809,9 @@ def verify_study_report_file(wb: Workbench, path: str | Path) -> ReportCheck:
                 else list(outcome.embedded_signatures),
                 excluded_from={"approved": build.actor},
             )
-        valid = all(ok for _, ok, _ in checks) and outcome.valid
-        reason = "; ".join([*outcome.problems, *(f"{n}: {d}" for n, ok, d in checks if not ok)])
-        audit.append(
-            session,
-            actor="system",
-            action="study_report.verify",
-            record_type=RECORD_TYPE,
-            record_id=uid or pdf.name,
-            new={
-                "file_sha256": outcome.file_sha256,
-                "valid": valid,
-                "reason": audit.bounded_text(reason, limit=500),
-            },
+        return conclude_check(
+            session, pdf, outcome, checks, action="study_report.verify", record_type=RECORD_TYPE
         )
-    return ReportCheck(str(pdf), valid, reason or "valid", uid, checks)
 
 
 def list_study_reports(
