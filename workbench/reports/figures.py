@@ -174,27 +174,17 @@ def roc_figure(roc: RocCurve, *, width: float = 300, height: float = 280) -> Dra
             )
         )
 
-    drawing.add(
-        String(
-            left + plot_w / 2,
-            8,
-            "1 \u2212 specificity (false-positive rate)",
-            fontName=SANS,
-            fontSize=_LABEL_FONT,
-            textAnchor="middle",
-        )
-    )
-    label = String(
-        0,
-        0,
+    _axis_labels(
+        drawing,
+        "1 \u2212 specificity (false-positive rate)",
         "Sensitivity (true-positive rate)",
-        fontName=SANS,
-        fontSize=_LABEL_FONT,
-        textAnchor="middle",
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_label_at=8,
+        y_label_at=12,
     )
-    rotated = Group(label)
-    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
-    drawing.add(rotated)
     auc = roc.auc
     title = f"AUC {format_estimate(auc)}"
     if auc.ok:
@@ -661,15 +651,24 @@ def _axis_labels(
     bottom: float,
     plot_w: float,
     plot_h: float,
+    x_label_at: float = 6,
+    y_label_at: float = 10,
 ) -> None:
+    """The x label centred under the plot at height ``x_label_at``; the y label rotated,
+    centred beside it at ``y_label_at`` from the left edge."""
     drawing.add(
         String(
-            left + plot_w / 2, 6, x_label, fontName=SANS, fontSize=_LABEL_FONT, textAnchor="middle"
+            left + plot_w / 2,
+            x_label_at,
+            x_label,
+            fontName=SANS,
+            fontSize=_LABEL_FONT,
+            textAnchor="middle",
         )
     )
     label = String(0, 0, y_label, fontName=SANS, fontSize=_LABEL_FONT, textAnchor="middle")
     rotated = Group(label)
-    rotated.transform = (0, 1, -1, 0, 10, bottom + plot_h / 2)
+    rotated.transform = (0, 1, -1, 0, y_label_at, bottom + plot_h / 2)
     drawing.add(rotated)
 
 
@@ -1106,27 +1105,17 @@ def froc_figure(
                     strokeWidth=0.5,
                 )
             )
-    drawing.add(
-        String(
-            left + plot_w / 2,
-            bottom - 25,
-            "Non-lesion marks per image",
-            fontName=SANS,
-            fontSize=_LABEL_FONT,
-            textAnchor="middle",
-        )
-    )
-    label = String(
-        0,
-        0,
+    _axis_labels(
+        drawing,
+        "Non-lesion marks per image",
         "Lesion localisation fraction",
-        fontName=SANS,
-        fontSize=_LABEL_FONT,
-        textAnchor="middle",
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_label_at=bottom - 25,
+        y_label_at=12,
     )
-    rotated = Group(label)
-    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
-    drawing.add(rotated)
     lx, ly = 8.0, bottom - 39
     for index, (colour, (name, summary)) in enumerate(zip(colours, panels, strict=True)):
         _legend_line(
@@ -1248,27 +1237,17 @@ def wafroc_figure(
                         strokeWidth=0.4,
                     )
                 )
-    drawing.add(
-        String(
-            left + plot_w / 2,
-            bottom - 25,
-            "False-positive fraction (non-diseased cases)",
-            fontName=SANS,
-            fontSize=_LABEL_FONT,
-            textAnchor="middle",
-        )
-    )
-    label = String(
-        0,
-        0,
+    _axis_labels(
+        drawing,
+        "False-positive fraction (non-diseased cases)",
         "Weighted lesion localisation fraction",
-        fontName=SANS,
-        fontSize=_LABEL_FONT,
-        textAnchor="middle",
+        left=left,
+        bottom=bottom,
+        plot_w=plot_w,
+        plot_h=plot_h,
+        x_label_at=bottom - 25,
+        y_label_at=12,
     )
-    rotated = Group(label)
-    rotated.transform = (0, 1, -1, 0, 12, bottom + plot_h / 2)
-    drawing.add(rotated)
     lx, ly = 8.0, bottom - 39
     for index, (colour, (name, summary)) in enumerate(zip(colours, panels, strict=True)):
         _legend_line(
