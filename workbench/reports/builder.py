@@ -12,27 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from reportlab.lib import colors
-from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
-from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
-    BaseDocTemplate,
     CondPageBreak,
     Flowable,
-    Frame,
     KeepTogether,
     PageBreak,
-    PageTemplate,
     Paragraph,
     Spacer,
     Table,
@@ -41,11 +32,18 @@ from reportlab.platypus import (
 
 from workbench.errors import ReportError
 from workbench.reports import figures
+from workbench.reports._document import (
+    CONTENT_WIDTH,
+    DocumentInfo,
+    embed_attachments,
+    render,
+    require_folder,
+    write_atomically,
+)
 from workbench.reports._style import (
     FAIL_FILL,
     FAIL_INK,
     HEADER_FILL,
-    MONO,
     MUTED,
     NEUTRAL_FILL,
     PASS_FILL,
@@ -54,7 +52,6 @@ from workbench.reports._style import (
     SANS,
     SANS_BOLD,
     ZEBRA,
-    register_fonts,
     styles,
     text,
 )
@@ -84,11 +81,6 @@ from workbench.reports.formatting import (
 
 __all__ = ["BuiltReport", "build_report"]
 
-PAGE_WIDTH, PAGE_HEIGHT = A4
-MARGIN_X = 16 * mm
-MARGIN_TOP = 20 * mm
-MARGIN_BOTTOM = 20 * mm
-CONTENT_WIDTH = PAGE_WIDTH - 2 * MARGIN_X
 DASH = "\u2014"
 
 
@@ -138,221 +130,38 @@ def build_report(content: ReportContent, out_path: str | Path) -> BuiltReport:
         required signature) or the file cannot be written.
     """
     out = Path(out_path)
-    if not out.parent.is_dir():
-        raise ReportError(
-            f"The report's folder should exist. Found no folder {out.parent}; create it first."
-        )
+    require_folder(out)
     _check_signatures(content)
     attachments = report_attachments(content)
     results_sha256 = next(a.sha256 for a in attachments if a.name == RESULTS_JSON)
-    layout = _render_pages(content, results_sha256, attachments)
-    pdf = _embed_attachments(layout.pdf, attachments, content)
-    fd, tmp_name = tempfile.mkstemp(prefix=".report-", suffix=".pdf", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pdf)
-        os.chmod(tmp_name, 0o644)  # a report is a shared document, unlike mkstemp's 0600
-        os.replace(tmp_name, out)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ReportError(f"Cannot write the report to {out}: {error.strerror}.") from None
+    info = _document_info(content)
+    pdf, pages = render(info, results_sha256, _story(content, results_sha256, attachments))
+    pdf = embed_attachments(pdf, attachments, info)
+    sha256 = write_atomically(pdf, out)
     return BuiltReport(
         path=out,
-        sha256=hashlib.sha256(pdf).hexdigest(),
+        sha256=sha256,
         results_sha256=results_sha256,
-        pages=layout.pages,
+        pages=pages,
         attachments={a.name: a.sha256 for a in attachments},
     )
 
 
-# -- page furniture -------------------------------------------------------------------
+# -- document ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Rendered:
-    pdf: bytes
-    pages: int
-
-
-class _NumberedCanvas(Canvas):  # type: ignore[misc]
-    """Canvas that defers page furniture until the page count is known.
-
-    ``showPage`` only stores each page's state; ``save`` replays the pages
-    and draws header and footer with "page x of y".
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        furniture: Callable[[Canvas, int, int], None],
-        pages_seen: list[int],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._furniture = furniture
-        self._pages_seen = pages_seen
-        self._page_states: list[dict[str, Any]] = []
-
-    def showPage(self) -> None:  # noqa: N802 - reportlab API
-        self._page_states.append(dict(self.__dict__))
-        self._startPage()
-
-    def save(self) -> None:
-        total = len(self._page_states)
-        for number, state in enumerate(self._page_states, start=1):
-            self.__dict__.update(state)
-            self._furniture(self, number, total)
-            Canvas.showPage(self)
-        self._pages_seen.append(total)
-        Canvas.save(self)
-
-
-def _furniture(content: ReportContent, results_sha256: str) -> Callable[[Canvas, int, int], None]:
-    draft = content.status is ReportStatus.DRAFT
-
-    def draw(canvas: Canvas, number: int, total: int) -> None:
-        canvas.saveState()
-        top = PAGE_HEIGHT - 12 * mm
-        canvas.setFont(SANS_BOLD, 7.5)
-        canvas.setFillColor(MUTED)
-        canvas.drawString(MARGIN_X, top, _clip(content.title, 80))
-        right = f"{content.model.name} {content.model.version}"
-        if draft:
-            canvas.setFillColor(FAIL_INK)
-            right = "DRAFT \u2014 not for release \u00b7 " + right
-        canvas.setFont(SANS, 7.5)
-        canvas.drawRightString(PAGE_WIDTH - MARGIN_X, top, _clip(right, 90))
-        canvas.setStrokeColor(RULE)
-        canvas.setLineWidth(0.5)
-        canvas.line(MARGIN_X, top - 3, PAGE_WIDTH - MARGIN_X, top - 3)
-        bottom = 10 * mm
-        canvas.line(MARGIN_X, bottom + 9, PAGE_WIDTH - MARGIN_X, bottom + 9)
-        canvas.setFillColor(MUTED)
-        canvas.setFont(SANS, 7)
-        canvas.drawString(MARGIN_X, bottom, f"Report {_clip(content.report_id, 40)}")
-        canvas.setFont(SANS_BOLD, 7)
-        canvas.drawRightString(PAGE_WIDTH - MARGIN_X, bottom, f"Page {number} of {total}")
-        label = "Results SHA-256 "
-        canvas.setFont(SANS, 6)
-        canvas.drawString(MARGIN_X, bottom - 8, label)
-        canvas.setFont(MONO, 6)
-        canvas.drawString(MARGIN_X + stringWidth(label, SANS, 6), bottom - 8, results_sha256)
-        canvas.restoreState()
-
-    return draw
-
-
-def _render_pages(
-    content: ReportContent, results_sha256: str, attachments: Sequence[Attachment]
-) -> _Rendered:
-    register_fonts()
-    buffer = io.BytesIO()
-    pages_seen: list[int] = []
-    created = content.created_at.astimezone(UTC)
-    pdf_date = created.strftime("D:%Y%m%d%H%M%S+00'00'")
-
-    def canvas_maker(*args: Any, **kwargs: Any) -> _NumberedCanvas:
-        canvas = _NumberedCanvas(
-            *args, furniture=_furniture(content, results_sha256), pages_seen=pages_seen, **kwargs
-        )
-        # reproducible: fixed creation date from the content, ID from its identity
-        canvas._doc.setDateFormatter(lambda *_: pdf_date)
-        canvas._doc.updateSignature(f"{content.report_id}\x00{results_sha256}")
-        return canvas
-
-    doc = BaseDocTemplate(
-        buffer,
-        pagesize=A4,
-        leftMargin=MARGIN_X,
-        rightMargin=MARGIN_X,
-        topMargin=MARGIN_TOP,
-        bottomMargin=MARGIN_BOTTOM,
+def _document_info(content: ReportContent) -> DocumentInfo:
+    return DocumentInfo(
+        report_id=content.report_id,
         title=content.title,
         author=content.author,
         subject=_subject(content),
         keywords=[content.report_id, "validation report", content.protocol.protocol_id],
         creator=f"Validation Workbench {content.software.workbench_version}",
-        producer="Validation Workbench (reportlab, pyHanko)",
-        invariant=1,
-        lang="en",
-        initialFontName=SANS,
-        initialFontSize=9,
-        pageCompression=1,
+        created_at=content.created_at,
+        header_right=f"{content.model.name} {content.model.version}",
+        draft=content.status is ReportStatus.DRAFT,
     )
-    frame = Frame(
-        MARGIN_X,
-        MARGIN_BOTTOM,
-        CONTENT_WIDTH,
-        PAGE_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM,
-        id="body",
-        leftPadding=0,
-        rightPadding=0,
-        topPadding=0,
-        bottomPadding=0,
-    )
-    doc.addPageTemplates([PageTemplate(id="page", frames=[frame])])
-    doc.build(_story(content, results_sha256, attachments), canvasmaker=canvas_maker)
-    return _Rendered(pdf=buffer.getvalue(), pages=pages_seen[-1] if pages_seen else 0)
-
-
-def _embed_attachments(
-    pdf: bytes, attachments: Sequence[Attachment], content: ReportContent
-) -> bytes:
-    from pyhanko.pdf_utils import generic
-    from pyhanko.pdf_utils.embed import EmbeddedFileObject, EmbeddedFileParams, FileSpec, embed_file
-    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-    from pyhanko.pdf_utils.metadata.model import DocumentMetadata
-
-    created = content.created_at.astimezone(UTC)
-
-    class _PinnedMetadata(DocumentMetadata):  # type: ignore[misc]
-        """Document metadata whose modification date stays the content's creation date."""
-
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name == "last_modified" and value == "now":
-                value = created
-            super().__setattr__(name, value)
-
-    class _ReproducibleWriter(IncrementalPdfFileWriter):  # type: ignore[misc]
-        """Keeps the document ID and dates instead of drawing fresh ones."""
-
-        @classmethod
-        def _handle_id(cls, prev: Any) -> Any:
-            first, _ = prev.trailer["/ID"]
-            return generic.ArrayObject([first, first])
-
-    writer = _ReproducibleWriter(io.BytesIO(pdf))
-    # also written as XMP metadata (PDF 2.0 output), as archival readers expect
-    writer._meta = _PinnedMetadata(
-        title=content.title,
-        author=content.author,
-        subject=_subject(content),
-        keywords=[content.report_id, "validation report", content.protocol.protocol_id],
-        creator=f"Validation Workbench {content.software.workbench_version}",
-        created=created,
-        last_modified=created,
-    )
-    params = EmbeddedFileParams(
-        embed_size=True,
-        embed_checksum=True,
-        creation_date=content.created_at.astimezone(UTC),
-        modification_date=content.created_at.astimezone(UTC),
-    )
-    for attachment in attachments:  # already sorted: the name tree must be
-        stream = EmbeddedFileObject.from_file_data(
-            writer, data=attachment.data, params=params, mime_type=attachment.mime_type
-        )
-        spec = FileSpec(
-            file_spec_string=attachment.name,
-            file_name=attachment.name,
-            embedded_data=stream,
-            description=attachment.description,
-            af_relationship=generic.pdf_name("/Data"),
-        )
-        embed_file(writer, spec)
-    output = io.BytesIO()
-    writer.write(output)
-    return output.getvalue()
 
 
 def _subject(content: ReportContent) -> str:
@@ -364,10 +173,6 @@ def _subject(content: ReportContent) -> str:
 
 
 # -- flowable helpers -----------------------------------------------------------------
-
-
-def _clip(value: str, length: int) -> str:
-    return value if len(value) <= length else value[: length - 1] + "\u2026"
 
 
 def _p(value: object, style: str = "Body") -> Paragraph:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,28 +29,30 @@ from typing import Any
 
 from reportlab.graphics.shapes import Drawing, Group, Line, Polygon, PolyLine, Rect, String
 from reportlab.lib import colors
-from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
-from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
-    BaseDocTemplate,
     CondPageBreak,
     Flowable,
-    Frame,
     KeepTogether,
     PageBreak,
-    PageTemplate,
     Spacer,
     Table,
 )
 
 from workbench.errors import ReportError
+from workbench.reports._document import (
+    CONTENT_WIDTH,
+    DocumentInfo,
+    clip,
+    embed_attachments,
+    render,
+    require_folder,
+    write_atomically,
+)
 from workbench.reports._style import (
     ACCENT,
     FAIL_FILL,
     FAIL_INK,
-    MONO,
     MUTED,
     PASS_FILL,
     PASS_INK,
@@ -70,21 +70,13 @@ from workbench.reports.attachments import (
     _csv_cell,
 )
 from workbench.reports.builder import (
-    CONTENT_WIDTH,
     DASH,
-    MARGIN_BOTTOM,
-    MARGIN_TOP,
-    MARGIN_X,
-    PAGE_HEIGHT,
-    PAGE_WIDTH,
     BuiltReport,
-    _clip,
     _h1,
     _h2,
     _key_values,
     _markup,
     _matching,
-    _NumberedCanvas,
     _p,
     _signature_box,
     _signature_rows,
@@ -485,10 +477,7 @@ def build_study_report(content: StudyReportContent, out_path: str | Path) -> Bui
         A final report lacks a required signature, or the file cannot be written.
     """
     out = Path(out_path)
-    if not out.parent.is_dir():
-        raise ReportError(
-            f"The report's folder should exist. Found no folder {out.parent}; create it first."
-        )
+    require_folder(out)
     if content.status is ReportStatus.FINAL:
         missing = [
             f"{r.role} ({r.meaning})"
@@ -503,20 +492,35 @@ def build_study_report(content: StudyReportContent, out_path: str | Path) -> Bui
             )
     attachments = study_report_attachments(content)
     results_sha256 = next(a.sha256 for a in attachments if a.name == RESULTS_JSON)
-    pdf, pages = _render(content, results_sha256, attachments)
-    pdf = _embed(pdf, attachments, content)
-    fd, tmp_name = tempfile.mkstemp(prefix=".report-", suffix=".pdf", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pdf)
-        os.chmod(tmp_name, 0o644)  # a report is a shared document, unlike mkstemp's 0600
-        os.replace(tmp_name, out)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ReportError(f"Cannot write the report to {out}: {error.strerror}.") from None
+    info = DocumentInfo(
+        report_id=content.report_id,
+        title=content.title,
+        author=content.author,
+        subject=(
+            f"Multi-reader multi-case study {content.design.ref} on test set "
+            f"{content.design.test_set}"
+        ),
+        keywords=[content.report_id, "reader study report", content.design.ref],
+        creator=f"Validation Workbench {content.workbench_version}",
+        created_at=content.created_at,
+        header_right=f"Reader study {content.design.ref}",
+        draft=content.status is ReportStatus.DRAFT,
+    )
+    story: list[Flowable] = [
+        *_title_page(content, results_sha256),
+        *_design_section(content),
+        *_results_section(content),
+        *_figures_section(content),
+        *_signatures_section(content),
+        *_audit_appendix(content),
+        *_attachments_appendix(attachments),
+    ]
+    pdf, pages = render(info, results_sha256, story)
+    pdf = embed_attachments(pdf, attachments, info)
+    sha256 = write_atomically(pdf, out)
     return BuiltReport(
         path=out,
-        sha256=hashlib.sha256(pdf).hexdigest(),
+        sha256=sha256,
         results_sha256=results_sha256,
         pages=pages,
         attachments={a.name: a.sha256 for a in attachments},
@@ -524,157 +528,6 @@ def build_study_report(content: StudyReportContent, out_path: str | Path) -> Bui
 
 
 # -- layout ---------------------------------------------------------------------------
-
-
-def _render(
-    content: StudyReportContent, results_sha256: str, attachments: Sequence[Attachment]
-) -> tuple[bytes, int]:
-    register_fonts()
-    buffer = io.BytesIO()
-    pages_seen: list[int] = []
-    pdf_date = content.created_at.astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
-    draft = content.status is ReportStatus.DRAFT
-
-    def furniture(canvas: Canvas, number: int, total: int) -> None:
-        canvas.saveState()
-        top = PAGE_HEIGHT - 12 * mm
-        right = f"Reader study {content.design.ref}"
-        if draft:
-            right = "DRAFT \u2014 not for release \u00b7 " + right
-        right = _clip(right, 90)
-        room = CONTENT_WIDTH - stringWidth(right, SANS, 7.5) - 12
-        left = content.title
-        while len(left) > 8 and stringWidth(left, SANS_BOLD, 7.5) > room:
-            left = _clip(left, len(left) - 4)
-        canvas.setFont(SANS_BOLD, 7.5)
-        canvas.setFillColor(MUTED)
-        canvas.drawString(MARGIN_X, top, left)
-        if draft:
-            canvas.setFillColor(FAIL_INK)
-        canvas.setFont(SANS, 7.5)
-        canvas.drawRightString(PAGE_WIDTH - MARGIN_X, top, right)
-        canvas.setStrokeColor(RULE)
-        canvas.setLineWidth(0.5)
-        canvas.line(MARGIN_X, top - 3, PAGE_WIDTH - MARGIN_X, top - 3)
-        bottom = 10 * mm
-        canvas.line(MARGIN_X, bottom + 9, PAGE_WIDTH - MARGIN_X, bottom + 9)
-        canvas.setFillColor(MUTED)
-        canvas.setFont(SANS, 7)
-        canvas.drawString(MARGIN_X, bottom, f"Report {_clip(content.report_id, 40)}")
-        canvas.setFont(SANS_BOLD, 7)
-        canvas.drawRightString(PAGE_WIDTH - MARGIN_X, bottom, f"Page {number} of {total}")
-        label = "Results SHA-256 "
-        canvas.setFont(SANS, 6)
-        canvas.drawString(MARGIN_X, bottom - 8, label)
-        canvas.setFont(MONO, 6)
-        canvas.drawString(MARGIN_X + stringWidth(label, SANS, 6), bottom - 8, results_sha256)
-        canvas.restoreState()
-
-    def canvas_maker(*args: Any, **kwargs: Any) -> _NumberedCanvas:
-        canvas = _NumberedCanvas(*args, furniture=furniture, pages_seen=pages_seen, **kwargs)
-        canvas._doc.setDateFormatter(lambda *_: pdf_date)
-        canvas._doc.updateSignature(f"{content.report_id}\x00{results_sha256}")
-        return canvas
-
-    doc = BaseDocTemplate(
-        buffer,
-        pagesize=A4,
-        leftMargin=MARGIN_X,
-        rightMargin=MARGIN_X,
-        topMargin=MARGIN_TOP,
-        bottomMargin=MARGIN_BOTTOM,
-        title=content.title,
-        author=content.author,
-        subject=_subject(content),
-        keywords=[content.report_id, "reader study report", content.design.ref],
-        creator=f"Validation Workbench {content.workbench_version}",
-        producer="Validation Workbench (reportlab, pyHanko)",
-        invariant=1,
-        lang="en",
-        initialFontName=SANS,
-        initialFontSize=9,
-        pageCompression=1,
-    )
-    frame = Frame(
-        MARGIN_X,
-        MARGIN_BOTTOM,
-        CONTENT_WIDTH,
-        PAGE_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM,
-        id="body",
-        leftPadding=0,
-        rightPadding=0,
-        topPadding=0,
-        bottomPadding=0,
-    )
-    doc.addPageTemplates([PageTemplate(id="page", frames=[frame])])
-    story: list[Flowable] = []
-    story += _title_page(content, results_sha256)
-    story += _design_section(content)
-    story += _results_section(content)
-    story += _figures_section(content)
-    story += _signatures_section(content)
-    story += _audit_appendix(content)
-    story += _attachments_appendix(attachments)
-    doc.build(story, canvasmaker=canvas_maker)
-    return buffer.getvalue(), pages_seen[-1] if pages_seen else 0
-
-
-def _subject(content: StudyReportContent) -> str:
-    return (
-        f"Multi-reader multi-case study {content.design.ref} on test set {content.design.test_set}"
-    )
-
-
-def _embed(pdf: bytes, attachments: Sequence[Attachment], content: StudyReportContent) -> bytes:
-    from pyhanko.pdf_utils import generic
-    from pyhanko.pdf_utils.embed import EmbeddedFileObject, EmbeddedFileParams, FileSpec, embed_file
-    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-    from pyhanko.pdf_utils.metadata.model import DocumentMetadata
-
-    created = content.created_at.astimezone(UTC)
-
-    class _PinnedMetadata(DocumentMetadata):  # type: ignore[misc]
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name == "last_modified" and value == "now":
-                value = created
-            super().__setattr__(name, value)
-
-    class _ReproducibleWriter(IncrementalPdfFileWriter):  # type: ignore[misc]
-        @classmethod
-        def _handle_id(cls, prev: Any) -> Any:
-            first, _ = prev.trailer["/ID"]
-            return generic.ArrayObject([first, first])
-
-    writer = _ReproducibleWriter(io.BytesIO(pdf))
-    writer._meta = _PinnedMetadata(
-        title=content.title,
-        author=content.author,
-        subject=_subject(content),
-        keywords=[content.report_id, "reader study report", content.design.ref],
-        creator=f"Validation Workbench {content.workbench_version}",
-        created=created,
-        last_modified=created,
-    )
-    params = EmbeddedFileParams(
-        embed_size=True, embed_checksum=True, creation_date=created, modification_date=created
-    )
-    for attachment in attachments:
-        stream = EmbeddedFileObject.from_file_data(
-            writer, data=attachment.data, params=params, mime_type=attachment.mime_type
-        )
-        embed_file(
-            writer,
-            FileSpec(
-                file_spec_string=attachment.name,
-                file_name=attachment.name,
-                embedded_data=stream,
-                description=attachment.description,
-                af_relationship=generic.pdf_name("/Data"),
-            ),
-        )
-    output = io.BytesIO()
-    writer.write(output)
-    return output.getvalue()
 
 
 def _reader_label(reader: StudyReader) -> str:
@@ -1040,7 +893,7 @@ def roc_panel(
             Line(lx, legend_y + 2.5, lx + 12, legend_y + 2.5, strokeColor=colour, strokeWidth=1.4)
         )
         auc = "" if curve.auc.value is None else f" {format_number(curve.auc.value, 3)}"
-        label = _clip(names.get(curve.reader, curve.reader), 32) + auc
+        label = clip(names.get(curve.reader, curve.reader), 32) + auc
         drawing.add(String(lx + 15, legend_y, label, fontName=SANS, fontSize=6.5))
         legend_y -= 9
     drawing.add(String(left, height - 12, f"Arm: {arm}", fontName=SANS_BOLD, fontSize=8))
@@ -1154,7 +1007,7 @@ def difference_plot(
             String(
                 label_w - 6,
                 y - 2.5,
-                _clip(name, 34),
+                clip(name, 34),
                 fontName=SANS_BOLD if last else SANS,
                 fontSize=7,
                 textAnchor="end",
