@@ -503,14 +503,7 @@ def open_reading(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingProg
                 record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}",
                 new={"status": reading.status},
             )
-        return ReadingProgress(
-            study=ref,
-            reader=user.username,
-            arm=arm,
-            status=reading.status,
-            n_cases=len(reading.case_order),
-            n_rated=len(_latest_ratings(session, reading)),
-        )
+        return _progress(session, ref, user.username, arm, reading)
 
 
 def pause_reading(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingProgress:
@@ -530,14 +523,7 @@ def pause_reading(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingPro
             record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}",
             new={"status": reading.status},
         )
-        return ReadingProgress(
-            study=ref,
-            reader=user.username,
-            arm=arm,
-            status=reading.status,
-            n_cases=len(reading.case_order),
-            n_rated=len(_latest_ratings(session, reading)),
-        )
+        return _progress(session, ref, user.username, arm, reading)
 
 
 def next_case(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingCase | None:
@@ -575,6 +561,38 @@ def next_case(wb: Workbench, actor: Actor, ref: str, arm: str) -> ReadingCase | 
             model_mask=None if output is None else output.mask_path,
             shown_at=utcnow(),
         )
+
+
+def _open_reading(
+    session: Session, actor: Actor, ref: str, arm: str, what: str
+) -> tuple[User, ReaderStudy, ReaderStudyDesign, ReadingSession]:
+    """The actor, study, design and open reading of ``arm`` that ``what`` are saved to."""
+    user = current_user(session, actor, "study.read")
+    study = _lookup(session, ref)
+    design = _design(study)
+    reading = _reading(session, study.id, user.username, arm)
+    if reading is None:
+        raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
+    if reading.status == ReadingSessionStatus.SIGNED.value:
+        raise RecordLockedError(
+            f"The reading of arm '{arm}' is signed; its {what} can no longer change."
+        )
+    if reading.status != ReadingSessionStatus.OPEN.value:
+        raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
+    return user, study, design, reading
+
+
+def _progress(
+    session: Session, ref: str, reader: str, arm: str, reading: ReadingSession
+) -> ReadingProgress:
+    return ReadingProgress(
+        study=ref,
+        reader=reader,
+        arm=arm,
+        status=reading.status,
+        n_cases=len(reading.case_order),
+        n_rated=len(_latest_ratings(session, reading)),
+    )
 
 
 def rate_case(
@@ -621,18 +639,7 @@ def rate_cases(
         A rating is off the design's scale.
     """
     with wb.transaction() as session:
-        user = current_user(session, actor, "study.read")
-        study = _lookup(session, ref)
-        design = _design(study)
-        reading = _reading(session, study.id, user.username, arm)
-        if reading is None:
-            raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
-        if reading.status == ReadingSessionStatus.SIGNED.value:
-            raise RecordLockedError(
-                f"The reading of arm '{arm}' is signed; its ratings can no longer change."
-            )
-        if reading.status != ReadingSessionStatus.OPEN.value:
-            raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
+        user, study, design, reading = _open_reading(session, actor, ref, arm, "ratings")
         if design.reads_marks:
             raise WorkflowError(
                 f"Readers of {ref} mark lesions; save each case's marks with mark_case."
@@ -667,14 +674,7 @@ def rate_cases(
                 record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}/{case_id}",
                 new={"rating_sha256": digest, "seconds": record.seconds},
             )
-        return ReadingProgress(
-            study=ref,
-            reader=user.username,
-            arm=arm,
-            status=reading.status,
-            n_cases=len(reading.case_order),
-            n_rated=len(_latest_ratings(session, reading)),
-        )
+        return _progress(session, ref, user.username, arm, reading)
 
 
 def _image_rows(session: Session, design: ReaderStudyDesign) -> tuple[Path, pd.DataFrame]:
@@ -810,18 +810,7 @@ def mark_case(
         case (the message names the mark).
     """
     with wb.transaction() as session:
-        user = current_user(session, actor, "study.read")
-        study = _lookup(session, ref)
-        design = _design(study)
-        reading = _reading(session, study.id, user.username, arm)
-        if reading is None:
-            raise WorkflowError(f"Open the reading of arm '{arm}' first (open_reading).")
-        if reading.status == ReadingSessionStatus.SIGNED.value:
-            raise RecordLockedError(
-                f"The reading of arm '{arm}' is signed; its marks can no longer change."
-            )
-        if reading.status != ReadingSessionStatus.OPEN.value:
-            raise WorkflowError(f"The reading of arm '{arm}' is {reading.status}; resume it first.")
+        user, study, design, reading = _open_reading(session, actor, ref, arm, "marks")
         if not design.reads_marks:
             raise WorkflowError(f"Readers of {ref} rate cases; save ratings with rate_case.")
         if case_id not in reading.case_order:
@@ -862,14 +851,7 @@ def mark_case(
             record_id=f"{study.study_id}@{study.version}/{user.username}/{arm}/{case_id}",
             new={"marks_sha256": digest, "seconds": rating.seconds},
         )
-        return ReadingProgress(
-            study=ref,
-            reader=user.username,
-            arm=arm,
-            status=reading.status,
-            n_cases=len(reading.case_order),
-            n_rated=len(_latest_ratings(session, reading)),
-        )
+        return _progress(session, ref, user.username, arm, reading)
 
 
 def _marks_of(session: Session, ratings: Sequence[ReaderRating]) -> dict[int, list[ReaderMark]]:
