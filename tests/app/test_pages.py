@@ -312,3 +312,25 @@ def test_admin_reset_hands_over_the_one_time_code(
     owner.button(key="change-password-submit").click().run()
     assert "Password changed" in _messages(owner), _messages(owner)
     accounts.login(wb, "reset.user", "Brand-new-secret-2026?")
+
+
+def test_audit_link_opens_one_records_trail(app: Callable[..., AppTest], wb: Workbench) -> None:
+    """A link with ``record_type`` and ``record`` (as the case explorer's discrepancy links)
+    fills the filters and shows that record's entries, however old."""
+    from sqlalchemy import select
+
+    from workbench.records.models import Discrepancy
+
+    with wb.transaction(readonly=True) as session:
+        discrepancy_id = str(session.scalars(select(Discrepancy.id).limit(1)).one())
+    at = _open(
+        app, "inspector", "pages/audit.py", record_type="discrepancy", record=discrepancy_id
+    )
+    assert at.text_input(key="audit-record").value == discrepancy_id
+    assert at.selectbox(key="audit-type").value == "discrepancy"
+    assert at.date_input(key="audit-since").value is None
+    table = at.dataframe[0].value
+    assert len(table) >= 1
+    assert set(table["record type"]) == {"discrepancy"}
+    assert set(table["record id"].astype(str)) == {discrepancy_id}
+    assert "discrepancy.create" in set(table["action"])

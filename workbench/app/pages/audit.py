@@ -83,6 +83,17 @@ if _session.can("audit.verify"):
                 f"Intact: {status.count} entries; head #{status.head_seq} {status.head_hash}."
             )
 
+# A link from another page (e.g. a discrepancy in the case explorer) opens the trail of
+# one record, whenever it was written: the link's filters fill the form once.
+linked_record = st.query_params.get("record")
+if linked_record and st.session_state.get("audit-linked") != linked_record:
+    st.session_state["audit-linked"] = linked_record
+    st.session_state["audit-record"] = linked_record
+    linked_type = st.query_params.get("record_type", "(any)")
+    st.session_state["audit-type"] = linked_type if linked_type in RECORD_TYPES else "(any)"
+    st.session_state["audit-since"] = None
+    st.info(f"Showing the entries of record {_session.esc(linked_record)} from the link.")
+
 preset = st.selectbox("Preset", list(PRESETS), key="audit-preset")
 with st.form("audit-filter"):
     cols = st.columns(3)
@@ -92,7 +103,9 @@ with st.form("audit-filter"):
     cols = st.columns(3)
     today = datetime.now(UTC).date()
     since_day = cols[0].date_input(
-        "From (UTC)", value=today - timedelta(days=30), key="audit-since"
+        "From (UTC)",
+        value=None if "audit-linked" in st.session_state else today - timedelta(days=30),
+        key="audit-since",
     )
     until_day = cols[1].date_input("Until (UTC, inclusive)", value=today, key="audit-until")
     action_text = cols[2].text_input("Action contains", key="audit-action")

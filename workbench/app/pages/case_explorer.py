@@ -178,11 +178,12 @@ with listing:
                 )
             else:
                 st.caption("Not adjudicated yet.")
-        st.page_link(
-            "pages/audit.py",
-            label="Adjudication records in the audit trail",
-            icon=":material/receipt_long:",
-        )
+            st.page_link(
+                "pages/audit.py",
+                label=f"Discrepancy #{link.discrepancy_id} in the audit trail",
+                icon=":material/receipt_long:",
+                query_params={"record_type": "discrepancy", "record": str(link.discrepancy_id)},
+            )
     else:
         st.caption("No discrepancy was queued for this case.")
 
