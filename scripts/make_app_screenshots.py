@@ -137,6 +137,11 @@ def main() -> None:
             _idle(page)
             page.locator('[data-testid="stImage"] img').first.wait_for(timeout=90_000)
             _idle(page)
+            # the worst case with its explanation map (the model's probability) over it
+            page.get_by_text("Explanation map (aid to review)").first.click()
+            page.get_by_role("button", name="Compute or load the map").click()
+            page.get_by_text("Show the map").first.wait_for(timeout=180_000)
+            _idle(page)
             page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
             reviewer = browser.new_page(viewport={"width": 1500, "height": 1100})
             _sign_in(reviewer, url, "dr.second")
