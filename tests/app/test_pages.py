@@ -323,9 +323,7 @@ def test_audit_link_opens_one_records_trail(app: Callable[..., AppTest], wb: Wor
 
     with wb.transaction(readonly=True) as session:
         discrepancy_id = str(session.scalars(select(Discrepancy.id).limit(1)).one())
-    at = _open(
-        app, "inspector", "pages/audit.py", record_type="discrepancy", record=discrepancy_id
-    )
+    at = _open(app, "inspector", "pages/audit.py", record_type="discrepancy", record=discrepancy_id)
     assert at.text_input(key="audit-record").value == discrepancy_id
     assert at.selectbox(key="audit-type").value == "discrepancy"
     assert at.date_input(key="audit-since").value is None
