@@ -7,10 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pydicom
 import pytest
 
-from workbench.dicom.index import FILE_COLUMNS, index_folder
+from workbench.dicom.index import FILE_COLUMNS, DicomIndex, FolderIndexer, index_folder
 from workbench.dicom.manifest import Manifest, build_manifest, canonical_json, verify_manifest
 from workbench.dicom.synth import Defect, SynthSummary
 from workbench.errors import DicomReadError, ManifestError
@@ -110,6 +111,47 @@ def test_pydicom_test_files_are_indexed_without_crashing(tmp_path: Path) -> None
     manifest = build_manifest(root, index)
     assert manifest.n_files == total
     assert verify_manifest(root, manifest).ok
+
+
+def assert_same_index(got: DicomIndex, expected: DicomIndex) -> None:
+    for frame in ("files", "unreadable", "other_files", "skipped"):
+        pd.testing.assert_frame_equal(getattr(got, frame), getattr(expected, frame))
+    assert got.hashes == expected.hashes
+
+
+@pytest.mark.parametrize("source", ["defective", "pydicom"])
+def test_files_indexed_while_written_match_a_folder_index(
+    source: str, defective_test_set: SynthSummary, tmp_path: Path
+) -> None:
+    """Records made while a folder fills are those of indexing the folder afterwards."""
+    if source == "defective":
+        shutil.copytree(defective_test_set.root, tmp_path / "staging")
+    else:
+        data_dir = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(data_dir, tmp_path / "staging", symlinks=False, ignore=ignore)
+    staging = tmp_path / "staging"
+    rels = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    handed = rels[::2]  # the others are left for the folder index to read
+    with FolderIndexer(workers=2) as indexer:
+        for start in range(0, len(handed), 7):
+            # The writer's digest where it has one (every other chunk), else computed.
+            chunk = handed[start : start + 7]
+            known = start % 14 == 0
+            indexer.add(
+                staging,
+                [(rel, sha256_of(staging / rel) if known else None) for rel in chunk],
+            )
+        indexer.results()
+        root = tmp_path / "final"
+        os.replace(staging, root)  # the folder moves once the handed files are read
+        got = index_folder(root, indexer=indexer)
+    assert_same_index(got, index_folder(root, workers=2))
+    assert len(got.unreadable) >= 2
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_manifest_digest_and_round_trip(synthetic_test_set: SynthSummary) -> None:

@@ -199,6 +199,46 @@ def test_import_is_byte_for_byte_content_addressed_and_recorded(pipeline: Pipeli
         wb.close()
 
 
+def recorded_files(wb: Any, name: str) -> tuple[Any, list[dict[str, Any]]]:
+    """A test set's summary and its file rows (without row ids), by path."""
+    from sqlalchemy import select
+
+    from workbench.records.models import TestSet, TestSetFile
+
+    columns = [c.name for c in TestSetFile.__table__.columns if c.name not in ("id", "test_set_id")]
+    with wb.transaction(readonly=True) as session:
+        test_set = session.scalars(select(TestSet).where(TestSet.name == name)).one()
+        rows = session.scalars(
+            select(TestSetFile)
+            .where(TestSetFile.test_set_id == test_set.id)
+            .order_by(TestSetFile.path)
+        ).all()
+        return test_set.summary, [{c: getattr(row, c) for c in columns} for row in rows]
+
+
+def test_import_records_what_a_folder_import_of_its_files_records(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Files indexed while they arrive are recorded exactly as a folder import reads them."""
+    root = Path(pipeline.imported.test_set.root_path)
+    wb = harness.open_wb(pipeline.workdir)
+    try:
+        summary, rows = recorded_files(wb, SET)
+    finally:
+        wb.close()
+    folder_wb = harness.open_wb(tmp_path / "wb")
+    try:
+        harness.make_accounts(folder_wb)
+        qa1 = harness.login(folder_wb, "qa1")
+        testsets.import_test_set(folder_wb, qa1, root, name="folder", workers=2)
+        folder_summary, folder_rows = recorded_files(folder_wb, "folder")
+    finally:
+        folder_wb.close()
+    assert len(rows) == len(pipeline.synth_files) + 2  # dataset.json, reference/labels.csv
+    assert rows == folder_rows and summary == folder_summary
+    assert all(row["sha256"] == sha256(root / row["path"]) for row in rows)
+
+
 def test_compressed_instance_keeps_its_transfer_syntax(
     pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ byte, one request per study, resumed after damage).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
@@ -25,6 +26,8 @@ from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT, get_external_sources
 from pydicom.uid import generate_uid
 
+from workbench.dicom import index as index_module
+from workbench.dicom.index import FolderIndexer, index_folder
 from workbench.dicomweb import (
     Credentials,
     DicomWebServer,
@@ -237,6 +240,7 @@ class FakePacs:
         self.files = {uids(data): data for datas in studies.values() for data in datas}
         self.counts = {study: len(datas) for study, datas in studies.items()}
         self.gets: list[str] = []
+        self.study_queries: list[str] = []
         self.delay = delay
         self.active = self.max_active = 0
         self.lock = threading.Lock()
@@ -269,16 +273,21 @@ class FakePacs:
             with self.lock:
                 self.active -= 1
 
+    #: Whether a QIDO-RS query may name several studies (UID list matching, PS3.18 8.3.4.1).
+    list_matching = False
+
     # dicomweb_client.DICOMwebClient
     def search_for_studies(self, search_filters: dict[str, str], **kw: Any) -> list[Any]:
-        uid = search_filters["StudyInstanceUID"]
-        if uid not in self.counts:
-            return []
+        self.study_queries.append(search_filters["StudyInstanceUID"])
+        asked = search_filters["StudyInstanceUID"]
+        wanted = asked.split(",") if self.list_matching else [asked]
         return [
             {
                 "0020000D": {"vr": "UI", "Value": [uid]},
                 "00201208": {"vr": "IS", "Value": [self.counts[uid]]},
             }
+            for uid in wanted
+            if uid in self.counts
         ]
 
     def search_for_instances(
@@ -357,6 +366,60 @@ def test_each_study_comes_in_one_request_byte_for_byte(
     assert set(again.instances) == set(got.instances)
 
 
+def test_indexer_processes_write_and_index_what_is_retrieved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
+) -> None:
+    pacs = FakePacs(two_studies)
+    monkeypatch.setattr(retrieve_module, "_WRITE_BATCH", 1)  # a batch per file
+    with FolderIndexer(workers=2) as indexer:
+        got = retrieve_studies(
+            server_for(monkeypatch, pacs), [STUDY_A, STUDY_B], tmp_path, indexer=indexer
+        )
+        records = indexer.results()
+        by_indexer = index_folder(tmp_path, indexer=indexer)
+    everything = [data for datas in two_studies.values() for data in datas]
+    assert sorted(stored(tmp_path).values()) == sorted(everything)
+    assert set(records) == set(got.outcome.files.values())
+    assert not list(tmp_path.rglob(".incoming*"))
+    # The records made from the bytes written are those of reading the files back.
+    read_back = index_folder(tmp_path, workers=1)
+    for frame in ("files", "unreadable", "other_files", "skipped"):
+        assert getattr(by_indexer, frame).equals(getattr(read_back, frame))
+    assert by_indexer.hashes == read_back.hashes
+
+
+def failing_write(root: str, files: list[Any], temporary_prefix: str) -> list[Any]:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_write_that_fails_in_the_indexer_fails_the_retrieval(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
+) -> None:
+    monkeypatch.setattr(index_module, "_write_and_index", failing_write)
+    pacs = FakePacs(two_studies)
+    with (
+        FolderIndexer(workers=1) as indexer,  # its process runs the failing write
+        pytest.raises(DicomWebError, match="No space left on device"),
+    ):
+        retrieve_studies(
+            server_for(monkeypatch, pacs), [STUDY_A, STUDY_B], tmp_path, indexer=indexer
+        )
+    assert stored(tmp_path) == {}
+
+
+def test_files_left_half_written_are_removed_on_resume(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
+) -> None:
+    pacs = FakePacs({STUDY_A: two_studies[STUDY_A]})
+    folder = tmp_path / "dicom" / "ab"
+    folder.mkdir(parents=True)
+    (folder / ".incoming-123-4.part").write_bytes(two_studies[STUDY_A][0][:100])
+    done = retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+    assert done.outcome.n_fetched == 5 and done.outcome.n_removed == 0
+    assert not list(tmp_path.rglob(".incoming*"))
+    assert sorted(stored(tmp_path).values()) == sorted(two_studies[STUDY_A])
+
+
 def drop_last(url: str, parts: list[bytes]) -> bytes:
     return multipart(parts[:-1])
 
@@ -387,6 +450,27 @@ def short_content_length(url: str, parts: list[bytes]) -> bytes:
     return multipart(parts, headers=[head] + ["Content-Type: application/dicom\r\n"] * 4)
 
 
+@pytest.mark.parametrize("list_matching", [True, False])
+def test_study_counts_take_one_query_where_the_server_matches_uid_lists(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    two_studies: dict[str, list[bytes]],
+    list_matching: bool,
+) -> None:
+    pacs = FakePacs(two_studies)
+    pacs.list_matching = list_matching
+    got = retrieve_studies(server_for(monkeypatch, pacs), [STUDY_B, STUDY_A], tmp_path)
+    assert got.outcome.n_fetched == 7
+    if list_matching:
+        assert pacs.study_queries == [f"{STUDY_B},{STUDY_A}"]
+    else:  # the list query answers nothing: each study is asked for on its own
+        assert pacs.study_queries[0] == f"{STUDY_B},{STUDY_A}"
+        assert sorted(pacs.study_queries[1:]) == sorted([STUDY_A, STUDY_B])
+    unknown = generate_uid(entropy_srcs=["workbench-tests", "no such study"])
+    with pytest.raises(DicomWebError, match=f"has no study {unknown}"):
+        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A, unknown], tmp_path / "x")
+
+
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
@@ -401,17 +485,22 @@ def short_content_length(url: str, parts: list[bytes]) -> bytes:
         (short_content_length, "bytes of part 1 of the instances of study .*truncated"),
     ],
 )
+@pytest.mark.parametrize("in_processes", [False, True], ids=["here", "indexer"])
 def test_study_faults_are_one_line_naming_the_study(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     two_studies: dict[str, list[bytes]],
     fault: Callable[[str, list[bytes]], bytes],
     message: str,
+    in_processes: bool,
 ) -> None:
     pacs = FakePacs({STUDY_A: two_studies[STUDY_A]})
     pacs.answer = fault
-    with pytest.raises(DicomWebError, match=message) as failure:
-        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+    with (
+        FolderIndexer(workers=2) if in_processes else contextlib.nullcontext() as indexer,
+        pytest.raises(DicomWebError, match=message) as failure,
+    ):
+        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path, indexer=indexer)
     assert "\n" not in str(failure.value)
     # Whatever was stored before the fault is complete and under its own hash.
     assert set(stored(tmp_path).values()) <= set(two_studies[STUDY_A])
@@ -444,13 +533,21 @@ def test_another_studys_instance_is_refused(
         retrieve_studies(server_for(monkeypatch, pacs), ["1.2.3.4"], tmp_path)
 
 
+@pytest.mark.parametrize("in_processes", [False, True], ids=["here", "indexer"])
 def test_partly_retrieved_study_fetches_only_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    two_studies: dict[str, list[bytes]],
+    in_processes: bool,
 ) -> None:
     pacs = FakePacs({STUDY_A: two_studies[STUDY_A]})
     pacs.answer = drop_last
-    with pytest.raises(DicomWebError, match="partial results"):
-        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+    with (
+        FolderIndexer(workers=2) if in_processes else contextlib.nullcontext() as indexer,
+        pytest.raises(DicomWebError, match="partial results"),
+    ):
+        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path, indexer=indexer)
+    # What arrived before the failure is written (by the indexer's processes, too).
     assert len(stored(tmp_path)) == 4
     pacs.answer = lambda url, parts: multipart(parts)
     pacs.gets.clear()

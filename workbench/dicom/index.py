@@ -2,20 +2,24 @@
 
 Each file is read into memory once; the bytes are hashed and the header is
 parsed from the same buffer (``stop_before_pixels``), so indexing costs about
-one read of the data. Work is spread over processes in chunks. Files that are
-not DICOM, are truncated or cannot be read are listed with the reason and never
-stop the index; non-DICOM files that belong to the set's reference
+one read of the data. Work is spread over processes in chunks. A writer that
+fills a folder can have its files indexed as it writes them
+(:class:`FolderIndexer`), from the bytes it wrote. Files that are not DICOM,
+are truncated or cannot be read are listed with the reason and never stop the
+index; non-DICOM files that belong to the set's reference
 (``dataset.json``, anything under ``reference/``) are listed as other files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import itertools
 import os
 import struct
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +41,7 @@ __all__ = [
     "FILE_COLUMNS",
     "KINDS",
     "DicomIndex",
+    "FolderIndexer",
     "index_folder",
     "is_reference_file",
     "sniff_file_type",
@@ -634,8 +639,12 @@ def _parse(data: bytes) -> tuple[Dataset, int, bool]:
     return ds, buffer.tell(), False
 
 
-def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
-    """Classify one file: ``("dicom" | "unreadable" | "other", record)``."""
+def _index_one(root: str, rel: str, digest: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Classify one file: ``("dicom" | "unreadable" | "other", record)``.
+
+    ``digest`` is the SHA-256 of the bytes written to the file when the writer
+    computed it; otherwise the bytes read are hashed.
+    """
     try:
         with open(os.path.join(root, rel), "rb") as handle:
             data = handle.read()
@@ -646,7 +655,11 @@ def _index_one(root: str, rel: str) -> tuple[str, dict[str, Any]]:
             "sha256": None,
             "reason": str(exc),
         }
-    digest = hashlib.sha256(data).hexdigest()
+    return _index_data(rel, data, digest or hashlib.sha256(data).hexdigest())
+
+
+def _index_data(rel: str, data: bytes, digest: str) -> tuple[str, dict[str, Any]]:
+    """Classify the content ``data`` of the file ``rel`` whose SHA-256 is ``digest``."""
     base = {"path": rel, "size": len(data), "sha256": digest}
     if _printable(rel) != rel:
         return "unreadable", {
@@ -745,6 +758,39 @@ def _index_chunk(root: str, rels: list[str]) -> list[tuple[str, dict[str, Any]]]
     return [_index_one(root, rel) for rel in rels]
 
 
+def _index_known(
+    root: str, files: list[tuple[str, str | None]]
+) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
+    return [(rel, _index_one(root, rel, digest)) for rel, digest in files]
+
+
+_TEMPORARY_NAMES = itertools.count()
+
+
+def _write_and_index(
+    root: str, files: list[tuple[str, bytes, str]], temporary_prefix: str
+) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
+    out = []
+    folders: set[str] = set()
+    for rel, data, digest in files:
+        target = os.path.join(root, rel)
+        folder = os.path.dirname(target)
+        if folder not in folders:
+            os.makedirs(folder, exist_ok=True)
+            folders.add(folder)
+        name = os.path.join(folder, f"{temporary_prefix}{os.getpid()}-{next(_TEMPORARY_NAMES)}")
+        try:
+            with open(name, "xb") as handle:
+                handle.write(data)
+            os.replace(name, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        out.append((rel, _index_data(rel, data, digest)))
+    return out
+
+
 def _frame(records: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=list(columns))
     for name, dtype in columns.items():
@@ -755,8 +801,107 @@ def _frame(records: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFra
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 
+class FolderIndexer:
+    """Index files while a folder is being filled, in worker processes.
+
+    A writer that knows each file's SHA-256 (it hashed the bytes it wrote) hands
+    the files to :meth:`add` as they are written, or has the processes write
+    them (:meth:`write`, indexed from the bytes written); the processes classify
+    them exactly as :func:`index_folder` does, recording that digest, while the
+    writer goes on. :func:`index_folder` given the indexer then takes
+    those records and reads only the files it was not handed (in the indexer's
+    processes). Records are keyed by path relative to the folder, so the folder
+    may be renamed in between, once :meth:`results` has returned (the files
+    handed over are read by then). Use it as a context manager, or call
+    :meth:`close`.
+
+    Parameters
+    ----------
+    workers : int, default 2
+        Processes reading (or writing) the files.
+    """
+
+    def __init__(self, *, workers: int = 2) -> None:
+        self.workers = max(1, workers)
+        self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        self._futures: list[Future[list[tuple[str, tuple[str, dict[str, Any]]]]]] = []
+        self._results: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Start the processes now, before the writer starts threads of its own.
+        self._pool.submit(int).result()
+
+    def add(self, root: str | Path, files: Sequence[tuple[str, str | None]]) -> None:
+        """Index files under ``root`` in the background.
+
+        Parameters
+        ----------
+        root : str or Path
+            The folder.
+        files : sequence of (str, str or None)
+            ``(relative path, SHA-256)``: the hex digest of exactly the bytes
+            written to that file, or None to have it computed from the file.
+        """
+        if files:
+            self._futures.append(self._pool.submit(_index_known, os.fspath(root), list(files)))
+
+    def write(
+        self,
+        root: str | Path,
+        files: Sequence[tuple[str, bytes, str]],
+        *,
+        temporary_prefix: str,
+    ) -> Future[list[tuple[str, tuple[str, dict[str, Any]]]]]:
+        """Write files under ``root`` and index them from the bytes written, in the background.
+
+        Each file is written to a new name starting with ``temporary_prefix`` in
+        its folder (created) and renamed to its path once complete, so a file
+        under its path is always whole.
+
+        Parameters
+        ----------
+        root : str or Path
+            The folder.
+        files : sequence of (str, bytes, str)
+            ``(relative path, content, SHA-256 of the content)``.
+        temporary_prefix : str
+            Start of the temporary names (which the writer never uses for a file).
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Done once the files are written; its exception is the write's failure.
+        """
+        future = self._pool.submit(_write_and_index, os.fspath(root), list(files), temporary_prefix)
+        self._futures.append(future)
+        return future
+
+    def results(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """``{relative path: (kind, record)}`` of every file added, once all are indexed.
+
+        ``kind`` is ``"dicom"``, ``"unreadable"`` or ``"other"`` and ``record``
+        the row :func:`index_folder` makes of the file.
+        """
+        for future in self._futures:
+            self._results.update(future.result())
+        self._futures.clear()
+        return dict(self._results)
+
+    def close(self) -> None:
+        """Stop the processes; files not yet indexed are dropped."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> FolderIndexer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def index_folder(
-    root: str | Path, *, workers: int = 2, progress: Progress | None = None
+    root: str | Path,
+    *,
+    workers: int = 2,
+    progress: Progress | None = None,
+    indexer: FolderIndexer | None = None,
 ) -> DicomIndex:
     """Index every file under ``root``: header fields, size and SHA-256.
 
@@ -768,6 +913,10 @@ def index_folder(
         Processes to use (1 runs in this process).
     progress : callable, optional
         ``progress(done, total, message)`` as chunks of files finish.
+    indexer : FolderIndexer, optional
+        Records of files already indexed while they were written (keyed by
+        path relative to ``root``); only the other files are read, in its
+        processes (``workers`` is then not used).
 
     Returns
     -------
@@ -793,8 +942,19 @@ def index_folder(
     if progress is not None:
         progress(0, total, f"indexing {total} files")
     results: list[tuple[str, dict[str, Any]]] = []
-    if workers <= 1 or total < 64:
-        for chunk in chunked(rels, max(1, total // 256)):
+    if indexer is not None:
+        # Files the indexer was not handed are read now, in its processes.
+        known = indexer.results()
+        missing = [(rel, None) for rel in rels if rel not in known]
+        for start in range(0, len(missing), 32):
+            indexer.add(base, missing[start : start + 32])
+        known = indexer.results()
+        results.extend(known[rel] for rel in rels)
+        rels = []
+        if progress is not None:
+            progress(total, total, "indexing")
+    if workers <= 1 or len(rels) < 64:
+        for chunk in chunked(rels, max(1, len(rels) // 256)):
             results.extend(_index_chunk(str(base), chunk))
             if progress is not None:
                 progress(len(results), total, "indexing")

@@ -29,15 +29,20 @@ Several requests run at once on a bounded pool of threads, each with its own
 keep-alive HTTP session.
 
 Files are content-addressed: ``dicom/<sha[:2]>/<sha256>.dcm`` under the
-destination folder, written to a temporary name and renamed, so a file under its
-final name is always complete. A retrieval that stops half-way (server down,
-timeout, killed process) is resumed by running it again: every file already
-present is re-hashed against its name and identified, and only what is missing
-is fetched.
+destination folder, written to a temporary name in the same folder and renamed,
+so a file under its final name is always complete. A retrieval that stops
+half-way (server down, timeout, killed process) is resumed by running it again:
+every file already present is re-hashed against its name and identified (files
+left half-written are removed), and only what is missing is fetched.
+
+Given a :class:`~workbench.dicom.index.FolderIndexer`, :func:`retrieve_studies`
+hands the checked files to its processes, which write them and index each from
+the bytes written (with the SHA-256 computed here), while the next ones arrive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -47,7 +52,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from workbench.dicom.index import FolderIndexer
 from workbench.dicomweb.connection import DicomWebServer, describe_failure
 from workbench.errors import DicomWebError
 
@@ -83,6 +89,8 @@ DICOM_FOLDER = "dicom"
 SPILL_BYTES = 32 << 20
 
 _INCOMING = ".incoming"
+#: Files being written next to their final name start with this (never a content address).
+_TEMPORARY_PREFIX = ".incoming-"
 _SHA_NAME = re.compile(r"^[0-9a-f]{64}\.dcm$")
 _CHUNK = 1 << 18
 
@@ -282,6 +290,56 @@ def _study_instance_count(server: DicomWebServer, study_uid: str) -> int | None:
         return int(expected) if expected is not None else None
     except (TypeError, ValueError):
         return None
+
+
+#: Studies asked for in one QIDO-RS request (UID list matching, PS3.18 8.3.4.1).
+COUNT_BATCH = 40
+
+
+def _study_instance_counts(
+    server: DicomWebServer, study_uids: Sequence[str], workers: int
+) -> dict[str, int | None]:
+    """Number of Study Related Instances of every study, in few QIDO-RS requests.
+
+    Studies are asked for in batches by UID list matching (``StudyInstanceUID=a,b,...``);
+    a study a batch does not answer for (a server without list matching answers none, or
+    a failing request) is asked for on its own, which names an unknown study.
+    """
+    counts: dict[str, int | None] = {}
+    wanted = set(study_uids)
+
+    def batch(uids: Sequence[str]) -> dict[str, int | None]:
+        try:
+            found = server.client().search_for_studies(
+                search_filters={"StudyInstanceUID": ",".join(uids)},
+                fields=["NumberOfStudyRelatedInstances"],
+                limit=len(uids),
+            )
+        except Exception:
+            return {}  # asked for one by one below, where a failure is reported
+        out: dict[str, int | None] = {}
+        for item in found:
+            uid = _value(item, "0020000D")
+            if uid is None or str(uid) not in wanted:
+                continue
+            expected = _value(item, _N_STUDY_INSTANCES)
+            try:
+                out[str(uid)] = int(expected) if expected is not None else None
+            except (TypeError, ValueError):
+                out[str(uid)] = None
+        return out
+
+    step = COUNT_BATCH
+    batches = [list(study_uids[i : i + step]) for i in range(0, len(study_uids), step)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for answered in pool.map(batch, batches):
+            counts.update(answered)
+        missing = [uid for uid in study_uids if uid not in counts]
+        for uid, count in zip(
+            missing, pool.map(lambda uid: _study_instance_count(server, uid), missing), strict=True
+        ):
+            counts[uid] = count
+    return {uid: counts[uid] for uid in study_uids}
 
 
 def list_study_instances(server: DicomWebServer, study_uid: str) -> list[InstanceRef]:
@@ -911,19 +969,39 @@ def _accept(
     return ref
 
 
-class _Destination:
-    """Where checked parts go: ``dicom/<sha[:2]>/<sha>.dcm`` under ``root``, via ``.incoming``."""
+#: Bytes of retrieved files a request thread hands to the indexer's processes at once.
+_WRITE_BATCH = 8 << 20
 
-    def __init__(self, root: Path) -> None:
+
+class _Destination:
+    """Where checked parts go: ``dicom/<sha[:2]>/<sha>.dcm`` under ``root``, via ``.incoming``.
+
+    With an ``indexer``, parts held in memory are written by its processes (which
+    index them from the same bytes), in batches per request thread; at most a few
+    batches are under way at once, so memory stays bounded when the processes
+    fall behind. :meth:`flush` hands over the calling thread's batch and
+    :meth:`wait` waits for every write.
+    """
+
+    def __init__(self, root: Path, indexer: FolderIndexer | None = None) -> None:
         self.root = root
         self.incoming = root / _INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.indexer = indexer
         self._folders: set[str] = set()
         self._names = itertools.count()
+        self._batch = threading.local()
+        self._writes: list[Future[Any]] = []
+        self._write_failure: BaseException | None = None
+        self._slots = threading.BoundedSemaphore(2 * (indexer.workers if indexer else 1) + 2)
 
-    def temporary(self) -> tuple[int, str]:
-        """A new file under ``.incoming``, open for writing (descriptor, name)."""
-        name = os.path.join(self.incoming, f"{threading.get_ident()}-{next(self._names)}.part")
+    def temporary(self, folder: str | None = None) -> tuple[int, str]:
+        """A new file under ``.incoming`` (or ``folder``), open for writing (descriptor, name)."""
+        stem = f"{threading.get_ident()}-{next(self._names)}.part"
+        if folder is None:
+            name = os.path.join(self.incoming, stem)
+        else:
+            name = os.path.join(folder, _TEMPORARY_PREFIX + stem)
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
 
     def store(self, payload: _Payload) -> str:
@@ -936,14 +1014,75 @@ class _Destination:
         target = os.path.join(self.root, rel)
         if payload.path is not None:
             os.replace(payload.path, target)
+            if self.indexer is not None:
+                self.indexer.add(self.root, [(rel, payload.sha256)])
             return rel
-        fd, name = self.temporary()
+        if self.indexer is not None:
+            batch = self._batch
+            if getattr(batch, "files", None) is None:
+                batch.files, batch.size = [], 0
+            batch.files.append((rel, payload.data or b"", payload.sha256))
+            batch.size += payload.size
+            if batch.size >= _WRITE_BATCH:
+                self.flush()
+            return rel
+        # Written next to its final name: a rename within one folder is cheaper than one
+        # between folders (which the file system serialises).
+        fd, name = self.temporary(os.path.dirname(target))
         # No fsync per file: a file damaged by a crash fails the hash-against-name check of
-        # the next run and is fetched again, and the import re-hashes every file it records.
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload.data or b"")
-        os.replace(name, target)
+        # the next run and is fetched again.
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload.data or b"")
+            os.replace(name, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
         return rel
+
+    def flush(self) -> None:
+        """Hand the calling thread's batch to the indexer (waits while too many are under way)."""
+        files = getattr(self._batch, "files", None)
+        self._batch.files, self._batch.size = None, 0
+        if not files or self.indexer is None:
+            return
+        self._slots.acquire()
+        try:
+            if self._write_failure is not None:
+                raise self._write_failure  # stop retrieving what cannot be stored
+            future = self.indexer.write(self.root, files, temporary_prefix=_TEMPORARY_PREFIX)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(self._written)
+        self._writes.append(future)
+
+    def _written(self, future: Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._write_failure = self._write_failure or future.exception()
+        self._slots.release()
+
+    def wait(self) -> BaseException | None:
+        """Wait for every write handed over; the first failure, if any."""
+        failure: BaseException | None = None
+        for future in self._writes:
+            try:
+                error = future.exception()
+            except CancelledError as exc:
+                error = exc
+            failure = failure or error
+        return failure
+
+
+@contextmanager
+def _flushing(dest: _Destination | None) -> Iterator[None]:
+    """Hand what this thread stored to the indexer however the request ends."""
+    try:
+        yield
+    finally:
+        if dest is not None:
+            dest.flush()
 
 
 def _fetch_unit(
@@ -960,7 +1099,7 @@ def _fetch_unit(
     """
     received: dict[str, _Received] = {}
     try:
-        with _answer(server, unit) as (content_type, chunks):
+        with _answer(server, unit) as (content_type, chunks), _flushing(dest):
             if content_type.lower().startswith("application/dicom"):
                 parts = _single_part(chunks, content_type, dest)
             else:
@@ -1079,7 +1218,13 @@ def _scan(root: Path, *, workers: int) -> tuple[dict[str, _Present], int]:
     base = root / DICOM_FOLDER
     if not base.is_dir():
         return {}, 0
-    paths = sorted(path for path in base.rglob("*") if path.is_file())
+    paths = []
+    for path in sorted(base.rglob("*")):
+        if path.name.startswith(_TEMPORARY_PREFIX):
+            # Left by a run that stopped while writing it, as files under .incoming.
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            paths.append(path)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         identities = list(pool.map(_check_present, paths))
     found: dict[str, _Present] = {}
@@ -1216,6 +1361,8 @@ def _run(
                 break
             tally.report()
             refill()
+    # What was handed over is written before this returns or fails (a resumed run finds it).
+    failure = failure or dest.wait()
     if failure is not None:
         if isinstance(failure, DicomWebError):
             raise failure
@@ -1290,6 +1437,7 @@ def retrieve_studies(
     *,
     workers: int = 2,
     progress: Progress | None = None,
+    indexer: FolderIndexer | None = None,
 ) -> StudyRetrieval:
     """Retrieve whole studies into ``dest`` byte for byte, one request per study; resume.
 
@@ -1314,6 +1462,12 @@ def retrieve_studies(
         Requests under way at once (threads).
     progress : callable, optional
         ``progress(done, total, message)``.
+    indexer : FolderIndexer, optional
+        Processes that write the retrieved files (to a temporary name in their
+        folder, then renamed) and index each from the bytes written, recording
+        the SHA-256 this retrieval computed over them; the retrieval returns once
+        every file is written. Files found already retrieved are not handed to
+        it.
 
     Returns
     -------
@@ -1331,10 +1485,7 @@ def retrieve_studies(
     uids = list(dict.fromkeys(str(uid).strip() for uid in study_uids if str(uid).strip()))
     if not uids:
         raise DicomWebError("Expected at least one Study Instance UID; found none.")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        counts = dict(
-            zip(uids, pool.map(lambda uid: _study_instance_count(server, uid), uids), strict=True)
-        )
+    counts = _study_instance_counts(server, uids, workers)
     root = Path(dest)
     present, removed = _prepare(root, workers)
     here: dict[str, dict[str, _Present]] = {}
@@ -1375,7 +1526,7 @@ def retrieve_studies(
     n_skipped = len(files)
     tally = _Tally(files, total, progress)
     try:
-        _run(server, _Destination(root), units, workers=workers, tally=tally)
+        _run(server, _Destination(root, indexer), units, workers=workers, tally=tally)
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
     instances: list[InstanceRef] = []

@@ -7,7 +7,11 @@ source in ``dataset.json`` (server URL without credentials, query, retrieval
 time, SOP Instance UIDs; covered by the lock manifest like every other file),
 moves the complete folder to ``<workdir>/testsets/<name>/`` and indexes it with
 :func:`workbench.services.testsets.import_test_set`, exactly like a folder import.
-The test set exists only once every instance is there.
+The retrieved files are written and indexed by worker processes while the next
+ones arrive (:class:`~workbench.dicom.index.FolderIndexer`), from the bytes
+written and with the SHA-256 computed over them, so the import reads only the
+files it did not retrieve itself; the records are those a folder import of the
+same files makes. The test set exists only once every instance is there.
 
 With ``deidentify=DeidentificationOptions(...)`` the retrieved files are
 de-identified (:mod:`workbench.dicom.deidentify`, PS3.15 Basic Profile with the
@@ -49,6 +53,7 @@ from sqlalchemy import select
 from workbench import __version__
 from workbench.dicom.deidentify import DeidentificationOptions, deidentify_files
 from workbench.dicom.encapsulated_pdf import build_encapsulated_pdf
+from workbench.dicom.index import FolderIndexer
 from workbench.dicom.sr import (
     build_detection_report,
     build_measurement_report,
@@ -267,7 +272,57 @@ def import_from_dicomweb(
             f"Both {final} and {staging} exist and no test set '{name}' is recorded; "
             "remove one of them."
         )
-    retrieval = retrieve_studies(server, wanted, staging, workers=workers, progress=progress)
+    # Without de-identification the retrieved files are the test set: they are indexed in
+    # other processes as they arrive, and the import reads only what was not retrieved now.
+    indexer = FolderIndexer(workers=workers) if deidentify is None else None
+    try:
+        return _retrieve_and_import(
+            wb,
+            actor,
+            server,
+            wanted,
+            staging,
+            final,
+            name=name,
+            query=query,
+            limit=limit,
+            reference_dir=reference_dir,
+            workers=workers,
+            deidentify=deidentify,
+            indexer=indexer,
+            progress=progress,
+        )
+    finally:
+        if indexer is not None:
+            indexer.close()
+
+
+def _retrieve_and_import(
+    wb: Workbench,
+    actor: Actor,
+    server: DicomWebServer,
+    wanted: list[str],
+    staging: Path,
+    final: Path,
+    *,
+    name: str,
+    query: str | None,
+    limit: int | None,
+    reference_dir: Path | None,
+    workers: int,
+    deidentify: DeidentificationOptions | None,
+    indexer: FolderIndexer | None,
+    progress: Progress,
+) -> PacsImport:
+    """Retrieve ``wanted`` into ``staging``, then import it (de-identified when asked)."""
+    retrieval = retrieve_studies(
+        server,
+        wanted,
+        staging,
+        workers=workers,
+        progress=progress,
+        indexer=indexer,
+    )
     refs: list[InstanceRef] = list(retrieval.instances)
     outcome = retrieval.outcome
     if reference_dir is not None:
@@ -328,8 +383,12 @@ def import_from_dicomweb(
     (staging / SOURCE_FILE).write_text(
         json.dumps(description, indent=1, sort_keys=True), encoding="utf-8"
     )
+    if indexer is not None:
+        indexer.results()  # every file handed over is read before the folder moves
     os.replace(staging, final)
-    info = import_test_set(wb, actor, final, name=name, workers=workers, progress=progress)
+    info = import_test_set(
+        wb, actor, final, name=name, workers=workers, progress=progress, indexer=indexer
+    )
     source_sha = hashlib.sha256((final / SOURCE_FILE).read_bytes()).hexdigest()
     with wb.transaction() as session:
         current_user(session, actor, "testset.import")

@@ -21,7 +21,7 @@ import pandas as pd
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from workbench.dicom.index import DicomIndex, index_folder
+from workbench.dicom.index import DicomIndex, FolderIndexer, index_folder
 from workbench.dicom.manifest import (
     Manifest,
     ManifestDiff,
@@ -220,6 +220,7 @@ def import_test_set(
     name: str,
     workers: int = 2,
     progress: Progress = None,
+    indexer: FolderIndexer | None = None,
 ) -> TestSetInfo:
     """Index a folder of DICOM files as a new draft test set.
 
@@ -239,6 +240,9 @@ def import_test_set(
         Processes used for reading and hashing.
     progress : callable, optional
         ``progress(done, total, message)``.
+    indexer : FolderIndexer, optional
+        Records of files indexed while they were written into ``folder`` (see
+        :func:`workbench.dicom.index.index_folder`); the other files are read.
 
     Returns
     -------
@@ -267,7 +271,7 @@ def import_test_set(
                 "Choose another name; test sets are never replaced."
             )
     # Indexing reads every file; it runs outside the write transaction.
-    index = index_folder(root, workers=workers, progress=progress)
+    index = index_folder(root, workers=workers, progress=progress, indexer=indexer)
     summary = _summarize(index)
     with wb.transaction() as session:
         current_user(session, actor, "testset.import")
