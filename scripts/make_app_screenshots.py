@@ -137,6 +137,10 @@ def main() -> None:
             _idle(page)
             page.locator('[data-testid="stImage"] img').first.wait_for(timeout=90_000)
             _idle(page)
+            # the run's worst case is chosen once the page settles (the URL names it)
+            page.wait_for_url(re.compile(r"case=case"), timeout=60_000)
+            page.wait_for_timeout(2_000)
+            _idle(page)
             # the worst case with its explanation map (the model's probability) over it
             page.get_by_text("Explanation map (aid to review)").first.click()
             page.get_by_role("button", name="Compute or load the map").click()

@@ -85,6 +85,21 @@ def test_explanation_map_is_labelled_as_an_aid(app: Callable[..., AppTest], seed
     assert at.get("image")
 
 
+def test_another_run_opens_at_its_own_first_case(
+    app: Callable[..., AppTest], seeded: Seeded
+) -> None:
+    """A case chosen in one run is not carried to the next run chosen."""
+    segmentation = seeded.run_uids["lesion-segmentation"]
+    classification = seeded.run_uids["malignancy-classification"]
+    at = _open(app, "inspector", run=classification)
+    ids = [str(c) for c in at.dataframe[0].value["case_id"]]
+    at.selectbox(key="explorer-case").set_value(ids[-1]).run(timeout=120)
+    at.selectbox(key="explorer-run").set_value(segmentation).run(timeout=120)
+    assert not at.exception, at.exception
+    first = str(at.dataframe[0].value["case_id"].iloc[0])
+    assert at.selectbox(key="explorer-case").value == first
+
+
 def test_classification_run_opens(app: Callable[..., AppTest], seeded: Seeded) -> None:
     at = _open(app, "inspector", run=seeded.run_uids["malignancy-classification"])
     assert "operating threshold 0.5" in _text(at)

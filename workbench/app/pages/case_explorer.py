@@ -114,6 +114,14 @@ with listing:
         st.info("No case matches the filters.")
         st.stop()
     ids = [str(c) for c in table["case_id"]]
+    previous_run = st.session_state.get("explorer-case-run")
+    if previous_run != run_uid:
+        st.session_state["explorer-case-run"] = run_uid
+        if previous_run is not None:
+            # another run chosen: start at its first case in the chosen order, not at the
+            # case of the run before (a link's case applies to the run it came with)
+            st.query_params.pop("case", None)
+            st.session_state["explorer-case"] = ids[0]  # also shown so in the browser
     wanted_case = st.query_params.get("case")
     case_id = st.selectbox(
         "Case",
