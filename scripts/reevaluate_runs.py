@@ -41,12 +41,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench.protocols import CaseAccounting, RunResults, evaluate_endpoints
+from workbench.protocols import (
+    CaseAccounting,
+    RunResults,
+    SupplementaryAnalyses,
+    Task,
+    evaluate_detection,
+    evaluate_endpoints,
+)
 from workbench.protocols.supplementary import supplementary_analysis
 from workbench.records.models import ProtocolVersion, Run
 from workbench.services.context import Workbench
 from workbench.services.protocols import parsed_protocol
-from workbench.services.runs import case_frame, stored_results
+from workbench.services.runs import case_frame, detection_frames, stored_results
 from workbench.vocabulary import Verdict
 
 
@@ -93,14 +100,26 @@ def reevaluate(workdir: Path, derived_runs: dict[tuple[str, str], RunResults] | 
                     )
                     protocol = protocol.model_copy(update={"reference_standard": reference})
                 frame = case_frame(session, run.id, protocol)
+                froc, froc_reason = None, ""
+                if protocol.task is Task.DETECTION:
+                    # from the run's stored lesions and matches, each file checked by its hash
+                    lesions, matches = detection_frames(wb.workdir.runs_dir, run.run_uid, frame)
+                    analysis = evaluate_detection(protocol, frame, lesions, matches)
+                    evaluation, supplementary = analysis.evaluation, SupplementaryAnalyses()
+                    froc, froc_reason = analysis.froc, analysis.froc_reason
+                else:
+                    evaluation = evaluate_endpoints(protocol, frame)
+                    supplementary = supplementary_analysis(protocol, frame)
                 derived = RunResults(
                     run_uid=run.run_uid,
                     context=stored.context,
                     workbench_version=stored.workbench_version,
                     surface_dice_tolerance_mm=stored.surface_dice_tolerance_mm,
                     accounting=CaseAccounting.from_frame(frame, n_cases=stored.accounting.n_cases),
-                    evaluation=evaluate_endpoints(protocol, frame),
-                    supplementary=supplementary_analysis(protocol, frame),
+                    evaluation=evaluation,
+                    supplementary=supplementary,
+                    froc=froc,
+                    froc_reason=froc_reason,
                     schema_version=stored.schema_version,
                 )
                 if derived_runs is not None:
