@@ -275,6 +275,8 @@ class FakePacs:
 
     #: Whether a QIDO-RS query may name several studies (UID list matching, PS3.18 8.3.4.1).
     list_matching = False
+    #: Whether study queries report Number of Study Related Instances (0020,1208).
+    report_counts = True
 
     # dicomweb_client.DICOMwebClient
     def search_for_studies(self, search_filters: dict[str, str], **kw: Any) -> list[Any]:
@@ -282,10 +284,12 @@ class FakePacs:
         asked = search_filters["StudyInstanceUID"]
         wanted = asked.split(",") if self.list_matching else [asked]
         return [
-            {
-                "0020000D": {"vr": "UI", "Value": [uid]},
-                "00201208": {"vr": "IS", "Value": [self.counts[uid]]},
-            }
+            {"0020000D": {"vr": "UI", "Value": [uid]}}
+            | (
+                {"00201208": {"vr": "IS", "Value": [self.counts[uid]]}}
+                if self.report_counts
+                else {}
+            )
             for uid in wanted
             if uid in self.counts
         ]
@@ -357,7 +361,9 @@ def test_each_study_comes_in_one_request_byte_for_byte(
     by_sop = {uids(data)[2]: data for data in everything}
     for sop, rel in got.outcome.files.items():
         assert (tmp_path / rel).read_bytes() == by_sop[sop]
-    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+    # The total is known once the count query answers, which runs beside the retrieval.
+    assert seen[-1] == (7, 7)
+    assert all(done <= total for done, total in seen)
     assert not (tmp_path / ".incoming").exists()
     # Everything there: verified, nothing asked for but the counts.
     pacs.gets.clear()
@@ -388,7 +394,7 @@ def test_indexer_processes_write_and_index_what_is_retrieved(
     assert by_indexer.hashes == read_back.hashes
 
 
-def failing_write(root: str, files: list[Any], temporary_prefix: str) -> list[Any]:
+def failing_write(root: str, files: list[Any]) -> list[Any]:
     raise OSError(28, "No space left on device")
 
 
@@ -505,6 +511,47 @@ def test_study_faults_are_one_line_naming_the_study(
     # Whatever was stored before the fault is complete and under its own hash.
     assert set(stored(tmp_path).values()) <= set(two_studies[STUDY_A])
     assert not (tmp_path / ".incoming").exists()
+
+
+def test_studies_are_counted_while_they_arrive_and_checked_after(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
+) -> None:
+    pacs = FakePacs(two_studies, delay=0.05)
+    pacs.list_matching = True
+    reports: list[tuple[int, int]] = []
+    got = retrieve_studies(
+        server_for(monkeypatch, pacs),
+        [STUDY_A, STUDY_B],
+        tmp_path,
+        progress=lambda done, total, message: reports.append((done, total)),
+    )
+    assert pacs.study_queries == [f"{STUDY_A},{STUDY_B}"]  # one count query for both
+    assert {ref.n_study_instances for ref in got.instances} == {5, 2}
+    assert reports[-1] == (7, 7) and all(done <= total for done, total in reports)
+
+
+@pytest.mark.parametrize("fault", [None, drop_last], ids=["whole", "one-missing"])
+def test_a_server_without_counts_is_checked_against_its_listing(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    two_studies: dict[str, list[bytes]],
+    fault: Callable[[str, list[bytes]], bytes] | None,
+) -> None:
+    pacs = FakePacs({STUDY_A: two_studies[STUDY_A]})
+    pacs.report_counts = False
+    if fault is None:
+        got = retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+        assert got.outcome.n_fetched == 5
+        assert sorted(stored(tmp_path).values()) == sorted(two_studies[STUDY_A])
+        return
+    pacs.answer = fault
+    with pytest.raises(DicomWebError, match="sent 4 instance.*expected 5 .its QIDO-RS instance"):
+        retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+    # What came is kept, and the next run fetches only the missing instance.
+    pacs.answer = lambda url, parts: multipart(parts)
+    again = retrieve_studies(server_for(monkeypatch, pacs), [STUDY_A], tmp_path)
+    assert again.outcome.n_skipped == 4 and again.outcome.n_fetched == 1
+    assert sorted(stored(tmp_path).values()) == sorted(two_studies[STUDY_A])
 
 
 def test_a_file_the_server_holds_cut_short_is_kept_as_sent(

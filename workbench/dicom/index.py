@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import itertools
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -764,31 +763,30 @@ def _index_known(
     return [(rel, _index_one(root, rel, digest)) for rel, digest in files]
 
 
-_TEMPORARY_NAMES = itertools.count()
-
-
 def _write_and_index(
-    root: str, files: list[tuple[str, bytes, str]], temporary_prefix: str
+    root: str, files: list[tuple[str, bytes, str]]
 ) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
     out = []
     folders: set[str] = set()
     for rel, data, digest in files:
-        target = os.path.join(root, rel)
-        folder = os.path.dirname(target)
-        if folder not in folders:
-            os.makedirs(folder, exist_ok=True)
-            folders.add(folder)
-        name = os.path.join(folder, f"{temporary_prefix}{os.getpid()}-{next(_TEMPORARY_NAMES)}")
-        try:
-            with open(name, "xb") as handle:
-                handle.write(data)
-            os.replace(name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise
+        _write_file(os.path.join(root, rel), data, folders)
         out.append((rel, _index_data(rel, data, digest)))
     return out
+
+
+def _write_file(target: str, data: bytes, folders: set[str]) -> None:
+    """Write ``data`` to ``target``, removing what was written if the write fails."""
+    folder = os.path.dirname(target)
+    if folder not in folders:
+        os.makedirs(folder, exist_ok=True)
+        folders.add(folder)
+    try:
+        with open(target, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
 
 
 def _frame(records: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
@@ -844,17 +842,13 @@ class FolderIndexer:
             self._futures.append(self._pool.submit(_index_known, os.fspath(root), list(files)))
 
     def write(
-        self,
-        root: str | Path,
-        files: Sequence[tuple[str, bytes, str]],
-        *,
-        temporary_prefix: str,
+        self, root: str | Path, files: Sequence[tuple[str, bytes, str]]
     ) -> Future[list[tuple[str, tuple[str, dict[str, Any]]]]]:
         """Write files under ``root`` and index them from the bytes written, in the background.
 
-        Each file is written to a new name starting with ``temporary_prefix`` in
-        its folder (created) and renamed to its path once complete, so a file
-        under its path is always whole.
+        Each file is written under its path (its folder created); one whose write
+        fails is removed. A writer that names files by their content (SHA-256)
+        tells a file cut short by a crash from a whole one by hashing it.
 
         Parameters
         ----------
@@ -862,15 +856,13 @@ class FolderIndexer:
             The folder.
         files : sequence of (str, bytes, str)
             ``(relative path, content, SHA-256 of the content)``.
-        temporary_prefix : str
-            Start of the temporary names (which the writer never uses for a file).
 
         Returns
         -------
         concurrent.futures.Future
             Done once the files are written; its exception is the write's failure.
         """
-        future = self._pool.submit(_write_and_index, os.fspath(root), list(files), temporary_prefix)
+        future = self._pool.submit(_write_and_index, os.fspath(root), list(files))
         self._futures.append(future)
         return future
 

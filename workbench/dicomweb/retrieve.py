@@ -29,11 +29,12 @@ Several requests run at once on a bounded pool of threads, each with its own
 keep-alive HTTP session.
 
 Files are content-addressed: ``dicom/<sha[:2]>/<sha256>.dcm`` under the
-destination folder, written to a temporary name in the same folder and renamed,
-so a file under its final name is always complete. A retrieval that stops
-half-way (server down, timeout, killed process) is resumed by running it again:
-every file already present is re-hashed against its name and identified (files
-left half-written are removed), and only what is missing is fetched.
+destination folder, written once checked (parts spooled to disk are renamed
+into place). A retrieval that stops half-way (server down, timeout, killed
+process) is resumed by running it again: every file already present is
+re-hashed against its name and identified (a file cut short, whose hash is not
+its name, is removed), and only what is missing is fetched. The import keeps
+the destination apart (``<name>.partial``) until everything is retrieved.
 
 Given a :class:`~workbench.dicom.index.FolderIndexer`, :func:`retrieve_studies`
 hands the checked files to its processes, which write them and index each from
@@ -43,6 +44,7 @@ the bytes written (with the SHA-256 computed here), while the next ones arrive.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -995,13 +997,9 @@ class _Destination:
         self._write_failure: BaseException | None = None
         self._slots = threading.BoundedSemaphore(2 * (indexer.workers if indexer else 1) + 2)
 
-    def temporary(self, folder: str | None = None) -> tuple[int, str]:
-        """A new file under ``.incoming`` (or ``folder``), open for writing (descriptor, name)."""
-        stem = f"{threading.get_ident()}-{next(self._names)}.part"
-        if folder is None:
-            name = os.path.join(self.incoming, stem)
-        else:
-            name = os.path.join(folder, _TEMPORARY_PREFIX + stem)
+    def temporary(self) -> tuple[int, str]:
+        """A new file under ``.incoming``, open for writing (descriptor, name)."""
+        name = os.path.join(self.incoming, f"{threading.get_ident()}-{next(self._names)}.part")
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
 
     def store(self, payload: _Payload) -> str:
@@ -1026,18 +1024,14 @@ class _Destination:
             if batch.size >= _WRITE_BATCH:
                 self.flush()
             return rel
-        # Written next to its final name: a rename within one folder is cheaper than one
-        # between folders (which the file system serialises).
-        fd, name = self.temporary(os.path.dirname(target))
-        # No fsync per file: a file damaged by a crash fails the hash-against-name check of
-        # the next run and is fetched again.
+        # Written under its final name, without fsync per file: a file cut short by a crash
+        # fails the hash-against-name check of the next run and is fetched again.
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(target, "wb") as handle:
                 handle.write(payload.data or b"")
-            os.replace(name, target)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(name)
+                os.unlink(target)
             raise
         return rel
 
@@ -1051,7 +1045,7 @@ class _Destination:
         try:
             if self._write_failure is not None:
                 raise self._write_failure  # stop retrieving what cannot be stored
-            future = self.indexer.write(self.root, files, temporary_prefix=_TEMPORARY_PREFIX)
+            future = self.indexer.write(self.root, files)
         except BaseException:
             self._slots.release()
             raise
@@ -1221,7 +1215,7 @@ def _scan(root: Path, *, workers: int) -> tuple[dict[str, _Present], int]:
     paths = []
     for path in sorted(base.rglob("*")):
         if path.name.startswith(_TEMPORARY_PREFIX):
-            # Left by a run that stopped while writing it, as files under .incoming.
+            # Left by an earlier version that wrote to temporary names, as under .incoming.
             path.unlink(missing_ok=True)
         elif path.is_file():
             paths.append(path)
@@ -1309,10 +1303,18 @@ class _Tally:
             self.refs.append(got.ref)
             self.n_bytes += got.size
 
+    def count(self, n_more: int) -> None:
+        """Add the instances of studies counted while the retrieval runs to the total.
+
+        Progress is reported once a total is known (never more done than the total).
+        """
+        self.total += n_more
+        self._reported = -1
+
     def report(self, message: str = "retrieving") -> None:
         with self._lock:
             done = self._here + self._stored
-        if self.progress is not None and done != self._reported:
+        if self.progress is not None and done != self._reported and 0 < self.total >= done:
             self._reported = done
             self.progress(done, self.total, message)
 
@@ -1328,17 +1330,26 @@ def _run(
     *,
     workers: int,
     tally: _Tally,
-) -> None:
+    counts: Callable[[], dict[str, int | None]] | None = None,
+) -> dict[str, int | None]:
     """Run ``units`` on ``workers`` threads, at most that many requests at once.
 
-    The first failure stops new requests; those under way finish (what they
-    store stays for the next run), then it is raised.
+    ``counts``, when given, runs first on one of the threads (the count queries
+    of studies retrieved without them) while the others start on ``units``; its
+    result is returned, and it sets the progress total once known. The first
+    failure stops new requests; those under way finish (what they store stays
+    for the next run), then it is raised, a failed ``counts`` first (it names an
+    unknown study more precisely than the retrieval's answer).
     """
     size = max(1, workers)
     failure: BaseException | None = None
     queue = iter(units)
+    counted: dict[str, int | None] = {}
     with ThreadPoolExecutor(max_workers=size) as pool:
-        pending: set[Future[list[_Received]]] = set()
+        pending: set[Future[Any]] = set()
+        counting = pool.submit(counts) if counts is not None else None
+        if counting is not None:
+            pending.add(counting)
 
         def refill() -> None:
             while len(pending) < size:
@@ -1354,6 +1365,9 @@ def _run(
                 error = future.exception()
                 if error is not None:
                     failure = failure or error
+                elif future is counting:
+                    counted = future.result()
+                    tally.count(sum(count or 0 for count in counted.values()))
                 else:
                     tally.add(future.result())
             if failure is not None:
@@ -1361,6 +1375,8 @@ def _run(
                 break
             tally.report()
             refill()
+    if counting is not None and counting.done() and counting.exception() is not None:
+        failure = counting.exception()
     # What was handed over is written before this returns or fails (a resumed run finds it).
     failure = failure or dest.wait()
     if failure is not None:
@@ -1368,6 +1384,7 @@ def _run(
             raise failure
         raise describe_failure(server, failure, "the retrieval") from failure
     tally.report()
+    return counted
 
 
 def _prepare(root: Path, workers: int) -> tuple[dict[str, _Present], int]:
@@ -1441,15 +1458,17 @@ def retrieve_studies(
 ) -> StudyRetrieval:
     """Retrieve whole studies into ``dest`` byte for byte, one request per study; resume.
 
-    Per study, QIDO-RS gives its Number of Study Related Instances and one
-    WADO-RS request (PS3.18 10.4.1.1.1) brings all of them; every part is
-    checked (complete, of that study, SOP Instance UID in file meta and data set
-    alike, the transfer syntax the server declares, no instance twice) and the
-    count must match. A study of which ``dest`` already holds as many verified
-    instances as the server counts is not asked for again; one partly retrieved
-    by an interrupted run, or whose server does not report the count, is listed
-    instance by instance (as :func:`list_study_instances`) and only what is
-    missing is fetched.
+    Per study, one WADO-RS request (PS3.18 10.4.1.1.1) brings all of its
+    instances; every part is checked (complete, of that study, SOP Instance UID
+    in file meta and data set alike, the transfer syntax the server declares, no
+    instance twice) and their number must match the study's Number of Study
+    Related Instances, which QIDO-RS gives while the first studies arrive (one
+    of the ``workers`` asks; where the server does not report it, the study's
+    instance listing is the measure). A study of which ``dest`` already holds as
+    many verified instances as the server counts is not asked for again; one
+    partly retrieved by an interrupted run, or whose server does not report the
+    count, is listed instance by instance (as :func:`list_study_instances`) and
+    only what is missing is fetched.
 
     Parameters
     ----------
@@ -1463,8 +1482,8 @@ def retrieve_studies(
     progress : callable, optional
         ``progress(done, total, message)``.
     indexer : FolderIndexer, optional
-        Processes that write the retrieved files (to a temporary name in their
-        folder, then renamed) and index each from the bytes written, recording
+        Processes that write the retrieved files and index each from the bytes
+        written, recording
         the SHA-256 this retrieval computed over them; the retrieval returns once
         every file is written. Files found already retrieved are not handed to
         it.
@@ -1485,30 +1504,30 @@ def retrieve_studies(
     uids = list(dict.fromkeys(str(uid).strip() for uid in study_uids if str(uid).strip()))
     if not uids:
         raise DicomWebError("Expected at least one Study Instance UID; found none.")
-    counts = _study_instance_counts(server, uids, workers)
     root = Path(dest)
     present, removed = _prepare(root, workers)
     here: dict[str, dict[str, _Present]] = {}
     for sop, item in sorted(present.items()):
         study = item.identity.study_uid
-        if study in counts:
+        if study in uids:
             here.setdefault(study, {})[sop] = item
         else:
             (root / item.rel).unlink()
             removed += 1
+    # A study of which nothing is here is retrieved while its count is asked for, and the
+    # count checked once both are done; one partly here needs its count first.
+    fresh = [uid for uid in uids if uid not in here]
+    counts = _study_instance_counts(server, list(here), workers) if here else {}
     refs: dict[str, list[InstanceRef]] = {}
     files: dict[str, str] = {}
-    units: list[_Unit] = []
+    units: list[_Unit] = [_study_unit(server, uid, None, None) for uid in fresh]
     total = 0
-    for uid in uids:
-        count, have = counts[uid], here.get(uid, {})
+    for uid in here:
+        count, have = counts[uid], here[uid]
         complete = all(item.identity.series_uid for item in have.values())
         if count and len(have) == count and complete:
             refs[uid] = [_present_ref(uid, item, count) for item in have.values()]
             files.update((sop, item.rel) for sop, item in have.items())
-            total += count
-        elif count and not have:
-            units.append(_study_unit(server, uid, None, count))
             total += count
         else:
             listed = list_study_instances(server, uid)
@@ -1526,13 +1545,25 @@ def retrieve_studies(
     n_skipped = len(files)
     tally = _Tally(files, total, progress)
     try:
-        _run(server, _Destination(root, indexer), units, workers=workers, tally=tally)
+        counted = _run(
+            server,
+            _Destination(root, indexer),
+            units,
+            workers=workers,
+            tally=tally,
+            counts=(lambda: _study_instance_counts(server, fresh, 1)) if fresh else None,
+        )
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
+    received: dict[str, list[InstanceRef]] = {}
+    for ref in tally.refs:
+        received.setdefault(ref.study_uid, []).append(ref)
+    for uid in fresh:
+        refs[uid] = _counted(server, uid, received.get(uid, []), counted.get(uid), tally)
+    tally.report()
     instances: list[InstanceRef] = []
     for uid in uids:
-        found = refs[uid] if uid in refs else [ref for ref in tally.refs if ref.study_uid == uid]
-        instances.extend(sorted(found, key=lambda r: (r.series_uid, r.sop_uid)))
+        instances.extend(sorted(refs[uid], key=lambda r: (r.series_uid, r.sop_uid)))
     return StudyRetrieval(
         instances=tuple(instances),
         outcome=RetrievalOutcome(
@@ -1543,6 +1574,38 @@ def retrieve_studies(
             n_removed=removed,
         ),
     )
+
+
+def _counted(
+    server: DicomWebServer,
+    study_uid: str,
+    received: list[InstanceRef],
+    count: int | None,
+    tally: _Tally,
+) -> list[InstanceRef]:
+    """Check what a whole-study request brought against the study's instance count.
+
+    Where the server does not report the count, its instance listing (QIDO-RS) is
+    the measure. What was stored stays either way (a resumed run lists the study).
+    """
+    if count is None:
+        listed = {ref.sop_uid for ref in list_study_instances(server, study_uid)}
+        missing = sorted(listed - {ref.sop_uid for ref in received})
+        tally.count(len(listed))
+        if missing or len(listed) != len(received):
+            raise DicomWebError(
+                f"{server.public_url} sent {len(received)} instance(s) of study {study_uid}, "
+                f"expected {len(listed)} (its QIDO-RS instance listing): partial results; run "
+                "the command again to resume."
+            )
+        return received
+    if len(received) != count:
+        raise DicomWebError(
+            f"{server.public_url} sent {len(received)} instance(s) of study {study_uid}, "
+            f"expected {count} (Number of Study Related Instances): partial results; run the "
+            "command again to resume."
+        )
+    return [dataclasses.replace(ref, n_study_instances=count) for ref in received]
 
 
 def _present_ref(study_uid: str, item: _Present, count: int) -> InstanceRef:
