@@ -9,8 +9,10 @@
     page cache may be dropped (``/proc/sys/vm/drop_caches``, as root), with it dropped
     before each copy and each import (cold: the files come from disk, as a PACS's
     would). Target: import / cp <= 2. The last import's phases are timed from its
-    progress reports (listing, retrieval with the indexing alongside, records, sync),
-    with the CPU seconds Orthanc spent in each; then the study-level intake alone
+    progress reports (listing until the first count answers, retrieval with the
+    indexing alongside, records, sync), with the CPU seconds Orthanc spent in each and
+    in all (the server's own share, which alone bounds the ratio from below); then the
+    study-level intake alone
     (:func:`~workbench.dicomweb.retrieve.retrieve_studies`: the count queries and one
     WADO-RS request per study, no instance-level QIDO-RS) into a fresh folder, and
     once more over its own result (a resumed retrieval that finds everything there).
@@ -97,6 +99,10 @@ class PhaseClock:
 
     def progress(self, done: int, total: int, message: str) -> None:
         self.mark("indexing and records" if message.startswith("index") else "retrieval")
+
+    def server_cpu(self) -> float:
+        """Orthanc's CPU seconds from the first mark to the last."""
+        return self.marks[-1][2] - self.marks[0][2] if self.marks else 0.0
 
     def lines(self) -> list[str]:
         out = []
@@ -279,6 +285,11 @@ def main() -> None:
         )
     cp_med = statistics.median(c for c, _ in series["warm"])
     print("    phases of the last import: " + "; ".join(clock.lines()))
+    print(
+        f"    Orthanc's own CPU time serving the last import: {clock.server_cpu():.2f} s, "
+        f"{clock.server_cpu() / cp_med:.2f}x the warm cp -r (a floor for the warm ratio on "
+        "this machine, whatever the client does)"
+    )
     print(
         f"    study-level intake alone (retrieve_studies, {fresh.outcome.n_fetched} instances): "
         f"{intake_s:.2f} s (Orthanc CPU {intake_cpu:.2f} s)  ratio {intake_s / cp_med:.2f}x; "
