@@ -11,10 +11,7 @@ bytes.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +25,7 @@ from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import BaseDocTemplate, Flowable, Frame, PageTemplate
 
 from workbench.errors import ReportError
+from workbench.reports._files import write_atomically
 from workbench.reports._style import FAIL_INK, MONO, MUTED, RULE, SANS, SANS_BOLD, register_fonts
 from workbench.reports.attachments import Attachment
 
@@ -294,23 +292,3 @@ def require_folder(out: Path) -> None:
         raise ReportError(
             f"The report's folder should exist. Found no folder {out.parent}; create it first."
         )
-
-
-def write_atomically(pdf: bytes, out: Path) -> str:
-    """Write ``pdf`` to ``out`` through a temporary file in its folder; its SHA-256.
-
-    Raises
-    ------
-    ReportError
-        The file cannot be written.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=".report-", suffix=".pdf", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pdf)
-        os.chmod(tmp_name, 0o644)  # a report is a shared document, unlike mkstemp's 0600
-        os.replace(tmp_name, out)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ReportError(f"Cannot write the report to {out}: {error.strerror}.") from None
-    return hashlib.sha256(pdf).hexdigest()

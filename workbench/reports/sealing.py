@@ -23,8 +23,6 @@ import concurrent.futures
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from workbench.errors import ReportError, ReportVerificationError
+from workbench.reports._files import write_atomically
 from workbench.reports.attachments import REPORT_CONTENT_JSON, RESULTS_JSON, _read_name_tree
 from workbench.reports.keys import SigningIdentity
 
@@ -196,17 +195,7 @@ def seal_pdf(
             f"Cannot seal {source.name}: {type(error).__name__}: {error}. The input should be "
             "an unsealed report built by build_report."
         ) from None
-    sealed = output.getvalue()
-    fd, tmp_name = tempfile.mkstemp(prefix=".sealed-", suffix=".pdf", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(sealed)
-        os.chmod(tmp_name, 0o644)  # a report is a shared document, unlike mkstemp's 0600
-        os.replace(tmp_name, target)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ReportError(f"Cannot write the sealed report {target}: {error.strerror}.") from None
-    return hashlib.sha256(sealed).hexdigest()
+    return write_atomically(output.getvalue(), target, what="the sealed report")
 
 
 def _embedded_signatures(blob: bytes | None) -> tuple[dict[str, Any], ...] | None:
