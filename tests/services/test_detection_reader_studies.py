@@ -296,3 +296,64 @@ def test_labels_that_disagree_with_the_reference_lesions_are_named(setup: Setup)
             studies.analyze_study(wb, qa1, ref)
     finally:
         wb.close()
+
+
+def test_the_study_report_draws_wafroc_curves_and_embeds_the_marks(setup: Setup) -> None:
+    import hashlib
+    import io
+    import json
+    import subprocess
+
+    from workbench.reports import extract_attachments
+    from workbench.services import study_reports
+
+    wb = harness.open_wb(setup.workdir)
+    try:
+        qa1, qa2 = harness.login(wb, "qa1"), harness.login(wb, "qa2")
+        ref = studies.add_study(wb, qa1, _design(study_id="detection-study-report")).ref
+        studies.approve_study(wb, qa2, ref, password=_password("qa2"))
+        design = studies.study_design(wb, qa1, ref)
+        for reader in design.readers:
+            for arm in studies.arm_order(design, reader):
+                _read_arm(wb, setup, reader, ref, arm)
+        result = studies.analyze_study(wb, qa1, ref)
+        for r in result.per_reader:
+            # The curve runs from (0, 0) to (1, 1) and its area is the reader's wAFROC.
+            assert r.curve is not None
+            fpf, wllf = r.curve
+            assert (fpf[0], wllf[0], fpf[-1], wllf[-1]) == (0.0, 0.0, 1.0, 1.0)
+            assert np.all(np.diff(fpf) >= 0) and np.all(np.diff(wllf) >= 0)
+            area = float(np.sum(np.diff(fpf) * (np.asarray(wllf[1:]) + wllf[:-1]) / 2))
+            assert area == pytest.approx(_wafroc(PLAN[(r.reader, r.arm)]))
+            assert area == pytest.approx(r.auc.value)
+
+        info = study_reports.build_study_report_pdf(wb, qa1, ref)
+        files = extract_attachments(info.pdf_path)
+        assert "marks.csv" in files
+        results = json.loads(files["results.json"])
+        assert results["marks_csv_sha256"] == hashlib.sha256(files["marks.csv"]).hexdigest()
+        marks = pd.read_csv(io.BytesIO(files["marks.csv"]), dtype={"case_id": str})
+        for (reader, arm), (hits, false_marks) in PLAN.items():
+            mine = marks[(marks["reader"] == reader) & (marks["arm"] == arm)]
+            localised = mine[mine["status"] == "LL"]
+            assert dict(zip(localised["case_id"], localised["score"], strict=True)) == hits
+            wrong = mine[mine["status"] == "NL"]
+            assert dict(zip(wrong["case_id"], wrong["score"], strict=True)) == false_marks
+            missed = mine[mine["status"] == "missed"]
+            assert set(missed["case_id"]) == set(WITH_LESION) - set(hits)
+
+        text = subprocess.run(
+            ["pdftotext", "-layout", str(info.pdf_path), "-"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        flat = " ".join(text.split())
+        assert "wAFROC per reader and arm (empirical, case-stratified bootstrap" in flat
+        assert "Reader-averaged wAFROC per arm" in flat
+        assert "Figure 1. Empirical wAFROC curve of each reader" in flat
+        assert "Figure 2. wAFROC difference per reader" in flat
+        assert "marks.csv gives every reader's marks" in flat
+        assert "ROC curve" not in flat.replace("wAFROC curve", "") and "AUC" not in flat
+    finally:
+        wb.close()

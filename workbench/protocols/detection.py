@@ -62,6 +62,7 @@ __all__ = [
     "lesion_table",
     "match_marks",
     "match_summary",
+    "wafroc_operating_points",
 ]
 
 #: Columns of a stored match table (one row per decision).
@@ -442,25 +443,46 @@ def _lesion_labels(lesions: pd.DataFrame, factor: StratumFactor) -> pd.Series:
     return stratum_labels(lesions, factor)
 
 
-def _wafroc_points(
-    marks: pd.DataFrame, truth: pd.DataFrame
+def wafroc_operating_points(
+    marks: pd.DataFrame, truth: pd.DataFrame, *, fom: str | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """Empirical wAFROC operating points, from the strictest threshold to the most lenient.
+    """Empirical wAFROC operating points, from (0, 0) through every threshold to (1, 1).
 
     The false-positive rating of a case is its highest non-lesion mark's (negative
-    infinity without one), over the cases without lesions; when every case holds a
-    lesion, over every case (wAFROC1). Returns ``(fpf, wllf, fom)``; the curve runs from
-    (0, 0) through the observed points to (1, 1), so that its area is the figure of merit.
+    infinity without one), over the cases without lesions (wAFROC), or over every case
+    (wAFROC1: asked for with ``fom="wafroc1"``, and used when every case holds a lesion).
+    The curve joins the points with straight lines, as RJafroc draws it, so that its
+    area is the figure of merit (Chakraborty 2017, ch. 13).
+
+    Parameters
+    ----------
+    marks : DataFrame
+        Kept marks: ``case_id``, ``lesion_id`` (the lesion a mark localises, missing for
+        a non-lesion mark) and ``rating``.
+    truth : DataFrame
+        ``case_id``, ``lesion_id`` (missing on the row of a lesion-free case) and
+        optionally ``lesion_weight`` (equal weights within a case when absent).
+    fom : {"wafroc", "wafroc1"}, optional
+
+    Returns
+    -------
+    tuple
+        ``(fpf, wllf, fom)``; empty curves when the cases lack a class the figure of
+        merit needs.
     """
     lesions = truth[truth["lesion_id"].notna()].copy()
     all_cases = truth["case_id"].astype(str).unique()
     normal = truth.loc[truth["lesion_id"].isna(), "case_id"].astype(str).unique()
     diseased = lesions["case_id"].astype(str).unique()
-    fom = "wafroc" if len(normal) else "wafroc1"
-    fp_cases = normal if len(normal) else all_cases
+    if fom is None:
+        fom = "wafroc" if len(normal) else "wafroc1"
+    fp_cases = normal if fom == "wafroc" else all_cases
     if len(fp_cases) == 0 or len(diseased) == 0:
         return (), (), fom
-    w = lesions["lesion_weight"].astype(float).fillna(1.0)
+    weight = (
+        lesions["lesion_weight"] if "lesion_weight" in lesions else pd.Series(np.nan, lesions.index)
+    )
+    w = weight.astype(float).fillna(1.0)
     lesions["w"] = w / w.groupby(lesions["case_id"]).transform("sum")
     ll = marks[marks["lesion_id"].notna()][["case_id", "lesion_id", "rating"]]
     lesions = lesions.merge(ll, on=["case_id", "lesion_id"], how="left")
@@ -510,7 +532,7 @@ def _froc_summary(
         )
     except (NotEstimableError, StatisticsError) as exc:
         return None, f"FROC curve not estimable: {exc}"
-    fpf, wllf, fom = _wafroc_points(marks, truth)
+    fpf, wllf, fom = wafroc_operating_points(marks, truth)
     wafroc = next(
         (r.estimate for r in results if r.metric == Metric(fom).value and r.estimate is not None),
         None,

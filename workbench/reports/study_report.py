@@ -103,6 +103,7 @@ from workbench.reports.formatting import (
 __all__ = [
     "ANALYSIS_JSON",
     "CASE_ORDER_CSV",
+    "MARKS_CSV",
     "RATINGS_CSV",
     "STUDY_DESIGN_YAML",
     "FixedEffectsRow",
@@ -121,6 +122,19 @@ __all__ = [
 ANALYSIS_JSON = "analysis.json"
 RATINGS_CSV = "ratings.csv"
 CASE_ORDER_CSV = "case-order.csv"
+MARKS_CSV = "marks.csv"
+MARKS_COLUMNS = (
+    "reader",
+    "arm",
+    "case_id",
+    "mark_id",
+    "lesion_id",
+    "score",
+    "status",
+    "similarity",
+    "iou",
+    "distance_mm",
+)
 STUDY_DESIGN_YAML = "study-design.yaml"
 
 _DESCRIPTIONS = {
@@ -128,6 +142,7 @@ _DESCRIPTIONS = {
     ANALYSIS_JSON: "Obuchowski-Rockette analysis: every estimate, test and variance component",
     RATINGS_CSV: "Every rating row of every reader (superseded ones too) with the reference label",
     CASE_ORDER_CSV: "Randomisation seed and the case order each reader saw in each arm",
+    MARKS_CSV: "Every lesion mark of every reader, matched to the reference lesions (detection)",
     STUDY_DESIGN_YAML: "Approved reader-study design, verbatim",
     REPORT_CONTENT_JSON: "Full report content incl. signatures and audit trail (canonical JSON)",
 }
@@ -136,6 +151,7 @@ _MIME = {
     ANALYSIS_JSON: "application/json",
     RATINGS_CSV: "text/csv",
     CASE_ORDER_CSV: "text/csv",
+    MARKS_CSV: "text/csv",
     STUDY_DESIGN_YAML: "application/yaml",
     REPORT_CONTENT_JSON: "application/json",
 }
@@ -166,7 +182,11 @@ class StudyReadingSession:
 
 @dataclass(frozen=True, slots=True)
 class ReaderCurve:
-    """One reader's empirical ROC in one arm, with the AUC and its CI."""
+    """One reader's empirical curve in one arm, with the figure of merit and its CI.
+
+    ``fpr``/``tpr`` are the ROC curve's points (1 - specificity, sensitivity), or in a
+    detection study the wAFROC curve's (FPF, wLLF) from (0, 0) to (1, 1).
+    """
 
     reader: str
     arm: str
@@ -256,6 +276,9 @@ class StudyReportContent:
         rated_at, counts``).
     bound : float
         The value the lower CI limit of the difference must exceed.
+    marks : tuple of dict
+        A detection study's marks matched to the reference lesions (``MARKS_COLUMNS``),
+        embedded as ``marks.csv``; empty for a ROC study.
     """
 
     report_id: str
@@ -284,15 +307,26 @@ class StudyReportContent:
     audit_trail: tuple[AuditEntry, ...] = ()
     audit_chain_head: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    marks: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def measure(self) -> str:
+        """The figure of merit: ``"AUC"``, or ``"wAFROC"``/``"wAFROC1"`` (a detection study)."""
+        return str(self.analysis.get("figure_of_merit") or "AUC")
 
     @property
     def title(self) -> str:
         """The report's title."""
         return f"Reader study report: {self.design.title}"
 
-    def results_document(self, ratings_sha256: str, case_order_sha256: str) -> dict[str, Any]:
-        """What ``results.json`` holds: the report id, the design hash and the analysis."""
-        return {
+    def results_document(
+        self, ratings_sha256: str, case_order_sha256: str, marks_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """What ``results.json`` holds: the report id, the design hash and the analysis.
+
+        A detection study's also holds the SHA-256 of ``marks.csv``.
+        """
+        document = {
             "schema": "workbench.reader-study-report/1",
             "report_id": self.report_id,
             "study": self.design.ref,
@@ -304,6 +338,9 @@ class StudyReportContent:
             "ratings_csv_sha256": ratings_sha256,
             "case_order_csv_sha256": case_order_sha256,
         }
+        if marks_sha256 is not None:
+            document["marks_csv_sha256"] = marks_sha256
+        return document
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values of the whole content (the ``report-content.json`` attachment)."""
@@ -438,9 +475,12 @@ def study_report_attachments(content: StudyReportContent) -> list[Attachment]:
         for position, case_id in enumerate(s.case_order, start=1)
     ]
     order = _csv(order_rows, ["study_seed", "reader", "arm", "session_seed", "position", "case_id"])
+    marks = _csv(content.marks, MARKS_COLUMNS) if content.marks else None
     results = canonical_json(
         content.results_document(
-            hashlib.sha256(ratings).hexdigest(), hashlib.sha256(order).hexdigest()
+            hashlib.sha256(ratings).hexdigest(),
+            hashlib.sha256(order).hexdigest(),
+            None if marks is None else hashlib.sha256(marks).hexdigest(),
         )
     )
     data = {
@@ -451,6 +491,8 @@ def study_report_attachments(content: StudyReportContent) -> list[Attachment]:
         STUDY_DESIGN_YAML: content.design.yaml_text.encode("utf-8"),
         REPORT_CONTENT_JSON: canonical_json(content.to_dict()),
     }
+    if marks is not None:
+        data[MARKS_CSV] = marks
     return [
         Attachment(name, payload, _MIME[name], _DESCRIPTIONS[name])
         for name, payload in sorted(data.items())
@@ -686,18 +728,22 @@ def _results_section(content: StudyReportContent) -> list[Flowable]:
     arms = [a for a, _ in d.arms]
     names = {r.username: _reader_label(r) for r in content.readers}
     level = format_level(d.level)
+    measure = content.measure
+    method = "DeLong" if measure == "AUC" else "case-stratified bootstrap"
     out: list[Flowable] = [*_h1("2  Results")]
-    out.append(_h2(f"2.1  AUC per reader and arm (empirical, DeLong {level} CI)"))
+    out.append(_h2(f"2.1  {measure} per reader and arm (empirical, {method} {level} CI)"))
     by_key = {(c.reader, c.arm): c.auc for c in content.curves}
     rows: list[list[object]] = [["Reader", *arms]]
     for r in content.readers:
         rows.append([names[r.username], *(_estimate_cell(by_key[(r.username, a)]) for a in arms)])
     width = (CONTENT_WIDTH - 62 * mm) / len(arms)
     out.append(_table(rows, [62 * mm, *([width] * len(arms))]))
-    out.append(_h2(f"2.2  Reader-averaged AUC per arm (random readers and cases, {level} CI)"))
+    out.append(
+        _h2(f"2.2  Reader-averaged {measure} per arm (random readers and cases, {level} CI)")
+    )
     out.append(
         _table(
-            [["Arm", "AUC", f"{level} CI"]]
+            [["Arm", measure, f"{level} CI"]]
             + [
                 [arm, format_number(e.value or 0.0, 4), format_ci(e, 4)]
                 for arm, e in content.arm_auc
@@ -788,20 +834,31 @@ def _figures_section(content: StudyReportContent) -> list[Flowable]:
     arms = [a for a, _ in content.design.arms]
     readers = [r.username for r in content.readers]
     names = {r.username: _reader_label(r) for r in content.readers}
+    measure = content.measure
     panels = [
-        roc_panel(arm, [c for c in content.curves if c.arm == arm], readers, names) for arm in arms
+        roc_panel(arm, [c for c in content.curves if c.arm == arm], readers, names, measure=measure)
+        for arm in arms
     ]
+    if measure == "AUC":
+        caption = (
+            "Figure 1. Empirical ROC curve of each reader in each arm (one colour per reader); "
+            "the dashed diagonal is chance."
+        )
+    else:
+        caption = (
+            f"Figure 1. Empirical wAFROC curve of each reader in each arm (one colour per "
+            f"reader): the fraction of {'all' if measure == 'wAFROC1' else 'lesion-free'} "
+            "cases with a non-lesion mark (FPF) against the weighted fraction of lesions "
+            "localised (wLLF), at each confidence threshold, from (0, 0) to (1, 1) as RJafroc "
+            f"draws it; the area under each curve is the reader's {measure} (legend)."
+        )
     row = Table([panels], colWidths=[CONTENT_WIDTH / 2] * 2, hAlign="LEFT")
     out: list[Flowable] = [CondPageBreak(110 * mm), *_h1("3  Figures")]
     out.append(
         KeepTogether(
             [
                 row,
-                _p(
-                    "Figure 1. Empirical ROC curve of each reader in each arm (one colour per "
-                    "reader); the dashed diagonal is chance.",
-                    "Caption",
-                ),
+                _p(caption, "Caption"),
             ]
         )
     )
@@ -814,9 +871,11 @@ def _figures_section(content: StudyReportContent) -> list[Flowable]:
                     content.difference,
                     bound=content.bound,
                     label=f"{arms[1]} minus {arms[0]}",
+                    measure=measure,
                 ),
                 _p(
-                    "Figure 2. AUC difference per reader (fixed-readers CI) and reader-averaged "
+                    f"Figure 2. {measure} difference per reader (fixed-readers CI) and "
+                    "reader-averaged "
                     "(random readers and cases), with zero and the bound the lower CI limit must "
                     "exceed.",
                     "Caption",
@@ -835,8 +894,9 @@ def roc_panel(
     *,
     width: float = 250,
     height: float = 250,
+    measure: str = "AUC",
 ) -> Drawing:
-    """Per-reader empirical ROC curves of one arm, one colour per reader.
+    """Per-reader empirical ROC (or wAFROC) curves of one arm, one colour per reader.
 
     Parameters
     ----------
@@ -849,6 +909,10 @@ def roc_panel(
         Reader to the label shown in the legend.
     width, height : float
         Size in points.
+    measure : str, default "AUC"
+        ``"AUC"``: ROC curves with the chance diagonal; ``"wAFROC"``/``"wAFROC1"``:
+        wAFROC curves (FPF, wLLF), without a diagonal (a reader who marks nothing has
+        area 0.5 by the tie rule, not by chance).
 
     Returns
     -------
@@ -877,9 +941,13 @@ def roc_panel(
         drawing.add(
             String(left - 4, y - 2.5, f"{t:.1f}", fontName=SANS, fontSize=7, textAnchor="end")
         )
-    drawing.add(
-        Line(*xy(0, 0), *xy(1, 1), strokeColor=MUTED, strokeWidth=0.6, strokeDashArray=[3, 3])
-    )
+    if measure == "AUC":
+        drawing.add(
+            Line(*xy(0, 0), *xy(1, 1), strokeColor=MUTED, strokeWidth=0.6, strokeDashArray=[3, 3])
+        )
+        x_label, y_label = "1 \u2212 specificity", "Sensitivity"
+    else:
+        x_label, y_label = "FPF (cases with a non-lesion mark)", "wLLF (weighted lesions found)"
     legend_y = bottom + 8 + 9 * (len(curves) - 1)
     for curve in curves:
         index = readers.index(curve.reader) if curve.reader in readers else 0
@@ -901,13 +969,13 @@ def roc_panel(
         String(
             left + plot_w / 2,
             6,
-            "1 \u2212 specificity",
+            x_label,
             fontName=SANS,
             fontSize=8,
             textAnchor="middle",
         )
     )
-    label = String(0, 0, "Sensitivity", fontName=SANS, fontSize=8, textAnchor="middle")
+    label = String(0, 0, y_label, fontName=SANS, fontSize=8, textAnchor="middle")
     rotated = Group(label)
     rotated.transform = (0, 1, -1, 0, 10, bottom + plot_h / 2)
     drawing.add(rotated)
@@ -922,8 +990,10 @@ def difference_plot(
     label: str,
     width: float = CONTENT_WIDTH,
     row_height: float = 16,
+    measure: str = "AUC",
 ) -> Drawing:
-    """AUC differences with CIs per reader and reader-averaged, with zero and the margin line.
+    """Differences of the figure of merit with CIs per reader and reader-averaged, with zero
+    and the margin line.
 
     Parameters
     ----------
@@ -937,6 +1007,8 @@ def difference_plot(
         What the difference is, e.g. ``"aided minus unaided"``.
     width, row_height : float
         Size in points.
+    measure : str, default "AUC"
+        The figure of merit, named on the axis.
 
     Returns
     -------
@@ -1032,7 +1104,7 @@ def difference_plot(
         String(
             label_w + plot_w / 2,
             6,
-            f"AUC difference ({label})",
+            f"{measure} difference ({label})",
             fontName=SANS,
             fontSize=8,
             textAnchor="middle",
@@ -1147,11 +1219,20 @@ def _audit_appendix(content: StudyReportContent) -> list[Flowable]:
 
 def _attachments_appendix(attachments: Sequence[Attachment]) -> list[Flowable]:
     out: list[Flowable] = [_markup("Appendix B  Embedded files", "H1")]
+    if any(a.name == MARKS_CSV for a in attachments):
+        sources = (
+            "marks.csv gives every reader's marks with their match to the reference lesions "
+            "(LL: the lesion it localises; NL: no lesion; below_floor: under the score floor; "
+            "missed: a lesion no mark localised), from which each reader's wAFROC follows; "
+            "ratings.csv lists each case read (its rating is the case's highest mark)"
+        )
+    else:
+        sources = "ratings.csv and the reference labels give each reader's AUC"
     out.append(
         _p(
             "These files are embedded in this PDF. With them an inspector can recompute every "
-            "number of this report: ratings.csv and the reference labels give each reader's "
-            "AUC; analysis.json holds the analysis; case-order.csv the randomisation."
+            f"number of this report: {sources}; analysis.json holds the analysis; "
+            "case-order.csv the randomisation."
         )
     )
     out.append(Spacer(1, 3))

@@ -327,8 +327,11 @@ def _content(
     )
     curves = []
     for reader_auc in analysis.per_reader:
-        group = frame[(frame["reader"] == reader_auc.reader) & (frame["arm"] == reader_auc.arm)]
-        fpr, tpr = empirical_roc(group["truth"].to_numpy(int), group["rating"].to_numpy(float))
+        if reader_auc.curve is not None:  # a detection study: the reader's wAFROC curve
+            fpr, tpr = reader_auc.curve
+        else:
+            group = frame[(frame["reader"] == reader_auc.reader) & (frame["arm"] == reader_auc.arm)]
+            fpr, tpr = empirical_roc(group["truth"].to_numpy(int), group["rating"].to_numpy(float))
         curves.append(
             ReaderCurve(
                 reader_auc.reader, reader_auc.arm, fpr, tpr, _report_estimate(reader_auc.auc)
@@ -488,6 +491,7 @@ def _content(
         ),
         sensitivity=tuple(sensitivity),
         curves=tuple(curves),
+        marks=analysis.matches,
         reader_differences=tuple(reader_differences),
         reading_times=tuple(times),
         required_signatures=tuple(rc.RequiredSignature(r, m) for r, m, _ in REQUIRED_SIGNATURES),

@@ -16,6 +16,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import ProtocolError
-from workbench.protocols.detection import match_marks
+from workbench.protocols.detection import MATCH_COLUMNS, match_marks, wafroc_operating_points
 from workbench.stats import (
     Estimate,
     MrmcResult,
@@ -49,11 +50,22 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ReaderAuc:
-    """One reader's AUC (DeLong CI), or wAFROC (bootstrap CI) of a detection study, in one arm."""
+    """One reader's AUC (DeLong CI), or wAFROC (bootstrap CI) of a detection study, in one arm.
+
+    Parameters
+    ----------
+    reader, arm : str
+    auc : Estimate
+    curve : tuple of (tuple of float, tuple of float), optional
+        A detection study's empirical wAFROC curve (FPF, wLLF), from (0, 0) through
+        the reader's operating points to (1, 1): the area under it is ``auc``'s value.
+        ``None`` for a ROC study (its curve follows from the ratings).
+    """
 
     reader: str
     arm: str
     auc: Estimate
+    curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,10 @@ class StudyAnalysis:
         ratings, ROC) or ``"wAFROC"`` / ``"wAFROC1"`` (lesion marks, free response).
     n_lesions : int or None
         Reference lesions of a detection study (``None`` for a ROC study).
+    matches : tuple of dict
+        A detection study's match table (:func:`match_reader_marks`: ``reader``, ``arm``
+        and :data:`~workbench.protocols.detection.MATCH_COLUMNS`), from which the
+        figures of merit follow; empty for a ROC study. Not part of :meth:`to_dict`.
     """
 
     study: str
@@ -105,6 +121,7 @@ class StudyAnalysis:
     criterion_text: str
     figure_of_merit: str = "AUC"
     n_lesions: int | None = None
+    matches: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values of every number of the analysis (the report's analysis JSON)."""
@@ -529,14 +546,16 @@ def analyze_marks(
     for reader in sorted(design.readers):
         for arm in sorted(a.id for a in design.arms):
             mine = free[(free["reader"] == reader) & (free["arm"] == arm)]
+            fpf, wllf, _ = wafroc_operating_points(mine, truth, fom=fom)
             per_reader.append(
                 ReaderAuc(
                     reader=reader,
                     arm=arm,
                     auc=froc_estimate(mine, truth, fom=fom, level=design.level, seed=design.seed),
+                    curve=(fpf, wllf),
                 )
             )
-    return _conclude(
+    concluded = _conclude(
         design,
         result,
         tuple(per_reader),
@@ -545,3 +564,6 @@ def analyze_marks(
         n_positive=int(lesions["case_id"].nunique()),
         n_lesions=len(lesions),
     )
+    table = matches[["reader", "arm", *MATCH_COLUMNS]].astype(object)
+    rows = table.where(table.notna(), None).to_dict(orient="records")
+    return dataclasses.replace(concluded, matches=tuple(rows))
