@@ -26,6 +26,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 SHOTS = REPOSITORY / "docs" / "screenshots"
 #: The run shown on the Results screenshot (matched against the run selector's labels).
 RESULTS_RUN = r"lesion-segmentation@1 - demo-weak"
+#: The run shown on the adjudication viewer's screenshot (its selector names the protocol).
+ADJUDICATION_RUN = r"lesion-segmentation@1"
 sys.path.insert(0, str(REPOSITORY))
 
 from workbench.services.demo import DEMO_ACCOUNTS  # noqa: E402
@@ -150,6 +152,15 @@ def main() -> None:
             reviewer = browser.new_page(viewport={"width": 1500, "height": 1100})
             _sign_in(reviewer, url, "dr.second")
             _nav(reviewer, "Adjudication")
+            _idle(reviewer)
+            # A segmentation run's discrepancy, with its decided items shown when the demo's
+            # reviewers have read them all.
+            reviewer.locator('[data-testid="stSelectbox"]').first.click()
+            reviewer.get_by_role("option", name=re.compile(ADJUDICATION_RUN)).first.click()
+            _idle(reviewer)
+            if reviewer.get_by_text("Nothing left for you to read").count():
+                reviewer.get_by_text("Include items already decided or read by me").click()
+                _idle(reviewer)
             reviewer.locator('[data-testid="stImage"] img').first.wait_for(timeout=90_000)
             _idle(reviewer)
             reviewer.get_by_text("Soft tissue").first.click()
