@@ -113,7 +113,10 @@ def _spec_data(**input_update: object) -> dict:
             {"format": "tflite"},
             "field format: expected 'torchscript', 'monai_bundle' or 'onnx', found 'tflite'",
         ),
-        ({"task": None}, "field task: expected 'segmentation', 'classification' or 'both'"),
+        (
+            {"task": None},
+            "field task: expected 'segmentation', 'classification', 'both' or 'detection'",
+        ),
         ({"name": "../keys"}, "field name: expected letters, digits"),
         ({"surprise": 1}, "field surprise: expected no such field (unknown), found 1"),
     ],

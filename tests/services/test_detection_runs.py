@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -440,3 +441,121 @@ def test_a_second_candidate_reuses_the_reference_lesions_and_is_compared(
         assert "tiny-seg-b 1.0" in text and "tiny-seg 1.0" in text
         assert "for comparison only" in text
     wb.close()
+
+
+def _peak_detector(out: Path) -> Path:
+    """A detection model: up to three peaks of lesion-like attenuation, as points.
+
+    With the window (40, 220) HU, the phantoms' lesions (about 130 HU) sit near 0.5;
+    liver, aorta and bone do not. The smoothed band response is searched for its maximum
+    three times, each time clearing a 15-voxel cube around the last pick.
+    """
+    import torch
+    from torch import nn
+
+    class Peaks(nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            band = torch.relu(1.0 - torch.abs(image - 0.5) / 0.12)
+            smooth = torch.nn.functional.avg_pool3d(band, 5, stride=1, padding=2)[0, 0]
+            rows: list[torch.Tensor] = []
+            for _ in range(3):
+                flat = int(torch.argmax(smooth))
+                i = flat // (smooth.shape[1] * smooth.shape[2])
+                j = (flat // smooth.shape[2]) % smooth.shape[1]
+                k = flat % smooth.shape[2]
+                score = smooth[i, j, k]
+                rows.append(torch.stack([score, score * 0 + i, score * 0 + j, score * 0 + k]))
+                smooth[max(i - 7, 0) : i + 8, max(j - 7, 0) : j + 8, max(k - 7, 0) : k + 8] = 0.0
+            return torch.stack(rows)
+
+    torch.jit.script(Peaks()).save(str(out))
+    return out
+
+
+def test_a_model_that_emits_marks_is_validated_like_a_segmentation_model(
+    detection: Detection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.inference.demo_models import demo_input_spec
+    from workbench.inference.registry import ModelSpec
+
+    wb = harness.open_wb(detection.workdir)
+    qa1 = harness.login(wb, "qa1")
+    spec = ModelSpec(
+        name="tiny-peaks",
+        version="1.0",
+        task="detection",
+        format="torchscript",
+        input=demo_input_spec().model_copy(
+            update={"hu_window": (40.0, 220.0), "roi_size": (96, 96, 48), "score_output": None}
+        ),
+        intended_use="Test fixture: peaks of lesion-like attenuation; not a clinical model.",
+    )
+    model = models.register_model(wb, qa1, _peak_detector(tmp_path / "peaks.ts"), spec).ref
+    protocol = runs.get_run(wb, qa1, detection.seg_run).protocol
+    run_uid = runs.validate(
+        wb, qa1, protocol=protocol, model=model, test_set=harness.TEST_SET, device="cpu"
+    ).run_uid
+    summary = runs.get_run(wb, qa1, run_uid)
+    assert summary.status == "completed" and summary.n_cases == 6
+    results, cases = runs.run_results(wb, qa1, run_uid)
+    assert results.froc is not None and results.froc.n_lesions == 6
+    assert {e.endpoint_id for e in results.endpoints} == {
+        "wafroc1",
+        "sensitivity-1fppi",
+        "lesion-sensitivity",
+    }
+    # Three points per case, no SEG; the marks are where the lesions are: the protocol's
+    # rule (centres within 10 mm) finds a localisation in most cases (a mark misplaced by
+    # the coordinate mapping would localise none).
+    assert list(cases["n_marks"]) == [3] * 6
+    outputs = wb.workdir.runs_dir / run_uid
+    assert not list(outputs.rglob("*.dcm")) and len(list(outputs.rglob("marks.json"))) == 6
+    assert int(cases["n_ll"].sum()) >= 4, cases[["case_id", "n_ll", "n_nl"]]
+    # The reference lesions are read back from the first run of this protocol version.
+    _, first = runs.run_results(wb, qa1, detection.seg_run)
+    assert list(first["lesions_sha256"]) == list(cases["lesions_sha256"])
+    wb.close()
+    _exported_points_round_trip(detection, run_uid, tmp_path, monkeypatch)
+
+
+def _exported_points_round_trip(
+    detection: Detection, run_uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exported to a PACS, the run has one TID 1500 SR of points per case and no SEG."""
+    from workbench.dicom.index import index_folder
+    from workbench.dicom.lesions import lesions_from_sr
+    from workbench.dicomweb.connection import DicomWebServer
+    from workbench.dicomweb.store import StoreOutcome
+    from workbench.services import pacs
+
+    def fake_store(server: object, datasets: list[object], **_: object) -> StoreOutcome:
+        return StoreOutcome(
+            stored=tuple(str(d.SOPInstanceUID) for d in datasets),  # type: ignore[attr-defined]
+            already_present=(),
+        )
+
+    monkeypatch.setattr(pacs, "store_instances", fake_store)
+    copy = harness.copy_workdir(
+        harness.Pipeline(detection.workdir, detection.test_set_root, Path()), tmp_path / "wb"
+    )
+    wb = harness.open_wb(copy.workdir)
+    try:
+        qa1 = harness.login(wb, "qa1")
+        export = pacs.export_run(wb, qa1, run_uid, DicomWebServer("http://pacs.invalid/dicom-web"))
+        assert sorted({o.kind for o in export.objects}) == ["detection_sr"]
+        assert len(export.objects) == 6
+        images = index_folder(detection.test_set_root, workers=1).files
+        images = images[images["modality"] == "CT"]
+        for one in export.objects:
+            # a point carries no size; reading it as a lesion needs one
+            read = lesions_from_sr([one.path], images, default_diameter_mm=10.0)
+            marks = json.loads(
+                (copy.workdir / "runs" / run_uid / "seg" / "cases" / str(one.case_id))
+                .joinpath("marks.json")
+                .read_text()
+            )
+            got = np.array(sorted(read[["x", "y", "z"]].itertuples(index=False, name=None)))
+            want = np.array(sorted((m["x"], m["y"], m["z"]) for m in marks))
+            assert np.allclose(got, want, atol=0.01)  # SCOORD3D holds 32-bit floats
+    finally:
+        wb.close()

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.errors import ModelError
+from workbench.errors import InferenceError, ModelError
 from workbench.inference.registry import (
     ModelFormat,
     ModelSpec,
@@ -472,7 +472,7 @@ class ModelCheck:
     input_shape : tuple of int
         Shape of the dummy input: (batch, ``in_channels``, *``roi_size``).
     outputs : dict of str to tuple of int
-        Shape of each output the spec uses (``"segmentation"``, ``"score"``).
+        Shape of each output the spec uses (``"segmentation"``, ``"score"``, ``"marks"``).
     seconds : float
         Wall time of the forward pass.
     """
@@ -601,4 +601,12 @@ def check_model_runs(loaded: LoadedModel, *, timeout_s: float = 300.0, seed: int
                 + f". Found {found if found is not None else type(score).__name__}."
             )
         outputs["score"] = found
+    if spec.detects:
+        from workbench.inference.detection import marks_output_rows
+
+        try:
+            rows = marks_output_rows(outcome["value"], inp)
+        except InferenceError as error:
+            raise ModelError(f"Wrong marks output {where}: {error}") from None
+        outputs["marks"] = tuple(int(n) for n in rows.shape)
     return ModelCheck(input_shape=shape, outputs=outputs, seconds=seconds)

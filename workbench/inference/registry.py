@@ -36,6 +36,7 @@ from workbench.naming import NAME_PATTERN
 __all__ = [
     "ModelFormat",
     "ModelTask",
+    "MarkFormat",
     "ScoreActivation",
     "IntensityNormalization",
     "InputSpec",
@@ -63,6 +64,24 @@ class ModelTask(StrEnum):
     SEGMENTATION = "segmentation"
     CLASSIFICATION = "classification"
     BOTH = "both"
+    DETECTION = "detection"
+
+
+class MarkFormat(StrEnum):
+    """What each row of a detection model's marks output holds (model-input voxel indices).
+
+    ``points``: ``(score, i, j, k)``, the centre of a finding. ``boxes``: ``(score,
+    i_min, j_min, k_min, i_max, j_max, k_max)``. Indices run along the axes of the array
+    the model sees (``input.orientation``), on the ``input.roi_size`` grid.
+    """
+
+    POINTS = "points"
+    BOXES = "boxes"
+
+    @property
+    def width(self) -> int:
+        """Values per row: 4 for points, 7 for boxes."""
+        return 4 if self is MarkFormat.POINTS else 7
 
 
 class ModelFormat(StrEnum):
@@ -177,6 +196,11 @@ class InputSpec(BaseModel):
         (multi-class with ``softmax``, multi-label with ``sigmoid``).
     positive_class : str or None
         The class of ``score_classes`` whose probability is the case's score.
+    marks_output : str or None
+        Detection models: key (or ONNX output name) of the marks when the model
+        returns more than one output.
+    mark_format : MarkFormat
+        Detection models: ``points`` or ``boxes`` (see :class:`MarkFormat`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -248,6 +272,17 @@ class InputSpec(BaseModel):
         default=None,
         description="Which of score_classes is the case's score (its probability is what the "
         "protocol evaluates). Required with score_classes.",
+    )
+    marks_output: str | None = Field(
+        default="marks",
+        description="Detection models: key (TorchScript dict) or output name (ONNX) of the "
+        "marks when the model has more than one output.",
+    )
+    mark_format: MarkFormat = Field(
+        default=MarkFormat.POINTS,
+        description="Detection models: each row of the marks output is 'points' (score, i, "
+        "j, k) or 'boxes' (score, i_min, j_min, k_min, i_max, j_max, k_max), in voxel indices "
+        "of the model input (roi_size grid, orientation's axis order).",
     )
 
     @field_validator("orientation")
@@ -364,7 +399,8 @@ class ModelSpec(BaseModel):
         Identify the model; both appear in the DICOM SEG objects it produces
         (AlgorithmIdentificationSequence).
     task : ModelTask
-        ``segmentation``, ``classification`` or ``both``.
+        ``segmentation``, ``classification``, ``both`` or ``detection`` (marks: points
+        or boxes with a score, see :class:`MarkFormat`).
     format : ModelFormat
         ``torchscript`` (one ``.ts``/``.pt`` TorchScript archive), ``onnx``
         (one ``.onnx`` file) or ``monai_bundle`` (a bundle folder).
@@ -384,7 +420,8 @@ class ModelSpec(BaseModel):
         description="Model version, same characters as name; name@version is registered once."
     )
     task: ModelTask = Field(
-        description="'segmentation', 'classification' or 'both' (a mask and a score)."
+        description="'segmentation', 'classification', 'both' (a mask and a score) or "
+        "'detection' (marks: points or boxes with a score)."
     )
     format: ModelFormat = Field(
         description="'torchscript' (one archive), 'onnx' (one .onnx file) or 'monai_bundle' "
@@ -400,6 +437,12 @@ class ModelSpec(BaseModel):
                 "input.score_output",
                 f"expected the name of the score output for a model with task "
                 f"{self.task.value!r}, found none",
+            )
+        if self.task == ModelTask.DETECTION and self.input.spatial_dims != 3:
+            raise _FieldError(
+                "input.spatial_dims",
+                "expected 3 for a detection model (marks are placed in a volume), found "
+                f"{self.input.spatial_dims}",
             )
         if self.input.spatial_dims == 2 and self.task != ModelTask.CLASSIFICATION:
             raise _FieldError(
@@ -418,6 +461,11 @@ class ModelSpec(BaseModel):
     def scores(self) -> bool:
         """Whether the model produces a score."""
         return self.task in (ModelTask.CLASSIFICATION, ModelTask.BOTH)
+
+    @property
+    def detects(self) -> bool:
+        """Whether the model produces marks (points or boxes with a score)."""
+        return self.task == ModelTask.DETECTION
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace) of the spec."""

@@ -283,11 +283,12 @@ class _Computed:
     score: float | None
     probabilities: torch.Tensor | None
     class_probabilities: dict[str, float] | None = None
+    marks: list[Any] | None = None  # a detection model's marks (inference.detection.Mark)
 
 
 #: What a forward pass gives: the score, the class probabilities of a segmentation
 #: (C, *spatial) and the classification classes' probabilities.
-_Inferred = tuple[float | None, torch.Tensor | None, dict[str, float] | None]
+_Inferred = tuple[float | None, torch.Tensor | None, dict[str, float] | None, list[Any] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,12 +585,14 @@ class CaseProcessor:
             return self._failed(case, prepared.error or "not prepared", prepared.started)
         try:
             self._check_time(prepared.started, "after reading")
-            score, probabilities, classes = self._infer_watched(prepared.data, prepared.started)
+            score, probabilities, classes, marks = self._infer_watched(
+                prepared.data, prepared.started
+            )
         except _CaseTimeout as error:
             return self._failed(case, str(error), prepared.started)
         except Exception as error:  # every failure becomes a failed case with its reason
             return self._failed(case, _reason("inference", error), prepared.started)
-        return _Computed(prepared, score, probabilities, classes)
+        return _Computed(prepared, score, probabilities, classes, marks)
 
     def finish(self, computed: _Computed | CaseOutput) -> CaseOutput:
         """Stage 3: mask back on the source grid, DICOM SEG and hashes; never raises."""
@@ -615,6 +618,8 @@ class CaseProcessor:
                         kept_path, kept_hash = self._keep_probability(foreground, prepared)
                     if self.marks_rule is not None:
                         marks_path, marks_hash, n_marks = self._write_marks(foreground, prepared)
+            if computed.marks is not None:
+                marks_path, marks_hash, n_marks = self._write_mark_list(computed.marks, prepared)
         except _CaseTimeout as error:
             return self._failed(case, str(error), prepared.started)
         except Exception as error:  # every failure becomes a failed case with its reason
@@ -732,6 +737,8 @@ class CaseProcessor:
         return values[:, 0]
 
     def _infer(self, data: Preprocessed, started: float) -> _Inferred:
+        if self.spec.detects:
+            return self._detect(data, started)
         module = self._module()
         spec = self.spec.input
         image = data.image.as_tensor()[None].to(self.device)
@@ -793,7 +800,30 @@ class CaseProcessor:
                 raise InferenceError("the model produced no score")
             # A case is as suspicious as its most suspicious window.
             score_value = float(torch.cat(window_scores).max().item())
-        return score_value, probabilities, class_probabilities
+        return score_value, probabilities, class_probabilities, None
+
+    def _detect(self, data: Preprocessed, started: float) -> _Inferred:
+        """A detection model's marks: one call on the volume resized to ``roi_size``."""
+        from workbench.inference.detection import marks_from_model_output, marks_output_rows
+
+        module = self._module()
+        spec = self.spec.input
+        image = data.image.as_tensor()[None].to(self.device)
+        resized = torch.nn.functional.interpolate(
+            image, size=spec.roi_size, mode="trilinear", align_corners=False
+        )
+        self._check_time(started, "before the forward pass")
+        amp = self.mixed_precision and self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=amp):
+            raw = module(resized)
+        rows = marks_output_rows(raw, spec)
+        marks = marks_from_model_output(
+            rows,
+            spec,
+            np.asarray(data.image.affine, dtype=np.float64),
+            tuple(int(n) for n in data.image.shape[1:]),
+        )
+        return None, None, None, marks
 
     def _class_probabilities(self, raw: Any) -> dict[str, float]:
         """Each score class's probability from the network's raw score output."""
@@ -875,7 +905,7 @@ class CaseProcessor:
 
     def _write_marks(self, foreground: np.ndarray, prepared: _Prepared) -> tuple[Path, str, int]:
         """Marks of the lesion probability map by the run's rule, written as ``marks.json``."""
-        from workbench.inference.detection import marks_from_probability, marks_to_json
+        from workbench.inference.detection import marks_from_probability
 
         assert self.marks_rule is not None and prepared.affine is not None
         marks = marks_from_probability(
@@ -884,6 +914,12 @@ class CaseProcessor:
             threshold=self.marks_rule.threshold,
             min_voxels=self.marks_rule.min_voxels,
         )
+        return self._write_mark_list(marks, prepared)
+
+    def _write_mark_list(self, marks: Sequence[Any], prepared: _Prepared) -> tuple[Path, str, int]:
+        """A case's marks written as ``marks.json``; its path, SHA-256 and mark count."""
+        from workbench.inference.detection import marks_to_json
+
         data = marks_to_json(marks)
         case_dir = self.out_dir / "cases" / prepared.case.case_id
         case_dir.mkdir(parents=True, exist_ok=True)

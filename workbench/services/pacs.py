@@ -723,7 +723,8 @@ def export_run(
     skipped: list[str] = []
     for case_id, mask_path, score in cases:
         source = sources.get(case_id)
-        if source is None or (not mask_path and score is None):
+        # A detection model's case has marks only (no SEG, no score).
+        if source is None or (not mask_path and score is None and case_id not in marks_sha):
             skipped.append(case_id)
             continue
         headers = _source_headers(source.paths)
@@ -733,21 +734,22 @@ def export_run(
                 Path(mask_path), run_uid=run_uid, case_id=case_id, model=model_label, when=when
             )
             datasets.append(("seg", case_id, seg))
-        sr = build_measurement_report(
-            headers,
-            seg=seg,
-            volumes=segment_volumes(seg) if seg is not None else [],
-            score=score,
-            score_name=score_name,
-            model_name=model_name,
-            model_version=model_version,
-            run_uid=run_uid,
-            device_uid=device_uid,
-            series_instance_uid=export_uid(run_uid, case_id, "sr-series"),
-            sop_instance_uid=export_uid(run_uid, case_id, "sr"),
-            content_datetime=when,
-        )
-        datasets.append(("sr", case_id, sr))
+        if seg is not None or score is not None:
+            sr = build_measurement_report(
+                headers,
+                seg=seg,
+                volumes=segment_volumes(seg) if seg is not None else [],
+                score=score,
+                score_name=score_name,
+                model_name=model_name,
+                model_version=model_version,
+                run_uid=run_uid,
+                device_uid=device_uid,
+                series_instance_uid=export_uid(run_uid, case_id, "sr-series"),
+                sop_instance_uid=export_uid(run_uid, case_id, "sr"),
+                content_datetime=when,
+            )
+            datasets.append(("sr", case_id, sr))
         if case_id in marks_sha:
             datasets.append(
                 (
