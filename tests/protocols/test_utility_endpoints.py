@@ -498,10 +498,13 @@ CLUSTER_ENDPOINTS = """
 """
 
 
+#: The operating point and prevalence the cluster tests' endpoints need.
+CLUSTER_SETTINGS = "operating_point: {threshold: 0.5}\ndeployment_prevalence: 0.1\n"
+
+
 def test_cluster_by_makes_every_interval_treat_the_patient_as_the_unit() -> None:
-    settings = "operating_point: {threshold: 0.5}\ndeployment_prevalence: 0.1\n"
-    clustered = _protocol(settings + "cluster_by: patient", CLUSTER_ENDPOINTS)
-    plain = _protocol(settings, CLUSTER_ENDPOINTS)
+    clustered = _protocol(CLUSTER_SETTINGS + "cluster_by: patient", CLUSTER_ENDPOINTS)
+    plain = _protocol(CLUSTER_SETTINGS, CLUSTER_ENDPOINTS)
     frame = _bilateral_frame()
     result = evaluate_endpoints(clustered, frame)
     independent = evaluate_endpoints(plain, frame)
@@ -546,10 +549,7 @@ def test_cluster_by_makes_every_interval_treat_the_patient_as_the_unit() -> None
 
 
 def test_cluster_by_needs_every_case_to_name_its_patient() -> None:
-    protocol = _protocol(
-        "operating_point: {threshold: 0.5}\ndeployment_prevalence: 0.1\ncluster_by: patient",
-        CLUSTER_ENDPOINTS,
-    )
+    protocol = _protocol(CLUSTER_SETTINGS + "cluster_by: patient", CLUSTER_ENDPOINTS)
     frame = _bilateral_frame()
     frame.loc[3, "patient"] = None
     with pytest.raises(ProtocolError, match=r"cluster_by 'patient'.*P001R"):

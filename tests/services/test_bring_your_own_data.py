@@ -219,6 +219,21 @@ def _report_and_verify(wb: object, run_uid: str) -> None:
     assert check.valid, check.lines()
 
 
+def _validate_cr_model(
+    wb: object, qa: object, path: Path, fmt: str, protocol: str, test_set: str
+) -> runs.RunSummary:
+    """Register a radiograph model from the spec a user writes (JSON) and validate it."""
+    spec = ModelSpec.from_json(
+        json.dumps(_spec(f"cr-{fmt}", fmt, "abnormal")), source=f"{fmt}.json"
+    )
+    model = models.register_model(wb, qa, path, spec)
+    summary = runs.validate(
+        wb, qa, protocol=protocol, model=model.ref, test_set=test_set, device="cpu"
+    )
+    assert summary.status == "completed", summary.error
+    return summary
+
+
 def test_real_radiographs_with_torchscript_and_onnx_2d_models(
     radiographs: Path, tmp_path: Path
 ) -> None:
@@ -251,15 +266,7 @@ def test_real_radiographs_with_torchscript_and_onnx_2d_models(
             )
         scores = {}
         for path, fmt in ((scripted, "torchscript"), (onnx_path, "onnx")):
-            # The spec as a user writes it: JSON, validated field by field.
-            spec = ModelSpec.from_json(
-                json.dumps(_spec(f"cr-{fmt}", fmt, "abnormal")), source=f"{fmt}.json"
-            )
-            model = models.register_model(wb, qa1, path, spec)
-            summary = runs.validate(
-                wb, qa1, protocol=ref, model=model.ref, test_set="cr-set", device="cpu"
-            )
-            assert summary.status == "completed", summary.error
+            summary = _validate_cr_model(wb, qa1, path, fmt, ref, "cr-set")
             assert summary.n_completed == len(CR_FILES) and summary.n_excluded == 0
             assert summary.verdict in (Verdict.PASS, Verdict.FAIL)
             results, frame = runs.run_results(wb, qa1, summary.run_uid)
@@ -703,12 +710,7 @@ def test_real_radiographs_of_two_images_per_patient_cluster_by_patient_id(
         protocols.approve_protocol(wb, qa2, ref, password=harness.ACCOUNTS["qa2"][2])
         scripted = tmp_path / "cr.ts"
         torch.jit.script(_Radiograph()).save(str(scripted))
-        spec = ModelSpec.from_json(json.dumps(_spec("cr-ts", "torchscript", "abnormal")))
-        model = models.register_model(wb, qa1, scripted, spec)
-        summary = runs.validate(
-            wb, qa1, protocol=ref, model=model.ref, test_set="paired", device="cpu"
-        )
-        assert summary.status == "completed", summary.error
+        summary = _validate_cr_model(wb, qa1, scripted, "torchscript", ref, "paired")
         results, frame = runs.run_results(wb, qa1, summary.run_uid)
         assert sorted(frame["patient_id"]) == sorted(f"PAT{i // 2:02d}" for i in range(8))
         y = frame["abnormal"].astype(int).to_numpy()
