@@ -390,9 +390,11 @@ def test_worker_killed_for_memory_is_retried_then_recorded_failed(
         _driver(pipe, head, tmp_path / "progress.tsv", workers=2, FAULT_KILL_CASE=doomed)
     )
     assert result["status"] == "completed" and result["n_completed"] == N_CASES - 1
-    # Three workers die with the case; on a loaded machine a replacement may also be lost
-    # while it starts, which requeues its cases without counting an attempt.
-    assert result["workers_lost"] >= 3 and result["retries"] == 2
+    # Three workers die with the case. On a loaded machine a replacement may also be lost
+    # while it starts, and another case queued on a killed worker is tried again too: the
+    # doomed case's own tries are the reason's count below (1 + max_retries), and every
+    # other case is recorded once.
+    assert result["workers_lost"] >= 3 and result["retries"] >= 2
     rows = _case_rows(pipe.workdir)[result["run_uid"]]
     assert _recorded_once(rows)
     failed = [r for r in rows if r["status"] == "failed"]
