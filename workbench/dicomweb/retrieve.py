@@ -1133,11 +1133,7 @@ def _fetch_unit(
                 "command again to resume."
             )
     elif unit.expected_count is not None and len(received) != unit.expected_count:
-        raise DicomWebError(
-            f"{server.public_url} sent {len(received)} instance(s) of study {unit.study_uid}, "
-            f"expected {unit.expected_count} (Number of Study Related Instances): partial "
-            "results; run the command again to resume."
-        )
+        raise _short_study(server, unit.study_uid, len(received), unit.expected_count)
     return list(received.values())
 
 
@@ -1466,9 +1462,8 @@ def retrieve_studies(
     of the ``workers`` asks; where the server does not report it, the study's
     instance listing is the measure). A study of which ``dest`` already holds as
     many verified instances as the server counts is not asked for again; one
-    partly retrieved by an interrupted run, or whose server does not report the
-    count, is listed instance by instance (as :func:`list_study_instances`) and
-    only what is missing is fetched.
+    partly retrieved by an interrupted run is listed instance by instance (as
+    :func:`list_study_instances`) and only what is missing is fetched.
 
     Parameters
     ----------
@@ -1590,22 +1585,29 @@ def _counted(
     """
     if count is None:
         listed = {ref.sop_uid for ref in list_study_instances(server, study_uid)}
-        missing = sorted(listed - {ref.sop_uid for ref in received})
         tally.count(len(listed))
-        if missing or len(listed) != len(received):
-            raise DicomWebError(
-                f"{server.public_url} sent {len(received)} instance(s) of study {study_uid}, "
-                f"expected {len(listed)} (its QIDO-RS instance listing): partial results; run "
-                "the command again to resume."
+        if {ref.sop_uid for ref in received} != listed:
+            raise _short_study(
+                server, study_uid, len(received), len(listed), "its QIDO-RS instance listing"
             )
         return received
     if len(received) != count:
-        raise DicomWebError(
-            f"{server.public_url} sent {len(received)} instance(s) of study {study_uid}, "
-            f"expected {count} (Number of Study Related Instances): partial results; run the "
-            "command again to resume."
-        )
+        raise _short_study(server, study_uid, len(received), count)
     return [dataclasses.replace(ref, n_study_instances=count) for ref in received]
+
+
+def _short_study(
+    server: DicomWebServer,
+    study_uid: str,
+    n_received: int,
+    expected: int,
+    measure: str = "Number of Study Related Instances",
+) -> DicomWebError:
+    """The one-line error of a whole-study answer that brought another number of instances."""
+    return DicomWebError(
+        f"{server.public_url} sent {n_received} instance(s) of study {study_uid}, expected "
+        f"{expected} ({measure}): partial results; run the command again to resume."
+    )
 
 
 def _present_ref(study_uid: str, item: _Present, count: int) -> InstanceRef:

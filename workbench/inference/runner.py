@@ -288,6 +288,18 @@ class _Computed:
 
 #: What a forward pass gives: the score, the class probabilities of a segmentation
 #: (C, *spatial) and the classification classes' probabilities.
+def _resized(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``image`` (batch, channels, *spatial) resized to ``size``, as classification and
+    detection models see it (linear, ``align_corners`` off: the mapping detection marks
+    are placed back through)."""
+    return torch.nn.functional.interpolate(
+        image,
+        size=tuple(size),
+        mode="trilinear" if image.ndim == 5 else "bilinear",  # 3D or 2D input
+        align_corners=False,
+    )
+
+
 _Inferred = tuple[float | None, torch.Tensor | None, dict[str, float] | None, list[Any] | None]
 
 
@@ -777,12 +789,7 @@ class CaseProcessor:
                     raise InferenceError("the segmentation output contains NaN or infinite values")
                 probabilities: torch.Tensor | None = torch.softmax(logits[0], dim=0)
             else:
-                resized = torch.nn.functional.interpolate(
-                    image,
-                    size=spec.roi_size,
-                    mode="trilinear" if image.ndim == 5 else "bilinear",  # 3D or 2D input
-                    align_corners=False,
-                )
+                resized = _resized(image, spec.roi_size)
                 if isinstance(module, ScoreSelector) and spec.positive_class is not None:
                     # Every class's probability; the case's score is the positive class's
                     # (what ScoreSelector and the activation would give).
@@ -809,9 +816,7 @@ class CaseProcessor:
         module = self._module()
         spec = self.spec.input
         image = data.image.as_tensor()[None].to(self.device)
-        resized = torch.nn.functional.interpolate(
-            image, size=spec.roi_size, mode="trilinear", align_corners=False
-        )
+        resized = _resized(image, spec.roi_size)
         self._check_time(started, "before the forward pass")
         amp = self.mixed_precision and self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=amp):

@@ -123,18 +123,6 @@ ANALYSIS_JSON = "analysis.json"
 RATINGS_CSV = "ratings.csv"
 CASE_ORDER_CSV = "case-order.csv"
 MARKS_CSV = "marks.csv"
-MARKS_COLUMNS = (
-    "reader",
-    "arm",
-    "case_id",
-    "mark_id",
-    "lesion_id",
-    "score",
-    "status",
-    "similarity",
-    "iou",
-    "distance_mm",
-)
 STUDY_DESIGN_YAML = "study-design.yaml"
 
 _DESCRIPTIONS = {
@@ -277,8 +265,13 @@ class StudyReportContent:
     bound : float
         The value the lower CI limit of the difference must exceed.
     marks : tuple of dict
-        A detection study's marks matched to the reference lesions (``MARKS_COLUMNS``),
-        embedded as ``marks.csv``; empty for a ROC study.
+        A detection study's marks matched to the reference lesions (``reader``, ``arm``
+        and the match table's columns, as :attr:`StudyAnalysis.matches
+        <workbench.studies.StudyAnalysis>` holds them), embedded as ``marks.csv`` in that
+        column order; empty for a ROC study.
+    figure_of_merit : str
+        What the per-reader and reader-averaged values are: ``"AUC"``, or ``"wAFROC"`` /
+        ``"wAFROC1"`` in a detection study (``StudyAnalysis.figure_of_merit``).
     """
 
     report_id: str
@@ -308,11 +301,7 @@ class StudyReportContent:
     audit_chain_head: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     marks: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def measure(self) -> str:
-        """The figure of merit: ``"AUC"``, or ``"wAFROC"``/``"wAFROC1"`` (a detection study)."""
-        return str(self.analysis.get("figure_of_merit") or "AUC")
+    figure_of_merit: str = "AUC"
 
     @property
     def title(self) -> str:
@@ -475,7 +464,7 @@ def study_report_attachments(content: StudyReportContent) -> list[Attachment]:
         for position, case_id in enumerate(s.case_order, start=1)
     ]
     order = _csv(order_rows, ["study_seed", "reader", "arm", "session_seed", "position", "case_id"])
-    marks = _csv(content.marks, MARKS_COLUMNS) if content.marks else None
+    marks = _csv(content.marks, list(content.marks[0])) if content.marks else None
     results = canonical_json(
         content.results_document(
             hashlib.sha256(ratings).hexdigest(),
@@ -728,7 +717,7 @@ def _results_section(content: StudyReportContent) -> list[Flowable]:
     arms = [a for a, _ in d.arms]
     names = {r.username: _reader_label(r) for r in content.readers}
     level = format_level(d.level)
-    measure = content.measure
+    measure = content.figure_of_merit
     method = "DeLong" if measure == "AUC" else "case-stratified bootstrap"
     out: list[Flowable] = [*_h1("2  Results")]
     out.append(_h2(f"2.1  {measure} per reader and arm (empirical, {method} {level} CI)"))
@@ -834,7 +823,7 @@ def _figures_section(content: StudyReportContent) -> list[Flowable]:
     arms = [a for a, _ in content.design.arms]
     readers = [r.username for r in content.readers]
     names = {r.username: _reader_label(r) for r in content.readers}
-    measure = content.measure
+    measure = content.figure_of_merit
     panels = [
         roc_panel(arm, [c for c in content.curves if c.arm == arm], readers, names, measure=measure)
         for arm in arms

@@ -492,6 +492,7 @@ def _content(
         sensitivity=tuple(sensitivity),
         curves=tuple(curves),
         marks=analysis.matches,
+        figure_of_merit=analysis.figure_of_merit,
         reader_differences=tuple(reader_differences),
         reading_times=tuple(times),
         required_signatures=tuple(rc.RequiredSignature(r, m) for r, m, _ in REQUIRED_SIGNATURES),
