@@ -26,7 +26,6 @@ from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT, get_external_sources
 from pydicom.uid import generate_uid
 
-from workbench.dicom import index as index_module
 from workbench.dicom.index import FolderIndexer, index_folder
 from workbench.dicomweb import (
     Credentials,
@@ -372,11 +371,11 @@ def test_each_study_comes_in_one_request_byte_for_byte(
     assert set(again.instances) == set(got.instances)
 
 
-def test_indexer_processes_write_and_index_what_is_retrieved(
+def test_indexer_processes_index_what_is_retrieved(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
 ) -> None:
     pacs = FakePacs(two_studies)
-    monkeypatch.setattr(retrieve_module, "_WRITE_BATCH", 1)  # a batch per file
+    monkeypatch.setattr(retrieve_module, "_INDEX_BATCH", 1)  # a batch per file
     with FolderIndexer(workers=2) as indexer:
         got = retrieve_studies(
             server_for(monkeypatch, pacs), [STUDY_A, STUDY_B], tmp_path, indexer=indexer
@@ -394,23 +393,29 @@ def test_indexer_processes_write_and_index_what_is_retrieved(
     assert by_indexer.hashes == read_back.hashes
 
 
-def failing_write(root: str, files: list[Any]) -> list[Any]:
-    raise OSError(28, "No space left on device")
-
-
-def test_a_write_that_fails_in_the_indexer_fails_the_retrieval(
+def test_a_write_that_fails_fails_the_retrieval(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_studies: dict[str, list[bytes]]
 ) -> None:
-    monkeypatch.setattr(index_module, "_write_and_index", failing_write)
+    def disk_full(target: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(retrieve_module, "_write_file", disk_full)
     pacs = FakePacs(two_studies)
     with (
-        FolderIndexer(workers=1) as indexer,  # its process runs the failing write
+        FolderIndexer(workers=1) as indexer,
         pytest.raises(DicomWebError, match="No space left on device"),
     ):
         retrieve_studies(
             server_for(monkeypatch, pacs), [STUDY_A, STUDY_B], tmp_path, indexer=indexer
         )
     assert stored(tmp_path) == {}
+
+
+def test_a_file_whose_write_fails_is_removed(tmp_path: Path) -> None:
+    target = tmp_path / "ab.dcm"
+    with pytest.raises(TypeError):
+        retrieve_module._write_file(str(target), object())  # type: ignore[arg-type]
+    assert not target.exists()
 
 
 def test_files_left_half_written_are_removed_on_resume(

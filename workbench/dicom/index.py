@@ -4,7 +4,7 @@ Each file is read into memory once; the bytes are hashed and the header is
 parsed from the same buffer (``stop_before_pixels``), so indexing costs about
 one read of the data. Work is spread over processes in chunks. A writer that
 fills a folder can have its files indexed as it writes them
-(:class:`FolderIndexer`), from the bytes it wrote. Files that are not DICOM,
+(:class:`FolderIndexer`), with the SHA-256 of the bytes it wrote. Files that are not DICOM,
 are truncated or cannot be read are listed with the reason and never stop the
 index; non-DICOM files that belong to the set's reference
 (``dataset.json``, anything under ``reference/``) are listed as other files.
@@ -12,7 +12,6 @@ index; non-DICOM files that belong to the set's reference
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -763,32 +762,6 @@ def _index_known(
     return [(rel, _index_one(root, rel, digest)) for rel, digest in files]
 
 
-def _write_and_index(
-    root: str, files: list[tuple[str, bytes, str]]
-) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
-    out = []
-    folders: set[str] = set()
-    for rel, data, digest in files:
-        _write_file(os.path.join(root, rel), data, folders)
-        out.append((rel, _index_data(rel, data, digest)))
-    return out
-
-
-def _write_file(target: str, data: bytes, folders: set[str]) -> None:
-    """Write ``data`` to ``target``, removing what was written if the write fails."""
-    folder = os.path.dirname(target)
-    if folder not in folders:
-        os.makedirs(folder, exist_ok=True)
-        folders.add(folder)
-    try:
-        with open(target, "wb") as handle:
-            handle.write(data)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(target)
-        raise
-
-
 def _frame(records: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=list(columns))
     for name, dtype in columns.items():
@@ -803,9 +776,8 @@ class FolderIndexer:
     """Index files while a folder is being filled, in worker processes.
 
     A writer that knows each file's SHA-256 (it hashed the bytes it wrote) hands
-    the files to :meth:`add` as they are written, or has the processes write
-    them (:meth:`write`, indexed from the bytes written); the processes classify
-    them exactly as :func:`index_folder` does, recording that digest, while the
+    the files to :meth:`add` as they are written; the processes classify them
+    exactly as :func:`index_folder` does, recording that digest, while the
     writer goes on. :func:`index_folder` given the indexer then takes
     those records and reads only the files it was not handed (in the indexer's
     processes). Records are keyed by path relative to the folder, so the folder
@@ -816,7 +788,7 @@ class FolderIndexer:
     Parameters
     ----------
     workers : int, default 2
-        Processes reading (or writing) the files.
+        Processes reading the files.
     """
 
     def __init__(self, *, workers: int = 2) -> None:
@@ -840,31 +812,6 @@ class FolderIndexer:
         """
         if files:
             self._futures.append(self._pool.submit(_index_known, os.fspath(root), list(files)))
-
-    def write(
-        self, root: str | Path, files: Sequence[tuple[str, bytes, str]]
-    ) -> Future[list[tuple[str, tuple[str, dict[str, Any]]]]]:
-        """Write files under ``root`` and index them from the bytes written, in the background.
-
-        Each file is written under its path (its folder created); one whose write
-        fails is removed. A writer that names files by their content (SHA-256)
-        tells a file cut short by a crash from a whole one by hashing it.
-
-        Parameters
-        ----------
-        root : str or Path
-            The folder.
-        files : sequence of (str, bytes, str)
-            ``(relative path, content, SHA-256 of the content)``.
-
-        Returns
-        -------
-        concurrent.futures.Future
-            Done once the files are written; its exception is the write's failure.
-        """
-        future = self._pool.submit(_write_and_index, os.fspath(root), list(files))
-        self._futures.append(future)
-        return future
 
     def results(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """``{relative path: (kind, record)}`` of every file added, once all are indexed.

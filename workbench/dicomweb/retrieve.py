@@ -37,8 +37,8 @@ its name, is removed), and only what is missing is fetched. The import keeps
 the destination apart (``<name>.partial``) until everything is retrieved.
 
 Given a :class:`~workbench.dicom.index.FolderIndexer`, :func:`retrieve_studies`
-hands the checked files to its processes, which write them and index each from
-the bytes written (with the SHA-256 computed here), while the next ones arrive.
+hands the files it wrote (with the SHA-256 computed here) to its processes,
+which index them while the next ones arrive.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -616,8 +616,8 @@ def _identity_by_pydicom(source: bytes | Path) -> _Identity:
     )
 
 
-def _identify(server: DicomWebServer, label: str, payload: _Payload) -> _Identity:
-    """The identity of a received file; an invalid one is named with ``label``.
+def _identify(sender: str, label: str, payload: _Payload) -> _Identity:
+    """The identity of a file received from ``sender``; an invalid one is named with ``label``.
 
     A file that arrived whole (its part ended at a boundary, at its Content-Length)
     but whose own lengths run past its end is how the server holds it: it is
@@ -634,9 +634,8 @@ def _identify(server: DicomWebServer, label: str, payload: _Payload) -> _Identit
     try:
         return _identity_by_pydicom(source)
     except (InvalidDicomError, AttributeError, EOFError, ValueError, OSError, KeyError) as exc:
-        raise DicomWebError(
-            f"{server.public_url} sent an invalid DICOM file for {label}: {exc}"
-        ) from exc
+        detail = " ".join(str(exc).split())[:300]
+        raise DicomWebError(f"{sender} sent an invalid DICOM file for {label}: {detail}") from exc
 
 
 # --------------------------------------------------------------------------- multipart
@@ -915,7 +914,7 @@ def _accept(
             f"{server.public_url} sent {payload.size} of {declared} bytes of {label} "
             "(truncated); run the command again to resume."
         )
-    identity = _identify(server, label, payload)
+    identity = _identify(server.public_url, label, payload)
     sop = identity.sop_uid
     listed = unit.expected.get(sop) if unit.expected is not None else None
     if unit.expected is not None and listed is None:
@@ -971,18 +970,17 @@ def _accept(
     return ref
 
 
-#: Bytes of retrieved files a request thread hands to the indexer's processes at once.
-_WRITE_BATCH = 8 << 20
+#: Files a request thread hands to the indexer's processes at once.
+_INDEX_BATCH = 64
 
 
 class _Destination:
     """Where checked parts go: ``dicom/<sha[:2]>/<sha>.dcm`` under ``root``, via ``.incoming``.
 
-    With an ``indexer``, parts held in memory are written by its processes (which
-    index them from the same bytes), in batches per request thread; at most a few
-    batches are under way at once, so memory stays bounded when the processes
-    fall behind. :meth:`flush` hands over the calling thread's batch and
-    :meth:`wait` waits for every write.
+    Each part is written under its final name by the thread that received it.
+    With an ``indexer``, each thread hands the files it wrote (path and SHA-256)
+    to the indexer's processes in batches, which index them while the next ones
+    arrive; :meth:`flush` hands over the calling thread's batch.
     """
 
     def __init__(self, root: Path, indexer: FolderIndexer | None = None) -> None:
@@ -993,9 +991,6 @@ class _Destination:
         self._folders: set[str] = set()
         self._names = itertools.count()
         self._batch = threading.local()
-        self._writes: list[Future[Any]] = []
-        self._write_failure: BaseException | None = None
-        self._slots = threading.BoundedSemaphore(2 * (indexer.workers if indexer else 1) + 2)
 
     def temporary(self) -> tuple[int, str]:
         """A new file under ``.incoming``, open for writing (descriptor, name)."""
@@ -1003,6 +998,18 @@ class _Destination:
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
 
     def store(self, payload: _Payload) -> str:
+        """Put a checked part under its content address and hand it to the indexer."""
+        rel = self.write(payload)
+        if self.indexer is not None:
+            files = getattr(self._batch, "files", None)
+            if files is None:
+                files = self._batch.files = []
+            files.append((rel, payload.sha256))
+            if len(files) >= _INDEX_BATCH:
+                self.flush()
+        return rel
+
+    def write(self, payload: _Payload) -> str:
         """Put a checked part under its content address; returns the relative path."""
         folder = payload.sha256[:2]
         rel = f"{DICOM_FOLDER}/{folder}/{payload.sha256}.dcm"
@@ -1012,61 +1019,29 @@ class _Destination:
         target = os.path.join(self.root, rel)
         if payload.path is not None:
             os.replace(payload.path, target)
-            if self.indexer is not None:
-                self.indexer.add(self.root, [(rel, payload.sha256)])
-            return rel
-        if self.indexer is not None:
-            batch = self._batch
-            if getattr(batch, "files", None) is None:
-                batch.files, batch.size = [], 0
-            batch.files.append((rel, payload.data or b"", payload.sha256))
-            batch.size += payload.size
-            if batch.size >= _WRITE_BATCH:
-                self.flush()
-            return rel
-        # Written under its final name, without fsync per file: a file cut short by a crash
-        # fails the hash-against-name check of the next run and is fetched again.
-        try:
-            with open(target, "wb") as handle:
-                handle.write(payload.data or b"")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-            raise
+        else:
+            # Written under its final name, without fsync per file: a file cut short by a
+            # crash fails the hash-against-name check of the next run and is fetched again.
+            _write_file(target, payload.data or b"")
         return rel
 
     def flush(self) -> None:
-        """Hand the calling thread's batch to the indexer (waits while too many are under way)."""
+        """Hand the files the calling thread wrote to the indexer."""
         files = getattr(self._batch, "files", None)
-        self._batch.files, self._batch.size = None, 0
-        if not files or self.indexer is None:
-            return
-        self._slots.acquire()
-        try:
-            if self._write_failure is not None:
-                raise self._write_failure  # stop retrieving what cannot be stored
-            future = self.indexer.write(self.root, files)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(self._written)
-        self._writes.append(future)
+        self._batch.files = None
+        if files and self.indexer is not None:
+            self.indexer.add(self.root, files)
 
-    def _written(self, future: Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            self._write_failure = self._write_failure or future.exception()
-        self._slots.release()
 
-    def wait(self) -> BaseException | None:
-        """Wait for every write handed over; the first failure, if any."""
-        failure: BaseException | None = None
-        for future in self._writes:
-            try:
-                error = future.exception()
-            except CancelledError as exc:
-                error = exc
-            failure = failure or error
-        return failure
+def _write_file(target: str, data: bytes) -> None:
+    """Write ``data`` to ``target``, removing what was written if the write fails."""
+    try:
+        with open(target, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
 
 
 @contextmanager
@@ -1320,15 +1295,19 @@ _REPORT_EVERY = 0.2
 
 
 def _run(
-    server: DicomWebServer,
-    dest: _Destination,
-    units: Sequence[_Unit],
+    fetch: Callable[[Any], list[_Received]],
+    units: Sequence[Any],
     *,
     workers: int,
     tally: _Tally,
+    describe: Callable[[BaseException], DicomWebError],
     counts: Callable[[], dict[str, int | None]] | None = None,
 ) -> dict[str, int | None]:
-    """Run ``units`` on ``workers`` threads, at most that many requests at once.
+    """Run ``fetch(unit)`` for ``units`` on ``workers`` threads, that many requests at once.
+
+    ``fetch`` returns the instances it stored (counting each with
+    ``tally.stored``); ``describe`` turns a failure that is not a
+    :class:`DicomWebError` into one.
 
     ``counts``, when given, runs first on one of the threads (the count queries
     of studies retrieved without them) while the others start on ``units``; its
@@ -1352,7 +1331,7 @@ def _run(
                 unit = next(queue, None)
                 if unit is None:
                     return
-                pending.add(pool.submit(_fetch_unit, server, unit, dest, tally.stored))
+                pending.add(pool.submit(fetch, unit))
 
         refill()
         while pending:
@@ -1373,12 +1352,10 @@ def _run(
             refill()
     if counting is not None and counting.done() and counting.exception() is not None:
         failure = counting.exception()
-    # What was handed over is written before this returns or fails (a resumed run finds it).
-    failure = failure or dest.wait()
     if failure is not None:
         if isinstance(failure, DicomWebError):
             raise failure
-        raise describe_failure(server, failure, "the retrieval") from failure
+        raise describe(failure) from failure
     tally.report()
     return counted
 
@@ -1431,7 +1408,14 @@ def retrieve_instances(
     tally = _Tally({sop: p.rel for sop, p in present.items()}, len(wanted), progress)
     try:
         units = _plan(server, list(wanted.values()), todo)
-        _run(server, _Destination(root), units, workers=workers, tally=tally)
+        into = _Destination(root)
+        _run(
+            lambda unit: _fetch_unit(server, unit, into, tally.stored),
+            units,
+            workers=workers,
+            tally=tally,
+            describe=lambda exc: describe_failure(server, exc, "the retrieval"),
+        )
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
     return RetrievalOutcome(
@@ -1477,11 +1461,9 @@ def retrieve_studies(
     progress : callable, optional
         ``progress(done, total, message)``.
     indexer : FolderIndexer, optional
-        Processes that write the retrieved files and index each from the bytes
-        written, recording
-        the SHA-256 this retrieval computed over them; the retrieval returns once
-        every file is written. Files found already retrieved are not handed to
-        it.
+        Processes that index the retrieved files as they are written, recording
+        the SHA-256 this retrieval computed over them. Files found already
+        retrieved are not handed to it.
 
     Returns
     -------
@@ -1540,12 +1522,13 @@ def retrieve_studies(
     n_skipped = len(files)
     tally = _Tally(files, total, progress)
     try:
+        into = _Destination(root, indexer)
         counted = _run(
-            server,
-            _Destination(root, indexer),
+            lambda unit: _fetch_unit(server, unit, into, tally.stored),
             units,
             workers=workers,
             tally=tally,
+            describe=lambda exc: describe_failure(server, exc, "the retrieval"),
             counts=(lambda: _study_instance_counts(server, fresh, 1)) if fresh else None,
         )
     finally:
