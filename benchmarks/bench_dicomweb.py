@@ -16,6 +16,8 @@
     (:func:`~workbench.dicomweb.retrieve.retrieve_studies`: the count queries and one
     WADO-RS request per study, no instance-level QIDO-RS) into a fresh folder, and
     once more over its own result (a resumed retrieval that finds everything there).
+(c) The same import over DIMSE (C-FIND, C-GET: ``import_from_dimse``), once, warm, for
+    comparison (no target).
 (b) Export throughput: building each case's SEG (re-identified for the run) and TID 1500
     SR and storing them with STOW-RS (after the QIDO-RS check for what is there), in
     instances per second; then the same export again (nothing to send: idempotent).
@@ -53,10 +55,15 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from workbench.dicom.synth import generate_test_set  # noqa: E402
 from workbench.dicom.volume import sort_slices  # noqa: E402
 from workbench.dicomweb import Credentials, DicomWebServer, store_instances  # noqa: E402
+from workbench.dicomweb.dimse import DimseNode  # noqa: E402
 from workbench.dicomweb.retrieve import retrieve_studies  # noqa: E402
 from workbench.services import accounts  # noqa: E402
 from workbench.services.context import Workbench  # noqa: E402
-from workbench.services.pacs import export_uid, import_from_dicomweb  # noqa: E402
+from workbench.services.pacs import (  # noqa: E402
+    export_uid,
+    import_from_dicomweb,
+    import_from_dimse,
+)
 
 
 def start_orthanc(state: Path) -> dict[str, str]:
@@ -132,9 +139,17 @@ def drop_caches() -> bool:
 
 
 def import_once(
-    folder: Path, server: DicomWebServer, studies: list[str], synth: Path, state: Path
+    folder: Path,
+    server: DicomWebServer | DimseNode,
+    studies: list[str],
+    synth: Path,
+    state: Path,
 ) -> tuple[float, Any, PhaseClock]:
-    """Seconds for one import into a fresh workbench, until its files are on disk (``sync``)."""
+    """Seconds for one import into a fresh workbench, until its files are on disk (``sync``).
+
+    Over DICOMweb, or over DIMSE (C-FIND, C-GET) when ``server`` is a :class:`DimseNode`.
+    """
+    importer: Any = import_from_dimse if isinstance(server, DimseNode) else import_from_dicomweb
     wb = Workbench.open(folder)
     try:
         accounts.bootstrap_admin(
@@ -154,7 +169,7 @@ def import_once(
         clock = PhaseClock(state)
         clock.mark("listing (QIDO-RS)")
         start = time.perf_counter()
-        done = import_from_dicomweb(
+        done = importer(
             wb,
             qa,
             server,
@@ -247,6 +262,8 @@ def main() -> None:
                         base / f"wb-{kind}-{k}", server, studies, synth, state
                     )
                     rounds.append((cp_s, import_s))
+            node = DimseNode.parse(env["WORKBENCH_TEST_ORTHANC_DIMSE"])
+            dimse_s, dimse_done, _ = import_once(base / "wb-dimse", node, studies, synth, state)
             intake = base / "intake"
             cpu = orthanc_cpu(state)
             start = time.perf_counter()
@@ -294,6 +311,11 @@ def main() -> None:
         f"    study-level intake alone (retrieve_studies, {fresh.outcome.n_fetched} instances): "
         f"{intake_s:.2f} s (Orthanc CPU {intake_cpu:.2f} s)  ratio {intake_s / cp_med:.2f}x; "
         f"again with everything there ({resumed.outcome.n_skipped} verified): {resumed_s:.2f} s"
+    )
+    print(
+        f"    the same import over DIMSE (C-FIND listing, one C-GET per study, "
+        f"{dimse_done.n_fetched} instances), warm: {dimse_s:.2f} s, "
+        f"{dimse_s / cp_med:.2f}x the warm cp -r (no target; for comparison)"
     )
     print(
         f"(b) export (QIDO check + STOW-RS) of {len(first.stored)} SEG + SR: {export_s:.2f} s, "

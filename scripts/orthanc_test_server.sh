@@ -3,7 +3,9 @@
 #
 #   orthanc_test_server.sh start [STATE_DIR]   start (or restart on STATE_DIR's storage);
 #                                              prints shell assignments on stdout:
-#                                              WORKBENCH_TEST_ORTHANC_URL, _USER, _PASSWORD, _DIR
+#                                              WORKBENCH_TEST_ORTHANC_URL, _USER, _PASSWORD, _DIR,
+#                                              _DIMSE (AE@HOST:PORT of its DICOM port; it knows
+#                                              the calling AE title WORKBENCH for C-FIND/C-GET)
 #   orthanc_test_server.sh stop STATE_DIR [--purge] [--kill]
 #                                              stop it; --purge also removes the folder, --kill
 #                                              stops it at once (SIGKILL, like a crash)
@@ -52,6 +54,9 @@ start() {
   "HttpPort": $http,
   "DicomPort": $dicom,
   "DicomAet": "WBTEST",
+  "DicomCheckCalledAet": true,
+  "DicomModalities": { "workbench": { "AET": "WORKBENCH", "Host": "127.0.0.1", "Port": 104,
+                                      "AllowGet": true, "AllowFind": true } },
   "RemoteAccessAllowed": false,
   "AuthenticationEnabled": true,
   "RegisteredUsers": { "$user": "$password" },
@@ -64,7 +69,10 @@ start() {
   "DicomWeb": { "Enable": true, "Root": "/dicom-web/", "EnableWado": false, "Host": "127.0.0.1:$http" }
 }
 JSON
-  setsid Orthanc "$dir/orthanc.json" >"$dir/orthanc.log" 2>&1 </dev/null 3>&- &
+  # Debian's DCMTK leaves Nagle's algorithm on for DICOM connections unless TCP_NODELAY=1 is
+  # in the environment (Orthanc's own builds turn it off when compiled); with it on, every
+  # C-GET sub-operation waits about 40 ms for a delayed acknowledgement.
+  TCP_NODELAY=1 setsid Orthanc "$dir/orthanc.json" >"$dir/orthanc.log" 2>&1 </dev/null 3>&- &
   echo $! >"$dir/orthanc.pid"
   local url="http://127.0.0.1:$http/dicom-web"
   for _ in $(seq 1 100); do
@@ -75,8 +83,8 @@ token = base64.b64encode(f"{user}:{password}".encode()).decode()
 request = urllib.request.Request(url + "/studies", headers={"Authorization": "Basic " + token})
 urllib.request.urlopen(request, timeout=2).read()
 PY
-      printf 'WORKBENCH_TEST_ORTHANC_URL=%s\nWORKBENCH_TEST_ORTHANC_USER=%s\nWORKBENCH_TEST_ORTHANC_PASSWORD=%s\nWORKBENCH_TEST_ORTHANC_DIR=%s\n' \
-        "$url" "$user" "$password" "$dir" >&3
+      printf 'WORKBENCH_TEST_ORTHANC_URL=%s\nWORKBENCH_TEST_ORTHANC_USER=%s\nWORKBENCH_TEST_ORTHANC_PASSWORD=%s\nWORKBENCH_TEST_ORTHANC_DIR=%s\nWORKBENCH_TEST_ORTHANC_DIMSE=%s\n' \
+        "$url" "$user" "$password" "$dir" "WBTEST@127.0.0.1:$dicom" >&3
       return 0
     fi
     if ! kill -0 "$(cat "$dir/orthanc.pid")" 2>/dev/null; then

@@ -37,6 +37,7 @@ echo "Ray cluster for tests: ${WORKBENCH_TEST_RAY_ADDRESS:-none (Ray executor te
 if [ -z "${WORKBENCH_TEST_ORTHANC_URL:-}" ] && orthanc_env=$(bash scripts/orthanc_test_server.sh start 2>/dev/null); then
   eval "$orthanc_env"
   export WORKBENCH_TEST_ORTHANC_URL WORKBENCH_TEST_ORTHANC_USER WORKBENCH_TEST_ORTHANC_PASSWORD WORKBENCH_TEST_ORTHANC_DIR
+  export WORKBENCH_TEST_ORTHANC_DIMSE
   orthanc_prev_trap=""
   if [ -n "$(trap -p EXIT)" ]; then eval "set -- $(trap -p EXIT)"; orthanc_prev_trap=$3; set --; fi
   trap "bash scripts/orthanc_test_server.sh stop '$WORKBENCH_TEST_ORTHANC_DIR' --purge >/dev/null 2>&1 || true; ${orthanc_prev_trap}" EXIT

@@ -1,7 +1,7 @@
 """Fixtures of the DICOMweb tests: a real Orthanc PACS on loopback.
 
 ``scripts/test.sh`` starts one Orthanc for the whole run and exports
-``WORKBENCH_TEST_ORTHANC_URL`` (with ``_USER``, ``_PASSWORD`` and ``_DIR``);
+``WORKBENCH_TEST_ORTHANC_URL`` (with ``_USER``, ``_PASSWORD``, ``_DIR`` and ``_DIMSE``);
 without it the fixture starts its own through ``scripts/orthanc_test_server.sh``
 and stops it at the end. Tests are skipped, with the reason, when Orthanc and its
 DICOMweb plugin are not installed.
@@ -37,6 +37,7 @@ def orthanc() -> Iterator[Orthanc]:
             user=os.environ.get("WORKBENCH_TEST_ORTHANC_USER", ""),
             password=os.environ.get("WORKBENCH_TEST_ORTHANC_PASSWORD", ""),
             state_dir=Path(os.environ.get("WORKBENCH_TEST_ORTHANC_DIR", "")),
+            dimse=os.environ.get("WORKBENCH_TEST_ORTHANC_DIMSE", ""),
         )
         return
     started = start_orthanc()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "orthanc_test_server.sh"
@@ -14,12 +15,17 @@ SCRIPT = REPO / "scripts" / "orthanc_test_server.sh"
 
 @dataclass
 class Orthanc:
-    """A running Orthanc: DICOMweb root URL, test user and its state folder."""
+    """A running Orthanc: DICOMweb root URL, test user, state folder and DICOM node.
+
+    ``dimse`` is its DICOM port as ``AE@HOST:PORT``; it knows the calling AE title
+    ``WORKBENCH`` (C-FIND and C-GET allowed).
+    """
 
     url: str
     user: str
     password: str
     state_dir: Path
+    dimse: str = ""
 
     @property
     def rest(self) -> str:
@@ -39,6 +45,7 @@ def start_orthanc(state_dir: Path | None = None) -> Orthanc:
         user=values["WORKBENCH_TEST_ORTHANC_USER"],
         password=values["WORKBENCH_TEST_ORTHANC_PASSWORD"],
         state_dir=Path(values["WORKBENCH_TEST_ORTHANC_DIR"]),
+        dimse=values.get("WORKBENCH_TEST_ORTHANC_DIMSE", ""),
     )
 
 
@@ -47,3 +54,12 @@ def stop_orthanc(server: Orthanc, *, purge: bool = False, kill: bool = False) ->
     args = ["bash", str(SCRIPT), "stop", str(server.state_dir)]
     args += (["--purge"] if purge else []) + (["--kill"] if kill else [])
     subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+
+
+def upload(server: Orthanc, paths: list[Path]) -> None:
+    """Store files byte for byte through Orthanc's own REST API (not through the workbench)."""
+    with requests.Session() as session:
+        session.auth = (server.user, server.password)
+        for path in paths:
+            answer = session.post(f"{server.rest}/instances", data=path.read_bytes(), timeout=30)
+            answer.raise_for_status()

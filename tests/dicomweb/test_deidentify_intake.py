@@ -23,8 +23,7 @@ import harness
 import numpy as np
 import pydicom
 import pytest
-import requests
-from orthanc_server import Orthanc
+from orthanc_server import Orthanc, upload
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -42,14 +41,6 @@ FONTS = Path("/usr/share/fonts/truetype/dejavu")
 pytestmark = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="tesseract is not installed (burned-in text)"
 )
-
-
-def _upload(orthanc: Orthanc, paths: list[Path]) -> None:
-    with requests.Session() as session:
-        session.auth = (orthanc.user, orthanc.password)
-        for path in paths:
-            answer = session.post(f"{orthanc.rest}/instances", data=path.read_bytes(), timeout=30)
-            answer.raise_for_status()
 
 
 def _server(orthanc: Orthanc) -> DicomWebServer:
@@ -134,7 +125,7 @@ def intake(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Intake
         Path(str(get_testdata_file("CT_small.dcm"))),
         us,
     ]
-    _upload(orthanc, uploaded)
+    upload(orthanc, uploaded)
     studies = sorted(
         {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in uploaded}
     )

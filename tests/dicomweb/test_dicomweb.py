@@ -21,8 +21,7 @@ from typing import Any
 import harness
 import pydicom
 import pytest
-import requests
-from orthanc_server import Orthanc, stop_orthanc
+from orthanc_server import Orthanc, stop_orthanc, upload
 
 from workbench import errors
 from workbench.dicom.encapsulated_pdf import extract_pdf
@@ -46,15 +45,6 @@ PYDICOM_FILES = ("CT_small.dcm", "JPEG2000.dcm", "MR_small.dcm")
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def upload(orthanc: Orthanc, paths: list[Path]) -> None:
-    """Store files byte for byte through Orthanc's own REST API (not through our STOW)."""
-    with requests.Session() as session:
-        session.auth = (orthanc.user, orthanc.password)
-        for path in paths:
-            answer = session.post(f"{orthanc.rest}/instances", data=path.read_bytes(), timeout=30)
-            answer.raise_for_status()
 
 
 def exported_instances(orthanc: Orthanc, objects: Any) -> int:

@@ -1,9 +1,9 @@
-"""``workbench testset``: import (folder or DICOMweb), check, waive, lock, verify, list."""
+"""``workbench testset``: import (folder, DICOMweb or DIMSE), check, waive, lock, verify, list."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -29,12 +29,31 @@ from workbench.cli._common import (
 def testset_import(
     folder: Annotated[
         Path | None,
-        typer.Argument(help="Folder with the DICOM files (with --dicomweb: the test-set name)."),
+        typer.Argument(
+            help="Folder with the DICOM files (with --dicomweb or --dimse: the test-set name)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Unique test-set name.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     dicomweb: Annotated[
         str | None, typer.Option("--dicomweb", help="DICOMweb root URL of a PACS to import from.")
+    ] = None,
+    dimse: Annotated[
+        str | None,
+        typer.Option(
+            "--dimse",
+            help="A PACS without DICOMweb, as AE@HOST:PORT: C-FIND and C-GET over DIMSE.",
+        ),
+    ] = None,
+    calling_ae: Annotated[
+        str | None,
+        typer.Option("--calling-ae", help="With --dimse: the workbench's AE title [WORKBENCH]."),
+    ] = None,
+    dimse_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--dimse-timeout", min=1, help="With --dimse: seconds to wait for the PACS [60]."
+        ),
     ] = None,
     study: Annotated[
         list[str] | None, typer.Option("--study", help="Study Instance UID (repeatable).")
@@ -44,7 +63,9 @@ def testset_import(
     ] = None,
     query: Annotated[
         str | None,
-        typer.Option("--query", help="QIDO-RS study query, e.g. 'ModalitiesInStudy=CT'."),
+        typer.Option(
+            "--query", help="Study query (QIDO-RS or C-FIND), e.g. 'ModalitiesInStudy=CT'."
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N studies.")] = None,
     reference: Annotated[
@@ -55,7 +76,7 @@ def testset_import(
         bool,
         typer.Option(
             "--deidentify",
-            help="With --dicomweb: de-identify on intake (PS3.15 Basic Profile); only the "
+            help="With --dicomweb/--dimse: de-identify on intake (PS3.15 Basic Profile); only the "
             "de-identified files are kept.",
         ),
     ] = False,
@@ -101,7 +122,7 @@ def testset_import(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """Index a folder, or retrieve studies from a PACS (--dicomweb), as a draft test set."""
+    """Index a folder, or retrieve studies from a PACS (--dicomweb or --dimse), as a test set."""
     from workbench.services.testsets import import_test_set
 
     retained = {
@@ -114,11 +135,18 @@ def testset_import(
     if not deidentify and any(retained.values()):
         given = ", ".join(k for k, v in retained.items() if v)
         _fail(f"{given} only apply with --deidentify; add --deidentify or drop them.")
-    if deidentify and dicomweb is None:
-        _fail("--deidentify applies to an import from a PACS (--dicomweb URL).")
-    if dicomweb is not None:
+    if dicomweb is not None and dimse is not None:
+        _fail("give either --dicomweb URL or --dimse AE@HOST:PORT, not both.")
+    if (calling_ae is not None or dimse_timeout is not None) and dimse is None:
+        _fail(
+            "--calling-ae and --dimse-timeout apply to an import over DIMSE (--dimse AE@HOST:PORT)."
+        )
+    if deidentify and dicomweb is None and dimse is None:
+        _fail("--deidentify applies to an import from a PACS (--dicomweb URL or --dimse).")
+    if dicomweb is not None or dimse is not None:
         from workbench.dicom.deidentify import DeidentificationOptions
-        from workbench.services.pacs import import_from_dicomweb
+        from workbench.dicomweb.dimse import DimseNode
+        from workbench.services.pacs import import_from_dicomweb, import_from_dimse
 
         options = (
             DeidentificationOptions(
@@ -137,14 +165,25 @@ def testset_import(
         uids = list(study or [])
         if study_file is not None:
             uids += [u.strip() for u in study_file.read_text().splitlines() if u.strip()]
-        server = _dicomweb_server(dicomweb, dicomweb_credentials, ca_bundle)
+        if dimse is not None:
+            node = DimseNode.parse(
+                dimse,
+                calling_ae="WORKBENCH" if calling_ae is None else calling_ae,
+                timeout=60.0 if dimse_timeout is None else dimse_timeout,
+            )
+            source: Any = node
+            importer: Any = import_from_dimse
+        else:
+            assert dicomweb is not None
+            source = _dicomweb_server(dicomweb, dicomweb_credentials, ca_bundle)
+            importer = import_from_dicomweb
         with _workbench(workdir, db) as wb:
             actor, _ = _login(wb, user, password)
             bar = _Bar("retrieve")
-            done = import_from_dicomweb(
+            done = importer(
                 wb,
                 actor,
-                server,
+                source,
                 name=str(name),
                 studies=uids,
                 query=query,
@@ -171,7 +210,10 @@ def testset_import(
             )
         return
     if folder is None or not name:
-        _fail("give a folder and --name, or --dicomweb URL with --study/--query.")
+        _fail(
+            "give a folder and --name, or --dicomweb URL (or --dimse AE@HOST:PORT) with "
+            "--study/--query."
+        )
     assert folder is not None and name is not None
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)

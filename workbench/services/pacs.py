@@ -7,10 +7,10 @@ source in ``dataset.json`` (server URL without credentials, query, retrieval
 time, SOP Instance UIDs; covered by the lock manifest like every other file),
 moves the complete folder to ``<workdir>/testsets/<name>/`` and indexes it with
 :func:`workbench.services.testsets.import_test_set`, exactly like a folder import.
-The retrieved files are written and indexed by worker processes while the next
-ones arrive (:class:`~workbench.dicom.index.FolderIndexer`), from the bytes
-written and with the SHA-256 computed over them, so the import reads only the
-files it did not retrieve itself; the records are those a folder import of the
+The retrieved files are indexed by worker processes while the next ones arrive
+(:class:`~workbench.dicom.index.FolderIndexer`), with the SHA-256 computed over
+the bytes received, so the import reads only the files it did not retrieve
+itself; the records are those a folder import of the
 same files makes. The test set exists only once every instance is there.
 
 With ``deidentify=DeidentificationOptions(...)`` the retrieved files are
@@ -25,6 +25,9 @@ SEG (with the run's own UIDs and description) and a TID 1500 Measurement Report
 (PS3.16) of its findings; for a sealed report an Encapsulated PDF (PS3.3 A.45.1)
 holding the sealed file byte for byte. UIDs derive from run id, case id and
 object kind, so repeating an export adds nothing.
+
+:func:`import_from_dimse` does the same for a PACS without DICOMweb, with
+C-FIND and C-GET (:mod:`workbench.dicomweb.dimse`).
 
 Both are audited: who, what, where (the public server URL) and the UIDs.
 """
@@ -62,8 +65,10 @@ from workbench.dicom.sr import (
 )
 from workbench.dicom.volume import sort_slices
 from workbench.dicomweb.connection import DicomWebServer
+from workbench.dicomweb.dimse import DimseNode, retrieve_studies_dimse, search_studies_dimse
 from workbench.dicomweb.retrieve import (
     InstanceRef,
+    StudyRetrieval,
     parse_query,
     retrieve_studies,
     search_studies,
@@ -91,6 +96,7 @@ __all__ = [
     "export_run",
     "export_uid",
     "import_from_dicomweb",
+    "import_from_dimse",
 ]
 
 Progress = Callable[[int, int, str], None] | None
@@ -105,7 +111,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 @dataclass(frozen=True, slots=True)
 class PacsImport:
-    """Outcome of :func:`import_from_dicomweb`.
+    """Outcome of :func:`import_from_dicomweb` or :func:`import_from_dimse`.
 
     Parameters
     ----------
@@ -175,6 +181,40 @@ def _check_name(name: str) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _PacsSource:
+    """Where an import comes from: how to search and retrieve, and how records name it."""
+
+    kind: str
+    public_url: str
+    search: Callable[[dict[str, str], int | None], list[str]]
+    retrieve: Callable[..., StudyRetrieval]
+    transfer_syntax: str
+
+    @classmethod
+    def dicomweb(cls, server: DicomWebServer) -> _PacsSource:
+        return cls(
+            kind="dicomweb",
+            public_url=server.public_url,
+            search=lambda filters, limit: search_studies(server, filters, limit=limit),
+            retrieve=lambda *args, **kwargs: retrieve_studies(server, *args, **kwargs),
+            transfer_syntax="as stored (WADO-RS transfer-syntax=*)",
+        )
+
+    @classmethod
+    def dimse(cls, node: DimseNode) -> _PacsSource:
+        return cls(
+            kind="dimse",
+            public_url=node.public_url,
+            search=lambda filters, limit: search_studies_dimse(node, filters, limit=limit),
+            retrieve=lambda *args, **kwargs: retrieve_studies_dimse(node, *args, **kwargs),
+            transfer_syntax=(
+                "as stored (C-GET offering every transfer syntax in its own presentation "
+                "context; calling AE title " + node.calling_ae + ")"
+            ),
+        )
+
+
 def import_from_dicomweb(
     wb: Workbench,
     actor: Actor,
@@ -233,9 +273,100 @@ def import_from_dicomweb(
         With ``deidentify``: a retrieved file could not be read or its pixels not
         redacted (named in the message); the raw retrieval is kept for a retry.
     """
+    return _import_from_pacs(
+        wb,
+        actor,
+        _PacsSource.dicomweb(server),
+        name=name,
+        studies=studies,
+        query=query,
+        limit=limit,
+        reference=reference,
+        workers=workers,
+        deidentify=deidentify,
+        progress=progress,
+    )
+
+
+def import_from_dimse(
+    wb: Workbench,
+    actor: Actor,
+    node: DimseNode,
+    *,
+    name: str,
+    studies: Sequence[str] = (),
+    query: str | None = None,
+    limit: int | None = None,
+    reference: str | Path | None = None,
+    workers: int = 2,
+    deidentify: DeidentificationOptions | None = None,
+    progress: Progress = None,
+) -> PacsImport:
+    """Retrieve studies from a PACS over DIMSE (C-FIND, C-GET) and import them as a test set.
+
+    For a PACS without DICOMweb; everything else is as :func:`import_from_dicomweb`
+    (content-addressed and resumable, indexed like a folder import, the source in
+    ``dataset.json`` and the audit trail, optional de-identification). The PACS
+    must know ``node.calling_ae`` and allow it C-FIND and C-GET. The data sets
+    keep the transfer syntax the PACS stores them in (see
+    :mod:`workbench.dicomweb.dimse`); the audit action is ``testset.import.dimse``.
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``testset.import``.
+    node : DimseNode
+        The PACS (``AE@HOST:PORT``) and the workbench's calling AE title.
+    name, studies, query, limit, reference, workers, deidentify, progress
+        As :func:`import_from_dicomweb`; ``query`` is matched by a STUDY-level
+        C-FIND (e.g. ``"ModalitiesInStudy=CT&StudyDate=20240101-20241231"``).
+
+    Returns
+    -------
+    PacsImport
+
+    Raises
+    ------
+    DuplicateError
+        The name is taken.
+    DicomWebError
+        Unreachable node, refused association or AE title, unknown study,
+        partial results, an invalid instance: one line naming the study or
+        instance. Nothing is imported; running the same call again resumes.
+    """
+    return _import_from_pacs(
+        wb,
+        actor,
+        _PacsSource.dimse(node),
+        name=name,
+        studies=studies,
+        query=query,
+        limit=limit,
+        reference=reference,
+        workers=workers,
+        deidentify=deidentify,
+        progress=progress,
+    )
+
+
+def _import_from_pacs(
+    wb: Workbench,
+    actor: Actor,
+    server: _PacsSource,
+    *,
+    name: str,
+    studies: Sequence[str],
+    query: str | None,
+    limit: int | None,
+    reference: str | Path | None,
+    workers: int,
+    deidentify: DeidentificationOptions | None,
+    progress: Progress,
+) -> PacsImport:
     _check_name(name)
     if not studies and not query:
-        raise WorkflowError("Expected Study Instance UIDs or a QIDO-RS query; found neither.")
+        raise WorkflowError("Expected Study Instance UIDs or a study query; found neither.")
     with wb.transaction(readonly=True) as session:
         current_user(session, actor, "testset.import")
         if session.scalars(select(TestSet).where(TestSet.name == name)).first() is not None:
@@ -251,7 +382,7 @@ def import_from_dicomweb(
     filters = parse_query(query) if query else None
     wanted = list(dict.fromkeys(str(s).strip() for s in studies if str(s).strip()))
     if filters is not None:
-        for uid in search_studies(server, filters, limit=limit):
+        for uid in server.search(filters, limit):
             if uid not in wanted:
                 wanted.append(uid)
     if not wanted:
@@ -300,7 +431,7 @@ def import_from_dicomweb(
 def _retrieve_and_import(
     wb: Workbench,
     actor: Actor,
-    server: DicomWebServer,
+    server: _PacsSource,
     wanted: list[str],
     staging: Path,
     final: Path,
@@ -315,8 +446,7 @@ def _retrieve_and_import(
     progress: Progress,
 ) -> PacsImport:
     """Retrieve ``wanted`` into ``staging``, then import it (de-identified when asked)."""
-    retrieval = retrieve_studies(
-        server,
+    retrieval = server.retrieve(
         wanted,
         staging,
         workers=workers,
@@ -338,6 +468,7 @@ def _retrieve_and_import(
             outcome.files,
             deidentify,
             server=server.public_url,
+            kind=server.kind,
             query=query,
             limit=limit,
             retrieved_at=retrieved_at,
@@ -356,13 +487,13 @@ def _retrieve_and_import(
             n_bytes_fetched=outcome.n_bytes_fetched,
         )
     source: dict[str, Any] = {
-        "kind": "dicomweb",
+        "kind": server.kind,
         "server": server.public_url,
         "studies": wanted,
         "query": query,
         "limit": limit,
         "retrieved_at": retrieved_at,
-        "transfer_syntax": "as stored (WADO-RS transfer-syntax=*)",
+        "transfer_syntax": server.transfer_syntax,
         "n_instances": len(outcome.files),
         "workbench_version": __version__,
     }
@@ -395,7 +526,7 @@ def _retrieve_and_import(
         audit.append(
             session,
             actor=actor.username,
-            action="testset.import.dicomweb",
+            action=f"testset.import.{server.kind}",
             record_type="test_set",
             record_id=name,
             new={
@@ -444,6 +575,7 @@ def _deidentify_retrieval(
     options: DeidentificationOptions,
     *,
     server: str,
+    kind: str,
     query: str | None,
     limit: int | None,
     retrieved_at: str,
@@ -460,7 +592,7 @@ def _deidentify_retrieval(
     if reference_dir is not None:
         shutil.copytree(reference_dir, out / "reference", symlinks=False)
     source: dict[str, Any] = {
-        "kind": "dicomweb",
+        "kind": kind,
         "server": server,
         "studies": sorted({f.study_instance_uid for f in summary.files}),
         "query_keys": _query_keys(query),
@@ -507,7 +639,7 @@ def _import_deidentified(
         audit.append(
             session,
             actor=actor.username,
-            action="testset.import.dicomweb",
+            action=f"testset.import.{summary.get('kind', 'dicomweb')}",
             record_type="test_set",
             record_id=name,
             new={

@@ -40,7 +40,11 @@ RECORD_TYPES = [
 #: Preset -> the actions it shows (None: every action).
 PRESETS: dict[str, tuple[str, ...] | None] = {
     "Everything": None,
-    "PACS transfers (imports and exports)": ("testset.import.dicomweb", "run.export.dicomweb"),
+    "PACS transfers (imports and exports)": (
+        "testset.import.dicomweb",
+        "testset.import.dimse",
+        "run.export.dicomweb",
+    ),
     "PACS server configuration": ("pacs_server.add", "pacs_server.update", "pacs_server.retire"),
 }
 TRANSFERS = "PACS transfers (imports and exports)"
@@ -55,6 +59,7 @@ def _transfer_row(entry: dict[str, Any]) -> dict[str, Any]:
         "time (UTC)": entry["ts"],
         "user": entry["actor"],
         "direction": "export to PACS" if exported else "import from PACS",
+        "protocol": "DIMSE" if entry["action"].endswith(".dimse") else "DICOMweb",
         "record": f"{entry['record_type']} {entry['record_id']}",
         "server": new.get("server", ""),
         "studies": len({o.get("study") for o in new.get("objects", [])})
