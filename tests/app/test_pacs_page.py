@@ -40,7 +40,7 @@ from tests.dicomweb.orthanc_server import (  # noqa: E402
 )
 from workbench.app._nav import page_by_key, pages_for  # noqa: E402
 from workbench.dicomweb.dimse import DimseNode  # noqa: E402
-from workbench.services import accounts, audit_trail, pacs, runs, testsets  # noqa: E402
+from workbench.services import accounts, audit_trail, runs, testsets  # noqa: E402
 from workbench.services.context import Workbench  # noqa: E402
 
 PASSWORD_ENV = "WB_TEST_APP_PACS_PASSWORD"
@@ -49,6 +49,8 @@ WRONG_PASSWORD = "not-the-pacs-password-42"
 REAL_FILES = ("CT_small.dcm", "MR_small.dcm")
 SET_NAME = "pacs-real-two"
 DEID_NAME = "pacs-deidentified"
+DIMSE_SERVER = "orthanc-dimse"
+DIMSE_SET = "pacs-dimse"
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOT_DIR", "/tmp/workbench-screenshots"))
 
@@ -333,16 +335,51 @@ def test_reviewers_and_auditors_do_not_get_the_page(configured: Bench, username:
     assert not at.dataframe and not at.get("text_area")
 
 
-def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
-    if SET_NAME not in {t.name for t in testsets.list_test_sets(configured.wb)}:
-        pytest.skip("reads the transfers of the import and export tests of this module")
+def test_admin_adds_a_dimse_node_and_qa_imports_from_it(configured: Bench) -> None:
+    """A PACS without DICOMweb: configured as a DIMSE node, checked, queried, imported from."""
     if not configured.orthanc.dimse:
         pytest.skip("the Orthanc test server was started without its DICOM port")
     node = DimseNode.parse(configured.orthanc.dimse)
-    qa = accounts.login(configured.wb, "qa.author", ACCOUNTS["qa.author"][2])
-    pacs.import_from_dimse(
-        configured.wb, qa, node, name="pacs-dimse", studies=[configured.studies["CT"]]
-    )
+    at = _open(configured, "sysadmin", "pages/admin.py")
+    at.text_input(key="pacs-add-name").input(DIMSE_SERVER)
+    at.selectbox(key="pacs-add-protocol").select("dimse")
+    at.text_input(key="pacs-add-url").input(configured.orthanc.dimse)
+    _submit(at, "Add server")
+    assert any(f"Added PACS server {DIMSE_SERVER}" in m for m in _messages(at, "success"))
+    table = next(d.value for d in at.dataframe if "secret from" in d.value.columns)
+    row = table[table["name"] == DIMSE_SERVER].iloc[0]
+    assert row["address"] == node.public_url and row["protocol"].startswith("DIMSE")
+    assert row["secret from"] == "none (DIMSE: calling AE title WORKBENCH)"
+    at.selectbox(key="pacs-admin-target").select(DIMSE_SERVER).run()
+    at.button(key="pacs-test").click().run()
+    [ok] = _messages(at, "success")
+    assert ok.startswith(f"{node.public_url} answered a C-ECHO and a C-FIND")
+
+    at = _open(configured, "qa.author", "pages/pacs.py")
+    at.selectbox(key="pacs-server").select(DIMSE_SERVER)
+    at.text_area(key="pacs-uids").input(configured.studies["CT"])
+    _submit(at, "Search")
+    table = at.dataframe[0].value
+    assert list(table["Study Instance UID"]) == [configured.studies["CT"]]
+    assert list(table["modalities"]) == ["CT"] and list(table["instances"]) == [1]
+    at.multiselect(key="pacs-selected").set_value([configured.studies["CT"]])
+    at.text_input(key="pacs-name").input(DIMSE_SET)
+    at.run()
+    at.button(key="pacs-import").click().run(timeout=300)
+    assert not at.exception, at.exception
+    [done] = _messages(at, "success")
+    assert f"Imported 1 instances of 1 studies into the draft test set {DIMSE_SET}" in done
+    # Results go back with STOW-RS: the export offers the DICOMweb servers only.
+    offered = [o.split(" ")[0] for o in at.selectbox(key="pacs-export-server").options]
+    assert offered == ["orthanc", "orthanc-wrong"]
+
+
+def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
+    if SET_NAME not in {t.name for t in testsets.list_test_sets(configured.wb)}:
+        pytest.skip("reads the transfers of the import and export tests of this module")
+    if DIMSE_SET not in {t.name for t in testsets.list_test_sets(configured.wb)}:
+        pytest.skip("reads the transfer of the DIMSE import test of this module")
+    node = DimseNode.parse(configured.orthanc.dimse)
     auditor = accounts.login(configured.wb, "inspector", ACCOUNTS["inspector"][2])
     actions = ("testset.import.dicomweb", "testset.import.dimse", "run.export.dicomweb")
     recorded = [
@@ -353,7 +390,7 @@ def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
         ("testset.import.dicomweb", DEID_NAME),
         ("run.export.dicomweb", configured.seg_run),
         ("run.export.dicomweb", configured.seg_run),
-        ("testset.import.dimse", "pacs-dimse"),
+        ("testset.import.dimse", DIMSE_SET),
     ]
     at = _open(configured, "inspector", "pages/audit.py")
     at.selectbox(key="audit-preset").select("PACS transfers (imports and exports)").run()
@@ -368,7 +405,7 @@ def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
     ]
     assert list(transfers["protocol"]) == ["DIMSE"] + ["DICOMweb"] * 4
     assert list(transfers["server"]) == [node.public_url] + [configured.orthanc.url] * 4
-    assert list(transfers["record"])[0] == "test_set pacs-dimse"
+    assert list(transfers["record"])[0] == f"test_set {DIMSE_SET}"
     assert list(transfers["sent or retrieved now"])[0] == 1
     assert list(transfers["already present"])[1:3] == [6, 0]
     assert list(transfers["sent or retrieved now"])[1:3] == [0, 6]
@@ -381,6 +418,7 @@ def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
     at.selectbox(key="audit-preset").select("PACS server configuration").run()
     config_entries = at.dataframe[0].value
     assert list(config_entries["action"]) == [
+        "pacs_server.add",
         "pacs_server.update",
         "pacs_server.add",
         "pacs_server.add",

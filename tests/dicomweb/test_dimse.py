@@ -8,6 +8,7 @@ VR) next to the workbench's own phantoms.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import socket
@@ -30,7 +31,7 @@ from workbench.dicomweb.dimse import (
     retrieve_studies_dimse,
     search_studies_dimse,
 )
-from workbench.services import audit_trail, pacs, testsets
+from workbench.services import audit_trail, pacs, pacs_servers, testsets
 
 #: Real files of several vendors and transfer syntaxes (none shares a SOP Instance UID).
 REAL_FILES = ("CT_small.dcm", "JPEG2000.dcm", "JPEG-LL.dcm", "SC_rgb_rle.dcm", "rtplan.dcm")
@@ -264,6 +265,59 @@ def test_refusals_and_unreachable_nodes_are_one_line_and_import_nothing(
     ):
         with pytest.raises(errors.DicomWebError, match=message):
             DimseNode.parse(address)
+
+
+def test_configured_dimse_node_is_checked_queried_and_imported_from(
+    orthanc: Orthanc, real_files: list[Path], tmp_path: Path
+) -> None:
+    """The app's path: an administrator configures the node, QA staff query and import."""
+    node = node_of(orthanc)
+    ct = pydicom.dcmread(real_files[0], stop_before_pixels=True)
+    wb = harness.open_wb(tmp_path / "wb")
+    try:
+        harness.make_accounts(wb)
+        admin, qa1 = harness.login(wb, "admin"), harness.login(wb, "qa1")
+        config = pacs_servers.PacsServerConfig(url=orthanc.dimse, protocol="dimse")
+        added = pacs_servers.add_server(wb, admin, "dimse-pacs", config)
+        assert added.is_dimse and added.config.calling_ae == "WORKBENCH"
+        assert added.address == node.public_url
+        stranger = dataclasses.replace(config, calling_ae="STRANGER")
+        pacs_servers.add_server(wb, admin, "dimse-stranger", stranger)
+
+        checked = pacs_servers.check_connection(wb, qa1, "dimse-pacs")
+        assert checked.ok, checked.message
+        assert checked.message.startswith(f"{node.public_url} answered a C-ECHO and a C-FIND")
+        # Orthanc answers anyone's C-ECHO; the C-FIND shows the AE title may not query.
+        refused = pacs_servers.check_connection(wb, qa1, "dimse-stranger")
+        assert not refused.ok and "allow AE title 'STRANGER'" in refused.message
+        assert "\n" not in refused.message
+
+        [match] = pacs_servers.find_studies(
+            wb, qa1, "dimse-pacs", pacs_servers.StudyQuery(study_uids=(str(ct.StudyInstanceUID),))
+        )
+        assert match.study_uid == ct.StudyInstanceUID and match.study_date == ct.StudyDate
+        assert match.modalities == ("CT",) and match.n_instances == 1 and match.n_series == 1
+        rtplans = pacs_servers.find_studies(
+            wb, qa1, "dimse-pacs", pacs_servers.StudyQuery(modality="RTPLAN")
+        )
+        assert study_uids(real_files[4:]) == [m.study_uid for m in rtplans]
+
+        done = pacs_servers.import_studies(
+            wb, qa1, "dimse-pacs", name="configured-dimse", studies=[match.study_uid]
+        )
+        assert done.n_fetched == 1 and done.test_set.n_dicom == 1
+        entries = audit_trail.export_entries(
+            wb, qa1, record_type="test_set", record_id="configured-dimse"
+        )
+        (entry,) = [e for e in entries if e["action"] == "testset.import.dimse"]
+        assert entry["new_value"]["server"] == node.public_url
+
+        with pytest.raises(errors.WorkflowError, match="DIMSE node .* export to a DICOMweb"):
+            pacs_servers.export_run_to(wb, qa1, "dimse-pacs", "run-does-not-matter")
+        with pytest.raises(errors.WorkflowError, match="no DICOMweb service"):
+            pacs_servers.connect(wb, qa1, "dimse-pacs")
+    finally:
+        wb.close()
 
 
 def test_node_stopped_mid_retrieval_then_resumed(

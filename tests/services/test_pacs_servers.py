@@ -29,12 +29,15 @@ from workbench.services import accounts, audit_trail
 from workbench.services.context import Workbench
 from workbench.services.pacs_servers import (
     PacsAuthKind,
+    PacsProtocol,
     PacsServerConfig,
     PacsServerStatus,
     StudyQuery,
     add_server,
     check_connection,
     connect,
+    dimse_node,
+    export_run_to,
     list_servers,
     replace_config,
     retire_server,
@@ -229,6 +232,19 @@ def test_who_may_use_configured_servers(crew: Team) -> None:
         (_basic(auth_kind="bearer"), "takes no user name"),
         (_basic(ca_bundle="/no/such/ca.pem"), "existing PEM file"),
         (_basic(credentials_file="relative/creds.json", username=None, secret_env=None), "abs"),
+        (_basic(protocol="dicom"), "protocol to be one of \\['dicomweb', 'dimse'\\]"),
+        (_basic(calling_ae="WORKBENCH"), "calling AE title belongs to a DIMSE node"),
+        (PacsServerConfig(url="ORTHANC-127.0.0.1:4242", protocol="dimse"), "AE@HOST:PORT"),
+        (PacsServerConfig(url="https://pacs.example.org/dicom-web", protocol="dimse"), "AE@HOST"),
+        (_basic(url="ORTHANC@pacs.example.org:4242", protocol="dimse"), "takes no user name"),
+        (
+            PacsServerConfig(url="ORTHANC@h:4242", protocol="dimse", verify_tls=False),
+            "TLS settings do not apply",
+        ),
+        (
+            PacsServerConfig(url="ORTHANC@h:4242", protocol="dimse", calling_ae="X" * 17),
+            "calling AE title of 1-16",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_error(
@@ -298,6 +314,57 @@ def test_check_connection_reports_one_line(crew: Team, monkeypatch: pytest.Monke
     assert not unset.ok and ENV in unset.message
 
 
+def test_dimse_node_is_configured_versioned_and_checked(crew: Team) -> None:
+    address = f"ORTHANC@127.0.0.1:{_closed_port()}"
+    added = add_server(
+        crew.wb, crew["admin"], "old-pacs", PacsServerConfig(url=f" {address} ", protocol="DIMSE")
+    )
+    assert added.is_dimse and added.config.protocol is PacsProtocol.DIMSE
+    assert (added.config.url, added.config.calling_ae) == (address, "WORKBENCH")
+    assert added.address == f"dicom://{address}"
+    assert added.secret_source == "none (DIMSE: calling AE title WORKBENCH)"
+    changed = update_server(
+        crew.wb,
+        crew["admin"],
+        "old-pacs",
+        replace_config(added, calling_ae="WB_QA"),
+        reason="the PACS knows the site's AE title",
+    )
+    assert changed.version == 2 and changed.config.calling_ae == "WB_QA"
+    node = dimse_node(crew.wb, crew["qa1"], "old-pacs")
+    assert (node.address, node.calling_ae) == (address, "WB_QA")
+    entries = _entries(crew, "old-pacs")
+    assert entries[0]["new_value"]["protocol"] == "dimse"
+    assert entries[1]["old_value"]["calling_ae"] == "WORKBENCH"
+    assert entries[1]["new_value"]["calling_ae"] == "WB_QA"
+
+    check = check_connection(crew.wb, crew["qa1"], "old-pacs")
+    assert not check.ok and check.url == f"dicom://{address}"
+    assert check.message.startswith(f"Cannot reach the DICOM node dicom://{address} for a C-ECHO")
+    assert "\n" not in check.message
+    with pytest.raises(WorkflowError, match="DIMSE node .* no DICOMweb service"):
+        connect(crew.wb, crew["qa1"], "old-pacs")
+    with pytest.raises(WorkflowError, match="stored with STOW-RS"):
+        export_run_to(crew.wb, crew["qa1"], "old-pacs", "any-run")
+    add_server(crew.wb, crew["admin"], "web", PacsServerConfig(url="http://127.0.0.1:1/dicom-web"))
+    with pytest.raises(WorkflowError, match="DICOMweb server, not a DIMSE node"):
+        dimse_node(crew.wb, crew["qa1"], "web")
+    [web] = [s for s in list_servers(crew.wb, crew["qa1"]) if s.name == "web"]
+    assert web.config.protocol is PacsProtocol.DICOMWEB and web.config.calling_ae is None
+
+    # The database itself refuses a protocol it does not know (the migration's constraint).
+    with pytest.raises(Exception, match="(?i)check|constraint"):
+        with crew.wb.transaction() as session:
+            session.execute(
+                text(
+                    "INSERT INTO pacs_servers (name, version, protocol, url, auth_kind, "
+                    "verify_tls, status, created_by, created_at) VALUES ('ftp', 1, 'ftp', "
+                    "'ftp://x', 'none', true, 'active', 'admin', CURRENT_TIMESTAMP)"
+                )
+            )
+    assert audit_trail.verify_audit_chain(crew.wb) is not None
+
+
 def test_study_query_terms() -> None:
     import datetime as dt
 
@@ -364,5 +431,16 @@ def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert listed.output.splitlines() == [
         f"cli-pacs\tv2\tactive\t{url}\tbasic\tuser reader, password in ${ENV}\ttls=off"
     ]
+    node = f"ORTHANC@127.0.0.1:{_closed_port()}"
+    dimse = run("add", "cli-dimse", "--dimse", node, "--calling-ae", "WB_QA")
+    assert dimse.exit_code == 0, dimse.output
+    assert dimse.output == f"added cli-dimse\tv1\tactive\tdicom://{node}\tdimse\tcalling_ae=WB_QA\n"
+    both = run("add", "both", "--dimse", node, "--url", url)
+    assert both.exit_code == 2 and "not both" in both.output
+    unreachable = run("test", "cli-dimse", user="qa1")
+    assert unreachable.exit_code == 1 and "Cannot reach the DICOM node" in unreachable.output
+    moved = run("update", "cli-dimse", "--dimse", node.replace("ORTHANC", "PACS2"), "--reason", "x")
+    assert moved.exit_code == 0 and "dicom://PACS2@" in moved.output and "WB_QA" in moved.output
+    assert run("retire", "cli-dimse", "--reason", "gone").exit_code == 0
     assert run("retire", "cli-pacs", "--reason", "gone").exit_code == 0
     assert run("list").output == "" and "retired" in run("list", "--all").output

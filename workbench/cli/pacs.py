@@ -1,4 +1,8 @@
-"""``workbench pacs``: the PACS (DICOMweb) servers offered to QA staff (administrators).
+"""``workbench pacs``: the PACS servers offered to QA staff (administrators).
+
+A server is a DICOMweb service (``--url``) or, for a PACS without DICOMweb, a
+DIMSE node (``--dimse AE@HOST:PORT``, with ``--calling-ae``): QA staff import
+from both and export to DICOMweb servers.
 
 The same services as the app's "PACS servers" section
 (:mod:`workbench.services.pacs_servers`): every change adds a version and an
@@ -24,12 +28,27 @@ from workbench.cli._common import (
 )
 
 pacs_app = typer.Typer(
-    help="PACS (DICOMweb) servers offered to QA staff: add, change, test, retire.",
+    help="PACS servers (DICOMweb, or DIMSE for import) offered to QA staff: add, change, test, "
+    "retire.",
     no_args_is_help=True,
 )
 app.add_typer(pacs_app, name="pacs")
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="DICOMweb root URL.")]
+DimseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dimse",
+        help="A PACS without DICOMweb: its DICOM node as AE@HOST:PORT (C-FIND/C-GET, import only).",
+    ),
+]
+CallingAeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calling-ae",
+        help="With --dimse: the workbench's AE title, known to the PACS (default WORKBENCH).",
+    ),
+]
 AuthOpt = Annotated[
     str | None, typer.Option("--auth", help="Authentication: none, basic or bearer.")
 ]
@@ -55,12 +74,28 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the a
 
 
 def _line(info: Any) -> str:
+    if info.is_dimse:
+        return (
+            f"{info.name}\tv{info.version}\t{info.status.value}\t{info.address}\t"
+            f"dimse\tcalling_ae={info.config.calling_ae}"
+        )
     return (
-        f"{info.name}\tv{info.version}\t{info.status.value}\t{info.config.url}\t"
+        f"{info.name}\tv{info.version}\t{info.status.value}\t{info.address}\t"
         f"{info.config.auth_kind}\t{info.secret_source}\t"
         f"tls={'verify' if info.config.verify_tls else 'off'}"
         + (f"\tca={info.config.ca_bundle}" if info.config.ca_bundle else "")
     )
+
+
+def _address(url: str | None, dimse: str | None) -> dict[str, Any]:
+    """The protocol and address fields given by ``--url`` or ``--dimse`` (not both)."""
+    if url is not None and dimse is not None:
+        raise typer.BadParameter("give --url (DICOMweb) or --dimse (DIMSE node), not both")
+    if dimse is not None:
+        return {"url": dimse, "protocol": "dimse"}
+    if url is not None:
+        return {"url": url, "protocol": "dicomweb", "calling_ae": None}
+    return {}
 
 
 @pacs_app.command("list")
@@ -72,7 +107,7 @@ def pacs_list(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """One line per server: name, version, status, URL, authentication, secret source, TLS."""
+    """One line per server: name, version, status, address, authentication, secret source, TLS."""
     from workbench.services.pacs_servers import list_servers
 
     with _workbench(workdir, db) as wb:
@@ -85,7 +120,9 @@ def pacs_list(
 @_guarded
 def pacs_add(
     name: Annotated[str, typer.Argument(help="Server name (never reused).")],
-    url: Annotated[str, typer.Option("--url", help="DICOMweb root URL.")],
+    url: UrlOpt = None,
+    dimse: DimseOpt = None,
+    calling_ae: CallingAeOpt = None,
     auth: Annotated[str, typer.Option("--auth", help="none, basic or bearer.")] = "none",
     username: UsernameOpt = None,
     secret_env: SecretEnvOpt = None,
@@ -99,11 +136,16 @@ def pacs_add(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """Configure a new server (version 1)."""
+    """Configure a new server (version 1): a DICOMweb --url or a DIMSE node --dimse."""
     from workbench.services.pacs_servers import PacsServerConfig, add_server
 
+    address = _address(url, dimse)
+    if not address:
+        raise typer.BadParameter("give --url (DICOMweb) or --dimse AE@HOST:PORT (DIMSE node)")
+    if dimse is None and calling_ae is not None:
+        raise typer.BadParameter("--calling-ae goes with --dimse")
     config = PacsServerConfig(
-        url=url,
+        **{**address, "calling_ae": calling_ae},
         auth_kind=auth,
         username=username,
         secret_env=secret_env,
@@ -123,6 +165,8 @@ def pacs_update(
     name: Annotated[str, typer.Argument(help="Server name.")],
     reason: ReasonOpt,
     url: UrlOpt = None,
+    dimse: DimseOpt = None,
+    calling_ae: CallingAeOpt = None,
     auth: AuthOpt = None,
     username: UsernameOpt = None,
     secret_env: SecretEnvOpt = None,
@@ -141,7 +185,8 @@ def pacs_update(
     from workbench.services.pacs_servers import replace_config, server_history, update_server
 
     given = {
-        "url": url,
+        "calling_ae": calling_ae,
+        **_address(url, dimse),
         "auth_kind": auth,
         "username": username,
         "secret_env": secret_env,
@@ -150,6 +195,8 @@ def pacs_update(
         "ca_bundle": ca_bundle,
     }
     changes = {key: value for key, value in given.items() if value is not None}
+    if url is not None:
+        changes["calling_ae"] = None  # a DICOMweb server has no calling AE title
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         newest = server_history(wb, actor, name)[-1]
@@ -206,7 +253,7 @@ def pacs_test(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """One QIDO-RS study query with limit 1; exit 1 with the one-line reason on failure."""
+    """One QIDO-RS study query with limit 1 (a C-ECHO to a DIMSE node); exit 1 on failure."""
     from workbench.services.pacs_servers import check_connection
 
     with _workbench(workdir, db) as wb:

@@ -64,6 +64,8 @@ from workbench.errors import DicomWebError
 __all__ = [
     "OFFERED_TRANSFER_SYNTAXES",
     "DimseNode",
+    "echo_dimse",
+    "find_studies_dimse",
     "list_study_instances_dimse",
     "retrieve_studies_dimse",
     "search_studies_dimse",
@@ -72,6 +74,8 @@ __all__ = [
 #: Study Root Query/Retrieve Information Model - FIND and - GET (PS3.4 C.6.2).
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: Verification SOP Class (C-ECHO, PS3.4 Annex A).
+VERIFICATION = "1.2.840.10008.1.1"
 
 #: Transfer syntaxes offered for every storage SOP class of a C-GET, each in its own
 #: presentation context: the uncompressed and deflated ones, JPEG, JPEG-LS, JPEG 2000,
@@ -322,29 +326,14 @@ def _find(assoc: Any, node: DimseNode, query: Dataset, what: str) -> list[Datase
 _FIND_CONTEXT = [(STUDY_ROOT_FIND, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])]
 
 
-def search_studies_dimse(
-    node: DimseNode, filters: dict[str, str], *, limit: int | None = None
-) -> list[str]:
-    """Study Instance UIDs matching ``filters`` (a Study Root C-FIND at STUDY level).
-
-    Parameters
-    ----------
-    node : DimseNode
-    filters : dict
-        ``{keyword or 8-digit tag: value}`` as :func:`~workbench.dicomweb.parse_query`
-        gives them; DICOM matching (PS3.4 C.2.2.2): ranges ``A-B``, wildcards ``*``.
-    limit : int, optional
-        At most this many studies (in UID order).
-
-    Raises
-    ------
-    DicomWebError
-        The node is unreachable, refuses the association or the query.
-    """
+def _study_query(filters: dict[str, str], return_keys: Sequence[str]) -> Dataset:
+    """A STUDY-level C-FIND identifier: ``filters`` to match, ``return_keys`` empty."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = ""
-    for key, value in filters.items():
+    terms = [(key, value, True) for key, value in filters.items()]
+    terms += [(key, "", False) for key in return_keys if key not in filters]
+    for key, value, matched in terms:
         number = int(key, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", key) else tag_for_keyword(key)
         if number is None:
             raise DicomWebError(f"Query key {key!r} is not a DICOM attribute keyword or tag.")
@@ -355,16 +344,104 @@ def search_studies_dimse(
             vr = ""
         if tag == 0x00080052 or tag.group < 0x0008 or vr in ("", "SQ") or tag.is_private:
             raise DicomWebError(
-                f"Query key {key!r} cannot be matched by a STUDY-level C-FIND (a private, "
-                "sequence or Query/Retrieve Level attribute); use e.g. ModalitiesInStudy, "
-                "StudyDate, AccessionNumber."
+                f"Query key {key!r} cannot be {'matched' if matched else 'returned'} by a "
+                "STUDY-level C-FIND (a private, sequence or Query/Retrieve Level attribute); "
+                "use e.g. ModalitiesInStudy, StudyDate, AccessionNumber."
             )
-        query[tag] = DataElement(tag, vr, value)
-    what = "the study query " + "&".join(f"{k}={v}" for k, v in filters.items())
+        if tag != 0x0020000D or value:
+            query[tag] = DataElement(tag, vr, value)
+    return query
+
+
+def find_studies_dimse(
+    node: DimseNode,
+    filters: dict[str, str],
+    *,
+    return_keys: Sequence[str] = (),
+    limit: int | None = None,
+) -> list[Dataset]:
+    """The studies matching ``filters``, with ``return_keys`` (a Study Root C-FIND at STUDY level).
+
+    Parameters
+    ----------
+    node : DimseNode
+    filters : dict
+        ``{keyword or 8-digit tag: value}`` as :func:`~workbench.dicomweb.parse_query`
+        gives them; DICOM matching (PS3.4 C.2.2.2): ranges ``A-B``, wildcards ``*``,
+        a Study Instance UID exactly.
+    return_keys : sequence of str
+        Keywords or tags asked for in each answer (e.g. ``StudyDate``,
+        ``NumberOfStudyRelatedInstances``); the PACS may leave optional ones empty.
+    limit : int, optional
+        At most this many studies (in UID order).
+
+    Returns
+    -------
+    list of pydicom.dataset.Dataset
+        One identifier per study (answers without a Study Instance UID and repeats
+        dropped), in Study Instance UID order.
+
+    Raises
+    ------
+    DicomWebError
+        The node is unreachable, refuses the association or the query, or a key
+        cannot be used at STUDY level.
+    """
+    query = _study_query(filters, return_keys)
+    what = "the study query " + ("&".join(f"{k}={v}" for k, v in filters.items()) or "(all)")
     with _association(node, _FIND_CONTEXT, what=what) as assoc:
         found = _find(assoc, node, query, what)
-    uids = sorted({str(item.get("StudyInstanceUID", "")) for item in found} - {""})
-    return uids if limit is None else uids[:limit]
+    by_uid: dict[str, Dataset] = {}
+    for item in found:
+        uid = str(item.get("StudyInstanceUID", "") or "")
+        if uid and uid not in by_uid:
+            by_uid[uid] = item
+    studies = [by_uid[uid] for uid in sorted(by_uid)]
+    return studies if limit is None else studies[:limit]
+
+
+def search_studies_dimse(
+    node: DimseNode, filters: dict[str, str], *, limit: int | None = None
+) -> list[str]:
+    """Study Instance UIDs matching ``filters`` (a Study Root C-FIND at STUDY level).
+
+    Parameters
+    ----------
+    node : DimseNode
+    filters : dict
+        As :func:`find_studies_dimse`.
+    limit : int, optional
+        At most this many studies (in UID order).
+
+    Raises
+    ------
+    DicomWebError
+        The node is unreachable, refuses the association or the query.
+    """
+    found = find_studies_dimse(node, filters, limit=limit)
+    return [str(item.StudyInstanceUID) for item in found]
+
+
+def echo_dimse(node: DimseNode) -> float:
+    """Verify the node (C-ECHO, PS3.7 9.1.5): seconds from connecting to its answer.
+
+    Raises
+    ------
+    DicomWebError
+        The node is unreachable, refuses the association (e.g. an unknown calling
+        AE title) or answers the C-ECHO with a failure status.
+    """
+    started = time.monotonic()
+    what = "a C-ECHO (verification)"
+    with _association(node, [(VERIFICATION, ["1.2.840.10008.1.2"])], what=what) as assoc:
+        status = assoc.send_c_echo()
+        if not status:
+            raise DicomWebError(_lost(assoc, node, "C-ECHO", what, since=started) + ".")
+        if int(status.Status) != _SUCCESS:
+            raise DicomWebError(
+                f"{node.public_url} answered the C-ECHO with {_status_text(status)}."
+            )
+    return time.monotonic() - started
 
 
 def _list_study(assoc: Any, node: DimseNode, study_uid: str) -> list[InstanceRef]:

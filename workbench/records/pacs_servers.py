@@ -1,4 +1,4 @@
-"""Records of the PACS (DICOMweb) servers an administrator configured.
+"""Records of the PACS servers (DICOMweb or DIMSE) an administrator configured.
 
 A server is known by its name; every change (a new URL, other credentials, a
 CA bundle, retirement) adds a version, and the database refuses UPDATE and
@@ -21,11 +21,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from workbench.records.models import Base, _check_in, utcnow
 
-__all__ = ["PacsAuthKind", "PacsServerStatus", "PacsServerVersion"]
+__all__ = ["PacsAuthKind", "PacsProtocol", "PacsServerStatus", "PacsServerVersion"]
+
+
+class PacsProtocol(StrEnum):
+    """How the workbench talks to a PACS."""
+
+    #: QIDO-RS, WADO-RS and STOW-RS over HTTP(S); ``url`` is the service root.
+    DICOMWEB = "dicomweb"
+    #: C-ECHO, C-FIND and C-GET (intake only); ``url`` is the node as ``AE@HOST:PORT``.
+    DIMSE = "dimse"
 
 
 class PacsAuthKind(StrEnum):
-    """How the workbench authenticates to a DICOMweb server."""
+    """How the workbench authenticates to a DICOMweb server (a DIMSE node: ``none``)."""
 
     NONE = "none"
     BASIC = "basic"
@@ -40,19 +49,27 @@ class PacsServerStatus(StrEnum):
 
 
 class PacsServerVersion(Base):
-    """One version of a configured DICOMweb server (append-only)."""
+    """One version of a configured PACS server (append-only)."""
 
     __tablename__ = "pacs_servers"
     __table_args__ = (
         UniqueConstraint("name", "version"),
         _check_in("auth_kind", PacsAuthKind),
         _check_in("status", PacsServerStatus),
+        _check_in("protocol", PacsProtocol),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
     version: Mapped[int]
+    #: ``dicomweb`` or ``dimse`` (:class:`PacsProtocol`).
+    protocol: Mapped[str] = mapped_column(
+        String(16), default=PacsProtocol.DICOMWEB.value, server_default=PacsProtocol.DICOMWEB.value
+    )
+    #: DICOMweb service root URL, or a DIMSE node as ``AE@HOST:PORT``.
     url: Mapped[str] = mapped_column(Text)
+    #: The workbench's own AE title towards a DIMSE node (None for DICOMweb).
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
     auth_kind: Mapped[str] = mapped_column(String(16))
     #: HTTP basic user name when the password comes from ``secret_env``.
     username: Mapped[str | None] = mapped_column(String(128))

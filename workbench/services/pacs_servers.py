@@ -1,8 +1,13 @@
 """PACS servers configured by an administrator, and their use by QA staff.
 
-An administrator (``pacs.configure``) adds, changes and retires named DICOMweb
-servers: root URL, authentication kind (``none``, ``basic`` or ``bearer``),
-where the secret lives, TLS verification and an optional CA bundle. Every change
+An administrator (``pacs.configure``) adds, changes and retires named PACS
+servers. A DICOMweb server has a root URL, an authentication kind (``none``,
+``basic`` or ``bearer``), where the secret lives, TLS verification and an
+optional CA bundle. A PACS without DICOMweb is configured as a DIMSE node
+(``protocol="dimse"``): its address ``AE@HOST:PORT`` and the AE title the
+workbench calls it with; it is queried with C-FIND and imported from with C-GET
+(:mod:`workbench.dicomweb.dimse`), tested with C-ECHO, and results are exported
+to a DICOMweb server only (STOW-RS). Every change
 adds a version (:class:`workbench.records.pacs_servers.PacsServerVersion`, an
 append-only table) and an audit entry; nothing is overwritten, and a server is
 retired, never deleted.
@@ -16,13 +21,13 @@ read when a connection is made (:func:`connect`), and only into the
 :class:`~workbench.dicomweb.connection.Credentials` of that connection.
 
 QA staff (``testset.import`` or ``run.start``) choose a configured server by
-name: :func:`find_studies` (QIDO-RS, patient-free fields only),
+name: :func:`find_studies` (QIDO-RS or C-FIND, patient-free fields only),
 :func:`import_studies` and :func:`export_run_to`, which hand over to
-:func:`workbench.services.pacs.import_from_dicomweb` and
-:func:`workbench.services.pacs.export_run` (audited there as
-``testset.import.dicomweb`` and ``run.export.dicomweb``).
+:func:`workbench.services.pacs.import_from_dicomweb` (or ``import_from_dimse``)
+and :func:`workbench.services.pacs.export_run` (audited there as
+``testset.import.dicomweb``, ``testset.import.dimse`` and ``run.export.dicomweb``).
 :func:`check_connection` is the administrator's "test connection": one QIDO-RS
-study query with ``limit=1``.
+study query with ``limit=1``, or a C-ECHO.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from workbench.dicomweb.connection import (
     load_credentials,
     public_url,
 )
+from workbench.dicomweb.dimse import DimseNode, echo_dimse, find_studies_dimse
 from workbench.dicomweb.retrieve import search_all
 from workbench.errors import (
     DicomWebError,
@@ -59,7 +65,12 @@ from workbench.errors import (
 )
 from workbench.records import audit
 from workbench.records.models import User
-from workbench.records.pacs_servers import PacsAuthKind, PacsServerStatus, PacsServerVersion
+from workbench.records.pacs_servers import (
+    PacsAuthKind,
+    PacsProtocol,
+    PacsServerStatus,
+    PacsServerVersion,
+)
 from workbench.records.permissions import allowed
 from workbench.services import pacs
 from workbench.services.context import Actor, Workbench, current_user
@@ -68,6 +79,7 @@ __all__ = [
     "ConnectionCheck",
     "DeidentificationOptions",
     "PacsAuthKind",
+    "PacsProtocol",
     "PacsServerConfig",
     "PacsServerInfo",
     "PacsServerStatus",
@@ -76,6 +88,7 @@ __all__ = [
     "add_server",
     "check_connection",
     "connect",
+    "dimse_node",
     "export_run_to",
     "find_studies",
     "import_studies",
@@ -110,6 +123,24 @@ _STUDY_FIELDS = {
     "n_series": "00201206",
     "n_instances": "00201208",
 }
+#: The same attributes by keyword, as a STUDY-level C-FIND returns them.
+_STUDY_KEYWORDS = {
+    "study_uid": "StudyInstanceUID",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "accession_number": "AccessionNumber",
+    "modalities": "ModalitiesInStudy",
+    "description": "StudyDescription",
+    "n_series": "NumberOfStudyRelatedSeries",
+    "n_instances": "NumberOfStudyRelatedInstances",
+}
+#: The AE title the workbench calls a DIMSE node with unless configured otherwise.
+DEFAULT_CALLING_AE = "WORKBENCH"
+#: Seconds a DIMSE node may take per message (connection, association, each answer).
+DIMSE_TIMEOUT = 60.0
+#: A Study Instance UID no study has (a UUID-derived root with a zero UUID, PS3.5 B.2),
+#: asked for by the connection check of a DIMSE node.
+_PROBE_STUDY_UID = "2.25.0"
 
 
 # --------------------------------------------------------------------------- types
@@ -117,13 +148,14 @@ _STUDY_FIELDS = {
 
 @dataclass(frozen=True, slots=True)
 class PacsServerConfig:
-    """What an administrator configures for a DICOMweb server (never a secret).
+    """What an administrator configures for a PACS server (never a secret).
 
     Parameters
     ----------
     url : str
-        DICOMweb service root (PS3.18 8.2), e.g. ``https://pacs.example/dicom-web``;
-        without user information, query or fragment.
+        DICOMweb service root (PS3.18 8.2), e.g. ``https://pacs.example/dicom-web``,
+        without user information, query or fragment; for a DIMSE node its address
+        ``AE@HOST:PORT``, e.g. ``ORTHANC@pacs.example.org:4242``.
     auth_kind : PacsAuthKind or str, default "none"
         ``none``, ``basic`` (HTTP basic) or ``bearer`` (``Authorization: Bearer``).
     username : str, optional
@@ -139,6 +171,12 @@ class PacsServerConfig:
     ca_bundle : str, optional
         Absolute path of a PEM file of the certificate authorities to trust
         (a site PKI); by default the system's trust store.
+    protocol : PacsProtocol or str, default "dicomweb"
+        ``dicomweb`` or ``dimse`` (C-FIND and C-GET; authentication ``none``, no
+        TLS settings: a DIMSE node admits the workbench by its AE title).
+    calling_ae : str, optional
+        DIMSE only: the AE title the workbench presents, which the PACS must know
+        and allow C-FIND and C-GET; ``WORKBENCH`` when not given.
     """
 
     url: str
@@ -148,6 +186,8 @@ class PacsServerConfig:
     credentials_file: str | None = None
     verify_tls: bool = True
     ca_bundle: str | None = None
+    protocol: PacsProtocol | str = PacsProtocol.DICOMWEB
+    calling_ae: str | None = None
 
     def normalized(self) -> PacsServerConfig:
         """The configuration checked and in canonical form.
@@ -164,6 +204,13 @@ class PacsServerConfig:
             One message naming the field, what was expected and what was found
             (never the value of a field that could hold a secret).
         """
+        protocol = _protocol(self.protocol)
+        if protocol is PacsProtocol.DIMSE:
+            return self._normalized_dimse()
+        if _blank_to_none(self.calling_ae) is not None:
+            raise WorkflowError(
+                "A calling AE title belongs to a DIMSE node; a DICOMweb server takes none."
+            )
         kind = _auth_kind(self.auth_kind)
         url = _check_url(self.url)
         username = _blank_to_none(self.username)
@@ -232,6 +279,33 @@ class PacsServerConfig:
             ca_bundle=ca_bundle,
         )
 
+    def _normalized_dimse(self) -> PacsServerConfig:
+        """A DIMSE node's configuration checked: address, calling AE title, nothing else."""
+        if _auth_kind(self.auth_kind) is not PacsAuthKind.NONE or any(
+            _blank_to_none(v) for v in (self.username, self.secret_env, self.credentials_file)
+        ):
+            raise WorkflowError(
+                "A DIMSE node takes no user name, password or token (it admits the "
+                "workbench by its calling AE title); choose authentication 'none'."
+            )
+        if _blank_to_none(self.ca_bundle) is not None or not self.verify_tls:
+            raise WorkflowError(
+                "A DIMSE node is reached without TLS here, so TLS settings do not apply; "
+                "leave 'verify TLS' on and the CA bundle empty."
+            )
+        calling_ae = _blank_to_none(self.calling_ae) or DEFAULT_CALLING_AE
+        try:
+            node = DimseNode.parse(str(self.url or ""), calling_ae=calling_ae)
+        except DicomWebError as error:
+            raise WorkflowError(str(error)) from None
+        return PacsServerConfig(
+            url=node.address,
+            auth_kind=PacsAuthKind.NONE,
+            verify_tls=True,
+            protocol=PacsProtocol.DIMSE,
+            calling_ae=node.calling_ae,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PacsServerInfo:
@@ -265,9 +339,21 @@ class PacsServerInfo:
         return self.status is PacsServerStatus.ACTIVE
 
     @property
+    def is_dimse(self) -> bool:
+        """Whether the server is a DIMSE node (intake only) rather than DICOMweb."""
+        return self.config.protocol == PacsProtocol.DIMSE
+
+    @property
+    def address(self) -> str:
+        """The DICOMweb root URL, or ``dicom://AE@HOST:PORT`` for a DIMSE node."""
+        return f"dicom://{self.config.url}" if self.is_dimse else self.config.url
+
+    @property
     def secret_source(self) -> str:
         """Where the secret is read from, for display (never the secret)."""
         config = self.config
+        if self.is_dimse:
+            return f"none (DIMSE: calling AE title {config.calling_ae})"
         if config.auth_kind == PacsAuthKind.NONE:
             return "none (anonymous)"
         if config.credentials_file:
@@ -425,6 +511,16 @@ def _blank_to_none(value: str | None) -> str | None:
     return text or None
 
 
+def _protocol(value: PacsProtocol | str) -> PacsProtocol:
+    try:
+        return PacsProtocol(str(value).strip().lower())
+    except ValueError:
+        raise WorkflowError(
+            f"Expected the protocol to be one of {[p.value for p in PacsProtocol]}, "
+            f"found {str(value)!r}."
+        ) from None
+
+
 def _auth_kind(value: PacsAuthKind | str) -> PacsAuthKind:
     try:
         return PacsAuthKind(str(value).strip().lower())
@@ -477,6 +573,7 @@ def _check_credentials_file(path_text: str) -> None:
 
 def _config_record(config: PacsServerConfig) -> dict[str, Any]:
     return {
+        "protocol": PacsProtocol(config.protocol).value,
         "url": config.url,
         "auth_kind": PacsAuthKind(config.auth_kind).value,
         "username": config.username,
@@ -484,6 +581,7 @@ def _config_record(config: PacsServerConfig) -> dict[str, Any]:
         "credentials_file": config.credentials_file,
         "verify_tls": config.verify_tls,
         "ca_bundle": config.ca_bundle,
+        "calling_ae": config.calling_ae,
     }
 
 
@@ -499,6 +597,8 @@ def _info(row: PacsServerVersion) -> PacsServerInfo:
             credentials_file=row.credentials_file,
             verify_tls=bool(row.verify_tls),
             ca_bundle=row.ca_bundle,
+            protocol=PacsProtocol(row.protocol or PacsProtocol.DICOMWEB.value),
+            calling_ae=row.calling_ae,
         ),
         status=PacsServerStatus(row.status),
         reason=row.reason,
@@ -552,6 +652,8 @@ def _append_version(
         credentials_file=config.credentials_file,
         verify_tls=config.verify_tls,
         ca_bundle=config.ca_bundle,
+        protocol=PacsProtocol(config.protocol).value,
+        calling_ae=config.calling_ae,
         status=status.value,
         reason=reason,
         created_by=username,
@@ -832,8 +934,54 @@ def _credentials(info: PacsServerInfo) -> Credentials:
     return Credentials(token=secret)
 
 
+def _in_force(wb: Workbench, actor: Actor, name: str) -> PacsServerInfo:
+    """The newest version of active server ``name``, for a user who may use servers."""
+    with wb.transaction(readonly=True) as session:
+        _user_for_use(session, actor)
+        info = _info(_require_newest(session, name))
+    if not info.active:
+        raise WorkflowError(f"PACS server {name!r} is retired and no longer used.")
+    return info
+
+
+def _node(info: PacsServerInfo) -> DimseNode:
+    return DimseNode.parse(
+        info.config.url,
+        calling_ae=info.config.calling_ae or DEFAULT_CALLING_AE,
+        timeout=DIMSE_TIMEOUT,
+    )
+
+
+def dimse_node(wb: Workbench, actor: Actor, name: str) -> DimseNode:
+    """The DIMSE node of active server ``name`` (configured with ``protocol="dimse"``).
+
+    Parameters
+    ----------
+    wb : Workbench
+    actor : Actor
+        Needs ``pacs.configure``, ``testset.import`` or ``run.start``.
+    name : str
+
+    Returns
+    -------
+    DimseNode
+        Its address and the calling AE title configured for it.
+
+    Raises
+    ------
+    NotFoundError
+        No server of that name.
+    WorkflowError
+        The server is retired or is a DICOMweb server.
+    """
+    info = _in_force(wb, actor, name)
+    if not info.is_dimse:
+        raise WorkflowError(f"PACS server {name!r} is a DICOMweb server, not a DIMSE node.")
+    return _node(info)
+
+
 def connect(wb: Workbench, actor: Actor, name: str) -> DicomWebServer:
-    """A connection to the active server ``name``, with its secret read now.
+    """A connection to the active DICOMweb server ``name``, with its secret read now.
 
     Parameters
     ----------
@@ -852,16 +1000,17 @@ def connect(wb: Workbench, actor: Actor, name: str) -> DicomWebServer:
     NotFoundError
         No server of that name.
     WorkflowError
-        The server is retired.
+        The server is retired, or is a DIMSE node (see :func:`dimse_node`).
     DicomWebError
         The secret cannot be read (variable unset, file not 0600 or malformed),
         or the CA bundle is missing.
     """
-    with wb.transaction(readonly=True) as session:
-        _user_for_use(session, actor)
-        info = _info(_require_newest(session, name))
-    if not info.active:
-        raise WorkflowError(f"PACS server {name!r} is retired and no longer used.")
+    info = _in_force(wb, actor, name)
+    if info.is_dimse:
+        raise WorkflowError(
+            f"PACS server {name!r} is a DIMSE node ({info.address}); it has no DICOMweb "
+            "service to connect to."
+        )
     return DicomWebServer(
         info.config.url,
         credentials=_credentials(info),
@@ -872,6 +1021,10 @@ def connect(wb: Workbench, actor: Actor, name: str) -> DicomWebServer:
 
 def check_connection(wb: Workbench, actor: Actor, name: str) -> ConnectionCheck:
     """Test a server: one QIDO-RS study query with ``limit=1``.
+
+    A DIMSE node is sent a C-ECHO and a C-FIND for a study that does not exist
+    (many PACS answer any C-ECHO; the C-FIND shows that the calling AE title may
+    query).
 
     Parameters
     ----------
@@ -892,6 +1045,27 @@ def check_connection(wb: Workbench, actor: Actor, name: str) -> ConnectionCheck:
     """
     started = time.monotonic()
     url = ""
+    info = _in_force(wb, actor, name)
+    if info.is_dimse:
+        node = _node(info)
+        try:
+            echo_dimse(node)
+            # A PACS may answer any C-ECHO; a C-FIND for a study that cannot exist shows
+            # that it also lets this AE title query (cheaply: nothing matches).
+            find_studies_dimse(node, {"StudyInstanceUID": _PROBE_STUDY_UID})
+        except DicomWebError as error:
+            return ConnectionCheck(
+                name, node.public_url, False, str(error), time.monotonic() - started
+            )
+        seconds = time.monotonic() - started
+        return ConnectionCheck(
+            name,
+            node.public_url,
+            True,
+            f"{node.public_url} answered a C-ECHO and a C-FIND from AE title "
+            f"{node.calling_ae!r} in {seconds:.2f} s.",
+            seconds,
+        )
     try:
         server = connect(wb, actor, name)
     except DicomWebError as error:
@@ -942,8 +1116,48 @@ def _match(item: dict[str, Any]) -> StudyMatch:
     )
 
 
+def _dimse_match(item: Any) -> StudyMatch:
+    keys = _STUDY_KEYWORDS
+
+    def text(key: str) -> str:
+        return str(item.get(keys[key], "") or "")
+
+    raw = item.get(keys["modalities"], "") or []
+    modalities = [raw] if isinstance(raw, str) else list(raw)
+    return StudyMatch(
+        study_uid=text("study_uid"),
+        study_date=text("study_date"),
+        study_time=text("study_time"),
+        modalities=tuple(str(m) for m in modalities if str(m)),
+        description=text("description"),
+        accession_number=text("accession_number"),
+        n_series=_int_or_none(item.get(keys["n_series"])),
+        n_instances=_int_or_none(item.get(keys["n_instances"])),
+    )
+
+
+def _find_studies_dimse(node: DimseNode, query: StudyQuery) -> list[StudyMatch]:
+    filters = query.filters()
+    return_keys = [k for key, k in _STUDY_KEYWORDS.items() if key != "study_uid"]
+    found: dict[str, StudyMatch] = {}
+    targets: list[str | None] = [*query.uids()] or [None]
+    for uid in targets:
+        left = int(query.limit) - len(found)
+        if left <= 0:
+            break
+        terms = {**filters, **({"StudyInstanceUID": uid} if uid else {})}
+        for item in find_studies_dimse(node, terms, return_keys=return_keys, limit=left):
+            match = _dimse_match(item)
+            if match.study_uid and match.study_uid not in found:
+                found[match.study_uid] = match
+    return list(found.values())[: int(query.limit)]
+
+
 def find_studies(wb: Workbench, actor: Actor, name: str, query: StudyQuery) -> list[StudyMatch]:
-    """Studies on server ``name`` that match ``query`` (QIDO-RS), in server order.
+    """Studies on server ``name`` that match ``query`` (QIDO-RS or C-FIND), in server order.
+
+    A DIMSE node answers a STUDY-level C-FIND; its studies are listed in Study
+    Instance UID order.
 
     Only patient-free attributes are asked for and returned.
 
@@ -967,9 +1181,12 @@ def find_studies(wb: Workbench, actor: Actor, name: str, query: StudyQuery) -> l
     DicomWebError
         The server is unreachable or refuses the query (one line, no secret).
     """
-    server = connect(wb, actor, name)
+    info = _in_force(wb, actor, name)
     if int(query.limit) < 1:
         raise WorkflowError(f"Expected a limit of at least 1 study, found {query.limit}.")
+    if info.is_dimse:
+        return _find_studies_dimse(_node(info), query)
+    server = connect(wb, actor, name)
     filters = query.filters()
     uids = query.uids()
     fields = [tag for key, tag in _STUDY_FIELDS.items() if key != "study_uid"]
@@ -1014,7 +1231,8 @@ def import_studies(
     """Import studies from configured server ``server_name`` as the draft test set ``name``.
 
     See :func:`workbench.services.pacs.import_from_dicomweb`, which retrieves,
-    indexes and audits (``testset.import.dicomweb``).
+    indexes and audits (``testset.import.dicomweb``); from a DIMSE node
+    :func:`workbench.services.pacs.import_from_dimse` (``testset.import.dimse``).
 
     Parameters
     ----------
@@ -1042,10 +1260,22 @@ def import_studies(
     WorkbenchError
         One line: the name is taken, the server refuses, an instance is invalid, ...
     """
-    server = connect(wb, actor, server_name)
+    info = _in_force(wb, actor, server_name)
     uids = StudyQuery(study_uids=tuple(studies)).uids()
     if not uids:
         raise WorkflowError("Select at least one study to import; found none.")
+    if info.is_dimse:
+        return pacs.import_from_dimse(
+            wb,
+            actor,
+            _node(info),
+            name=name,
+            studies=uids,
+            workers=workers,
+            deidentify=deidentify,
+            progress=progress,
+        )
+    server = connect(wb, actor, server_name)
     try:
         return pacs.import_from_dicomweb(
             wb,
@@ -1093,8 +1323,15 @@ def export_run_to(
     Raises
     ------
     WorkbenchError
-        One line: the run is not completed, the server refuses, ...
+        One line: the run is not completed, the server refuses, the server is a
+        DIMSE node (exports need STOW-RS), ...
     """
+    info = _in_force(wb, actor, server_name)
+    if info.is_dimse:
+        raise WorkflowError(
+            f"PACS server {server_name!r} is a DIMSE node ({info.address}); results are "
+            "stored with STOW-RS, so export to a DICOMweb server."
+        )
     server = connect(wb, actor, server_name)
     try:
         return pacs.export_run(

@@ -104,12 +104,15 @@ with manage:
 
 st.header("PACS servers", divider="gray")
 st.caption(
-    "DICOMweb servers that QA staff import test sets from and export results to. Never type "
-    "a password or token here: name the environment variable of the workbench host that "
+    "PACS servers that QA staff import test sets from and export results to: DICOMweb "
+    "servers, or DIMSE nodes (C-FIND/C-GET, import only) for a PACS without DICOMweb. Never "
+    "type a password or token here: name the environment variable of the workbench host that "
     "holds it, or a JSON credentials file of mode 0600. Every change adds a version; servers "
     "are retired, never deleted."
 )
 AUTH_KINDS = [k.value for k in pacs_servers.PacsAuthKind]
+PROTOCOLS = [p.value for p in pacs_servers.PacsProtocol]
+PROTOCOL_LABELS = {"dicomweb": "DICOMweb", "dimse": "DIMSE (C-FIND/C-GET, import only)"}
 NOTICE = "pacs-admin-notice"
 if NOTICE in st.session_state:
     st.success(st.session_state.pop(NOTICE))
@@ -130,7 +133,8 @@ if configured:
                     "name": s.name,
                     "version": s.version,
                     "status": s.status.value,
-                    "URL": s.config.url,
+                    "protocol": PROTOCOL_LABELS[str(s.config.protocol)],
+                    "address": s.address,
                     "authentication": str(s.config.auth_kind),
                     "secret from": s.secret_source,
                     "TLS verified": s.config.verify_tls,
@@ -153,14 +157,29 @@ def _config_form(
     prefix: str, current: pacs_servers.PacsServerConfig | None
 ) -> pacs_servers.PacsServerConfig:
     """The configuration fields of a server form, pre-filled with ``current``."""
-    url = st.text_input(
-        "DICOMweb root URL",
+    top = st.columns([1, 2, 1])
+    protocol = top[0].selectbox(
+        "Protocol",
+        PROTOCOLS,
+        index=PROTOCOLS.index(str(current.protocol)) if current else 0,
+        format_func=PROTOCOL_LABELS.__getitem__,
+        key=f"{prefix}-protocol",
+    )
+    url = top[1].text_input(
+        "DICOMweb root URL, or the DIMSE node as AE@HOST:PORT",
         value=current.url if current else "",
-        placeholder="https://pacs.example.org/dicom-web",
+        placeholder="https://pacs.example.org/dicom-web or ORTHANC@pacs.example.org:4242",
         key=f"{prefix}-url",
     )
+    calling_ae = top[2].text_input(
+        "Calling AE title (DIMSE)",
+        value=(current.calling_ae or "") if current else "",
+        placeholder=pacs_servers.DEFAULT_CALLING_AE,
+        help="The workbench's AE title; the PACS must know it and allow it C-FIND and C-GET.",
+        key=f"{prefix}-calling-ae",
+    )
     kind = st.selectbox(
-        "Authentication",
+        "Authentication (DICOMweb; 'none' for DIMSE)",
         AUTH_KINDS,
         index=AUTH_KINDS.index(str(current.auth_kind)) if current else 0,
         key=f"{prefix}-auth",
@@ -204,6 +223,8 @@ def _config_form(
         credentials_file=credentials_file,
         verify_tls=bool(verify_tls),
         ca_bundle=ca_bundle,
+        protocol=str(protocol),
+        calling_ae=calling_ae if str(protocol) == "dimse" else None,
     )
 
 
@@ -236,7 +257,7 @@ with change_tab:
         chosen_name = st.selectbox("Server", [s.name for s in active], key="pacs-admin-target")
         server = next(s for s in active if s.name == chosen_name)
         st.caption(
-            f"Version {server.version}: {_session.esc(server.config.url)}, "
+            f"Version {server.version}: {_session.esc(server.address)}, "
             f"secret from {_session.esc(server.secret_source)}."
         )
         if st.button("Test connection", icon=":material/lan:", key="pacs-test"):
@@ -285,7 +306,8 @@ with history_tab:
                     {
                         "version": h.version,
                         "status": h.status.value,
-                        "URL": h.config.url,
+                        "protocol": PROTOCOL_LABELS[str(h.config.protocol)],
+                        "address": h.address,
                         "authentication": str(h.config.auth_kind),
                         "secret from": h.secret_source,
                         "TLS verified": h.config.verify_tls,
