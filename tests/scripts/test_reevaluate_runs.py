@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import importlib.util
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from types import ModuleType
 
@@ -27,11 +30,26 @@ def _script() -> ModuleType:
 
 @pytest.fixture()
 def legacy_workdir(tmp_path: Path) -> Path:
+    """The release-0.1 installation, its test set's labels where its record now points.
+
+    The database names the test set's folder on the machine that built it; the copy
+    points it at a folder of this test holding the locked labels file (checked against
+    the SHA-256 the 0.1 lock recorded). The 0.1 database has no trigger on
+    ``test_sets``; the audit trail is not touched.
+    """
     workdir = tmp_path / "wb"
     workdir.mkdir()
     with gzip.open(LEGACY / "workbench-0.1-classification.db.gz") as source:
         with open(workdir / "workbench.db", "wb") as target:
             shutil.copyfileobj(source, target)
+    root = tmp_path / "wb-set"
+    (root / "reference").mkdir(parents=True)
+    shutil.copyfile(LEGACY / "rel-set-labels.csv", root / "reference" / "labels.csv")
+    with contextlib.closing(sqlite3.connect(workdir / "workbench.db")) as db, db:
+        [(manifest,)] = db.execute("SELECT manifest_json FROM test_sets").fetchall()
+        db.execute("UPDATE test_sets SET root_path = ?", (str(root),))
+    locked = json.loads(manifest)["entries"]["reference/labels.csv"]
+    assert hashlib.sha256((root / "reference" / "labels.csv").read_bytes()).hexdigest() == locked
     return workdir
 
 
