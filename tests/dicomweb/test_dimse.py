@@ -27,6 +27,7 @@ from workbench.dicom.deidentify import DeidentificationOptions
 from workbench.dicomweb import retrieve as retrieve_module
 from workbench.dicomweb.dimse import (
     DimseNode,
+    find_studies_dimse,
     list_study_instances_dimse,
     retrieve_studies_dimse,
     search_studies_dimse,
@@ -89,7 +90,15 @@ def test_c_find_selects_studies_by_attribute_and_lists_their_instances(
     rtplan = study_uids([real_files[4]])[0]
     assert rtplan in search_studies_dimse(node, {"ModalitiesInStudy": "RTPLAN"})
     assert rtplan not in search_studies_dimse(node, {"ModalitiesInStudy": "CT"})
+    # A C-CANCEL stops the query at the limit; the association ends normally.
     assert len(search_studies_dimse(node, {"StudyDate": "19000101-21001231"}, limit=2)) == 2
+    assert len(search_studies_dimse(node, {"StudyDate": "19000101-21001231"}, limit=1)) == 1
+    # A filter given by tag is not emptied by the same attribute asked for by keyword.
+    plans = find_studies_dimse(
+        node, {"00080061": "RTPLAN"}, return_keys=["ModalitiesInStudy", "StudyDate"]
+    )
+    assert rtplan in [str(p.StudyInstanceUID) for p in plans]
+    assert {str(p.ModalitiesInStudy) for p in plans} == {"RTPLAN"}
     nm_study = study_uids([real_files[1]])[0]  # JPEG2000.dcm and JPEG-LL.dcm share it
     listed = list_study_instances_dimse(node, [nm_study])
     originals = [pydicom.dcmread(p, stop_before_pixels=True) for p in real_files[1:3]]
@@ -258,8 +267,12 @@ def test_refusals_and_unreachable_nodes_are_one_line_and_import_nothing(
         assert testsets.list_test_sets(wb) == []
     finally:
         wb.close()
+    assert DimseNode.parse(" PACS @[::1]:104").address == "PACS@[::1]:104"
+    assert DimseNode.parse("PACS@pacs-2.example.org:104").host == "pacs-2.example.org"
     for address, message in (
         ("WBTEST-127.0.0.1:4242", "Expected a DICOM node as AE@HOST:PORT"),
+        ("WBTEST@pacs example:4242", "with a host name or IP address"),
+        ("WBTEST@::1:4242", "an IPv6 address in brackets"),
         ("A-TITLE-LONGER-THAN-16@h:4242", "called AE title of 1-16 printable characters"),
         ("WBTEST@h:70000", "port 1-65535"),
     ):

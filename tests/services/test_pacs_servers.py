@@ -436,7 +436,9 @@ def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert dimse.exit_code == 0, dimse.output
     assert dimse.output == f"added cli-dimse\tv1\tactive\tdicom://{node}\tdimse\tcalling_ae=WB_QA\n"
     both = run("add", "both", "--dimse", node, "--url", url)
-    assert both.exit_code == 2 and "not both" in both.output
+    assert both.exit_code == 1 and "error: give --url (DICOMweb) or --dimse" in both.output
+    stray = run("update", "cli-pacs", "--url", url, "--calling-ae", "X", "--reason", "x")
+    assert stray.exit_code == 1 and "--calling-ae goes with --dimse" in stray.output
     unreachable = run("test", "cli-dimse", user="qa1")
     assert unreachable.exit_code == 1 and "Cannot reach the DICOM node" in unreachable.output
     moved = run("update", "cli-dimse", "--dimse", node.replace("ORTHANC", "PACS2"), "--reason", "x")

@@ -21,6 +21,7 @@ from workbench.cli._common import (
     PasswordOpt,
     UserOpt,
     WorkdirOpt,
+    _fail,
     _guarded,
     _login,
     _workbench,
@@ -90,7 +91,7 @@ def _line(info: Any) -> str:
 def _address(url: str | None, dimse: str | None) -> dict[str, Any]:
     """The protocol and address fields given by ``--url`` or ``--dimse`` (not both)."""
     if url is not None and dimse is not None:
-        raise typer.BadParameter("give --url (DICOMweb) or --dimse (DIMSE node), not both")
+        _fail("give --url (DICOMweb) or --dimse (DIMSE node), not both")
     if dimse is not None:
         return {"url": dimse, "protocol": "dimse"}
     if url is not None:
@@ -141,9 +142,9 @@ def pacs_add(
 
     address = _address(url, dimse)
     if not address:
-        raise typer.BadParameter("give --url (DICOMweb) or --dimse AE@HOST:PORT (DIMSE node)")
+        _fail("give --url (DICOMweb) or --dimse AE@HOST:PORT (DIMSE node)")
     if dimse is None and calling_ae is not None:
-        raise typer.BadParameter("--calling-ae goes with --dimse")
+        _fail("--calling-ae goes with --dimse (a DICOMweb server has no AE title)")
     config = PacsServerConfig(
         **{**address, "calling_ae": calling_ae},
         auth_kind=auth,
@@ -194,6 +195,8 @@ def pacs_update(
         "verify_tls": verify_tls,
         "ca_bundle": ca_bundle,
     }
+    if url is not None and calling_ae is not None:
+        _fail("--calling-ae goes with --dimse (a DICOMweb server has no AE title)")
     changes = {key: value for key, value in given.items() if value is not None}
     if url is not None:
         changes["calling_ae"] = None  # a DICOMweb server has no calling AE title
@@ -253,7 +256,7 @@ def pacs_test(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """One QIDO-RS study query with limit 1 (a C-ECHO to a DIMSE node); exit 1 on failure."""
+    """One QIDO-RS study query with limit 1 (a DIMSE node: C-ECHO and C-FIND); exit 1 on failure."""
     from workbench.services.pacs_servers import check_connection
 
     with _workbench(workdir, db) as wb:

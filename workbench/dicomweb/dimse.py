@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import re
 import shutil
 import socket
@@ -111,6 +112,9 @@ _CLASSES_PER_ASSOCIATION = 127 // len(OFFERED_TRANSFER_SYNTAXES)
 #: C-FIND / C-GET statuses (PS3.4 C.4.1.1.4, C.4.3.1.4).
 _PENDING = (0xFF00, 0xFF01)
 _SUCCESS = 0x0000
+_CANCELLED = 0xFE00
+#: Message ID of a C-FIND request, named again by its C-CANCEL.
+_FIND_MESSAGE = 1
 _WARNING = 0xB000
 #: Our answer to a C-STORE sub-operation we refuse: "Cannot understand" (PS3.4 B.2.3).
 _CANNOT_UNDERSTAND = 0xC000
@@ -118,6 +122,18 @@ _CANNOT_UNDERSTAND = 0xC000
 _RESUME = "run the command again to resume"
 _UID = re.compile(r"(?=[0-9.]{1,64}\Z)[0-9]+(\.[0-9]+)*\Z")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS host name (RFC 1123) or an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOST_NAME.match(host))
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,24 +181,27 @@ class DimseNode:
         DicomWebError
             The address is not of that form.
         """
-        match = re.fullmatch(r"([^@]+)@(.+):(\d{1,5})", address.strip())
-        if not match:
+        match = re.fullmatch(r"([^@]+)@(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", address.strip())
+        host = match.group(2).strip("[]") if match else ""
+        if not match or not _valid_host(host):
             raise DicomWebError(
-                f"Expected a DICOM node as AE@HOST:PORT (e.g. ORTHANC@pacs.example.org:4242), "
+                f"Expected a DICOM node as AE@HOST:PORT with a host name or IP address "
+                f"(e.g. ORTHANC@pacs.example.org:4242, an IPv6 address in brackets), "
                 f"found {address!r}."
             )
         return cls(
-            host=match.group(2).strip("[]"),
+            host=host,
             port=int(match.group(3)),
-            called_ae=match.group(1),
-            calling_ae=calling_ae,
+            called_ae=match.group(1).strip(),
+            calling_ae=calling_ae.strip(),
             timeout=timeout,
         )
 
     @property
     def address(self) -> str:
-        """``AE@HOST:PORT``."""
-        return f"{self.called_ae}@{self.host}:{self.port}"
+        """``AE@HOST:PORT`` (an IPv6 address in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.called_ae}@{host}:{self.port}"
 
     @property
     def public_url(self) -> str:
@@ -273,7 +292,8 @@ def _lost(
     if time.monotonic() - since >= 0.9 * node.timeout:
         return (
             f"{node.public_url} did not answer the {operation} for {what}{after} within "
-            f"{node.timeout:g} s (give a slow PACS more time with --dimse-timeout)"
+            f"{node.timeout:g} s (a slow PACS can be given more time: --dimse-timeout on "
+            "the command line)"
         )
     deadline = time.monotonic() + 1.0
     while not assoc.is_aborted and assoc.is_alive() and time.monotonic() < deadline:
@@ -285,7 +305,7 @@ def _lost(
             f"for {what}{after} (now: {unreachable})"
         )
     if assoc.is_aborted:
-        task = "query" if operation == "C-FIND" else "retrieve"
+        task = {"C-FIND": "query", "C-ECHO": "verify"}.get(operation, "retrieve")
         return (
             f"{node.public_url} aborted the {operation} for {what}{after}: it may not allow "
             f"AE title {node.calling_ae!r} to {task} ({operation}); its log says why"
@@ -304,18 +324,30 @@ def _printable(text: str, limit: int = 200) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]
 
 
-def _find(assoc: Any, node: DimseNode, query: Dataset, what: str) -> list[Dataset]:
-    """The answers of one C-FIND on an open association."""
+def _find(
+    assoc: Any, node: DimseNode, query: Dataset, what: str, *, limit: int | None = None
+) -> list[Dataset]:
+    """The answers of one C-FIND on an open association.
+
+    With ``limit``, a C-CANCEL (PS3.7 9.3.2.3) asks the PACS to stop once that many
+    answers have arrived; answers it sends after that are not kept.
+    """
     found: list[Dataset] = []
     since = time.monotonic()
-    for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND):
+    cancelled = False
+    for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND, msg_id=_FIND_MESSAGE):
         if not status:
             raise DicomWebError(_lost(assoc, node, "C-FIND", what, since=since) + ".")
         since = time.monotonic()
         code = int(status.Status)
         if code in _PENDING:
-            if identifier is not None:
+            if identifier is not None and not cancelled:
                 found.append(identifier)
+            if limit is not None and len(found) >= limit and not cancelled:
+                assoc.send_c_cancel(_FIND_MESSAGE, query_model=STUDY_ROOT_FIND)
+                cancelled = True
+        elif code == _CANCELLED:
+            break
         elif code != _SUCCESS:
             raise DicomWebError(
                 f"{node.public_url} refused the C-FIND for {what}: {_status_text(status)}."
@@ -332,12 +364,17 @@ def _study_query(filters: dict[str, str], return_keys: Sequence[str]) -> Dataset
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = ""
     terms = [(key, value, True) for key, value in filters.items()]
-    terms += [(key, "", False) for key in return_keys if key not in filters]
+    terms += [(key, "", False) for key in return_keys]
+    matched_tags: set[int] = set()
     for key, value, matched in terms:
         number = int(key, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", key) else tag_for_keyword(key)
         if number is None:
             raise DicomWebError(f"Query key {key!r} is not a DICOM attribute keyword or tag.")
         tag = Tag(number)
+        if not matched and tag in matched_tags:
+            continue  # a filter on it is returned too
+        if matched:
+            matched_tags.add(tag)
         try:
             vr = dictionary_VR(tag)
         except KeyError:
@@ -373,7 +410,8 @@ def find_studies_dimse(
         Keywords or tags asked for in each answer (e.g. ``StudyDate``,
         ``NumberOfStudyRelatedInstances``); the PACS may leave optional ones empty.
     limit : int, optional
-        At most this many studies (in UID order).
+        At most this many studies: the first the PACS answers (a C-CANCEL stops
+        the query there, as a QIDO-RS ``limit`` would).
 
     Returns
     -------
@@ -390,7 +428,7 @@ def find_studies_dimse(
     query = _study_query(filters, return_keys)
     what = "the study query " + ("&".join(f"{k}={v}" for k, v in filters.items()) or "(all)")
     with _association(node, _FIND_CONTEXT, what=what) as assoc:
-        found = _find(assoc, node, query, what)
+        found = _find(assoc, node, query, what, limit=limit)
     by_uid: dict[str, Dataset] = {}
     for item in found:
         uid = str(item.get("StudyInstanceUID", "") or "")
@@ -411,7 +449,7 @@ def search_studies_dimse(
     filters : dict
         As :func:`find_studies_dimse`.
     limit : int, optional
-        At most this many studies (in UID order).
+        At most this many studies (the first the PACS answers), in UID order.
 
     Raises
     ------

@@ -18,7 +18,9 @@ import streamlit as st
 from workbench.app import _session
 from workbench.services import pacs_servers, views
 
-#: Session-state key of the last query (parameters only; the PACS is asked again on each run).
+#: Session-state key of the last query and what it found: the server is asked when
+#: "Search" is pressed, not again on every rerun of the page (choosing studies, typing
+#: the name), which would repeat a C-FIND or QIDO-RS query each time.
 QUERY_KEY = "pacs-query"
 LIMIT_MAX = 500
 EARLIEST = dt.date(1900, 1, 1)
@@ -88,7 +90,7 @@ def _import_tab() -> None:
         )
         searched = st.form_submit_button("Search", type="primary", icon=":material/search:")
     if searched:
-        st.session_state[QUERY_KEY] = pacs_servers.StudyQuery(
+        query = pacs_servers.StudyQuery(
             modality=modality or None,
             date_from=date_from if not isinstance(date_from, tuple) else None,
             date_to=date_to if not isinstance(date_to, tuple) else None,
@@ -97,19 +99,25 @@ def _import_tab() -> None:
             limit=int(limit),
         )
         st.session_state.pop("pacs-selected", None)
-    query = st.session_state.get(QUERY_KEY)
-    if query is None:
+        st.session_state.pop(QUERY_KEY, None)
+        with _session.guard():
+            found = pacs_servers.find_studies(wb, me, server, query)
+            st.session_state[QUERY_KEY] = (server, query, found)
+    last = st.session_state.get(QUERY_KEY)
+    if last is None or last[0] != server:
         return
-    matches: list[pacs_servers.StudyMatch] | None = None
-    with _session.guard():
-        matches = pacs_servers.find_studies(wb, me, server, query)
-    if matches is None:
-        return
+    _, query, matches = last
     if not matches:
         st.info("No study matches the query on this server.")
         return
+    more = (
+        " (the limit: the server may hold more; narrow the query or raise 'At most')"
+        if len(matches) >= query.limit
+        else ""
+    )
     st.caption(
-        f"{len(matches)} {'study' if len(matches) == 1 else 'studies'} on {_session.esc(server)}"
+        f"{len(matches)} {'study' if len(matches) == 1 else 'studies'} on "
+        f"{_session.esc(server)}{more}"
     )
     st.dataframe(
         pd.DataFrame(
