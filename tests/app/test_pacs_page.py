@@ -369,9 +369,13 @@ def test_admin_adds_a_dimse_node_and_qa_imports_from_it(configured: Bench) -> No
     assert not at.exception, at.exception
     [done] = _messages(at, "success")
     assert f"Imported 1 instances of 1 studies into the draft test set {DIMSE_SET}" in done
-    # Results go back with STOW-RS: the export offers the DICOMweb servers only.
-    offered = [o.split(" ")[0] for o in at.selectbox(key="pacs-export-server").options]
-    assert offered == ["orthanc", "orthanc-wrong"]
+    # Results go back over C-STORE: the DICOMweb export stored the same UIDs, so none is sent.
+    at.selectbox(key="pacs-run").select(configured.seg_run)
+    at.selectbox(key="pacs-export-server").select(DIMSE_SERVER)
+    at.button(key="pacs-export").click().run(timeout=300)
+    assert not at.exception, at.exception
+    [exported] = _messages(at, "success")
+    assert "0 object(s) stored on dicom://" in exported and "6 already there" in exported
 
 
 def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
@@ -381,7 +385,12 @@ def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
         pytest.skip("reads the transfer of the DIMSE import test of this module")
     node = DimseNode.parse(configured.orthanc.dimse)
     auditor = accounts.login(configured.wb, "inspector", ACCOUNTS["inspector"][2])
-    actions = ("testset.import.dicomweb", "testset.import.dimse", "run.export.dicomweb")
+    actions = (
+        "testset.import.dicomweb",
+        "testset.import.dimse",
+        "run.export.dicomweb",
+        "run.export.dimse",
+    )
     recorded = [
         e for e in audit_trail.export_entries(configured.wb, auditor) if e["action"] in actions
     ]
@@ -391,26 +400,29 @@ def test_auditor_sees_transfers_in_the_audit_trail(configured: Bench) -> None:
         ("run.export.dicomweb", configured.seg_run),
         ("run.export.dicomweb", configured.seg_run),
         ("testset.import.dimse", DIMSE_SET),
+        ("run.export.dimse", configured.seg_run),
     ]
     at = _open(configured, "inspector", "pages/audit.py")
     at.selectbox(key="audit-preset").select("PACS transfers (imports and exports)").run()
     assert not at.exception
     transfers = at.dataframe[0].value
     assert list(transfers["direction"]) == [
+        "export to PACS",
         "import from PACS",
         "export to PACS",
         "export to PACS",
         "import from PACS",
         "import from PACS",
     ]
-    assert list(transfers["protocol"]) == ["DIMSE"] + ["DICOMweb"] * 4
-    assert list(transfers["server"]) == [node.public_url] + [configured.orthanc.url] * 4
-    assert list(transfers["record"])[0] == f"test_set {DIMSE_SET}"
-    assert list(transfers["sent or retrieved now"])[0] == 1
-    assert list(transfers["already present"])[1:3] == [6, 0]
-    assert list(transfers["sent or retrieved now"])[1:3] == [0, 6]
-    assert list(transfers["studies"])[3:] == [1, 2]
-    assert list(transfers["record"])[4] == f"test_set {SET_NAME}"
+    assert list(transfers["protocol"]) == ["DIMSE"] * 2 + ["DICOMweb"] * 4
+    assert list(transfers["server"]) == [node.public_url] * 2 + [configured.orthanc.url] * 4
+    assert list(transfers["record"])[:2] == [f"run {configured.seg_run}", f"test_set {DIMSE_SET}"]
+    assert list(transfers["sent or retrieved now"])[:2] == [0, 1]
+    assert list(transfers["already present"])[0] == 6
+    assert list(transfers["already present"])[2:4] == [6, 0]
+    assert list(transfers["sent or retrieved now"])[2:4] == [0, 6]
+    assert list(transfers["studies"])[4:] == [1, 2]
+    assert list(transfers["record"])[5] == f"test_set {SET_NAME}"
     entries = at.dataframe[1].value
     assert set(entries["action"]) == set(actions)
     everything = " ".join(entries["new"])

@@ -21,6 +21,7 @@ from typing import Any
 import harness
 import pydicom
 import pytest
+import requests
 from orthanc_server import Orthanc, stop_orthanc, upload
 
 from workbench import errors
@@ -34,6 +35,7 @@ from workbench.dicomweb import (
     public_url,
     search_studies,
 )
+from workbench.dicomweb.dimse import DimseNode
 from workbench.dicomweb.retrieve import fetch_instance
 from workbench.inference.registry import ModelTask
 from workbench.services import audit_trail, models, pacs, protocols, reports, runs, testsets
@@ -381,6 +383,65 @@ def test_repeated_export_adds_no_instance(pipeline: Pipeline, orthanc: Orthanc) 
     assert f"{n} objects (0 stored, {n} already there)" in done.stdout
     assert orthanc.password not in done.stdout + done.stderr
     assert exported_instances(orthanc, pipeline.export.objects) == before
+
+
+def test_export_over_dimse_stores_each_object_once(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """C-STORE to the same PACS as a DIMSE node: the objects, clean, once; then nothing."""
+    if not orthanc.dimse:
+        pytest.skip("the Orthanc test server was started without its DICOM port")
+    node = DimseNode.parse(orthanc.dimse)
+    objects = pipeline.export.objects
+    with requests.Session() as session:  # remove what the DICOMweb export stored
+        session.auth = (orthanc.user, orthanc.password)
+        for obj in objects:
+            found = session.post(f"{orthanc.rest}/tools/lookup", data=obj.sop_uid, timeout=30)
+            for hit in found.json():
+                session.delete(f"{orthanc.rest}/instances/{hit['ID']}", timeout=30)
+    assert exported_instances(orthanc, objects) == 0
+    wb = harness.open_wb(pipeline.workdir)
+    try:
+        qa1 = harness.login(wb, "qa1")
+        done = pacs.export_run(wb, qa1, pipeline.run_uid, node)
+        assert sorted(done.stored) == sorted(o.sop_uid for o in objects)
+        assert not done.already_present and done.server == node.public_url
+        assert [o.sha256 for o in done.objects] == [o.sha256 for o in objects]
+        server = server_of(orthanc)
+        for obj in done.objects:
+            path = tmp_path / f"{obj.kind}-{obj.case_id}.dcm"
+            path.write_bytes(
+                fetch_instance(server, InstanceRef(obj.study_uid, obj.series_uid, obj.sop_uid))
+            )
+            assert dciodvfy_errors(path) == [], (obj.kind, dciodvfy_errors(path))
+            if obj.kind == "pdf":
+                extracted = tmp_path / "extracted.pdf"
+                extracted.write_bytes(extract_pdf(pydicom.dcmread(path)))
+                assert sha256(extracted) == sha256(Path(pipeline.sealed_path))
+        again = pacs.export_run(wb, qa1, pipeline.run_uid, node)
+        assert not again.stored and len(again.already_present) == len(objects)
+        entries = [
+            e
+            for e in audit_trail.export_entries(wb, qa1, record_id=pipeline.run_uid)
+            if e.get("action") == "run.export.dimse"
+        ]
+        assert [len(e["new_value"]["stored"]) for e in entries] == [len(objects), 0]
+        assert {e["new_value"]["calling_ae"] for e in entries} == {"WORKBENCH"}
+        assert {e["new_value"]["server"] for e in entries} == {node.public_url}
+    finally:
+        wb.close()
+    cli = harness.cli(
+        pipeline.workdir, "run", "export", pipeline.run_uid, "--dimse", orthanc.dimse, user="qa1"
+    )
+    assert cli.returncode == 0, cli.stderr
+    n = len(objects)
+    assert f"to {node.public_url}: {n} objects (0 stored, {n} already there)" in cli.stdout
+    both = harness.cli(
+        pipeline.workdir, "run", "export", pipeline.run_uid, "--dimse", orthanc.dimse,
+        "--dicomweb", orthanc.url, user="qa1",
+    )  # fmt: skip
+    assert both.returncode == 1 and "give either --dicomweb URL or --dimse" in both.stderr
+    assert exported_instances(orthanc, objects) == n
 
 
 # --------------------------------------------------------------------------- failures

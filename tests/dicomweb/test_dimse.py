@@ -325,8 +325,8 @@ def test_configured_dimse_node_is_checked_queried_and_imported_from(
         (entry,) = [e for e in entries if e["action"] == "testset.import.dimse"]
         assert entry["new_value"]["server"] == node.public_url
 
-        with pytest.raises(errors.WorkflowError, match="DIMSE node .* export to a DICOMweb"):
-            pacs_servers.export_run_to(wb, qa1, "dimse-pacs", "run-does-not-matter")
+        with pytest.raises(errors.NotFoundError, match="run-does-not-exist"):
+            pacs_servers.export_run_to(wb, qa1, "dimse-pacs", "run-does-not-exist")
         with pytest.raises(errors.WorkflowError, match="no DICOMweb service"):
             pacs_servers.connect(wb, qa1, "dimse-pacs")
     finally:

@@ -344,7 +344,7 @@ def test_dimse_node_is_configured_versioned_and_checked(crew: Team) -> None:
     assert "\n" not in check.message
     with pytest.raises(WorkflowError, match="DIMSE node .* no DICOMweb service"):
         connect(crew.wb, crew["qa1"], "old-pacs")
-    with pytest.raises(WorkflowError, match="stored with STOW-RS"):
+    with pytest.raises(NotFoundError, match="any-run"):  # exported to with C-STORE
         export_run_to(crew.wb, crew["qa1"], "old-pacs", "any-run")
     add_server(crew.wb, crew["admin"], "web", PacsServerConfig(url="http://127.0.0.1:1/dicom-web"))
     with pytest.raises(WorkflowError, match="DICOMweb server, not a DIMSE node"):

@@ -2,7 +2,7 @@
 
 A server is a DICOMweb service (``--url``) or, for a PACS without DICOMweb, a
 DIMSE node (``--dimse AE@HOST:PORT``, with ``--calling-ae``): QA staff import
-from both and export to DICOMweb servers.
+from and export to both.
 
 The same services as the app's "PACS servers" section
 (:mod:`workbench.services.pacs_servers`): every change adds a version and an
@@ -29,8 +29,7 @@ from workbench.cli._common import (
 )
 
 pacs_app = typer.Typer(
-    help="PACS servers (DICOMweb, or DIMSE for import) offered to QA staff: add, change, test, "
-    "retire.",
+    help="PACS servers (DICOMweb or DIMSE) offered to QA staff: add, change, test, retire.",
     no_args_is_help=True,
 )
 app.add_typer(pacs_app, name="pacs")
@@ -40,7 +39,7 @@ DimseOpt = Annotated[
     str | None,
     typer.Option(
         "--dimse",
-        help="A PACS without DICOMweb: its DICOM node as AE@HOST:PORT (C-FIND/C-GET, import only).",
+        help="A PACS without DICOMweb: its DICOM node as AE@HOST:PORT (C-FIND, C-GET, C-STORE).",
     ),
 ]
 CallingAeOpt = Annotated[

@@ -1,8 +1,8 @@
-"""``workbench run``: list, show, export (DICOMweb)."""
+"""``workbench run``: list, show, export (DICOMweb or DIMSE)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,7 @@ from workbench.cli._common import (
     WorkdirOpt,
     _Bar,
     _dicomweb_server,
+    _fail,
     _guarded,
     _login,
     _workbench,
@@ -69,7 +70,25 @@ def run_show(
 @_guarded
 def run_export(
     run_uid: str,
-    dicomweb: Annotated[str, typer.Option("--dicomweb", help="DICOMweb root URL of the PACS.")],
+    dicomweb: Annotated[
+        str | None, typer.Option("--dicomweb", help="DICOMweb root URL of the PACS.")
+    ] = None,
+    dimse: Annotated[
+        str | None,
+        typer.Option(
+            "--dimse", help="A PACS without DICOMweb, as AE@HOST:PORT: C-STORE over DIMSE."
+        ),
+    ] = None,
+    calling_ae: Annotated[
+        str | None,
+        typer.Option("--calling-ae", help="With --dimse: the workbench's AE title [WORKBENCH]."),
+    ] = None,
+    dimse_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--dimse-timeout", min=1, help="With --dimse: seconds to wait for the PACS [60]."
+        ),
+    ] = None,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Also the sealed report (PDF).")
     ] = True,
@@ -80,10 +99,26 @@ def run_export(
     user: UserOpt = None,
     password: PasswordOpt = None,
 ) -> None:
-    """Store the run's SEGs, TID 1500 SRs and sealed report (Encapsulated PDF) via STOW-RS."""
+    """Store the run's SEGs, TID 1500 SRs and sealed report (Encapsulated PDF) on a PACS.
+
+    Over DICOMweb (STOW-RS) with --dicomweb, or over DIMSE (C-STORE) with --dimse.
+    """
+    from workbench.dicomweb.dimse import DimseNode
     from workbench.services.pacs import export_run
 
-    server = _dicomweb_server(dicomweb, dicomweb_credentials, ca_bundle)
+    if (dicomweb is None) == (dimse is None):
+        _fail("give either --dicomweb URL or --dimse AE@HOST:PORT.")
+    if (calling_ae is not None or dimse_timeout is not None) and dimse is None:
+        _fail("--calling-ae and --dimse-timeout apply to an export over DIMSE (--dimse).")
+    server: Any
+    if dimse is not None:
+        server = DimseNode.parse(
+            dimse,
+            calling_ae="WORKBENCH" if calling_ae is None else calling_ae,
+            timeout=60.0 if dimse_timeout is None else dimse_timeout,
+        )
+    else:
+        server = _dicomweb_server(str(dicomweb), dicomweb_credentials, ca_bundle)
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         bar = _Bar("store")

@@ -1,4 +1,4 @@
-"""DIMSE intake (PS3.7, PS3.4 Annex C): query with C-FIND and retrieve with C-GET.
+"""DIMSE (PS3.7, PS3.4 Annexes B and C): query with C-FIND, retrieve with C-GET, store with C-STORE.
 
 For a PACS that offers no DICOMweb, :func:`retrieve_studies_dimse` lists each
 study's instances with a Study Root C-FIND at IMAGE level and brings them with
@@ -21,6 +21,10 @@ Every instance is checked (a DICOM data set of the study asked for, SOP
 Instance UID in the C-STORE command and data set alike, listed by the C-FIND,
 not twice, in the Available Transfer Syntax UID the C-FIND reports where the
 PACS reports it) and each retrieval must bring exactly the instances listed.
+
+Results go back with :func:`store_instances_dimse`: an IMAGE-level C-FIND per
+series lists what the PACS already holds, and only the other instances are sent
+(C-STORE), so that a repeated export with the same UIDs adds nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from workbench.dicomweb.retrieve import (
     _run,
     _Tally,
 )
+from workbench.dicomweb.store import StoreOutcome, as_part10
 from workbench.errors import DicomWebError
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "list_study_instances_dimse",
     "retrieve_studies_dimse",
     "search_studies_dimse",
+    "store_instances_dimse",
 ]
 
 #: Study Root Query/Retrieve Information Model - FIND and - GET (PS3.4 C.6.2).
@@ -305,7 +311,9 @@ def _lost(
             f"for {what}{after} (now: {unreachable})"
         )
     if assoc.is_aborted:
-        task = {"C-FIND": "query", "C-ECHO": "verify"}.get(operation, "retrieve")
+        task = {"C-FIND": "query", "C-ECHO": "verify", "C-STORE": "store"}.get(
+            operation, "retrieve"
+        )
         return (
             f"{node.public_url} aborted the {operation} for {what}{after}: it may not allow "
             f"AE title {node.calling_ae!r} to {task} ({operation}); its log says why"
@@ -874,3 +882,106 @@ def retrieve_studies_dimse(
             n_removed=removed,
         ),
     )
+
+
+# --------------------------------------------------------------------------- store
+
+
+#: C-STORE statuses that mean stored (PS3.4 B.2.3): success and the warnings
+#: "coercion of data elements", "elements discarded", "data set does not match SOP class".
+_STORED = (_SUCCESS, 0xB000, 0xB006, 0xB007)
+
+
+def _series_instances(assoc: Any, node: DimseNode, study_uid: str, series_uid: str) -> set[str]:
+    """SOP Instance UIDs the node holds in a series (IMAGE-level C-FIND)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    query.SOPInstanceUID = ""
+    found = _find(assoc, node, query, f"the instances of series {series_uid}")
+    return {str(item.get("SOPInstanceUID", "") or "") for item in found} - {""}
+
+
+def store_instances_dimse(
+    node: DimseNode,
+    datasets: Sequence[Dataset],
+    *,
+    progress: Progress | None = None,
+) -> StoreOutcome:
+    """Send the data sets the node does not hold yet with C-STORE, on one association.
+
+    An IMAGE-level C-FIND per series first lists what the node holds; those
+    instances are not sent again. Each data set is sent in its own transfer
+    syntax (one presentation context per SOP class and transfer syntax).
+
+    Parameters
+    ----------
+    node : DimseNode
+        The PACS must accept C-STORE from ``node.calling_ae`` (and allow it C-FIND).
+    datasets : sequence of pydicom.Dataset
+        Complete instances with file meta information.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    StoreOutcome
+
+    Raises
+    ------
+    DicomWebError
+        The node is unreachable, refuses the association, the query or an
+        instance (named in the message, with the status the node gave).
+    """
+    files = [as_part10(ds) for ds in datasets]
+    series = sorted({(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)) for ds in files})
+    what = f"the export of {len(files)} instances"
+    present: set[str] = set()
+    with _association(node, _FIND_CONTEXT, what=what) as assoc:
+        for study_uid, series_uid in series:
+            present |= _series_instances(assoc, node, study_uid, series_uid)
+    stored: list[str] = []
+    already: list[str] = []
+    missing = [ds for ds in files if str(ds.SOPInstanceUID) not in present]
+    contexts = sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in missing}
+    )
+    total = len(files)
+    done = 0
+    if missing:
+        with _association(
+            node, [(sop_class, [syntax]) for sop_class, syntax in contexts], what=what
+        ) as assoc:
+            for ds in files:
+                sop = str(ds.SOPInstanceUID)
+                if sop in present:
+                    already.append(sop)
+                else:
+                    label = (
+                        f"{ds.get('Modality', '?')} instance {sop} of study {ds.StudyInstanceUID}"
+                    )
+                    since = time.monotonic()
+                    try:
+                        status = assoc.send_c_store(ds)
+                    except ValueError as exc:  # no accepted presentation context for it
+                        raise DicomWebError(
+                            f"{node.public_url} did not accept {ds.SOPClassUID.name} in "
+                            f"{ds.file_meta.TransferSyntaxUID.name} for {label}: {exc}."
+                        ) from exc
+                    if not status:
+                        raise DicomWebError(_lost(assoc, node, "C-STORE", label, since=since) + ".")
+                    if int(status.Status) not in _STORED:
+                        raise DicomWebError(
+                            f"{node.public_url} refused {label}: {_status_text(status)}."
+                        )
+                    stored.append(sop)
+                    present.add(sop)
+                done += 1
+                if progress is not None:
+                    progress(done, total, "storing")
+    else:
+        already = [str(ds.SOPInstanceUID) for ds in files]
+        if progress is not None:
+            progress(total, total, "storing")
+    return StoreOutcome(stored=tuple(stored), already_present=tuple(already))

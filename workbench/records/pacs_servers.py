@@ -29,7 +29,7 @@ class PacsProtocol(StrEnum):
 
     #: QIDO-RS, WADO-RS and STOW-RS over HTTP(S); ``url`` is the service root.
     DICOMWEB = "dicomweb"
-    #: C-ECHO, C-FIND and C-GET (intake only); ``url`` is the node as ``AE@HOST:PORT``.
+    #: C-ECHO, C-FIND, C-GET and C-STORE; ``url`` is the node as ``AE@HOST:PORT``.
     DIMSE = "dimse"
 
 

@@ -65,7 +65,12 @@ from workbench.dicom.sr import (
 )
 from workbench.dicom.volume import sort_slices
 from workbench.dicomweb.connection import DicomWebServer
-from workbench.dicomweb.dimse import DimseNode, retrieve_studies_dimse, search_studies_dimse
+from workbench.dicomweb.dimse import (
+    DimseNode,
+    retrieve_studies_dimse,
+    search_studies_dimse,
+    store_instances_dimse,
+)
 from workbench.dicomweb.retrieve import (
     InstanceRef,
     StudyRetrieval,
@@ -773,12 +778,17 @@ def export_run(
     wb: Workbench,
     actor: Actor,
     run_uid: str,
-    server: DicomWebServer,
+    server: DicomWebServer | DimseNode,
     *,
     include_report: bool = True,
     progress: Progress = None,
 ) -> PacsExport:
-    """Store a run's SEGs, TID 1500 SRs and its sealed report (Encapsulated PDF) via STOW-RS.
+    """Store a run's SEGs, TID 1500 SRs and its sealed report (Encapsulated PDF) on a PACS.
+
+    Over DICOMweb (STOW-RS, after a QIDO-RS check of what is there; audited as
+    ``run.export.dicomweb``) or, given a :class:`DimseNode`, over DIMSE (C-STORE,
+    after an IMAGE-level C-FIND; ``run.export.dimse``). The UIDs derive from the
+    run, the case and the object kind, so a repeated export sends nothing twice.
 
     A detection run adds, per case with marks, the TID 1500 SR of its marks
     (kind ``detection_sr``: one volumetric ROI per mark with its score).
@@ -792,7 +802,7 @@ def export_run(
         Needs ``run.start`` (QA).
     run_uid : str
         A completed run.
-    server : DicomWebServer
+    server : DicomWebServer or DimseNode
     include_report : bool, default True
         Also export the newest sealed report of the run, when there is one.
     progress : callable, optional
@@ -950,17 +960,24 @@ def export_run(
                 sha256=digest,
             )
         )
-    outcome = store_instances(server, [ds for _, _, ds in datasets], progress=progress)
+    to_send = [ds for _, _, ds in datasets]
+    over_dimse = isinstance(server, DimseNode)
+    outcome = (
+        store_instances_dimse(server, to_send, progress=progress)
+        if isinstance(server, DimseNode)
+        else store_instances(server, to_send, progress=progress)
+    )
     with wb.transaction() as session:
         current_user(session, actor, "run.start")
         audit.append(
             session,
             actor=actor.username,
-            action="run.export.dicomweb",
+            action="run.export.dimse" if over_dimse else "run.export.dicomweb",
             record_type="run",
             record_id=run_uid,
             new={
                 "server": server.public_url,
+                **({"calling_ae": server.calling_ae} if isinstance(server, DimseNode) else {}),
                 "model": f"{model_name}@{model_version}",
                 "report_uid": report_uid,
                 "objects": [

@@ -5,9 +5,9 @@ servers. A DICOMweb server has a root URL, an authentication kind (``none``,
 ``basic`` or ``bearer``), where the secret lives, TLS verification and an
 optional CA bundle. A PACS without DICOMweb is configured as a DIMSE node
 (``protocol="dimse"``): its address ``AE@HOST:PORT`` and the AE title the
-workbench calls it with; it is queried with C-FIND and imported from with C-GET
-(:mod:`workbench.dicomweb.dimse`), tested with C-ECHO, and results are exported
-to a DICOMweb server only (STOW-RS). Every change
+workbench calls it with; it is queried with C-FIND, imported from with C-GET,
+exported to with C-STORE (:mod:`workbench.dicomweb.dimse`) and tested with
+C-ECHO and C-FIND. Every change
 adds a version (:class:`workbench.records.pacs_servers.PacsServerVersion`, an
 append-only table) and an audit entry; nothing is overwritten, and a server is
 retired, never deleted.
@@ -25,7 +25,8 @@ name: :func:`find_studies` (QIDO-RS or C-FIND, patient-free fields only),
 :func:`import_studies` and :func:`export_run_to`, which hand over to
 :func:`workbench.services.pacs.import_from_dicomweb` (or ``import_from_dimse``)
 and :func:`workbench.services.pacs.export_run` (audited there as
-``testset.import.dicomweb``, ``testset.import.dimse`` and ``run.export.dicomweb``).
+``testset.import.dicomweb``, ``testset.import.dimse``, ``run.export.dicomweb`` and
+``run.export.dimse``).
 :func:`check_connection` is the administrator's "test connection": one QIDO-RS
 study query with ``limit=1``, or a C-ECHO.
 """
@@ -1303,7 +1304,7 @@ def export_run_to(
     """Store a run's SEGs, TID 1500 SRs and sealed report on configured server ``server_name``.
 
     See :func:`workbench.services.pacs.export_run` (idempotent; audited as
-    ``run.export.dicomweb``).
+    ``run.export.dicomweb``, or ``run.export.dimse`` for a DIMSE node: C-STORE).
 
     Parameters
     ----------
@@ -1323,14 +1324,12 @@ def export_run_to(
     Raises
     ------
     WorkbenchError
-        One line: the run is not completed, the server refuses, the server is a
-        DIMSE node (exports need STOW-RS), ...
+        One line: the run is not completed, the server refuses, ...
     """
     info = _in_force(wb, actor, server_name)
     if info.is_dimse:
-        raise WorkflowError(
-            f"PACS server {server_name!r} is a DIMSE node ({info.address}); results are "
-            "stored with STOW-RS, so export to a DICOMweb server."
+        return pacs.export_run(
+            wb, actor, run_uid, _node(info), include_report=include_report, progress=progress
         )
     server = connect(wb, actor, server_name)
     try:

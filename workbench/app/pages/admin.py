@@ -105,14 +105,14 @@ with manage:
 st.header("PACS servers", divider="gray")
 st.caption(
     "PACS servers that QA staff import test sets from and export results to: DICOMweb "
-    "servers, or DIMSE nodes (C-FIND/C-GET, import only) for a PACS without DICOMweb. Never "
+    "servers, or DIMSE nodes (C-FIND, C-GET, C-STORE) for a PACS without DICOMweb. Never "
     "type a password or token here: name the environment variable of the workbench host that "
     "holds it, or a JSON credentials file of mode 0600. Every change adds a version; servers "
     "are retired, never deleted."
 )
 AUTH_KINDS = [k.value for k in pacs_servers.PacsAuthKind]
 PROTOCOLS = [p.value for p in pacs_servers.PacsProtocol]
-PROTOCOL_LABELS = {"dicomweb": "DICOMweb", "dimse": "DIMSE (C-FIND/C-GET, import only)"}
+PROTOCOL_LABELS = {"dicomweb": "DICOMweb", "dimse": "DIMSE (C-FIND, C-GET, C-STORE)"}
 NOTICE = "pacs-admin-notice"
 if NOTICE in st.session_state:
     st.success(st.session_state.pop(NOTICE))
@@ -175,7 +175,8 @@ def _config_form(
         "Calling AE title (DIMSE)",
         value=(current.calling_ae or "") if current else "",
         placeholder=pacs_servers.DEFAULT_CALLING_AE,
-        help="The workbench's AE title; the PACS must know it and allow it C-FIND and C-GET.",
+        help="The workbench's AE title; the PACS must know it and allow it C-FIND, C-GET and "
+        "C-STORE.",
         key=f"{prefix}-calling-ae",
     )
     kind = st.selectbox(

@@ -44,6 +44,7 @@ PRESETS: dict[str, tuple[str, ...] | None] = {
         "testset.import.dicomweb",
         "testset.import.dimse",
         "run.export.dicomweb",
+        "run.export.dimse",
     ),
     "PACS server configuration": ("pacs_server.add", "pacs_server.update", "pacs_server.retire"),
 }
@@ -53,7 +54,7 @@ TRANSFERS = "PACS transfers (imports and exports)"
 def _transfer_row(entry: dict[str, Any]) -> dict[str, Any]:
     """One PACS transfer as a table row, from its audit entry's recorded values."""
     new = entry.get("new_value") or {}
-    exported = entry["action"] == "run.export.dicomweb"
+    exported = entry["action"].startswith("run.export.")
     return {
         "seq": entry["seq"],
         "time (UTC)": entry["ts"],

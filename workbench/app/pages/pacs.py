@@ -1,10 +1,10 @@
 """PACS: query a configured server, import studies as a draft test set, export a run.
 
 Servers are the ones an administrator configured (Users and PACS page): DICOMweb
-servers, and DIMSE nodes (C-FIND/C-GET) for import only; the credentials never
-pass through the page. Imports and exports are audited by the services
-(``testset.import.dicomweb``, ``testset.import.dimse``, ``run.export.dicomweb``)
-and shown on the Audit trail page.
+servers, and DIMSE nodes (C-FIND, C-GET, C-STORE) for a PACS without DICOMweb; the
+credentials never pass through the page. Imports and exports are audited by the
+services (``testset.import.dicomweb``, ``testset.import.dimse``,
+``run.export.dicomweb``, ``run.export.dimse``) and shown on the Audit trail page.
 """
 
 from __future__ import annotations
@@ -227,14 +227,7 @@ def _export_tab() -> None:
         ),
         key="pacs-run",
     )
-    targets = [s.name for s in servers if not s.is_dimse]
-    if not targets:
-        st.info(
-            "Results are stored with STOW-RS, and only DIMSE nodes are configured; an "
-            "administrator adds a DICOMweb server on the 'Users and PACS' page."
-        )
-        return
-    server = st.selectbox("Server", targets, format_func=_server_label, key="pacs-export-server")
+    server = st.selectbox("Server", names, format_func=_server_label, key="pacs-export-server")
     include_report = st.checkbox(
         "Include the sealed report (Encapsulated PDF) when the run has one",
         value=True,
