@@ -1,4 +1,4 @@
-"""What a DIMSE retrieval refuses, against a PACS that misbehaves on purpose.
+"""What a DIMSE retrieval or export refuses, against a PACS that misbehaves on purpose.
 
 The PACS is a pynetdicom Query/Retrieve SCP on loopback whose C-FIND lists
 what a test says and whose C-GET sends what it says (pydicom's real ``CT_small``
@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from workbench.dicomweb.dimse import DimseNode, retrieve_studies_dimse
+from workbench.dicomweb.dimse import DimseNode, retrieve_studies_dimse, store_instances_dimse
 from workbench.errors import DicomWebError
 
 JPEG2000 = "1.2.840.10008.1.2.4.91"
@@ -42,6 +42,13 @@ class FakePacs:
     final: int | None = None  # a failure status to end the C-GET with instead
     any_study: bool = False  # the C-FIND answers with every listed instance, whatever is asked
     get_delay: float = 0.0  # seconds of silence before the C-GET sends anything
+    store_status: int = 0x0000  # the answer to each C-STORE
+    received: list[Dataset] = field(default_factory=list)  # what C-STORE brought
+
+    def on_store(self, event: Any) -> int:
+        if self.store_status in (0x0000, 0xB000):
+            self.received.append(event.dataset)
+        return self.store_status
 
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         wanted = event.identifier.StudyInstanceUID
@@ -78,7 +85,11 @@ def fake_pacs() -> Iterator[tuple[FakePacs, DimseNode]]:
     server = ae.start_server(
         ("127.0.0.1", 0),
         block=False,
-        evt_handlers=[(evt.EVT_C_FIND, fake.on_find), (evt.EVT_C_GET, fake.on_get)],
+        evt_handlers=[
+            (evt.EVT_C_FIND, fake.on_find),
+            (evt.EVT_C_GET, fake.on_get),
+            (evt.EVT_C_STORE, fake.on_store),
+        ],
     )
     try:
         yield fake, DimseNode("127.0.0.1", server.server_address[1], "FAKEPACS", timeout=10.0)
@@ -201,3 +212,33 @@ def test_a_pacs_silent_for_longer_than_the_timeout_is_named_a_timeout(
     impatient = DimseNode(node.host, node.port, node.called_ae, timeout=1.0)
     with pytest.raises(DicomWebError, match="did not answer the C-GET for study .* within 1 s"):
         retrieve_studies_dimse(impatient, [ct.StudyInstanceUID], tmp_path)
+
+
+# --------------------------------------------------------------------------- export (C-STORE)
+
+
+def test_export_sends_what_is_missing_and_names_a_refused_instance(
+    fake_pacs: tuple[FakePacs, DimseNode],
+) -> None:
+    fake, node = fake_pacs
+    ct, mr = real("CT_small.dcm"), real("MR_small.dcm")
+    fake.listed = [ct]  # the IMAGE-level C-FIND says the PACS holds the CT
+    done = store_instances_dimse(node, [ct, mr])
+    assert done.already_present == (ct.SOPInstanceUID,) and done.stored == (mr.SOPInstanceUID,)
+    assert [d.SOPInstanceUID for d in fake.received] == [mr.SOPInstanceUID]
+
+    fake.listed, fake.received = [], []
+    fake.store_status = 0xB000  # a warning ("coercion of data elements") is stored
+    assert store_instances_dimse(node, [mr]).stored == (mr.SOPInstanceUID,)
+    fake.store_status = 0xA700  # "out of resources"
+    fake.received = []
+    with pytest.raises(DicomWebError, match=rf"refused CT instance {ct.SOPInstanceUID} .*0xA700"):
+        store_instances_dimse(node, [ct, mr])
+    assert fake.received == []  # the export stops at the first refusal
+    plan = real("rtplan.dcm")  # a SOP class the fake does not accept
+    fake.store_status = 0x0000
+    with pytest.raises(DicomWebError, match="did not accept RT Plan Storage") as refused:
+        store_instances_dimse(node, [ct, plan])
+    assert "\n" not in str(refused.value)
+    with pytest.raises(DicomWebError, match=r"none of the SOP classes sent \(RT Plan Storage\)"):
+        store_instances_dimse(node, [plan])

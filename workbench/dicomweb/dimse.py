@@ -47,6 +47,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from workbench.dicom.index import FolderIndexer
 from workbench.dicomweb.retrieve import (
@@ -950,8 +951,12 @@ def store_instances_dimse(
     total = len(files)
     done = 0
     if missing:
+        classes = ", ".join(sorted({UID(sop_class).name for sop_class, _ in contexts}))
         with _association(
-            node, [(sop_class, [syntax]) for sop_class, syntax in contexts], what=what
+            node,
+            [(sop_class, [syntax]) for sop_class, syntax in contexts],
+            what=what,
+            hint=f"; or it accepts none of the SOP classes sent ({classes})",
         ) as assoc:
             for ds in files:
                 sop = str(ds.SOPInstanceUID)
