@@ -48,9 +48,11 @@ echo "Orthanc for tests: ${WORKBENCH_TEST_ORTHANC_URL:-none (DICOMweb tests star
 "$VENV/bin/ruff" format --check workbench tests benchmarks
 "$VENV/bin/mypy"
 # Two workers; every test file stays on one worker (its module fixtures, servers and scratch
-# folders are its own). WORKBENCH_TEST_WORKERS=0 runs the suite in one process.
+# folders are its own), and files are handed out in collection order, which starts the
+# longest modules first (tests/conftest.py). WORKBENCH_TEST_WORKERS=0 runs the suite in one
+# process.
 workers=${WORKBENCH_TEST_WORKERS:-2}
 if [ "$workers" -gt 0 ]; then
-  set -- -n "$workers" --dist loadfile "$@"
+  set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@"
