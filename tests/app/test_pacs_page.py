@@ -37,6 +37,7 @@ from tests.dicomweb.orthanc_server import (  # noqa: E402
     start_orthanc,
     stop_orthanc,
     upload,
+    upload_shared_real_files,
 )
 from workbench.app._nav import page_by_key, pages_for  # noqa: E402
 from workbench.dicomweb.dimse import DimseNode  # noqa: E402
@@ -75,16 +76,19 @@ def orthanc() -> Iterator[Orthanc]:
     """The test run's Orthanc (``scripts/test.sh``) or one started for this module."""
     url = os.environ.get("WORKBENCH_TEST_ORTHANC_URL")
     if url:
-        yield Orthanc(
+        shared = Orthanc(
             url=url,
             user=os.environ.get("WORKBENCH_TEST_ORTHANC_USER", ""),
             password=os.environ.get("WORKBENCH_TEST_ORTHANC_PASSWORD", ""),
             state_dir=Path(os.environ.get("WORKBENCH_TEST_ORTHANC_DIR", "")),
             dimse=os.environ.get("WORKBENCH_TEST_ORTHANC_DIMSE", ""),
         )
+        upload_shared_real_files(shared)  # see tests/dicomweb/orthanc_server.py
+        yield shared
         return
     started = start_orthanc()
     try:
+        upload_shared_real_files(started)
         yield started
     finally:
         stop_orthanc(started, purge=True, kill=True)

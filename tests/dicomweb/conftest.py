@@ -24,24 +24,35 @@ for _folder in (_HERE, _HERE.parent / "malformed"):
 os.environ.setdefault("WORKBENCH_ARGON2_PROFILE", "fast")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from orthanc_server import Orthanc, start_orthanc, stop_orthanc  # noqa: E402
+from orthanc_server import (  # noqa: E402
+    Orthanc,
+    start_orthanc,
+    stop_orthanc,
+    upload_shared_real_files,
+)
 
 
 @pytest.fixture(scope="session")
 def orthanc() -> Iterator[Orthanc]:
-    """The shared Orthanc of the test run (or one started for this session)."""
+    """The shared Orthanc of the test run (or one started for this session).
+
+    It holds :data:`orthanc_server.SHARED_REAL_FILES` before any test uses it.
+    """
     url = os.environ.get("WORKBENCH_TEST_ORTHANC_URL")
     if url:
-        yield Orthanc(
+        shared = Orthanc(
             url=url,
             user=os.environ.get("WORKBENCH_TEST_ORTHANC_USER", ""),
             password=os.environ.get("WORKBENCH_TEST_ORTHANC_PASSWORD", ""),
             state_dir=Path(os.environ.get("WORKBENCH_TEST_ORTHANC_DIR", "")),
             dimse=os.environ.get("WORKBENCH_TEST_ORTHANC_DIMSE", ""),
         )
+        upload_shared_real_files(shared)
+        yield shared
         return
     started = start_orthanc()
     try:
+        upload_shared_real_files(started)
         yield started
     finally:
         stop_orthanc(started, purge=True, kill=True)

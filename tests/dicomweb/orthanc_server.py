@@ -56,6 +56,27 @@ def stop_orthanc(server: Orthanc, *, purge: bool = False, kill: bool = False) ->
     subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
 
 
+#: pydicom's real files that several modules store in the run's shared Orthanc. Their UIDs
+#: are fixed and JPEG2000.dcm and JPEG-LL.dcm share a study, so every module's fixture
+#: stores all of them first: a whole study then holds the same instances whichever modules
+#: ran before or run beside it (storing a file again changes nothing).
+SHARED_REAL_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "JPEG-LL.dcm",
+    "SC_rgb_rle.dcm",
+    "rtplan.dcm",
+)
+
+
+def upload_shared_real_files(server: Orthanc) -> None:
+    """Store :data:`SHARED_REAL_FILES` (byte for byte, through Orthanc's REST API)."""
+    from pydicom.data import get_testdata_file
+
+    upload(server, [Path(str(get_testdata_file(name))) for name in SHARED_REAL_FILES])
+
+
 def upload(server: Orthanc, paths: list[Path]) -> None:
     """Store files byte for byte through Orthanc's own REST API (not through the workbench)."""
     with requests.Session() as session:

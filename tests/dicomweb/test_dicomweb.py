@@ -23,6 +23,7 @@ import pydicom
 import pytest
 import requests
 from orthanc_server import Orthanc, stop_orthanc, upload
+from pydicom.data import get_testdata_file
 
 from workbench import errors
 from workbench.dicom.encapsulated_pdf import extract_pdf
@@ -92,8 +93,6 @@ class Pipeline:
 def pipeline(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
-    from pydicom.data import get_testdata_file
-
     base = tmp_path_factory.mktemp("pacs")
     synth_root = harness.synth(base / "synth", n_cases=3, seed=11)
     synth_files = sorted(synth_root.rglob("*.dcm"))
@@ -246,8 +245,15 @@ def test_compressed_instance_keeps_its_transfer_syntax(
     finally:
         wb.close()
     files = sorted((Path(done.test_set.root_path) / "dicom").rglob("*.dcm"))
-    assert [sha256(p) for p in files] == [sha256(jpeg2000)]
-    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
+    # The study also holds JPEG-LL.dcm (SHARED_REAL_FILES): both come back as stored.
+    jpeg_ll = Path(str(get_testdata_file("JPEG-LL.dcm")))
+    by_digest = {sha256(p): p for p in files}
+    assert set(by_digest) == {sha256(jpeg2000), sha256(jpeg_ll)}
+    for original, syntax in (
+        (jpeg2000, "1.2.840.10008.1.2.4.91"),
+        (jpeg_ll, "1.2.840.10008.1.2.4.70"),
+    ):
+        assert pydicom.dcmread(by_digest[sha256(original)]).file_meta.TransferSyntaxUID == syntax
 
 
 def test_cli_import_from_dicomweb_then_verify(pipeline: Pipeline, orthanc: Orthanc) -> None:
