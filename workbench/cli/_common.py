@@ -152,6 +152,24 @@ CaBundleOpt = Annotated[
 ]
 
 
+CallingAeOpt = Annotated[
+    str | None,
+    typer.Option("--calling-ae", help="With --dimse: the workbench's AE title [WORKBENCH]."),
+]
+DimseTimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--dimse-timeout", min=1, help="With --dimse: seconds to wait for the PACS [60]."),
+]
+
+
+def _dimse_node(address: str, calling_ae: str | None, timeout: float | None) -> Any:
+    """The DIMSE node of ``--dimse``, with ``--calling-ae`` and ``--dimse-timeout`` if given."""
+    from workbench.dicomweb.dimse import DimseNode
+
+    given: dict[str, Any] = {"calling_ae": calling_ae, "timeout": timeout}
+    return DimseNode.parse(address, **{k: v for k, v in given.items() if v is not None})
+
+
 def _dicomweb_server(url: str, credentials: Path | None, ca_bundle: Path | None) -> Any:
     from workbench.dicomweb import DicomWebServer, load_credentials
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from workbench.cli._common import (
     CaBundleOpt,
+    CallingAeOpt,
     DbOpt,
     DicomWebCredentialsOpt,
+    DimseTimeoutOpt,
     PasswordOpt,
     UserOpt,
     WorkdirOpt,
     _Bar,
     _dicomweb_server,
+    _dimse_node,
     _fail,
     _guarded,
     _login,
@@ -79,16 +82,8 @@ def run_export(
             "--dimse", help="A PACS without DICOMweb, as AE@HOST:PORT: C-STORE over DIMSE."
         ),
     ] = None,
-    calling_ae: Annotated[
-        str | None,
-        typer.Option("--calling-ae", help="With --dimse: the workbench's AE title [WORKBENCH]."),
-    ] = None,
-    dimse_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--dimse-timeout", min=1, help="With --dimse: seconds to wait for the PACS [60]."
-        ),
-    ] = None,
+    calling_ae: CallingAeOpt = None,
+    dimse_timeout: DimseTimeoutOpt = None,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Also the sealed report (PDF).")
     ] = True,
@@ -103,22 +98,17 @@ def run_export(
 
     Over DICOMweb (STOW-RS) with --dicomweb, or over DIMSE (C-STORE) with --dimse.
     """
-    from workbench.dicomweb.dimse import DimseNode
     from workbench.services.pacs import export_run
 
     if (dicomweb is None) == (dimse is None):
         _fail("give either --dicomweb URL or --dimse AE@HOST:PORT.")
     if (calling_ae is not None or dimse_timeout is not None) and dimse is None:
         _fail("--calling-ae and --dimse-timeout apply to an export over DIMSE (--dimse).")
-    server: Any
-    if dimse is not None:
-        server = DimseNode.parse(
-            dimse,
-            calling_ae="WORKBENCH" if calling_ae is None else calling_ae,
-            timeout=60.0 if dimse_timeout is None else dimse_timeout,
-        )
-    else:
-        server = _dicomweb_server(str(dicomweb), dicomweb_credentials, ca_bundle)
+    server = (
+        _dimse_node(dimse, calling_ae, dimse_timeout)
+        if dimse is not None
+        else _dicomweb_server(str(dicomweb), dicomweb_credentials, ca_bundle)
+    )
     with _workbench(workdir, db) as wb:
         actor, _ = _login(wb, user, password)
         bar = _Bar("store")

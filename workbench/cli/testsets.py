@@ -9,13 +9,16 @@ import typer
 
 from workbench.cli._common import (
     CaBundleOpt,
+    CallingAeOpt,
     DbOpt,
     DicomWebCredentialsOpt,
+    DimseTimeoutOpt,
     PasswordOpt,
     UserOpt,
     WorkdirOpt,
     _Bar,
     _dicomweb_server,
+    _dimse_node,
     _fail,
     _guarded,
     _login,
@@ -45,16 +48,8 @@ def testset_import(
             help="A PACS without DICOMweb, as AE@HOST:PORT: C-FIND and C-GET over DIMSE.",
         ),
     ] = None,
-    calling_ae: Annotated[
-        str | None,
-        typer.Option("--calling-ae", help="With --dimse: the workbench's AE title [WORKBENCH]."),
-    ] = None,
-    dimse_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--dimse-timeout", min=1, help="With --dimse: seconds to wait for the PACS [60]."
-        ),
-    ] = None,
+    calling_ae: CallingAeOpt = None,
+    dimse_timeout: DimseTimeoutOpt = None,
     study: Annotated[
         list[str] | None, typer.Option("--study", help="Study Instance UID (repeatable).")
     ] = None,
@@ -145,7 +140,6 @@ def testset_import(
         _fail("--deidentify applies to an import from a PACS (--dicomweb URL or --dimse).")
     if dicomweb is not None or dimse is not None:
         from workbench.dicom.deidentify import DeidentificationOptions
-        from workbench.dicomweb.dimse import DimseNode
         from workbench.services.pacs import import_from_dicomweb, import_from_dimse
 
         options = (
@@ -166,12 +160,7 @@ def testset_import(
         if study_file is not None:
             uids += [u.strip() for u in study_file.read_text().splitlines() if u.strip()]
         if dimse is not None:
-            node = DimseNode.parse(
-                dimse,
-                calling_ae="WORKBENCH" if calling_ae is None else calling_ae,
-                timeout=60.0 if dimse_timeout is None else dimse_timeout,
-            )
-            source: Any = node
+            source: Any = _dimse_node(dimse, calling_ae, dimse_timeout)
             importer: Any = import_from_dimse
         else:
             assert dicomweb is not None

@@ -935,58 +935,46 @@ def store_instances_dimse(
         The node is unreachable, refuses the association, the query or an
         instance (named in the message, with the status the node gave).
     """
-    files = [as_part10(ds) for ds in datasets]
-    series = sorted({(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)) for ds in files})
-    what = f"the export of {len(files)} instances"
+    series = sorted({(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)) for ds in datasets})
+    what = f"the export of {len(datasets)} instances"
     present: set[str] = set()
     with _association(node, _FIND_CONTEXT, what=what) as assoc:
         for study_uid, series_uid in series:
             present |= _series_instances(assoc, node, study_uid, series_uid)
+    already = [str(ds.SOPInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) in present]
+    missing = [as_part10(ds) for ds in datasets if str(ds.SOPInstanceUID) not in present]
+    total = len(datasets)
+    if progress is not None and already:
+        progress(len(already), total, "storing")
     stored: list[str] = []
-    already: list[str] = []
-    missing = [ds for ds in files if str(ds.SOPInstanceUID) not in present]
+    if not missing:
+        return StoreOutcome(stored=(), already_present=tuple(already))
     contexts = sorted(
         {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in missing}
     )
-    total = len(files)
-    done = 0
-    if missing:
-        classes = ", ".join(sorted({UID(sop_class).name for sop_class, _ in contexts}))
-        with _association(
-            node,
-            [(sop_class, [syntax]) for sop_class, syntax in contexts],
-            what=what,
-            hint=f"; or it accepts none of the SOP classes sent ({classes})",
-        ) as assoc:
-            for ds in files:
-                sop = str(ds.SOPInstanceUID)
-                if sop in present:
-                    already.append(sop)
-                else:
-                    label = (
-                        f"{ds.get('Modality', '?')} instance {sop} of study {ds.StudyInstanceUID}"
-                    )
-                    since = time.monotonic()
-                    try:
-                        status = assoc.send_c_store(ds)
-                    except ValueError as exc:  # no accepted presentation context for it
-                        raise DicomWebError(
-                            f"{node.public_url} did not accept {ds.SOPClassUID.name} in "
-                            f"{ds.file_meta.TransferSyntaxUID.name} for {label}: {exc}."
-                        ) from exc
-                    if not status:
-                        raise DicomWebError(_lost(assoc, node, "C-STORE", label, since=since) + ".")
-                    if int(status.Status) not in _STORED:
-                        raise DicomWebError(
-                            f"{node.public_url} refused {label}: {_status_text(status)}."
-                        )
-                    stored.append(sop)
-                    present.add(sop)
-                done += 1
-                if progress is not None:
-                    progress(done, total, "storing")
-    else:
-        already = [str(ds.SOPInstanceUID) for ds in files]
-        if progress is not None:
-            progress(total, total, "storing")
+    classes = ", ".join(sorted({UID(sop_class).name for sop_class, _ in contexts}))
+    with _association(
+        node,
+        [(sop_class, [syntax]) for sop_class, syntax in contexts],
+        what=what,
+        hint=f"; or it accepts none of the SOP classes sent ({classes})",
+    ) as assoc:
+        for ds in missing:
+            sop = str(ds.SOPInstanceUID)
+            label = f"{ds.get('Modality', '?')} instance {sop} of study {ds.StudyInstanceUID}"
+            since = time.monotonic()
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError as exc:  # no accepted presentation context for it
+                raise DicomWebError(
+                    f"{node.public_url} did not accept {ds.SOPClassUID.name} in "
+                    f"{ds.file_meta.TransferSyntaxUID.name} for {label}: {exc}."
+                ) from exc
+            if not status:
+                raise DicomWebError(_lost(assoc, node, "C-STORE", label, since=since) + ".")
+            if int(status.Status) not in _STORED:
+                raise DicomWebError(f"{node.public_url} refused {label}: {_status_text(status)}.")
+            stored.append(sop)
+            if progress is not None:
+                progress(len(already) + len(stored), total, "storing")
     return StoreOutcome(stored=tuple(stored), already_present=tuple(already))
