@@ -83,8 +83,16 @@ def test_a_reader_rates_cases_and_pauses_in_the_browser(
             # Blinded: nothing of the reference standard on the reader's page.
             body = page.locator("body").inner_text()
             assert "consensus" not in body and "malignant" not in body.lower()
-            page.get_by_role("button", name="Pause").click()
-            page.get_by_text("Paused; open the arm again to resume.").wait_for(timeout=60_000)
+            paused = page.get_by_text("Paused; open the arm again to resume.")
+            pause = page.get_by_role("button", name="Pause")
+            for _ in range(3):  # a click on a page still rerunning can be lost
+                _idle(page)
+                if paused.is_visible():
+                    break
+                if pause.is_visible():
+                    pause.click()
+                    _idle(page)
+            paused.wait_for(timeout=60_000)
             page.screenshot(path=str(SHOTS / "reader-study.png"), full_page=True)
         finally:
             browser.close()
