@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from workbench.dicom import _raw
 from workbench.dicom._walk import chunked, walk_files
 from workbench.errors import DicomReadError
 
@@ -337,6 +338,31 @@ _TAG_OF = {kw: int(tag_for_keyword(kw) or 0) for kw in _TAGS}
 _BINARY_INT = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 
 
+class _NotRaw(Exception):
+    """A value the raw reader does not decode; the file is read with pydicom instead."""
+
+
+_CONVERTED = object()
+"""An element pydicom has already converted (a sequence of undefined length)."""
+
+#: Sequences whose items :func:`_record` reads; a file with one is read with pydicom.
+_ITEMS_READ = frozenset(
+    int(tag_for_keyword(keyword) or 0)
+    for keyword in (
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "SequenceOfUltrasoundRegions",
+        "ReferencedSeriesSequence",
+    )
+)
+
+
+def _decoded(value: Any, encoding: str) -> str | None:
+    if not isinstance(value, bytes):
+        return None
+    return value.decode(encoding, "replace").rstrip("\x00 ").strip() or None
+
+
 class _Header:
     """Fast access to header values, decoding raw elements without pydicom's conversion.
 
@@ -346,43 +372,66 @@ class _Header:
     """
 
     def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        charset = ds._dict.get(BaseTag(_TAG_OF["SpecificCharacterSet"]))
-        raw = self._raw_text(charset, "latin-1") if charset is not None else ""
-        self.encoding = _FAST_ENCODINGS.get((raw or "").strip())
+        self._ds = ds
+        self.encoding = self._charset()
 
-    @staticmethod
-    def _raw_text(elem: Any, encoding: str) -> str | None:
-        value = elem.value
-        if value is None:
-            return None
-        if isinstance(value, bytes):
-            return value.decode(encoding, "replace").rstrip("\x00 ").strip() or None
-        return None
+    def _charset(self) -> str | None:
+        element = self._element(_TAG_OF["SpecificCharacterSet"])
+        raw = "" if element is None else _decoded(element[1], "latin-1")
+        return _FAST_ENCODINGS.get((raw or "").strip())
 
-    def text(self, keyword: str) -> str | None:
-        elem = self.ds._dict.get(BaseTag(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0))
+    @property
+    def dataset(self) -> Dataset:
+        """The pydicom data set, for what is read item by item."""
+        return self._ds
+
+    def has(self, tag: int) -> bool:
+        """Whether the data set has the element ``tag`` (before the pixel data)."""
+        return BaseTag(tag) in self._ds._dict
+
+    def sequence(self, keyword: str) -> Any:
+        """The items of a sequence, or None."""
+        return self._ds.get(keyword)
+
+    def meta(self, keyword: str) -> str | None:
+        """A file meta value (group 0002), or None."""
+        return _plain(self._ds.get("file_meta") or Dataset(), keyword)
+
+    def _element(self, tag: int) -> tuple[str, Any, bool] | None:
+        """``(VR, raw value or _CONVERTED, little endian)`` of ``tag``, or None."""
+        elem = self._ds._dict.get(BaseTag(tag))
         if elem is None:
             return None
         vr = elem.VR or dictionary_VR(elem.tag)
-        if isinstance(elem, RawDataElement) and self.encoding and vr not in _BINARY_INT:
-            return self._raw_text(elem, self.encoding)
-        value = self.ds.get(keyword)
+        if isinstance(elem, RawDataElement):
+            return vr, elem.value, elem.is_little_endian
+        return vr, _CONVERTED, True
+
+    def _converted_text(self, keyword: str) -> str | None:
+        value = self._ds.get(keyword)
         if value is None or value == "":
             return None
         if isinstance(value, MultiValue):
             return "\\".join(str(v) for v in value)
         return str(value)
 
-    def number(self, keyword: str, index: int = 0) -> float | None:
-        elem = self.ds._dict.get(BaseTag(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0))
-        if elem is None:
+    def text(self, keyword: str) -> str | None:
+        element = self._element(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0)
+        if element is None:
             return None
-        vr = elem.VR or dictionary_VR(elem.tag)
+        vr, value, _ = element
+        if value is not _CONVERTED and self.encoding and vr not in _BINARY_INT:
+            return _decoded(value, self.encoding)
+        return self._converted_text(keyword)
+
+    def number(self, keyword: str, index: int = 0) -> float | None:
+        element = self._element(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0)
+        if element is None:
+            return None
+        vr, raw, little = element
         try:
-            if isinstance(elem, RawDataElement) and vr in _BINARY_INT:
-                raw = elem.value
-                fmt = ("<" if elem.is_little_endian else ">") + _BINARY_INT[vr]
+            if raw is not _CONVERTED and vr in _BINARY_INT:
+                fmt = ("<" if little else ">") + _BINARY_INT[vr]
                 size = struct.calcsize(fmt)
                 if raw is None or len(raw) < size * (index + 1):
                     return None
@@ -397,6 +446,58 @@ class _Header:
     def integer(self, keyword: str) -> int | None:
         number = self.number(keyword)
         return None if number is None else int(number)
+
+
+class _RawHeader(_Header):
+    """The same values read from the bytes of a complete file, without pydicom.
+
+    Only files whose every length the raw reader has followed to the end
+    (:func:`workbench.dicom._raw.read_header`), in a character set decoded
+    directly and without the sequences :func:`_record` reads item by item; any
+    other file raises ``_raw.NotWalked``, ``_raw.Truncated`` or :class:`_NotRaw`
+    and is read with pydicom, which then decides what it is. Values are decoded
+    exactly as :class:`_Header` decodes pydicom's raw elements.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._raw = _raw.read_header(data)
+        if not self._raw.elements.keys().isdisjoint(_ITEMS_READ):
+            raise _NotRaw("sequences read item by item")
+        self.encoding = self._charset()
+        if self.encoding is None:
+            raise _NotRaw("a character set decoded by pydicom")
+
+    @property
+    def dataset(self) -> Dataset:
+        raise _NotRaw("values read item by item")
+
+    def has(self, tag: int) -> bool:
+        return tag in self._raw.elements
+
+    def sequence(self, keyword: str) -> Any:
+        if self.has(_TAG_OF.get(keyword) or tag_for_keyword(keyword) or 0):
+            raise _NotRaw(f"{keyword} is read item by item")
+        return None
+
+    def meta(self, keyword: str) -> str | None:
+        tag = tag_for_keyword(keyword)
+        if tag is None or tag >> 16 != 0x0002:
+            raise _NotRaw(f"{keyword} is not a file meta attribute")
+        return _raw.text(self._raw.meta.get(tag & 0xFFFF))
+
+    def _element(self, tag: int) -> tuple[str, Any, bool] | None:
+        found = self._raw.elements.get(tag)
+        if found is None:
+            return None
+        vr, offset, length = found
+        if length == _raw.UNDEFINED:
+            return (vr.decode("ascii") or dictionary_VR(tag)), _CONVERTED, self._raw.little
+        value = self._data[offset : offset + length]
+        return (vr.decode("ascii") or dictionary_VR(tag)), value, self._raw.little
+
+    def _converted_text(self, keyword: str) -> str | None:
+        raise _NotRaw(f"{keyword} needs pydicom's conversion")
 
 
 KINDS = {
@@ -415,10 +516,10 @@ KINDS = {
 """Values of the index's ``kind`` column and how reports name them."""
 
 
-def _kind(sop_class: str | None, ds: Dataset) -> str:
+def _kind(sop_class: str | None, h: _Header) -> str:
     if sop_class in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE):
         return "segmentation"
-    if sop_class == _DIRECTORY_STORAGE or 0x00041220 in ds._dict:  # DirectoryRecordSequence
+    if sop_class == _DIRECTORY_STORAGE or h.has(0x00041220):  # DirectoryRecordSequence
         return "directory"
     name = UID(sop_class).name if sop_class else ""
     if "Key Object Selection" in name:
@@ -435,7 +536,7 @@ def _kind(sop_class: str | None, ds: Dataset) -> str:
         return "waveform"
     if name.startswith("Raw Data"):
         return "raw_data"
-    if "Image Storage" in name or 0x00280010 in ds._dict:  # Rows
+    if "Image Storage" in name or h.has(0x00280010):  # Rows
         return "image"
     return "other"
 
@@ -514,15 +615,15 @@ def _pixel_data_problem(data: bytes, position: int, ds: Dataset) -> str | None:
     return None
 
 
-def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> dict[str, Any]:
-    h = _Header(ds)
-    meta = ds.get("file_meta") or Dataset()
-    sop_class = h.text("SOPClassUID") or _plain(meta, "MediaStorageSOPClassUID")
+def _record(rel: str, data: bytes, digest: str, h: _Header, has_meta: bool) -> dict[str, Any]:
+    sop_class = h.text("SOPClassUID") or h.meta("MediaStorageSOPClassUID")
     iop = h.text("ImageOrientationPatient")
     spacing: list[float | None] = [h.number("PixelSpacing", 0), h.number("PixelSpacing", 1)]
     thickness = h.number("SliceThickness")
     position: list[float | None] = [h.number("ImagePositionPatient", i) for i in range(3)]
-    if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+    functional_groups = h.has(0x52009229) or h.has(0x52009230)  # Shared, Per-frame
+    if functional_groups:
+        ds = h.dataset
         if iop is None:
             found = _numbers(_functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient"))
             iop = "\\".join(str(v) for v in found) if len(found) == 6 else None
@@ -536,24 +637,26 @@ def _record(rel: str, data: bytes, digest: str, ds: Dataset, has_meta: bool) -> 
             found = _numbers(_functional(ds, "PlanePositionSequence", "ImagePositionPatient"))
             position = [found[0], found[1], found[2]] if len(found) == 3 else position
     voi = None
-    if 0x00281050 in ds._dict or _functional(ds, "FrameVOILUTSequence", "WindowCenter"):
+    if h.has(0x00281050) or (
+        functional_groups and _functional(h.dataset, "FrameVOILUTSequence", "WindowCenter")
+    ):
         voi = "window"
-    if "VOILUTSequence" in ds:
+    if h.has(0x00283010):  # VOILUTSequence
         voi = "lut" if voi is None else "window+lut"
-    regions = ds.get("SequenceOfUltrasoundRegions")
+    regions = h.sequence("SequenceOfUltrasoundRegions")
     ref_series = None
-    refs = ds.get("ReferencedSeriesSequence")
+    refs = h.sequence("ReferencedSeriesSequence")
     if refs:
         ref_series = "\\".join(str(item.get("SeriesInstanceUID", "")) for item in refs)
     return {
         "path": rel,
         "size": len(data),
         "sha256": digest,
-        "kind": _kind(sop_class, ds),
+        "kind": _kind(sop_class, h),
         "sop_instance_uid": h.text("SOPInstanceUID"),
         "sop_class_uid": sop_class,
         "sop_class_name": UID(sop_class).name if sop_class else None,
-        "transfer_syntax_uid": _plain(meta, "TransferSyntaxUID"),
+        "transfer_syntax_uid": h.meta("TransferSyntaxUID"),
         "has_file_meta": has_meta,
         "series_instance_uid": h.text("SeriesInstanceUID"),
         "study_instance_uid": h.text("StudyInstanceUID"),
@@ -656,8 +759,24 @@ def _index_one(root: str, rel: str, digest: str | None = None) -> tuple[str, dic
     return _index_data(rel, data, digest or hashlib.sha256(data).hexdigest())
 
 
-def _index_data(rel: str, data: bytes, digest: str) -> tuple[str, dict[str, Any]]:
-    """Classify the content ``data`` of the file ``rel`` whose SHA-256 is ``digest``."""
+def _raw_record(rel: str, data: bytes, digest: str) -> dict[str, Any] | None:
+    """The record of a file read straight from its bytes, or None to read it with pydicom."""
+    try:
+        return _record(rel, data, digest, _RawHeader(data), True)
+    except Exception:  # not walked, incomplete, or a value needing pydicom
+        return None
+
+
+def _index_data(
+    rel: str, data: bytes, digest: str, *, raw: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """Classify the content ``data`` of the file ``rel`` whose SHA-256 is ``digest``.
+
+    A complete file in a plain encoding is read straight from its bytes
+    (:class:`_RawHeader`); any other, or any doubt, is read with pydicom, which
+    then decides what the file is and why it cannot be read. Both give the same
+    record (``raw=False`` reads every file with pydicom).
+    """
     base = {"path": rel, "size": len(data), "sha256": digest}
     if _printable(rel) != rel:
         return "unreadable", {
@@ -666,6 +785,10 @@ def _index_data(rel: str, data: bytes, digest: str) -> tuple[str, dict[str, Any]
             "reason": "file name is not valid UTF-8 (undecodable bytes shown as \\x escapes); "
             "rename the file",
         }
+    if raw:
+        record = _raw_record(rel, data, digest)
+        if record is not None:
+            return "dicom", record
     try:
         ds, position, has_meta = _parse(data)
     except _Truncated as exc:
@@ -683,7 +806,7 @@ def _index_data(rel: str, data: bytes, digest: str) -> tuple[str, dict[str, Any]
     if problem is not None:
         return "unreadable", {**base, "reason": problem}
     try:
-        return "dicom", _record(rel, data, digest, ds, has_meta)
+        return "dicom", _record(rel, data, digest, _Header(ds), has_meta)
     except Exception as exc:  # malformed values (e.g. undecodable strings)
         return "unreadable", {**base, "reason": f"malformed attribute values: {exc}"[:300]}
 

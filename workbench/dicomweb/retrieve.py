@@ -58,12 +58,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from struct import Struct
 from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from workbench.dicom import _raw
 from workbench.dicom.index import FolderIndexer
 from workbench.dicomweb.connection import DicomWebServer, describe_failure
 from workbench.errors import DicomWebError
@@ -393,39 +393,18 @@ def list_study_instances(server: DicomWebServer, study_uid: str) -> list[Instanc
 
 # --------------------------------------------------------------------------- DICOM files
 #
-# What a retrieved file must be is read straight from its bytes (PS3.10 7.1, PS3.5 7):
-# the file meta group, then every element of the data set, stepping over values by
-# their lengths and into sequences and encapsulated pixel data of undefined length.
-# This finds the identifying attributes and proves that the declared lengths end exactly
-# at the end of the file, in a fraction of the time of a full parse. Encodings it does
-# not follow (deflated data sets, a missing preamble, unknown VRs) are left to pydicom.
+# What a retrieved file must be is read straight from its bytes (workbench.dicom._raw):
+# the identifying attributes, and proof that the declared lengths end exactly at the end
+# of the file. Encodings the reader does not follow are left to pydicom.
 
-_Buffer = bytes | mmap.mmap
-
-_UNDEFINED = 0xFFFFFFFF
-_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-_EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
-_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
-    b"UC UI UL UN UR US UT UV".split()
-)
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2
-_UNDEFINED_LENGTH_VRS = frozenset(b"SQ UN OB OW".split())
+_Buffer = _raw.Buffer
+_Truncated = _raw.Truncated
+_NotWalked = _raw.NotWalked
 _TAG_SOP_CLASS = 0x00080016
 _TAG_SOP_INSTANCE = 0x00080018
 _TAG_STUDY = 0x0020000D
 _TAG_SERIES = 0x0020000E
 _IDENTITY_TAGS = frozenset({_TAG_SOP_CLASS, _TAG_SOP_INSTANCE, _TAG_STUDY, _TAG_SERIES})
-_MAX_DEPTH = 64
-
-
-class _Truncated(Exception):
-    """A declared length runs past the end of the file: the file is incomplete."""
-
-
-class _NotWalked(Exception):
-    """An encoding the fast reader leaves to pydicom."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,164 +417,25 @@ class _Identity:
     sop_class_uid: str | None
 
 
-def _text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    text = raw.decode("ascii", "replace").rstrip("\x00").strip()
-    return text or None
-
-
-class _Layout:
-    """Struct formats of one byte order: explicit element header, 32-bit length, implicit one."""
-
-    def __init__(self, endian: str) -> None:
-        self.explicit = Struct(endian + "HH2sH")
-        self.long = Struct(endian + "L")
-        self.implicit = Struct(endian + "HHL")
-
-
-_LAYOUTS = {"<": _Layout("<"), ">": _Layout(">")}
-
-
-def _skip_items(buf: _Buffer, pos: int, explicit: bool, layout: _Layout, depth: int) -> int:
-    """Step over the items of a sequence (or pixel data fragments) of undefined length."""
-    end = len(buf)
-    item_header = layout.implicit.unpack_from
-    while True:
-        if pos + 8 > end:
-            raise _Truncated("a sequence of undefined length has no delimiter")
-        group, element, length = item_header(buf, pos)
-        pos += 8
-        if group != 0xFFFE or element not in (0xE000, 0xE0DD):
-            raise _NotWalked(f"({group:04X},{element:04X}) inside a sequence")
-        if element == 0xE0DD:
-            return pos
-        if length == _UNDEFINED:
-            pos = _walk_dataset(buf, pos, explicit, layout, None, depth, in_item=True)
-        elif pos + length > end:
-            raise _Truncated(f"an item declares {length} bytes, {end - pos} remain")
-        else:
-            pos += length
-
-
-def _walk_dataset(
-    buf: _Buffer,
-    pos: int,
-    explicit: bool,
-    layout: _Layout,
-    found: dict[int, bytes] | None,
-    depth: int,
-    *,
-    in_item: bool,
-) -> int:
-    """Step over the elements from ``pos`` to the end (or the item delimiter)."""
-    if depth > _MAX_DEPTH:
-        raise _NotWalked("sequences nested too deep")
-    end = len(buf)
-    explicit_header, long_length = layout.explicit.unpack_from, layout.long.unpack_from
-    implicit_header = layout.implicit.unpack_from
-    long_vrs, vrs = _LONG_VRS, _VRS
-    while pos < end:
-        if pos + 8 > end:
-            raise _Truncated(f"the element header at byte {pos} is cut off")
-        if explicit:
-            group, element, vr, length = explicit_header(buf, pos)
-        else:
-            group, element, length = implicit_header(buf, pos)
-            vr = b""
-        if group == 0xFFFE:  # item tags have no VR in any encoding
-            if in_item and element == 0xE00D:
-                return pos + 8
-            raise _NotWalked(f"(FFFE,{element:04X}) outside a sequence")
-        if not explicit:
-            pos += 8
-        elif vr in long_vrs:
-            if pos + 12 > end:
-                raise _Truncated(f"the element header at byte {pos} is cut off")
-            (length,) = long_length(buf, pos + 8)
-            pos += 12
-        elif vr in vrs:
-            pos += 8
-        else:
-            raise _NotWalked(f"unknown VR {vr!r}")
-        if length == _UNDEFINED:
-            if explicit and vr not in _UNDEFINED_LENGTH_VRS:
-                raise _NotWalked(f"undefined length with VR {vr!r}")
-            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2).
-            unknown = vr == b"UN"
-            pos = _skip_items(
-                buf,
-                pos,
-                explicit and not unknown,
-                _LAYOUTS["<"] if unknown else layout,
-                depth + 1,
-            )
-            continue
-        if pos + length > end:
-            raise _Truncated(
-                f"element ({group:04X},{element:04X}) declares {length} bytes, {end - pos} remain"
-            )
-        if found is not None and (group == 0x0008 or group == 0x0020):
-            tag = group << 16 | element
-            if tag in _IDENTITY_TAGS:
-                found[tag] = buf[pos : pos + length]
-        pos += length
-    if in_item:
-        raise _Truncated("an item of undefined length has no delimiter")
-    return pos
-
-
 def _read_identity(buf: _Buffer) -> _Identity:
     """Identify a DICOM file and check that it is complete, without a full parse.
 
     Raises ``_Truncated`` (incomplete) or ``_NotWalked`` (left to pydicom).
     """
-    end = len(buf)
-    if end < 132 or buf[128:132] != b"DICM":
-        raise _NotWalked("no DICM prefix")
-    pos = 132
-    meta: dict[int, bytes] = {}
-    header, long_length = _LAYOUTS["<"].explicit.unpack_from, _LAYOUTS["<"].long.unpack_from
-    while pos + 8 <= end:
-        group, element, vr, length = header(buf, pos)
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                raise _Truncated("the file meta information is cut off")
-            (length,) = long_length(buf, pos + 8)
-            pos += 12
-        elif vr in _VRS:
-            pos += 8
-        else:
-            raise _NotWalked(f"unknown VR {vr!r} in the file meta information")
-        if length == _UNDEFINED:
-            raise _NotWalked("undefined length in the file meta information")
-        if pos + length > end:
-            raise _Truncated("the file meta information is cut off")
-        meta[element] = buf[pos : pos + length]
-        pos += length
-    transfer_syntax = _text(meta.get(0x0010))
-    if not transfer_syntax or transfer_syntax in _DEFLATED:
-        raise _NotWalked("no transfer syntax, or a deflated data set")
-    explicit = transfer_syntax != _IMPLICIT_VR_LE
-    # A data set encoded otherwise than its file meta declares is left to pydicom, which
-    # recognises the actual encoding.
-    if pos + 8 <= end and (buf[pos + 4 : pos + 6] in _VRS) != explicit:
-        raise _NotWalked("the data set is not encoded as declared")
-    layout = _LAYOUTS[">" if transfer_syntax == _EXPLICIT_VR_BE else "<"]
+    meta, pos = _raw.read_file_meta(buf)
+    transfer_syntax, explicit, layout = _raw.data_set_encoding(buf, meta, pos)
     found: dict[int, bytes] = {}
-    _walk_dataset(buf, pos, explicit, layout, found, 0, in_item=False)
-    sop = _text(found.get(_TAG_SOP_INSTANCE))
+    _raw.walk_dataset(buf, pos, explicit, layout, found, 0, in_item=False, wanted=_IDENTITY_TAGS)
+    sop = _raw.text(found.get(_TAG_SOP_INSTANCE))
     if sop is None:
         raise _NotWalked("no SOP Instance UID in the data set")
     return _Identity(
         sop_uid=sop,
-        meta_sop_uid=_text(meta.get(0x0003)),
+        meta_sop_uid=_raw.text(meta.get(0x0003)),
         transfer_syntax_uid=transfer_syntax,
-        study_uid=_text(found.get(_TAG_STUDY)),
-        series_uid=_text(found.get(_TAG_SERIES)),
-        sop_class_uid=_text(found.get(_TAG_SOP_CLASS)),
+        study_uid=_raw.text(found.get(_TAG_STUDY)),
+        series_uid=_raw.text(found.get(_TAG_SERIES)),
+        sop_class_uid=_raw.text(found.get(_TAG_SOP_CLASS)),
     )
 
 
