@@ -1,8 +1,9 @@
 """Benchmark: a PACS round trip against a local Orthanc (DICOMweb, PS3.18).
 
 (a) Import of a 60-study test set from Orthanc (QIDO-RS counts of the studies, WADO-RS
-    retrieval byte for byte on two threads, each study's files written and indexed by
-    two processes while the next studies arrive, then the records of a folder import)
+    retrieval byte for byte on two threads, the files written by one writing thread and
+    indexed by two processes while the next studies arrive, then the records of a folder
+    import)
     against ``cp -r`` of the same files out of Orthanc's storage folder. Both are timed
     until their files are on disk (``sync``), in alternating rounds (``--rounds``,
     median reported): with Orthanc's files in the page cache (warm), and, where the

@@ -52,7 +52,6 @@ from pydicom.uid import UID
 from workbench.dicom.index import FolderIndexer
 from workbench.dicomweb.retrieve import (
     _INCOMING,
-    _INDEX_BATCH,
     InstanceRef,
     Progress,
     RetrievalOutcome,
@@ -659,7 +658,6 @@ class _Receiver:
         self.on_stored = on_stored
         self.received: dict[str, _Received] = {}
         self.problem: DicomWebError | None = None
-        self._unindexed: list[tuple[str, str]] = []
 
     def __call__(self, event: Any) -> int:
         if self.problem is not None:
@@ -710,23 +708,14 @@ class _Receiver:
             )
         if identity.sop_uid in self.received:
             raise DicomWebError(f"{node.public_url} sent {ref.label} twice in {unit.what}.")
-        rel = self.dest.write(payload)
+        rel = self.dest.store(payload)
         stored = dataclasses.replace(
             ref,
             sop_class_uid=identity.sop_class_uid or ref.sop_class_uid,
             transfer_syntax_uid=identity.transfer_syntax_uid,
         )
         self.received[identity.sop_uid] = _Received(stored, len(data), rel, None)
-        self._unindexed.append((rel, digest))
-        if len(self._unindexed) >= _INDEX_BATCH:
-            self.hand_over()
         self.on_stored()
-
-    def hand_over(self) -> None:
-        """Give the files written so far to the destination's indexer."""
-        if self._unindexed and self.dest.indexer is not None:
-            self.dest.indexer.add(self.dest.root, self._unindexed)
-        self._unindexed = []
 
 
 def _get_unit(
@@ -738,29 +727,26 @@ def _get_unit(
     contexts += [(uid, [ts]) for uid in unit.classes for ts in OFFERED_TRANSFER_SYNTAXES]
     resume = "; " + _RESUME
     final: Dataset | None = None
-    try:
-        with _association(
-            node,
-            contexts,
-            what=f"retrieving {unit.what}",
-            scp_classes=unit.classes,
-            on_store=receiver,
-            hint=resume,
-        ) as assoc:
+    with _association(
+        node,
+        contexts,
+        what=f"retrieving {unit.what}",
+        scp_classes=unit.classes,
+        on_store=receiver,
+        hint=resume,
+    ) as assoc:
+        since = time.monotonic()
+        for status, _ in assoc.send_c_get(unit.identifier(), STUDY_ROOT_GET):
+            if receiver.problem is not None:
+                assoc.abort()  # stop the PACS sending the rest of what will be refused
+                break
+            if not status:
+                after = f" after {len(receiver.received)} instance(s)"
+                lost = _lost(assoc, node, "C-GET", unit.what, since=since, after=after)
+                raise DicomWebError(lost + resume + ".")
             since = time.monotonic()
-            for status, _ in assoc.send_c_get(unit.identifier(), STUDY_ROOT_GET):
-                if receiver.problem is not None:
-                    assoc.abort()  # stop the PACS sending the rest of what will be refused
-                    break
-                if not status:
-                    after = f" after {len(receiver.received)} instance(s)"
-                    lost = _lost(assoc, node, "C-GET", unit.what, since=since, after=after)
-                    raise DicomWebError(lost + resume + ".")
-                since = time.monotonic()
-                if int(status.Status) not in _PENDING:
-                    final = status
-    finally:
-        receiver.hand_over()
+            if int(status.Status) not in _PENDING:
+                final = status
     if receiver.problem is not None:
         raise receiver.problem
     if final is None:
@@ -856,17 +842,17 @@ def retrieve_studies_dimse(
     n_skipped = len(files)
     tally = _Tally(files, len(listed), progress)
     try:
-        into = _Destination(root, indexer)
-        _run(
-            lambda unit: _get_unit(node, unit, into, tally.stored),
-            _plan(listed, todo),
-            workers=workers,
-            tally=tally,
-            describe=lambda exc: DicomWebError(
-                f"Retrieving from {node.public_url} failed: {type(exc).__name__}: "
-                f"{_printable(str(exc))}"
-            ),
-        )
+        with _Destination(root, indexer) as into:
+            _run(
+                lambda unit: _get_unit(node, unit, into, tally.stored),
+                _plan(listed, todo),
+                workers=workers,
+                tally=tally,
+                describe=lambda exc: DicomWebError(
+                    f"Retrieving from {node.public_url} failed: {type(exc).__name__}: "
+                    f"{_printable(str(exc))}"
+                ),
+            )
     except DicomWebError as exc:
         raise _resumable(exc) from exc
     finally:

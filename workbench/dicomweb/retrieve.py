@@ -50,6 +50,7 @@ import io
 import itertools
 import mmap
 import os
+import queue
 import re
 import shutil
 import threading
@@ -810,17 +811,27 @@ def _accept(
     return ref
 
 
-#: Files a request thread hands to the indexer's processes at once.
+#: Files the writing thread hands to the indexer's processes at once, at most.
 _INDEX_BATCH = 64
+#: Parts received and not yet written before a receiving thread waits for the writer.
+_WRITE_QUEUE = 128
 
 
 class _Destination:
     """Where checked parts go: ``dicom/<sha[:2]>/<sha>.dcm`` under ``root``, via ``.incoming``.
 
-    Each part is written under its final name by the thread that received it.
-    With an ``indexer``, each thread hands the files it wrote (path and SHA-256)
-    to the indexer's processes in batches, which index them while the next ones
-    arrive; :meth:`flush` hands over the calling thread's batch.
+    Every part is written under its final name by one thread of the destination's
+    own: creating files in a folder tree goes no faster from two threads (the file
+    system serialises it, and the waiting threads spin on a core that the server
+    and the indexer need), while the receiving threads go on reading and checking
+    the next parts. With an ``indexer``, that thread hands what it wrote (path and
+    SHA-256) to the indexer's processes in batches, whenever it has nothing left to
+    write, and they index them while the next ones arrive.
+
+    Use it as a context manager: leaving waits until every part stored is written
+    (what was stored before a failure stays, complete, for the next run). A write
+    that fails (a full disk) is raised by the next :meth:`store` and on leaving;
+    parts not yet written then are not written.
     """
 
     def __init__(self, root: Path, indexer: FolderIndexer | None = None) -> None:
@@ -830,7 +841,16 @@ class _Destination:
         self.indexer = indexer
         self._folders: set[str] = set()
         self._names = itertools.count()
-        self._batch = threading.local()
+        self._queue: queue.Queue[tuple[str, _Payload] | None] = queue.Queue(_WRITE_QUEUE)
+        self._failure: DicomWebError | None = None
+        self._writer: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def __enter__(self) -> _Destination:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(raise_failure=kind is None)
 
     def temporary(self) -> tuple[int, str]:
         """A new file under ``.incoming``, open for writing (descriptor, name)."""
@@ -838,21 +858,56 @@ class _Destination:
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
 
     def store(self, payload: _Payload) -> str:
-        """Put a checked part under its content address and hand it to the indexer."""
-        rel = self.write(payload)
-        if self.indexer is not None:
-            files = getattr(self._batch, "files", None)
-            if files is None:
-                files = self._batch.files = []
-            files.append((rel, payload.sha256))
-            if len(files) >= _INDEX_BATCH:
-                self.flush()
+        """Queue a checked part for writing under its content address; its relative path."""
+        if self._failure is not None:
+            raise self._failure
+        rel = f"{DICOM_FOLDER}/{payload.sha256[:2]}/{payload.sha256}.dcm"
+        with self._start:
+            if self._writer is None:
+                # A daemon: a destination left unclosed does not keep the process alive
+                # (what it had not written is fetched again by the next run).
+                self._writer = threading.Thread(
+                    target=self._write_all, name="workbench-writer", daemon=True
+                )
+                self._writer.start()
+        self._queue.put((rel, payload))
         return rel
 
-    def write(self, payload: _Payload) -> str:
-        """Put a checked part under its content address; returns the relative path."""
-        folder = payload.sha256[:2]
-        rel = f"{DICOM_FOLDER}/{folder}/{payload.sha256}.dcm"
+    def close(self, *, raise_failure: bool = True) -> None:
+        """Wait until every stored part is written and handed to the indexer."""
+        with self._start:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put(None)
+            writer.join()
+        if raise_failure and self._failure is not None:
+            raise self._failure
+
+    def _write_all(self) -> None:
+        written: list[tuple[str, str | None]] = []
+        while True:
+            if written and (self._queue.empty() or len(written) >= _INDEX_BATCH):
+                self._hand_over(written)
+                written = []
+            item = self._queue.get()
+            if item is None:
+                self._hand_over(written)
+                return
+            rel, payload = item
+            if self._failure is not None:
+                continue  # after a failed write nothing more is written
+            try:
+                self._write(rel, payload)
+            except OSError as exc:
+                self._failure = DicomWebError(
+                    f"Could not write {self.root / rel}: {exc}; what was written before "
+                    "stays, and the next run resumes from it."
+                )
+                continue
+            written.append((rel, payload.sha256))
+
+    def _write(self, rel: str, payload: _Payload) -> None:
+        folder = rel.split("/")[1]
         if folder not in self._folders:
             (self.root / DICOM_FOLDER / folder).mkdir(parents=True, exist_ok=True)
             self._folders.add(folder)
@@ -863,14 +918,10 @@ class _Destination:
             # Written under its final name, without fsync per file: a file cut short by a
             # crash fails the hash-against-name check of the next run and is fetched again.
             _write_file(target, payload.data or b"")
-        return rel
 
-    def flush(self) -> None:
-        """Hand the files the calling thread wrote to the indexer."""
-        files = getattr(self._batch, "files", None)
-        self._batch.files = None
-        if files and self.indexer is not None:
-            self.indexer.add(self.root, files)
+    def _hand_over(self, written: list[tuple[str, str | None]]) -> None:
+        if written and self.indexer is not None:
+            self.indexer.add(self.root, written)
 
 
 def _write_file(target: str, data: bytes) -> None:
@@ -882,16 +933,6 @@ def _write_file(target: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(target)
         raise
-
-
-@contextmanager
-def _flushing(dest: _Destination | None) -> Iterator[None]:
-    """Hand what this thread stored to the indexer however the request ends."""
-    try:
-        yield
-    finally:
-        if dest is not None:
-            dest.flush()
 
 
 def _fetch_unit(
@@ -908,7 +949,7 @@ def _fetch_unit(
     """
     received: dict[str, _Received] = {}
     try:
-        with _answer(server, unit) as (content_type, chunks), _flushing(dest):
+        with _answer(server, unit) as (content_type, chunks):
             if content_type.lower().startswith("application/dicom"):
                 parts = _single_part(chunks, content_type, dest)
             else:
@@ -1248,14 +1289,14 @@ def retrieve_instances(
     tally = _Tally({sop: p.rel for sop, p in present.items()}, len(wanted), progress)
     try:
         units = _plan(server, list(wanted.values()), todo)
-        into = _Destination(root)
-        _run(
-            lambda unit: _fetch_unit(server, unit, into, tally.stored),
-            units,
-            workers=workers,
-            tally=tally,
-            describe=lambda exc: describe_failure(server, exc, "the retrieval"),
-        )
+        with _Destination(root) as into:
+            _run(
+                lambda unit: _fetch_unit(server, unit, into, tally.stored),
+                units,
+                workers=workers,
+                tally=tally,
+                describe=lambda exc: describe_failure(server, exc, "the retrieval"),
+            )
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
     return RetrievalOutcome(
@@ -1362,15 +1403,15 @@ def retrieve_studies(
     n_skipped = len(files)
     tally = _Tally(files, total, progress)
     try:
-        into = _Destination(root, indexer)
-        counted = _run(
-            lambda unit: _fetch_unit(server, unit, into, tally.stored),
-            units,
-            workers=workers,
-            tally=tally,
-            describe=lambda exc: describe_failure(server, exc, "the retrieval"),
-            counts=(lambda: _study_instance_counts(server, fresh, 1)) if fresh else None,
-        )
+        with _Destination(root, indexer) as into:
+            counted = _run(
+                lambda unit: _fetch_unit(server, unit, into, tally.stored),
+                units,
+                workers=workers,
+                tally=tally,
+                describe=lambda exc: describe_failure(server, exc, "the retrieval"),
+                counts=(lambda: _study_instance_counts(server, fresh, 1)) if fresh else None,
+            )
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
     received: dict[str, list[InstanceRef]] = {}

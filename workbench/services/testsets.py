@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,7 @@ def _info(session: Session, test_set: TestSet) -> TestSetInfo:
 
 
 def _clean(value: Any) -> Any:
-    if value is None:
+    if value is None or value is pd.NA:
         return None
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -182,6 +183,32 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def _python_values(column: pd.Series) -> list[Any]:
+    """A column's values as plain Python values, None where missing (NaN, <NA>)."""
+    values = column.tolist()
+    if column.dtype == object:
+        return [_clean(v) for v in values] if column.isna().any() else values
+    if column.hasnans:
+        return [_clean(v) for v in values]
+    return values
+
+
+def _file_records(files: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each DICOM file's columns and its header (the columns without dedicated fields).
+
+    Values are plain Python values with None where missing, as stored.
+    """
+    columns = [str(name) for name in files.columns]
+    values = [_python_values(files[name]) for name in columns]
+    header_at = [i for i, name in enumerate(columns) if name not in _DEDICATED_COLUMNS]
+    header_names = [columns[i] for i in header_at]
+    for row in zip(*values, strict=True):
+        yield (
+            dict(zip(columns, row, strict=True)),
+            dict(zip(header_names, (row[i] for i in header_at), strict=True)),
+        )
 
 
 def _summarize(index: DicomIndex) -> dict[str, Any]:
@@ -287,8 +314,7 @@ def import_test_set(
         session.add(test_set)
         session.flush()
         rows: list[dict[str, Any]] = []
-        for record in index.files.to_dict(orient="records"):
-            header = {k: _clean(v) for k, v in record.items() if k not in _DEDICATED_COLUMNS}
+        for record, header in _file_records(index.files):
             rows.append(
                 {
                     "test_set_id": test_set.id,
@@ -296,15 +322,15 @@ def import_test_set(
                     "size": int(record["size"]),
                     "sha256": record["sha256"],
                     "kind": FileKind.DICOM.value,
-                    "sop_instance_uid": _clean(record.get("sop_instance_uid")),
-                    "series_instance_uid": _clean(record.get("series_instance_uid")),
-                    "study_instance_uid": _clean(record.get("study_instance_uid")),
-                    "modality": _clean(record.get("modality")),
-                    "sop_class_uid": _clean(record.get("sop_class_uid")),
-                    "manufacturer": _clean(record.get("manufacturer")),
-                    "manufacturer_model_name": _clean(record.get("manufacturer_model_name")),
-                    "patient_sex": _clean(record.get("patient_sex")),
-                    "patient_age": _clean(record.get("patient_age")),
+                    "sop_instance_uid": record["sop_instance_uid"],
+                    "series_instance_uid": record["series_instance_uid"],
+                    "study_instance_uid": record["study_instance_uid"],
+                    "modality": record["modality"],
+                    "sop_class_uid": record["sop_class_uid"],
+                    "manufacturer": record["manufacturer"],
+                    "manufacturer_model_name": record["manufacturer_model_name"],
+                    "patient_sex": record["patient_sex"],
+                    "patient_age": record["patient_age"],
                     "header": header,
                 }
             )
