@@ -40,6 +40,7 @@ from workbench.dicomweb.retrieve import (
     _Destination,
     _Malformed,
     _NotWalked,
+    _Payload,
     _read_identity,
     _read_parts,
     _Truncated,
@@ -688,3 +689,47 @@ def test_study_level_intake_from_orthanc_is_byte_for_byte_and_resumable(
     assert again.outcome.n_removed == 1
     assert not uploaded - Counter(stored(dest).values()) and len(stored(dest)) == len(listed)
     assert not any(u.rstrip("/").endswith(tuple(studies)) for u in urls)  # no whole study again
+
+
+def _payload(data: bytes) -> _Payload:
+    return _Payload({}, len(data), hashlib.sha256(data).hexdigest(), data, None)
+
+
+def test_the_writer_holds_a_bounded_number_of_bytes_and_writes_everything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(retrieve_module, "_WRITE_QUEUE_BYTES", 100)
+    write = _Destination._write
+    held: list[int] = []
+
+    def slow_write(self: _Destination, rel: str, payload: _Payload) -> None:
+        held.append(self._queued_bytes)
+        time.sleep(0.01)
+        write(self, rel, payload)
+
+    monkeypatch.setattr(_Destination, "_write", slow_write)
+    datas = [bytes([i]) * 60 for i in range(10)]
+    with _Destination(tmp_path) as dest:
+        rels = [dest.store(_payload(data)) for data in datas]
+    assert max(held) <= 100  # one 60-byte part at a time: the receiving thread waited
+    assert [(tmp_path / rel).read_bytes() for rel in rels] == datas
+
+
+def test_a_writer_that_fails_otherwise_reports_it_and_never_hangs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(retrieve_module, "_WRITE_QUEUE_BYTES", 100)
+
+    def broken(self: _Destination, rel: str, payload: _Payload) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(_Destination, "_write", broken)
+    dest = _Destination(tmp_path)
+    dest.store(_payload(b"a" * 60))
+    with pytest.raises(DicomWebError, match="Could not write .*: unexpected"):
+        for _ in range(20):  # the failure reaches a later store, which does not hang
+            dest.store(_payload(b"b" * 60))
+            time.sleep(0.01)
+    with pytest.raises(DicomWebError, match="unexpected"):
+        dest.close()
+    assert not list(tmp_path.rglob("*.dcm"))

@@ -26,7 +26,8 @@ the requested study, in the transfer syntax the server declares. The attributes
 are read straight from the bytes without a full parse; pydicom reads what that
 reader does not follow.
 Several requests run at once on a bounded pool of threads, each with its own
-keep-alive HTTP session.
+keep-alive HTTP session; one more thread writes the checked parts, holding at
+most :data:`_WRITE_QUEUE_BYTES` of them in memory while they wait.
 
 Files are content-addressed: ``dicom/<sha[:2]>/<sha256>.dcm`` under the
 destination folder, written once checked (parts spooled to disk are renamed
@@ -813,8 +814,9 @@ def _accept(
 
 #: Files the writing thread hands to the indexer's processes at once, at most.
 _INDEX_BATCH = 64
-#: Parts received and not yet written before a receiving thread waits for the writer.
-_WRITE_QUEUE = 128
+#: Bytes of parts received and not yet written before a receiving thread waits for the
+#: writer (a larger part still passes alone).
+_WRITE_QUEUE_BYTES = 64 << 20
 
 
 class _Destination:
@@ -841,7 +843,9 @@ class _Destination:
         self.indexer = indexer
         self._folders: set[str] = set()
         self._names = itertools.count()
-        self._queue: queue.Queue[tuple[str, _Payload] | None] = queue.Queue(_WRITE_QUEUE)
+        self._queue: queue.Queue[tuple[str, _Payload] | None] = queue.Queue()
+        self._queued_bytes = 0
+        self._room = threading.Condition()
         self._failure: DicomWebError | None = None
         self._writer: threading.Thread | None = None
         self._start = threading.Lock()
@@ -862,6 +866,11 @@ class _Destination:
         if self._failure is not None:
             raise self._failure
         rel = f"{DICOM_FOLDER}/{payload.sha256[:2]}/{payload.sha256}.dcm"
+        size = _held(payload)
+        with self._room:
+            while self._queued_bytes and self._queued_bytes + size > _WRITE_QUEUE_BYTES:
+                self._room.wait()
+            self._queued_bytes += size
         with self._start:
             if self._writer is None:
                 # A daemon: a destination left unclosed does not keep the process alive
@@ -884,6 +893,11 @@ class _Destination:
             raise self._failure
 
     def _write_all(self) -> None:
+        """The writing thread: write what is queued until told to stop, never dying early.
+
+        After a failure nothing more is written, but the queue is still emptied, so
+        that no receiving thread waits for room forever.
+        """
         written: list[tuple[str, str | None]] = []
         while True:
             if written and (self._queue.empty() or len(written) >= _INDEX_BATCH):
@@ -894,17 +908,19 @@ class _Destination:
                 self._hand_over(written)
                 return
             rel, payload = item
-            if self._failure is not None:
-                continue  # after a failed write nothing more is written
             try:
-                self._write(rel, payload)
-            except OSError as exc:
+                if self._failure is None:
+                    self._write(rel, payload)
+                    written.append((rel, payload.sha256))
+            except Exception as exc:  # a full disk, a folder that cannot be made...
                 self._failure = DicomWebError(
                     f"Could not write {self.root / rel}: {exc}; what was written before "
                     "stays, and the next run resumes from it."
                 )
-                continue
-            written.append((rel, payload.sha256))
+            finally:
+                with self._room:
+                    self._queued_bytes -= _held(payload)
+                    self._room.notify_all()
 
     def _write(self, rel: str, payload: _Payload) -> None:
         folder = rel.split("/")[1]
@@ -920,8 +936,19 @@ class _Destination:
             _write_file(target, payload.data or b"")
 
     def _hand_over(self, written: list[tuple[str, str | None]]) -> None:
-        if written and self.indexer is not None:
-            self.indexer.add(self.root, written)
+        if written and self.indexer is not None and self._failure is None:
+            try:
+                self.indexer.add(self.root, written)
+            except Exception as exc:  # the indexer's processes are gone
+                self._failure = DicomWebError(
+                    f"Could not hand the files written under {self.root} to the indexer: "
+                    f"{type(exc).__name__}: {exc}; run the command again to resume."
+                )
+
+
+def _held(payload: _Payload) -> int:
+    """Bytes of a part held in memory (none when it was spooled to a file)."""
+    return len(payload.data) if payload.data is not None else 0
 
 
 def _write_file(target: str, data: bytes) -> None:
