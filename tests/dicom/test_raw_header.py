@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from pathlib import Path
 
 import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.malformed.generate_corpus import write_dicom_corpus
 from workbench.dicom import _raw
@@ -134,3 +137,73 @@ def test_what_the_raw_reader_refuses() -> None:
     meta_only = ct[:data_set_start]
     with pytest.raises(_raw.NotWalked, match="no data elements"):
         _raw.read_header(meta_only)
+
+
+def _slice(*, implicit: bool = False, **values: object) -> bytes:
+    """A small CT slice written by pydicom."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.3"
+    ds.Modality = "CT"
+    ds.PatientName = "Doe^John"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 2, 2, 8, 1
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = b"\0" * 4
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _with_sequence_item(data: bytes, item_content: bytes) -> bytes:
+    """``data`` with a sequence of undefined length holding one item of defined length."""
+    _, start = _raw.read_file_meta(data)
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, len(item_content)) + item_content
+    sequence = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+    end = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    return data[:start] + sequence + item + end + data[start:]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage in an item of defined length",
+        "an element running past its item",
+        "a character set of VR US",
+        "a first element whose implicit length looks like a VR",
+        "a multi-valued transfer syntax",
+    ],
+)
+def test_what_pydicom_reads_otherwise_is_left_to_it(case: str) -> None:
+    """Malformed in ways only a full parse sees: the raw reader must not decide."""
+    if case == "garbage in an item of defined length":
+        data = _with_sequence_item(_slice(), b"\x08\x00\x16\x00zz\xff\xff" + b"\x01" * 8)
+    elif case == "an element running past its item":
+        content = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 4) + b"1.2\0"
+        data = _with_sequence_item(_slice(), content + struct.pack("<HH2sH", 8, 0x1155, b"UI", 64))
+    elif case == "a character set of VR US":
+        data = _slice()
+        _, start = _raw.read_file_meta(data)
+        charset = struct.pack("<HH2sHH", 0x0008, 0x0005, b"US", 2, 100)
+        data = data[:start] + charset + data[start:]
+    elif case == "a first element whose implicit length looks like a VR":
+        data = _slice(implicit=True, ImageType="A" * 0x4F54)  # length bytes read "TO"
+    else:
+        data = _slice().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.1\\9", 1)
+    digest = hashlib.sha256(data).hexdigest()
+    assert _raw_record("x.dcm", data, digest) is None
+    assert _index_data("x.dcm", data, digest) == _index_data("x.dcm", data, digest, raw=False)
+
+
+def test_a_sound_item_of_defined_length_is_walked() -> None:
+    content = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 4) + b"1.2\0"
+    data = _with_sequence_item(_slice(), content)
+    digest = hashlib.sha256(data).hexdigest()
+    assert _raw_record("x.dcm", data, digest) is not None
+    assert _index_data("x.dcm", data, digest) == _index_data("x.dcm", data, digest, raw=False)

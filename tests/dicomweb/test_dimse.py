@@ -347,15 +347,16 @@ def test_node_stopped_mid_retrieval_then_resumed(
         harness.make_accounts(wb)
         qa1 = harness.login(wb, "qa1")
         killed: list[str] = []
-        write = retrieve_module._Destination._write
+        store = retrieve_module._Destination.store
 
-        def crash_after_the_first_file(self: Any, rel: str, payload: Any) -> None:
-            write(self, rel, payload)
+        def crash_after_the_first_file(self: Any, payload: Any) -> str:
+            rel = store(self, payload)
             if not killed:  # the PACS dies while the C-GET still has instances to send
                 killed.append(rel)
                 stop_orthanc(first, kill=True)
+            return rel
 
-        monkeypatch.setattr(retrieve_module._Destination, "_write", crash_after_the_first_file)
+        monkeypatch.setattr(retrieve_module._Destination, "store", crash_after_the_first_file)
         with pytest.raises(errors.DicomWebError) as failure:
             pacs.import_from_dimse(
                 wb, qa1, node_of(first), name="resumed", studies=studies, workers=1

@@ -713,6 +713,8 @@ def test_the_writer_holds_a_bounded_number_of_bytes_and_writes_everything(
         rels = [dest.store(_payload(data)) for data in datas]
     assert max(held) <= 100  # one 60-byte part at a time: the receiving thread waited
     assert [(tmp_path / rel).read_bytes() for rel in rels] == datas
+    with pytest.raises(RuntimeError, match="outside"):
+        dest.store(_payload(b"c"))  # a closed destination takes nothing more
 
 
 def test_a_writer_that_fails_otherwise_reports_it_and_never_hangs(
@@ -724,12 +726,11 @@ def test_a_writer_that_fails_otherwise_reports_it_and_never_hangs(
         raise RuntimeError("unexpected")
 
     monkeypatch.setattr(_Destination, "_write", broken)
-    dest = _Destination(tmp_path)
-    dest.store(_payload(b"a" * 60))
-    with pytest.raises(DicomWebError, match="Could not write .*: unexpected"):
-        for _ in range(20):  # the failure reaches a later store, which does not hang
-            dest.store(_payload(b"b" * 60))
-            time.sleep(0.01)
-    with pytest.raises(DicomWebError, match="unexpected"):
-        dest.close()
+    # Raised by a later store, which does not hang, and again on leaving.
+    with pytest.raises(DicomWebError, match="unexpected"), _Destination(tmp_path) as dest:
+        dest.store(_payload(b"a" * 60))
+        with pytest.raises(DicomWebError, match="Could not write .*: unexpected"):
+            for _ in range(20):
+                dest.store(_payload(b"b" * 60))
+                time.sleep(0.01)
     assert not list(tmp_path.rglob("*.dcm"))

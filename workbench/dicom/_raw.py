@@ -61,8 +61,16 @@ def text(raw: bytes | None) -> str | None:
     return value or None
 
 
-def skip_items(buf: Buffer, pos: int, explicit: bool, layout: Layout, depth: int) -> int:
-    """Step over the items of a sequence (or pixel data fragments) of undefined length."""
+def skip_items(
+    buf: Buffer, pos: int, explicit: bool, layout: Layout, depth: int, *, datasets: bool = True
+) -> int:
+    """Step over the items of a sequence (or pixel data fragments) of undefined length.
+
+    Items of a sequence (``datasets``) are walked element by element, those of
+    defined length too, and must end exactly where they say: pydicom parses the
+    items of a sequence of undefined length as it reads the file, and a file
+    whose items it cannot parse must not pass here. Fragments are stepped over.
+    """
     end = len(buf)
     item_header = layout.implicit.unpack_from
     while True:
@@ -78,6 +86,14 @@ def skip_items(buf: Buffer, pos: int, explicit: bool, layout: Layout, depth: int
             pos = walk_dataset(buf, pos, explicit, layout, None, depth, in_item=True)
         elif pos + length > end:
             raise Truncated(f"an item declares {length} bytes, {end - pos} remain")
+        elif datasets:
+            item_end = pos + length
+            reached = walk_dataset(
+                buf, pos, explicit, layout, None, depth, in_item=False, end=item_end
+            )
+            if reached != item_end:
+                raise NotWalked("the elements of an item run past its end")
+            pos = item_end
         else:
             pos += length
 
@@ -93,6 +109,7 @@ def walk_dataset(
     in_item: bool,
     wanted: frozenset[int] = frozenset(),
     elements: dict[int, tuple[bytes, int, int]] | None = None,
+    end: int | None = None,
 ) -> int:
     """Step over the elements from ``pos`` to the end (or the item delimiter).
 
@@ -105,6 +122,10 @@ def walk_dataset(
         level before the pixel data (``PIXEL_TAGS``), as pydicom's
         ``stop_before_pixels`` reads them; the VR is ``b""`` in implicit VR and the
         length ``UNDEFINED`` for a sequence of undefined length.
+    end : int, optional
+        Where the elements end (an item of defined length); the end of ``buf``
+        by default. A length that runs past it raises :class:`NotWalked` (the
+        item is malformed) rather than :class:`Truncated`.
 
     Returns
     -------
@@ -113,13 +134,14 @@ def walk_dataset(
     """
     if depth > MAX_DEPTH:
         raise NotWalked("sequences nested too deep")
-    end = len(buf)
+    overrun: type[Exception] = Truncated if end is None else NotWalked
+    end = len(buf) if end is None else end
     explicit_header, long_length = layout.explicit.unpack_from, layout.long.unpack_from
     implicit_header = layout.implicit.unpack_from
     long_vrs, vrs = LONG_VRS, VRS
     while pos < end:
         if pos + 8 > end:
-            raise Truncated(f"the element header at byte {pos} is cut off")
+            raise overrun(f"the element header at byte {pos} is cut off")
         if explicit:
             group, element, vr, length = explicit_header(buf, pos)
         else:
@@ -133,7 +155,7 @@ def walk_dataset(
             pos += 8
         elif vr in long_vrs:
             if pos + 12 > end:
-                raise Truncated(f"the element header at byte {pos} is cut off")
+                raise overrun(f"the element header at byte {pos} is cut off")
             (length,) = long_length(buf, pos + 8)
             pos += 12
         elif vr in vrs:
@@ -149,18 +171,25 @@ def walk_dataset(
         if length == UNDEFINED:
             if explicit and vr not in UNDEFINED_LENGTH_VRS:
                 raise NotWalked(f"undefined length with VR {vr!r}")
-            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2).
+            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2);
+            # pydicom reads it in the data set's byte order, so big endian is left to it.
             unknown = vr == b"UN"
+            if unknown and layout is not LAYOUTS["<"]:
+                raise NotWalked("UN of undefined length in big endian")
+            fragments = vr in (b"OB", b"OW") or (
+                not explicit and (group << 16 | element) in PIXEL_TAGS
+            )
             pos = skip_items(
                 buf,
                 pos,
                 explicit and not unknown,
                 LAYOUTS["<"] if unknown else layout,
                 depth + 1,
+                datasets=not fragments,
             )
             continue
         if pos + length > end:
-            raise Truncated(
+            raise overrun(
                 f"element ({group:04X},{element:04X}) declares {length} bytes, {end - pos} remain"
             )
         if found is not None and (group == 0x0008 or group == 0x0020):
@@ -218,7 +247,10 @@ def data_set_encoding(buf: Buffer, meta: dict[int, bytes], pos: int) -> tuple[st
     if not transfer_syntax or transfer_syntax in DEFLATED:
         raise NotWalked("no transfer syntax, or a deflated data set")
     explicit = transfer_syntax != IMPLICIT_VR_LE
-    if pos + 8 <= len(buf) and (buf[pos + 4 : pos + 6] in VRS) != explicit:
+    # pydicom's test: a VR is two upper-case letters.
+    if pos + 8 <= len(buf) and (0x40 < buf[pos + 4] < 0x5B and 0x40 < buf[pos + 5] < 0x5B) != (
+        explicit
+    ):
         raise NotWalked("the data set is not encoded as declared")
     return transfer_syntax, explicit, LAYOUTS[">" if transfer_syntax == EXPLICIT_VR_BE else "<"]
 

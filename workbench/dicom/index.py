@@ -464,6 +464,9 @@ class _RawHeader(_Header):
         self._raw = _raw.read_header(data)
         if not self._raw.elements.keys().isdisjoint(_ITEMS_READ):
             raise _NotRaw("sequences read item by item")
+        charset = self._raw.elements.get(_TAG_OF["SpecificCharacterSet"])
+        if charset is not None and charset[0] not in (b"CS", b"UN", b""):
+            raise _NotRaw("a character set of another VR, which pydicom cannot read")
         self.encoding = self._charset()
         if self.encoding is None:
             raise _NotRaw("a character set decoded by pydicom")
@@ -484,7 +487,10 @@ class _RawHeader(_Header):
         tag = tag_for_keyword(keyword)
         if tag is None or tag >> 16 != 0x0002:
             raise _NotRaw(f"{keyword} is not a file meta attribute")
-        return _raw.text(self._raw.meta.get(tag & 0xFFFF))
+        value = self._raw.meta.get(tag & 0xFFFF)
+        if value is not None and (b"\\" in value or not value.isascii()):
+            raise _NotRaw(f"{keyword} holds several values or non-ASCII bytes")
+        return _raw.text(value)
 
     def _element(self, tag: int) -> tuple[str, Any, bool] | None:
         found = self._raw.elements.get(tag)

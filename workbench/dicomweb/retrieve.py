@@ -848,9 +848,14 @@ class _Destination:
         self._room = threading.Condition()
         self._failure: DicomWebError | None = None
         self._writer: threading.Thread | None = None
-        self._start = threading.Lock()
+        self._open = threading.Lock()
 
     def __enter__(self) -> _Destination:
+        # A daemon: a destination left unclosed does not keep the process alive (what it
+        # had not written is fetched again by the next run).
+        writer = threading.Thread(target=self._write_all, name="workbench-writer", daemon=True)
+        writer.start()
+        self._writer = writer
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
@@ -871,23 +876,21 @@ class _Destination:
             while self._queued_bytes and self._queued_bytes + size > _WRITE_QUEUE_BYTES:
                 self._room.wait()
             self._queued_bytes += size
-        with self._start:
+        with self._open:
             if self._writer is None:
-                # A daemon: a destination left unclosed does not keep the process alive
-                # (what it had not written is fetched again by the next run).
-                self._writer = threading.Thread(
-                    target=self._write_all, name="workbench-writer", daemon=True
-                )
-                self._writer.start()
-        self._queue.put((rel, payload))
+                with self._room:
+                    self._queued_bytes -= size
+                raise RuntimeError("store() outside the destination's with block")
+            self._queue.put((rel, payload))
         return rel
 
     def close(self, *, raise_failure: bool = True) -> None:
         """Wait until every stored part is written and handed to the indexer."""
-        with self._start:
+        with self._open:
             writer, self._writer = self._writer, None
+            if writer is not None:
+                self._queue.put(None)  # after every part stored before
         if writer is not None:
-            self._queue.put(None)
             writer.join()
         if raise_failure and self._failure is not None:
             raise self._failure
