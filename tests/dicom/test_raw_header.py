@@ -20,10 +20,9 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian
 
-from tests.malformed.generate_corpus import write_dicom_corpus
+from tests.malformed.generate_corpus import clean_slice, write_dicom_corpus
 from workbench.dicom import _raw
 from workbench.dicom.index import _index_data, _raw_record
 from workbench.dicom.synth import SynthSummary
@@ -140,22 +139,15 @@ def test_what_the_raw_reader_refuses() -> None:
 
 
 def _slice(*, implicit: bool = False, **values: object) -> bytes:
-    """A small CT slice written by pydicom."""
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.3"
-    ds.Modality = "CT"
-    ds.PatientName = "Doe^John"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 2, 2, 8, 1
+    """A clean slice of the malformed-input corpus, changed by ``values`` (None removes)."""
+    ds = clean_slice()
     for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = b"\0" * 4
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
     return out.getvalue()
@@ -188,12 +180,13 @@ def test_what_pydicom_reads_otherwise_is_left_to_it(case: str) -> None:
         content = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 4) + b"1.2\0"
         data = _with_sequence_item(_slice(), content + struct.pack("<HH2sH", 8, 0x1155, b"UI", 64))
     elif case == "a character set of VR US":
-        data = _slice()
+        data = _slice(SpecificCharacterSet=None)
         _, start = _raw.read_file_meta(data)
         charset = struct.pack("<HH2sHH", 0x0008, 0x0005, b"US", 2, 100)
         data = data[:start] + charset + data[start:]
     elif case == "a first element whose implicit length looks like a VR":
-        data = _slice(implicit=True, ImageType="A" * 0x4F54)  # length bytes read "TO"
+        # The first element's length bytes read "TO".
+        data = _slice(implicit=True, SpecificCharacterSet=None, ImageType="A" * 0x4F54)
     else:
         data = _slice().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.1\\9", 1)
     digest = hashlib.sha256(data).hexdigest()
